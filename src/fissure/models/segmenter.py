@@ -1,0 +1,73 @@
+"""crack-segmenter: Attention U-Net (Oktay et al., 2018) with a configurable base width.
+
+Attention gates weight each skip connection by what the coarser decoder level has found,
+which suppresses texture and keeps thin crack structures.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class AttentionGate(nn.Module):
+    """Additive attention: alpha = sigmoid(psi(relu(Wg*g + Wx*x))); returns x * alpha."""
+
+    def __init__(self, gate_ch: int, skip_ch: int, inter_ch: int):
+        super().__init__()
+        self.w_g = nn.Sequential(nn.Conv2d(gate_ch, inter_ch, 1, bias=False), nn.BatchNorm2d(inter_ch))
+        self.w_x = nn.Sequential(nn.Conv2d(skip_ch, inter_ch, 1, bias=False), nn.BatchNorm2d(inter_ch))
+        self.psi = nn.Sequential(nn.Conv2d(inter_ch, 1, 1), nn.BatchNorm2d(1), nn.Sigmoid())
+
+    def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        alpha = self.psi(F.relu(self.w_g(g) + self.w_x(x), inplace=True))
+        return x * alpha
+
+
+class AttentionUNet(nn.Module):
+    """Encoder of ``depth`` levels (widths base * 2**i), attention-gated decoder, 1-channel logits.
+
+    Input height and width must be multiples of 2**depth; the output has the input's size.
+    """
+
+    def __init__(self, base: int = 16, depth: int = 4, in_channels: int = 3):
+        super().__init__()
+        if depth < 1:
+            raise ValueError("depth must be >= 1")
+        widths = [base * 2**i for i in range(depth + 1)]
+        self.depth = depth
+        self.encoders = nn.ModuleList(
+            conv_block(in_channels if i == 0 else widths[i - 1], widths[i]) for i in range(depth + 1)
+        )
+        self.ups = nn.ModuleList(
+            nn.ConvTranspose2d(widths[i + 1], widths[i], 2, 2) for i in reversed(range(depth))
+        )
+        self.gates = nn.ModuleList(
+            AttentionGate(widths[i], widths[i], max(widths[i] // 2, 1)) for i in reversed(range(depth))
+        )
+        self.decoders = nn.ModuleList(conv_block(widths[i] * 2, widths[i]) for i in reversed(range(depth)))
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, enc in enumerate(self.encoders):
+            x = enc(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for up, gate, dec in zip(self.ups, self.gates, self.decoders):
+            g = up(x)
+            skip = skips.pop()
+            x = dec(torch.cat([gate(g, skip), g], dim=1))
+        return self.head(x)
