@@ -1,0 +1,1 @@
+"""Datasets: synthetic generation, folder layouts, patch extraction and split preparation."""

@@ -1,0 +1,89 @@
+"""Dataset layouts users have, read into plain lists of files.
+
+- classification: ``ROOT/<class>/*.{jpg,png,...}`` (e.g. Positive/Negative folders)
+- segmentation:   ``ROOT/images/<stem>.*`` + ``ROOT/masks/<stem>.*`` (any nonzero mask pixel
+  is a defect)
+
+Only file discovery and validation live here; decoding is :mod:`fissure.preprocess`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fissure.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _require_dir(root: Path) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    return root
+
+
+@dataclass(frozen=True)
+class SegmentationItem:
+    image: Path
+    mask: Path
+
+
+def segmentation_items(root: str | Path) -> list[SegmentationItem]:
+    """Pairs of (image, mask) by stem; every image must have a mask."""
+    root = _require_dir(Path(root))
+    images_dir, masks_dir = root / "images", root / "masks"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise DataError(f"{root}: a segmentation set needs images/ and masks/ folders")
+    images = _images_in(images_dir)
+    if not images:
+        raise DataError(f"{images_dir}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    masks = {p.stem: p for p in _images_in(masks_dir)}
+    missing = [p.name for p in images if p.stem not in masks]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DataError(f"{masks_dir}: no mask for {', '.join(missing[:3])}{more} (masks match images by file stem)")
+    return [SegmentationItem(p, masks[p.stem]) for p in images]
+
+
+@dataclass(frozen=True)
+class ClassificationSet:
+    classes: list[str]
+    items: list[tuple[Path, int]]
+
+
+# Folder names that mean "defect" / "no defect" in public datasets; used to order classes so
+# that index 1 is always the positive (crack) class for binary metrics.
+NEGATIVE_NAMES = {"negative", "no_crack", "nocrack", "free", "good", "ok", "normal", "background", "0"}
+
+
+def classification_set(root: str | Path, classes: list[str] | None = None) -> ClassificationSet:
+    """Images under ``ROOT/<class>/``. Binary sets put the negative class first."""
+    root = _require_dir(Path(root))
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not found:
+        raise DataError(f"{root}: a classification set needs one folder per class (e.g. crack/, no_crack/)")
+    if classes is None:
+        classes = sorted(found, key=lambda c: (c.lower() not in NEGATIVE_NAMES, c))
+    unknown = [c for c in found if c not in classes]
+    if unknown:
+        raise DataError(f"{root}: class folders {unknown} are not among the model's classes {classes}")
+    items = [(p, classes.index(c)) for c in found for p in _images_in(root / c)]
+    if not items:
+        raise DataError(f"{root}: class folders {found} hold no images")
+    if len(classes) < 2:
+        raise DataError(f"{root}: found one class ({classes[0]}); need at least two")
+    return ClassificationSet(classes=list(classes), items=items)
+
+
+def detect_task(root: str | Path) -> str:
+    """'segment' for images/+masks/, else 'classify'."""
+    root = _require_dir(Path(root))
+    return "segment" if (root / "images").is_dir() and (root / "masks").is_dir() else "classify"
