@@ -22,6 +22,7 @@ COMMANDS = {
     "train": ("fissure.cli.train", "train", "Train a model, log it to MLflow, optionally register it."),
     "evaluate": ("fissure.cli.evaluate", "evaluate", "Evaluate a model on a dataset; write metrics JSON."),
     "package": ("fissure.cli.package", "package", "Package a registered model for TorchServe/KServe."),
+    "serve": ("fissure.cli.serve", "serve", "Run TorchServe and the KServe protocol front (the container entrypoint)."),
     "up": ("fissure.cli.stack", "up", "Start the local stack (serving, MLflow, ...)."),
     "down": ("fissure.cli.stack", "down", "Stop a detached local stack."),
     "predict": ("fissure.cli.predict", "predict", "Send an image to a running server and print the prediction."),
