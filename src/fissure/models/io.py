@@ -52,6 +52,8 @@ def log_model(module: nn.Module, spec: dict, *, name: str = "model", registered_
         metadata={SPEC_KEY: spec},
         registered_model_name=registered_model_name,
         pip_requirements=_pip_requirements(),
+        # pickle keeps the nn.Module (Grad-CAM needs its layers); pt2 would trace it away.
+        serialization_format="pickle",
     )
 
 
@@ -60,7 +62,11 @@ def save_model(module: nn.Module, spec: dict, path: str | Path) -> Path:
     mlflow = _mlflow()
     path = Path(path)
     mlflow.pytorch.save_model(
-        module.cpu().eval(), str(path), metadata={SPEC_KEY: spec}, pip_requirements=_pip_requirements()
+        module.cpu().eval(),
+        str(path),
+        metadata={SPEC_KEY: spec},
+        pip_requirements=_pip_requirements(),
+        serialization_format="pickle",
     )
     return path
 

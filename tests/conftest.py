@@ -1,0 +1,35 @@
+"""Shared fixtures. Each test area (core, data, training, serving, k8s) has its own folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = (REPO_ROOT.parent / "shared" / "datasets").resolve()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path, monkeypatch):
+    """Every test gets its own .fissure/ and MLflow store; nothing leaks into the checkout."""
+    home = tmp_path / "fissure-home"
+    monkeypatch.setenv("FISSURE_HOME", str(home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home}/mlflow.db")
+    monkeypatch.setenv("GIT_PYTHON_REFRESH", "quiet")
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    yield
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    """../shared/datasets beside the checkout; real-data tests skip cleanly without it."""
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATASETS} (only present in the fissure workplace)")
+    return SHARED_DATASETS
+
+
+def pytest_report_header(config):
+    return [f"fissure: real datasets {'found' if SHARED_DATASETS.is_dir() else 'absent'} at {SHARED_DATASETS}",
+            f"fissure: torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"]

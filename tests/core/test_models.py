@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from fissure import MODEL_NAMES
+from fissure.models import build_model, default_spec, preprocess_config
+from fissure.models import io as model_io
+
+
+@pytest.mark.parametrize("task", ["classify", "segment"])
+def test_default_spec_builds_and_runs(task):
+    spec = default_spec(task, size=64, **({"width": 8} if task == "classify" else {"base": 4}))
+    model = build_model(spec).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        y = model(x)
+    assert spec["name"] == MODEL_NAMES[task]
+    assert y.shape == ((2, 2) if task == "classify" else (2, 1, 64, 64))
+    assert preprocess_config(spec).size == 64
+
+
+def test_classifier_has_cam_layer_with_spatial_output():
+    model = build_model(default_spec("classify", width=8, num_classes=3, classes=["a", "b", "c"]))
+    feats = model.cam_layer(model.stages[:-1](model.stem(torch.randn(1, 3, 64, 64))))
+    assert feats.ndim == 4 and feats.shape[-1] > 1
+
+
+def test_unknown_task_and_arch_are_rejected():
+    with pytest.raises(ValueError, match="unknown task"):
+        default_spec("detect")
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model({"arch": "vit"})
+
+
+def test_save_and_load_local_mlflow_model(tmp_path):
+    spec = default_spec("segment", size=32, base=4, depth=2)
+    model = build_model(spec)
+    path = model_io.save_model(model, spec, tmp_path / "m")
+    loaded = model_io.load_model(str(path))
+    assert loaded.spec == spec and loaded.task == "segment"
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), loaded.module(x))
+
+
+def test_load_missing_model_is_a_clear_error(tmp_path):
+    from fissure.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="not found"):
+        model_io.load_model(str(tmp_path / "nope"))
+    with pytest.raises(NotFoundError):
+        model_io.load_model("models:/crack-classifier@champion")
