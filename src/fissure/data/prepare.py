@@ -1,0 +1,321 @@
+"""Deterministic train/val/test splits for both models, from synthetic and real sources.
+
+Output (everything under OUT is rewritten on each run; nothing else is touched)::
+
+    OUT/segment/{train,val,test}/images/<id>.jpg + masks/<id>.png   (0/255)
+    OUT/classify/{train,val,test}/{crack,no_crack}/<id>_y<Y>_x<X>.jpg
+    OUT/manifest.json   counts per split and class, sources, seed, params, content hash
+
+Classification patches are cut from the segmentation split they belong to, so a patch never
+shares an image with a patch or image of another split. Each source is split separately by
+sorting its item ids on a seeded hash, so every source is represented in every split and
+adding images to a source moves few existing ones. Feedback (user corrections) goes to train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from fissure.data import synth
+from fissure.data.loaders import (
+    NEGATIVE_NAMES,
+    SegmentationItem,
+    classification_set,
+    detect_task,
+    segmentation_items,
+)
+from fissure.data.patches import PatchSpec, extract_patches
+from fissure.errors import DataError
+from fissure.preprocess import load_image, load_mask
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class PrepareParams:
+    """The ``prepare:`` section of params.yaml (see docs/data.md)."""
+
+    source: list[str] = field(default_factory=lambda: ["synth"])
+    count: int = 400
+    seed: int = 0
+    size: int = 256
+    max_side: int = 512
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    feedback: str | None = "data/feedback"
+    patch_size: int = 96
+    patch_stride: int = 80
+    patch_threshold: float = 0.01
+    patch_margin: int = 8
+    patch_balance: bool = True
+    patch_max_per_class: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.source, (str, os.PathLike)):
+            self.source = [str(self.source)]
+        self.source = [str(s) for s in (self.source or [])]
+
+    def check(self) -> "PrepareParams":
+        if not self.source:
+            raise DataError("prepare: source is empty; use 'synth' and/or folders with images/ and masks/")
+        if "synth" in self.source and self.count < 1:
+            raise DataError(f"prepare: count must be at least 1 when source includes synth (got {self.count})")
+        if not 32 <= self.size <= 4096:
+            raise DataError(f"prepare: size must be between 32 and 4096 (got {self.size})")
+        if self.max_side < 32:
+            raise DataError(f"prepare: max_side must be at least 32 (got {self.max_side})")
+        for key in ("val_fraction", "test_fraction"):
+            v = getattr(self, key)
+            if not 0 <= v < 1:
+                raise DataError(f"prepare: {key} must be in [0, 1) (got {v})")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise DataError("prepare: val_fraction + test_fraction must leave something to train on")
+        self.patch_spec(0).check()
+        return self
+
+    def patch_spec(self, seed: int) -> PatchSpec:
+        return PatchSpec(size=self.patch_size, stride=self.patch_stride, threshold=self.patch_threshold,
+                         margin=self.patch_margin, balance=self.patch_balance, seed=seed,
+                         max_per_class=self.patch_max_per_class)
+
+
+KEYS = tuple(f.name for f in fields(PrepareParams))
+
+
+def make_params(section: dict | None = None, **overrides) -> PrepareParams:
+    """Params from a ``prepare:`` mapping, with non-None overrides on top."""
+    data = dict(section or {})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise DataError(f"prepare: unknown keys {unknown}; known keys: {', '.join(KEYS)}")
+    try:
+        return PrepareParams(**data).check()
+    except TypeError as exc:
+        raise DataError(f"prepare: bad value: {exc}") from None
+
+
+def load_params(path: str | os.PathLike) -> dict:
+    """The ``prepare:`` section of a YAML file."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such params file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise DataError(f"{path}: invalid YAML{line}") from None
+    if not isinstance(doc, dict) or "prepare" not in doc:
+        raise DataError(f"{path}: no 'prepare:' section")
+    section = doc["prepare"]
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise DataError(f"{path}: 'prepare:' must be a mapping of keys ({', '.join(KEYS)})")
+    return section
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _split_of(ids: list[str], seed: int, val: float, test: float) -> dict[str, str]:
+    """Exact-fraction split of ids, ordered by a seeded hash (stable across machines)."""
+    order = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    n = len(order)
+    n_test, n_val = round(n * test), round(n * val)
+    if n >= 3:
+        n_test = max(n_test, 1 if test > 0 else 0)
+        n_val = max(n_val, 1 if val > 0 else 0)
+    n_test, n_val = min(n_test, n - 1), min(n_val, max(0, n - 1 - n_test))
+    out = {}
+    for k, i in enumerate(order):
+        out[i] = "test" if k < n_test else "val" if k < n_test + n_val else "train"
+    return out
+
+
+def _tag(path: str, taken: set[str]) -> str:
+    parts = [p for p in Path(path).resolve().parts if p not in ("/", "")][-2:]
+    tag = re.sub(r"[^A-Za-z0-9_.]+", "-", "-".join(parts)).strip("-.") or "src"
+    base, k = tag, 2
+    while tag in taken:
+        tag, k = f"{base}{k}", k + 1
+    taken.add(tag)
+    return tag
+
+
+def _fit(img: Image.Image, mask: np.ndarray, max_side: int) -> tuple[Image.Image, np.ndarray]:
+    w, h = img.size
+    if max(w, h) <= max_side:
+        return img, mask
+    scale = max_side / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    img = img.resize((nw, nh), Image.LANCZOS)
+    # area-resize the mask and keep pixels at least 1/4 covered, so thin cracks survive
+    m = Image.fromarray(mask.astype(np.uint8) * 255, "L").resize((nw, nh), Image.BOX)
+    return img, np.asarray(m) >= 64
+
+
+def _write_pair(root: Path, name: str, jpeg: bytes, mask: np.ndarray) -> None:
+    (root / "images" / f"{name}.jpg").write_bytes(jpeg)
+    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(root / "masks" / f"{name}.png", format="PNG")
+
+
+def _jpeg(img: Image.Image, quality: int = 95) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _ingest_real(item: SegmentationItem, max_side: int) -> tuple[bytes, np.ndarray]:
+    img = load_image(item.image)
+    mask = load_mask(item.mask)
+    if mask.ndim != 2 or mask.shape != (img.height, img.width):
+        raise DataError(f"{item.image}: image is {img.width}x{img.height} but its mask {item.mask.name} "
+                        f"is {mask.shape[1] if mask.ndim > 1 else '?'}x{mask.shape[0]}")
+    img, mask = _fit(img, mask, max_side)
+    return _jpeg(img), mask
+
+
+def content_hash(root: Path, paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths, key=lambda p: p.relative_to(root).as_posix()):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _bar(total: int, desc: str, progress: bool | None):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True,
+                disable=(not progress) if progress is not None else None)
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None = None,
+            log: Callable[[str], None] | None = None) -> dict:
+    """Build OUT/segment, OUT/classify and OUT/manifest.json; return the manifest."""
+    params.check()
+    log = log or (lambda msg: None)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+
+    # Resolve every source before writing anything, so a bad folder fails fast.
+    plans = []  # (kind, tag, payload, ids)
+    taken: set[str] = set()
+    for src in params.source:
+        if src == "synth":
+            ids = [f"synth-{params.seed}-{i:06d}" for i in range(params.count)]
+            plans.append(("synth", "synth", None, ids, src))
+        else:
+            items = segmentation_items(src)
+            tag = _tag(src, taken)
+            ids = [f"{tag}-{it.image.stem}" for it in items]
+            plans.append(("real", tag, items, ids, src))
+    feedback_kind, feedback_items = None, None
+    if params.feedback:
+        fb = Path(params.feedback)
+        if not fb.exists():
+            log(f"feedback: {fb} not found, skipped")
+        elif fb.is_dir() and not any(fb.iterdir()):
+            log(f"feedback: {fb} is empty, skipped")
+        else:
+            feedback_kind = detect_task(fb)
+            if feedback_kind == "segment":
+                feedback_items = segmentation_items(fb)
+            else:
+                feedback_items = classification_set(fb).items
+            log(f"feedback: {len(feedback_items)} {feedback_kind} items from {fb} (train split)")
+
+    for sub in ("segment", "classify"):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+    (out / "manifest.json").unlink(missing_ok=True)
+    for split in SPLITS:
+        for d in ("images", "masks"):
+            (out / "segment" / split / d).mkdir(parents=True, exist_ok=True)
+
+    sources = []
+    for kind, tag, items, ids, src in plans:
+        split_of = _split_of(ids, params.seed, params.val_fraction, params.test_fraction)
+        with _bar(len(ids), f"{tag}", progress) as bar:
+            for k, name in enumerate(ids):
+                root = out / "segment" / split_of[name]
+                if kind == "synth":
+                    sample = synth.render(synth.image_rng(params.seed, k), params.size)
+                    _write_pair(root, name, sample.jpeg_bytes(), sample.mask)
+                else:
+                    jpeg, mask = _ingest_real(items[k], params.max_side)
+                    _write_pair(root, name, jpeg, mask)
+                bar.update(1)
+        per_split = {s: sum(1 for v in split_of.values() if v == s) for s in SPLITS}
+        sources.append({"source": src, "kind": kind, "images": len(ids), "splits": per_split})
+        log(f"{src}: {len(ids)} images -> " + ", ".join(f"{s} {n}" for s, n in per_split.items()))
+
+    feedback_info = None
+    if feedback_items is not None:
+        if feedback_kind == "segment":
+            root = out / "segment" / "train"
+            for item in feedback_items:
+                jpeg, mask = _ingest_real(item, params.max_side)
+                _write_pair(root, f"feedback-{item.image.stem}", jpeg, mask)
+        feedback_info = {"source": str(params.feedback), "layout": feedback_kind, "items": len(feedback_items)}
+
+    counts: dict = {"segment": {}, "classify": {}}
+    for i, split in enumerate(SPLITS):
+        seg = out / "segment" / split
+        n = len(list((seg / "images").iterdir()))
+        counts["segment"][split] = n
+        cls_dir = out / "classify" / split
+        if n == 0:
+            for c in ("crack", "no_crack"):
+                (cls_dir / c).mkdir(parents=True, exist_ok=True)
+            continue
+        extract_patches(seg, cls_dir, params.patch_spec(params.seed * 1000 + i), progress=progress)
+
+    if feedback_kind == "classify":
+        classes = classification_set(params.feedback).classes
+        for path, label in feedback_items:
+            name = "no_crack" if classes[label].lower() in NEGATIVE_NAMES else "crack"
+            load_image(path).save(out / "classify" / "train" / name / f"feedback-{path.stem}.jpg",
+                                  format="JPEG", quality=95)
+
+    for split in SPLITS:
+        counts["classify"][split] = {c: len(list((out / "classify" / split / c).iterdir()))
+                                     for c in ("crack", "no_crack")}
+    files = [p for p in (out / "segment").rglob("*") if p.is_file()]
+    files += [p for p in (out / "classify").rglob("*") if p.is_file()]
+    manifest = {
+        "version": 1,
+        "seed": params.seed,
+        "params": asdict(params),
+        "sources": sources,
+        "feedback": feedback_info,
+        "counts": counts,
+        "files": len(files),
+        "content_hash": content_hash(out, files),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    seg_total = sum(counts["segment"].values())
+    cls_total = sum(sum(v.values()) for v in counts["classify"].values())
+    log(f"prepared {seg_total} segmentation images and {cls_total} classification patches in {out}")
+    return manifest
