@@ -101,24 +101,25 @@ def _surface(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.n
     asphalt = rng.random() < 0.5
     if asphalt:
         tone = rng.uniform(75, 150)
-        agg_sigma, agg_amp = rng.uniform(0.7, 1.6), rng.uniform(10, 24)
-        mottle = rng.uniform(3, 10)
-        pore_density, pore_depth = rng.uniform(0.04, 0.10), rng.uniform(20, 55)
+        fine_amp, agg_sigma, agg_amp = rng.uniform(6, 14), rng.uniform(1.0, 1.8), rng.uniform(4, 12)
+        mottle = rng.uniform(2, 7)
+        pore_density, pore_depth = rng.uniform(0.03, 0.08), rng.uniform(20, 50)
     else:
         tone = rng.uniform(115, 195)
-        agg_sigma, agg_amp = rng.uniform(0.6, 1.2), rng.uniform(4, 12)
-        mottle = rng.uniform(5, 16)
-        pore_density, pore_depth = rng.uniform(0.005, 0.03), rng.uniform(25, 60)
+        fine_amp, agg_sigma, agg_amp = rng.uniform(3, 8), rng.uniform(1.0, 2.0), rng.uniform(2, 7)
+        mottle = rng.uniform(3, 9)
+        pore_density, pore_depth = rng.uniform(0.004, 0.025), rng.uniform(25, 60)
 
     lum = np.full((h, w), tone, np.float32)
-    lum += mottle * _fbm(rng, h, w, cells=int(rng.integers(3, 6)), octaves=5, gain=0.55)
-    # aggregate: blobs of varying brightness at stone scale, clipped so stones look flat-topped
-    agg = _blurred_noise(rng, h, w, agg_sigma)
-    lum += agg_amp * np.tanh(1.3 * agg)
-    # larger stones (aggregate speckle visible in worn asphalt/exposed-aggregate concrete)
+    lum += mottle * _fbm(rng, h, w, cells=int(rng.integers(2, 5)), octaves=5, gain=0.6)
+    # speckle at sand scale and aggregate at stone scale
+    lum += fine_amp * _blurred_noise(rng, h, w, rng.uniform(0.45, 0.7))
+    lum += agg_amp * _blurred_noise(rng, h, w, agg_sigma)
+    # sparse larger stones with flat tops and crisp edges (exposed aggregate, worn asphalt)
     if rng.random() < 0.6:
-        big = _blurred_noise(rng, h, w, rng.uniform(1.8, 3.2))
-        lum += rng.uniform(4, 14) * np.clip(big - 1.0, 0, None)
+        big = _blurred_noise(rng, h, w, rng.uniform(1.8, 3.0))
+        stones = np.clip((big - rng.uniform(1.0, 1.6)) * 3.0, 0, 1)
+        lum += rng.choice([-1, 1], p=[0.3, 0.7]) * rng.uniform(6, 20) * stones
     # pores: small dark holes where a second noise field is very low
     pores = _blurred_noise(rng, h, w, rng.uniform(0.6, 1.1))
     thr = np.quantile(pores, pore_density)
@@ -139,7 +140,7 @@ def _surface(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.n
     lum *= light
 
     # colour temperature (warm/cool) plus a small random cast; mostly grey
-    temp = rng.normal(0, 0.035)
+    temp = rng.normal(0, 0.025)
     tint = np.array([1 + temp, 1.0, 1 - temp], np.float32) + rng.normal(0, 0.012, 3).astype(np.float32)
     return lum, tint
 
@@ -150,13 +151,13 @@ def _surface(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.n
 def _walk(rng: np.random.Generator, start: np.ndarray, angle: float, length: float,
           tortuosity: float) -> np.ndarray:
     """A jagged random walk: mean-reverting heading drift plus per-step zigzag."""
-    step = rng.uniform(1.5, 3.5)
+    step = rng.uniform(2.0, 4.5)
     n = max(2, int(length / step))
     drift = np.zeros(n, np.float32)
     kicks = rng.normal(0, 0.12 * tortuosity + 0.03, n)
     for i in range(1, n):  # AR(1): long, lazy bends
         drift[i] = 0.93 * drift[i - 1] + kicks[i]
-    zig = rng.normal(0, 0.55 * tortuosity, n)
+    zig = rng.normal(0, 0.7 * tortuosity, n)
     # rare sharp turns, as in real crack paths that follow aggregate edges
     turns = np.cumsum(np.where(rng.random(n) < 0.02, rng.normal(0, 0.6, n), 0.0))
     heading = angle + drift + zig + 0.5 * turns
@@ -192,7 +193,7 @@ def _crack_paths(rng: np.random.Generator, h: int, w: int) -> list[tuple[np.ndar
     size = max(h, w)
     start = np.array([rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h], np.float32)
     angle = rng.uniform(0, np.pi)
-    tort = rng.uniform(0.3, 1.2)
+    tort = rng.uniform(0.4, 1.3)
     base = float(np.clip(rng.lognormal(np.log(2.0), 0.45), 0.9, 5.0))
     paths = []
     for direction in (0.0, np.pi):
@@ -208,12 +209,12 @@ def _crack_paths(rng: np.random.Generator, h: int, w: int) -> list[tuple[np.ndar
         out.append((pts, widths))
         if depth >= 2:
             continue
-        for _ in range(rng.poisson(0.9 if depth == 0 else 0.4)):
+        for _ in range(rng.poisson(0.45 if depth == 0 else 0.25)):
             k = int(rng.integers(len(pts) // 5, max(len(pts) // 5 + 1, len(pts) - 2)))
             seg = pts[min(k + 1, len(pts) - 1)] - pts[max(k - 1, 0)]
             heading = float(np.arctan2(seg[1], seg[0]))
             heading += rng.choice([-1, 1]) * rng.uniform(0.4, 1.2)
-            blen = rng.uniform(0.08, 0.4) * size * (0.6 ** depth)
+            blen = rng.uniform(0.05, 0.3) * size * (0.6 ** depth)
             bpts = _walk(rng, pts[k], heading, blen, rng.uniform(0.4, 1.3))
             bw = _width_profile(rng, len(bpts), float(widths[k]) * rng.uniform(0.35, 0.7))
             queue.append((bpts, bw, depth + 1))
@@ -229,12 +230,15 @@ def _render_cracks(rng: np.random.Generator, lum: np.ndarray, n_cracks: int) -> 
     cov = _coverage(canvas, h, w)
     if not cov.any():
         return lum, np.zeros((h, w), bool)
+    # chipped, irregular lips: perturb the coverage near its edges only
+    edge = 4 * cov * (1 - cov)
+    cov = np.clip(cov + 0.3 * edge * _blurred_noise(rng, h, w, 0.8), 0, 1)
     soft = np.maximum(cov, ndimage.gaussian_filter(cov, 0.6))
     # shadowed rim: light falls across the crack, darkening one lip more than the other
     rim = ndimage.gaussian_filter(cov, rng.uniform(1.2, 2.5))
     dy, dx = rng.integers(-1, 2, 2)
     rim = np.roll(rim, (int(dy), int(dx)), (0, 1))
-    depth = rng.uniform(0.55, 0.85) + 0.1 * _blurred_noise(rng, h, w, 6)
+    depth = rng.uniform(0.4, 0.85) + 0.1 * _blurred_noise(rng, h, w, 6)
     interior = np.clip(depth, 0.35, 0.92)
     # keep some texture inside: darker floor with a bit of grain, and soft edges
     floor = 0.12 * lum.mean() * (1 + 0.3 * rng.standard_normal((h, w)).astype(np.float32))
@@ -267,7 +271,7 @@ def _line_across(rng: np.random.Generator, h: int, w: int, straight: bool = True
 def _neg_joint(rng, lum):
     h, w = lum.shape
     canvas, draw = _canvas(h, w)
-    width = rng.uniform(2, 7)
+    width = rng.uniform(3, 9)
     pts = _line_across(rng, h, w)
     draw.line([tuple(p) for p in (pts * _SS).tolist()], fill=255, width=max(1, round(width * _SS)))
     cov = _coverage(canvas, h, w)
@@ -425,7 +429,7 @@ def render(rng: np.random.Generator, size: int = 256, cracks: int | None = None,
             rgb = rgb * (shaded / np.maximum(rgb.mean(-1), 1))[..., None]
 
     # camera: defocus, sensor noise, JPEG quality (applied when encoding)
-    sigma = rng.uniform(0.25, 1.0)
+    sigma = rng.uniform(0.2, 0.8)
     rgb = ndimage.gaussian_filter(rgb, (sigma, sigma, 0))
     rgb += rng.uniform(1.0, 4.0) * rng.standard_normal((h, w, 1)).astype(np.float32)
     rgb += rng.uniform(0.5, 2.0) * rng.standard_normal((h, w, 3)).astype(np.float32)
