@@ -1,0 +1,170 @@
+{{/* vim: set filetype=mustache: */}}
+
+{{/* Chart name, truncated to the 63 characters a DNS label allows. */}}
+{{- define "fissure.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Fully qualified app name. If the release name already contains the chart name it is used
+as is (so `helm install fissure charts/fissure` gives `fissure`, not `fissure-fissure`).
+*/}}
+{{- define "fissure.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of a component: <fullname>-<component>. Call with (dict "ctx" $ "component" "mlflow"). */}}
+{{- define "fissure.componentName" -}}
+{{- printf "%s-%s" (include "fissure.fullname" .ctx) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "fissure.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels every object carries. */}}
+{{- define "fissure.labels" -}}
+helm.sh/chart: {{ include "fissure.chart" . }}
+{{ include "fissure.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: fissure
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Stable labels used in selectors; never add anything that changes between upgrades. */}}
+{{- define "fissure.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "fissure.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels for a component. Call with (dict "ctx" $ "component" "mlflow"). */}}
+{{- define "fissure.componentLabels" -}}
+{{ include "fissure.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "fissure.componentSelectorLabels" -}}
+{{ include "fissure.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/*
+Image reference from {registry, repository, tag, digest}. A digest wins over a tag; an empty
+tag falls back to the chart's appVersion. Call with (dict "image" .Values.x.image "ctx" $).
+*/}}
+{{- define "fissure.image" -}}
+{{- $repo := .image.repository -}}
+{{- if .image.registry -}}
+{{- $repo = printf "%s/%s" .image.registry .image.repository -}}
+{{- end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repo .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .ctx.Chart.AppVersion .image.tag | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Service account the predictor pods run as (it carries the storage secret for KServe). */}}
+{{- define "fissure.serving.serviceAccountName" -}}
+{{- if .Values.serving.serviceAccount.create -}}
+{{- default (include "fissure.componentName" (dict "ctx" . "component" "serving")) .Values.serving.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serving.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Models that are switched on, as a sorted list of names. */}}
+{{- define "fissure.enabledModels" -}}
+{{- $names := list -}}
+{{- range $name, $m := .Values.models -}}
+{{- if $m.enabled -}}{{- $names = append $names $name -}}{{- end -}}
+{{- end -}}
+{{- toJson (sortAlpha $names) -}}
+{{- end -}}
+
+{{/* Name of the Service KServe creates for a model's predictor. */}}
+{{- define "fissure.predictorService" -}}
+{{- printf "%s-predictor" . -}}
+{{- end -}}
+
+{{/* In-cluster endpoints and secret references, external or bundled. */}}
+{{- define "fissure.postgresql.host" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- include "fissure.componentName" (dict "ctx" . "component" "postgresql") -}}
+{{- else -}}
+{{- required "mlflow.backendStore.external.host is required when postgresql.enabled is false" .Values.mlflow.backendStore.external.host -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "fissure.postgresql.port" -}}
+{{- if .Values.postgresql.enabled -}}5432{{- else -}}{{- .Values.mlflow.backendStore.external.port -}}{{- end -}}
+{{- end -}}
+
+{{- define "fissure.postgresql.secretName" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- required "postgresql.auth.existingSecret is required: create a Secret with the database password (see docs/deploy-kubernetes.md); this chart never invents passwords" .Values.postgresql.auth.existingSecret -}}
+{{- else -}}
+{{- required "mlflow.backendStore.external.existingSecret is required: the Secret that holds the database password" .Values.mlflow.backendStore.external.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "fissure.postgresql.passwordKey" -}}
+{{- if .Values.postgresql.enabled -}}{{- .Values.postgresql.auth.passwordKey -}}{{- else -}}{{- .Values.mlflow.backendStore.external.passwordKey -}}{{- end -}}
+{{- end -}}
+
+{{- define "fissure.postgresql.user" -}}
+{{- if .Values.postgresql.enabled -}}{{- .Values.postgresql.auth.username -}}{{- else -}}{{- .Values.mlflow.backendStore.external.username -}}{{- end -}}
+{{- end -}}
+
+{{- define "fissure.postgresql.database" -}}
+{{- if .Values.postgresql.enabled -}}{{- .Values.postgresql.auth.database -}}{{- else -}}{{- .Values.mlflow.backendStore.external.database -}}{{- end -}}
+{{- end -}}
+
+{{- define "fissure.s3.endpoint" -}}
+{{- if .Values.minio.enabled -}}
+{{- printf "http://%s:9000" (include "fissure.componentName" (dict "ctx" . "component" "minio")) -}}
+{{- else -}}
+{{- .Values.mlflow.artifacts.external.endpointUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "fissure.s3.secretName" -}}
+{{- if .Values.minio.enabled -}}
+{{- required "minio.auth.existingSecret is required: create a Secret with the MinIO root user and password (see docs/deploy-kubernetes.md); this chart never invents passwords" .Values.minio.auth.existingSecret -}}
+{{- else -}}
+{{- required "mlflow.artifacts.external.existingSecret is required: the Secret with the S3 access key id and secret" .Values.mlflow.artifacts.external.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "fissure.s3.accessKeyKey" -}}
+{{- if .Values.minio.enabled -}}{{- .Values.minio.auth.rootUserKey -}}{{- else -}}{{- .Values.mlflow.artifacts.external.accessKeyIdKey -}}{{- end -}}
+{{- end -}}
+
+{{- define "fissure.s3.secretKeyKey" -}}
+{{- if .Values.minio.enabled -}}{{- .Values.minio.auth.rootPasswordKey -}}{{- else -}}{{- .Values.mlflow.artifacts.external.secretAccessKeyKey -}}{{- end -}}
+{{- end -}}
+
+{{- define "fissure.mlflow.trackingUri" -}}
+{{- if .Values.mlflow.enabled -}}
+{{- printf "http://%s.%s.svc:%d" (include "fissure.componentName" (dict "ctx" . "component" "mlflow")) .Release.Namespace (int .Values.mlflow.service.port) -}}
+{{- else -}}
+{{- .Values.mlflow.externalTrackingUri -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Restricted-profile container securityContext shared by every container we own. */}}
+{{- define "fissure.containerSecurityContext" -}}
+{{- toYaml .Values.containerSecurityContext -}}
+{{- end -}}
