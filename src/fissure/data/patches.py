@@ -41,6 +41,7 @@ class PatchSpec:
     seed: int = 0
     max_per_class: int | None = None
     quality: int = 95
+    strict_balance: bool = True  # False: when one class is empty, keep the other unbalanced
 
     def check(self) -> "PatchSpec":
         if self.size < 8:
@@ -120,11 +121,14 @@ def select_patches(items: list[SegmentationItem], spec: PatchSpec,
     cap = spec.max_per_class
     if spec.balance:
         smallest = min(len(v) for v in chosen.values())
-        if smallest == 0 and any(chosen.values()):
+        if smallest == 0 and any(chosen.values()) and not spec.strict_balance:
+            smallest = None
+        elif smallest == 0 and any(chosen.values()):
             found = ", ".join(f"{len(v)} {k}" for k, v in chosen.items())
             raise DataError(f"found {found} tiles: balancing would leave none; "
                             "turn balancing off or change --size/--threshold")
-        cap = smallest if cap is None else min(cap, smallest)
+        if smallest is not None:
+            cap = smallest if cap is None else min(cap, smallest)
     if cap is not None:
         for label, tiles in chosen.items():
             if len(tiles) > cap:

@@ -87,7 +87,7 @@ class PrepareParams:
     def patch_spec(self, seed: int) -> PatchSpec:
         return PatchSpec(size=self.patch_size, stride=self.patch_stride, threshold=self.patch_threshold,
                          margin=self.patch_margin, balance=self.patch_balance, seed=seed,
-                         max_per_class=self.patch_max_per_class)
+                         max_per_class=self.patch_max_per_class, strict_balance=False)
 
 
 KEYS = tuple(f.name for f in fields(PrepareParams))
@@ -290,7 +290,10 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
             for c in ("crack", "no_crack"):
                 (cls_dir / c).mkdir(parents=True, exist_ok=True)
             continue
-        extract_patches(seg, cls_dir, params.patch_spec(params.seed * 1000 + i), progress=progress)
+        got = extract_patches(seg, cls_dir, params.patch_spec(params.seed * 1000 + i), progress=progress)
+        if params.patch_balance and got["crack"] != got["no_crack"]:
+            log(f"warning: {split} has {got['crack']} crack and {got['no_crack']} no_crack patches "
+                "(one class had none to balance with; more images or smaller patches help)")
 
     if feedback_kind == "classify":
         classes = classification_set(params.feedback).classes
