@@ -1,0 +1,358 @@
+"""The protocol front: a KServe Python ModelServer (REST 8080, gRPC 8081) over TorchServe.
+
+One :class:`TorchServeModel` per MAR turns KServe v1/v2 (REST and gRPC) requests into the
+internal wire format (:mod:`fissure.serving.codec`), forwards them over a pooled keep-alive
+HTTP client to TorchServe's loopback inference API, and shapes the handler's per-item results
+into v1 JSON or named v2 tensors. This mirrors KServe's own TorchServe runtime, which puts the
+kserve ModelServer in front of TorchServe; TorchServe's own OIP gRPC is not used (it registers
+a non-standard service name, so standard clients get UNIMPLEMENTED).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from http import HTTPStatus
+
+import httpx
+import numpy as np
+
+from fissure.errors import InputError
+from fissure.serving import codec
+
+
+def _import_kserve():
+    """Import kserve without letting its module-level argparse read our command line."""
+    argv = sys.argv
+    sys.argv = argv[:1]
+    try:
+        import kserve  # noqa: F401
+        import kserve.model_server  # noqa: F401
+    finally:
+        sys.argv = argv
+    return kserve
+
+
+kserve = _import_kserve()
+from kserve.errors import InvalidInput, ModelNotFound  # noqa: E402
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
+
+PLATFORM = "pytorch_torchserve"
+
+
+class RequestRejected(InvalidInput):
+    """A client error with its HTTP status (400, 413, 415, ...) and a one-line reason."""
+
+    def __init__(self, reason: str, status: int = 400):
+        super().__init__(reason.splitlines()[0] if reason else "bad request")
+        self.status = int(status)
+
+
+class BackendError(Exception):
+    """TorchServe failed or is unreachable (5xx)."""
+
+    def __init__(self, reason: str, status: int = 503):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = int(status)
+
+
+class Backend:
+    """Pooled async HTTP/1.1 keep-alive client for TorchServe's inference API."""
+
+    def __init__(self, base_url: str, timeout: float = 120.0, max_connections: int = 256):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        # Created lazily inside the server's event loop.
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url,
+                timeout=httpx.Timeout(self.timeout, connect=5.0),
+                limits=httpx.Limits(max_connections=self.max_connections,
+                                    max_keepalive_connections=self.max_connections),
+            )
+        return self._client
+
+    async def post(self, path: str, content: bytes, headers: dict) -> httpx.Response:
+        try:
+            return await self.client.post(path, content=content, headers=headers)
+        except httpx.HTTPError as exc:
+            raise BackendError(f"TorchServe unreachable: {type(exc).__name__}") from None
+
+    async def close(self):
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def ts_error(resp: httpx.Response) -> tuple[int, str]:
+    """(status, one-line reason) from a TorchServe error response."""
+    reason = ""
+    try:
+        body = resp.json()
+        if isinstance(body, dict):
+            reason = body.get("error") or body.get("message") or ""
+    except ValueError:
+        reason = resp.text[:200]
+    reason = (reason or resp.reason_phrase or "error").splitlines()[0]
+    return resp.status_code, reason
+
+
+class TorchServeModel(kserve.Model):
+    """A KServe model that delegates to one TorchServe model."""
+
+    def __init__(self, served_name: str, meta: dict, spec: dict, backend: Backend):
+        super().__init__(served_name)
+        self.meta = meta
+        self.spec = spec
+        self.task = spec.get("task", meta.get("task"))
+        self.classes = list(spec.get("classes") or [])
+        self.size = int((spec.get("preprocess") or {}).get("size", 224))
+        self.version = str(meta.get("version") or "1")
+        self.backend = backend
+        self.ready = False
+
+    # ------------------------------------------------------------------ metadata
+    def get_input_types(self):
+        return [
+            {"name": "image", "datatype": "BYTES", "shape": [-1]},
+            {"name": "tensor", "datatype": "FP32", "shape": [-1, 3, self.size, self.size]},
+        ]
+
+    def get_output_types(self):
+        if self.task == "classify":
+            return [
+                {"name": "label", "datatype": "BYTES", "shape": [-1]},
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self.classes)]},
+                {"name": "score", "datatype": "FP32", "shape": [-1]},
+            ]
+        return [
+            {"name": "mask_png", "datatype": "BYTES", "shape": [-1]},
+            {"name": "mask_rle", "datatype": "BYTES", "shape": [-1]},
+            {"name": "crack_ratio", "datatype": "FP32", "shape": [-1]},
+            {"name": "boxes", "datatype": "BYTES", "shape": [-1]},
+        ]
+
+    def metadata(self) -> dict:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": PLATFORM,
+            "inputs": self.get_input_types(),
+            "outputs": self.get_output_types(),
+            "parameters": {
+                "mlflow_model_name": self.meta.get("name"),
+                "mlflow_model_version": self.version,
+                "mlflow_run_id": self.meta.get("run_id"),
+                "source_uri": self.meta.get("source_uri"),
+                "task": self.task,
+                "classes": self.classes,
+                "input_size": self.size,
+            },
+        }
+
+    # ------------------------------------------------------------------ kserve hooks
+    def validate(self, payload):
+        return payload
+
+    async def preprocess(self, payload, headers=None):
+        return payload
+
+    async def predict(self, payload, headers=None, response_headers=None):
+        return await self._infer(payload, "predict")
+
+    async def explain(self, payload, headers=None):
+        return await self._infer(payload, "explain")
+
+    async def _infer(self, payload, op: str):
+        if isinstance(payload, InferRequest):
+            params = payload.parameters or {}
+            if _truthy(params.get("explain")):
+                op = "explain"
+            entries = self._v2_entries(payload)
+            results = await self._forward(op, entries)
+            return self._v2_response(payload, op, results)
+        entries = self._v1_entries(payload)
+        results = await self._forward(op, entries)
+        return self._v1_response(op, results)
+
+    # ------------------------------------------------------------------ requests
+    def _v1_entries(self, payload) -> list:
+        if isinstance(payload, (bytes, bytearray)):
+            return [({"kind": "image"}, bytes(payload))]
+        if not isinstance(payload, dict) or "instances" not in payload:
+            raise RequestRejected('v1 body must be {"instances": [{"b64": "<base64 image>"}, ...]} or raw image bytes')
+        instances = payload["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise RequestRejected('"instances" must be a non-empty list')
+        entries = []
+        for i, inst in enumerate(instances):
+            try:
+                entries.append(({"kind": "image"}, _v1_instance_bytes(inst, i)))
+            except InputError as exc:
+                entries.append({"error": exc.message, "status": exc.http_status})
+        return entries
+
+    def _v2_entries(self, request: InferRequest) -> list:
+        if not request.inputs:
+            raise RequestRejected("v2 request has no inputs")
+        entries = []
+        for inp in request.inputs:
+            dt = (inp.datatype or "").upper()
+            try:
+                arr = inp.as_numpy()
+            except (ValueError, TypeError) as exc:
+                raise RequestRejected(f"input {inp.name!r}: data does not match shape {inp.shape}: {exc}") from None
+            except InvalidInput as exc:
+                raise RequestRejected(f"input {inp.name!r}: {exc.reason}") from None
+            if dt == "BYTES":
+                for j, item in enumerate(arr.reshape(-1)):
+                    try:
+                        entries.append(({"kind": "image"}, _v2_bytes(item, f"{inp.name}[{j}]")))
+                    except InputError as exc:
+                        entries.append({"error": exc.message, "status": exc.http_status})
+            elif dt in _NUMERIC:
+                if arr.ndim != 4:
+                    raise RequestRejected(f"tensor shape must be [N,3,H,W], got {list(arr.shape)}")
+                arr = np.ascontiguousarray(arr)
+                entries.append(({"kind": "tensor", "dtype": arr.dtype.name, "shape": list(arr.shape)},
+                                arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()))
+            else:
+                raise RequestRejected(f"input {inp.name!r}: datatype {inp.datatype} not supported; send BYTES images or FP32 [N,3,H,W]")
+        return entries
+
+    async def _forward(self, op: str, entries: list) -> list[dict]:
+        """Send the valid entries to TorchServe; per-image results (or error dicts), in order."""
+        good = [e for e in entries if isinstance(e, tuple)]
+        answers: list = []
+        if good:
+            body = codec.pack_wire(op, good)
+            resp = await self.backend.post(
+                f"/predictions/{self.name}", body,
+                {"Content-Type": codec.WIRE_CONTENT_TYPE, codec.WIRE_HEADER: "1"},
+            )
+            if resp.status_code != 200:
+                status, reason = ts_error(resp)
+                try:
+                    answers = resp.json()["results"]
+                except (ValueError, KeyError, TypeError):
+                    if status >= 500 or status in (404, 408, 429):
+                        raise BackendError(f"TorchServe: {reason}", 503 if status >= 500 else status) from None
+                    raise RequestRejected(reason, status) from None
+            else:
+                answers = resp.json()["results"]
+        results: list[dict] = []
+        it = iter(answers)
+        for entry in entries:
+            if isinstance(entry, dict):
+                results.append(entry)
+                continue
+            answer = next(it)
+            if isinstance(answer, dict):
+                results.append(answer)
+            else:
+                results.extend(answer)
+        errors = [r for r in results if "error" in r]
+        if errors and len(errors) == len(results):
+            raise RequestRejected(errors[0]["error"], errors[0].get("status", 400))
+        return results
+
+    # ------------------------------------------------------------------ responses
+    def _v1_response(self, op: str, results: list[dict]) -> dict:
+        key = "explanations" if op == "explain" else "predictions"
+        out = []
+        for r in results:
+            out.append({**r, "model_name": self.name, "model_version": self.version} if "error" not in r else r)
+        return {key: out, "model_name": self.name, "model_version": self.version}
+
+    def _v2_response(self, request: InferRequest, op: str, results: list[dict]) -> InferResponse:
+        grpc = bool(request.from_grpc)
+        n = len(results)
+        ok = ["error" not in r for r in results]
+
+        def png(field):
+            vals = []
+            for r, good in zip(results, ok):
+                if not good:
+                    vals.append(b"" if grpc else "")
+                else:
+                    vals.append(codec.b64decode(r[field]) if grpc else r[field])
+            return vals
+
+        def js(fn):
+            return [json.dumps(fn(r), separators=(",", ":")) if good else "" for r, good in zip(results, ok)]
+
+        outputs: list[InferOutput] = []
+        if op == "explain":
+            outputs.append(_out("heatmap_png", [n], "BYTES", png("heatmap_png")))
+            outputs.append(_out("explanation", [n], "BYTES",
+                                js(lambda r: {k: v for k, v in r.items() if k != "heatmap_png"})))
+        elif self.task == "classify":
+            c = len(self.classes)
+            probs = [[r["probabilities"].get(k, 0.0) for k in self.classes] if good else [0.0] * c
+                     for r, good in zip(results, ok)]
+            outputs.append(_out("label", [n], "BYTES", [r["label"] if good else "" for r, good in zip(results, ok)]))
+            outputs.append(_out("probabilities", [n, c], "FP32", [p for row in probs for p in row]))
+            outputs.append(_out("score", [n], "FP32", [r["score"] if good else 0.0 for r, good in zip(results, ok)]))
+        else:
+            outputs.append(_out("mask_png", [n], "BYTES", png("mask_png")))
+            outputs.append(_out("mask_rle", [n], "BYTES", js(lambda r: r["mask_rle"])))
+            outputs.append(_out("crack_ratio", [n], "FP32",
+                                [r["crack_ratio"] if good else 0.0 for r, good in zip(results, ok)]))
+            outputs.append(_out("boxes", [n], "BYTES", js(lambda r: r["boxes"])))
+        if not all(ok):
+            outputs.append(_out("error", [n], "BYTES", [r.get("error", "") if not good else ""
+                                                         for r, good in zip(results, ok)]))
+        return InferResponse(
+            response_id=request.id or str(uuid.uuid4()),
+            model_name=self.name,
+            model_version=self.version,
+            infer_outputs=outputs,
+            from_grpc=grpc,
+            # gRPC: raw_output_contents, as Triton does (tritonclient reads only those)
+            use_binary_outputs=grpc,
+        )
+
+
+_NUMERIC = {"FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL"}
+
+
+def _out(name, shape, datatype, data) -> InferOutput:
+    return InferOutput(name=name, shape=shape, datatype=datatype, data=data)
+
+
+def _truthy(v) -> bool:
+    return v is True or (isinstance(v, str) and v.lower() in ("1", "true", "yes"))
+
+
+def _v1_instance_bytes(inst, i: int) -> bytes:
+    where = f"instances[{i}]"
+    if isinstance(inst, dict):
+        if "b64" in inst:
+            return codec.b64decode(inst["b64"], f"{where}.b64")
+        image = inst.get("image")
+        if isinstance(image, dict) and "b64" in image:
+            return codec.b64decode(image["b64"], f"{where}.image.b64")
+        if isinstance(image, str):
+            return codec.b64decode(image, f"{where}.image")
+    elif isinstance(inst, str):
+        return codec.b64decode(inst, where)
+    raise InputError(f'{where} must be {{"b64": "<base64 image>"}} or {{"image": {{"b64": ...}}}}')
+
+
+def _v2_bytes(item, where: str) -> bytes:
+    """A BYTES element: raw bytes (gRPC / binary extension) or a base64 string (JSON)."""
+    if isinstance(item, (bytes, bytearray, np.bytes_)):
+        return bytes(item)
+    if isinstance(item, str):
+        return codec.b64decode(item, where)
+    raise InputError(f"{where}: BYTES elements must be base64 strings (JSON) or raw bytes (gRPC)")
+
+
+__all__ = ["TorchServeModel", "Backend", "RequestRejected", "BackendError", "HTTPStatus", "ModelNotFound"]

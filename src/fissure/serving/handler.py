@@ -1,0 +1,211 @@
+"""TorchServe handler logic; ``serving/handlers/fissure_handler.py`` (in every MAR) subclasses it.
+
+TorchServe hands :meth:`FissureHandler.handle` a list of requests (its dynamic batch).
+Each request is one of:
+
+* the front's internal wire format (:mod:`fissure.serving.codec`, magic ``FSR1``),
+  holding one or more images or one FP32 tensor;
+* raw image bytes (``curl --data-binary @img.jpg .../predictions/<name>``);
+* plain JSON: ``{"b64": ...}``, ``{"data": ...}``, ``{"image": {"b64": ...}}`` or
+  ``{"instances": [...]}`` of those.
+
+All valid images of all requests go through the model in one forward pass. A bad item
+gets its own one-line error; with ``context.set_response_status`` a bad request in a
+batch fails alone, the others get their results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from fissure.errors import InputError
+from fissure.serving import codec
+from fissure.serving.runtime import ModelRuntime, Prepared, error_result, set_threads
+
+try:  # TorchServe is only present in the serving environment
+    from ts.torch_handler.base_handler import BaseHandler
+except ImportError:  # pragma: no cover - lets the module import for unit tests
+    BaseHandler = object
+
+logger = logging.getLogger(__name__)
+MAX_FORWARD = 64  # images per forward pass; larger batches are chunked
+
+
+class _Request:
+    __slots__ = ("idx", "wire", "op", "entries", "shape")
+
+    def __init__(self, idx, wire, op, entries, shape="single"):
+        self.idx, self.wire, self.op, self.entries, self.shape = idx, wire, op, entries, shape
+
+
+class FissureHandler(BaseHandler):
+    def __init__(self):
+        if BaseHandler is not object:
+            super().__init__()
+        self.runtime: ModelRuntime | None = None
+        self.initialized = False
+
+    def initialize(self, context):
+        self.context = context
+        model_dir = context.system_properties.get("model_dir")
+        self.runtime = ModelRuntime.from_dir(model_dir)
+        threads = set_threads()
+        self.initialized = True
+        logger.info("fissure handler ready: %s v%s (%s), torch threads %d",
+                    self.runtime.name, self.runtime.version, self.runtime.task, threads)
+
+    # ------------------------------------------------------------------ TorchServe entry
+    def handle(self, data, context):
+        self.context = context
+        started = time.perf_counter()
+        requests: list[_Request | None] = []
+        outputs: list = [None] * len(data)
+        for idx, row in enumerate(data):
+            try:
+                requests.append(self._parse(idx, row, context))
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a one-line 4xx/5xx
+                requests.append(None)
+                outputs[idx] = self._fail(context, idx, exc, wire=False)
+        n_images = self._run(requests)
+        for req in requests:
+            if req is not None:
+                outputs[req.idx] = self._respond(context, req)
+        logger.info("fissure-batch requests=%d images=%d ms=%.1f", len(data), n_images,
+                    (time.perf_counter() - started) * 1000)
+        return outputs
+
+    # ------------------------------------------------------------------ parsing
+    def _parse(self, idx, row, context) -> _Request:
+        body = row.get("data") if isinstance(row, dict) else row
+        if body is None and isinstance(row, dict):
+            body = row.get("body")
+        if body is None and isinstance(row, dict) and row:
+            body = next(iter(row.values()))  # multipart form field
+        explain = (context.get_request_header(idx, "explain") or "") == "True"
+        op = "explain" if explain else "predict"
+        if codec.is_wire(body):
+            op, items = codec.unpack_wire(bytes(body))
+            entries = []
+            for info, payload in items:
+                entries.append(self._prepare(info, payload))
+            return _Request(idx, True, op, entries)
+        if isinstance(body, (bytes, bytearray)):
+            head = bytes(body[:64]).lstrip()
+            if head.startswith((b"{", b"[")):
+                try:
+                    body = json.loads(bytes(body))
+                except ValueError as exc:
+                    raise InputError(f"malformed JSON: {exc}") from None
+            else:
+                return _Request(idx, False, op, [self._prepare({"kind": "image"}, body)])
+        if isinstance(body, str):
+            try:
+                body = json.loads(body)
+            except ValueError as exc:
+                raise InputError(f"malformed JSON: {exc}") from None
+        if isinstance(body, dict) and "instances" in body:
+            instances = body["instances"]
+            if not isinstance(instances, list) or not instances:
+                raise InputError('"instances" must be a non-empty list')
+            entries = [self._prepare({"kind": "image"}, _instance_bytes(x)) for x in instances]
+            return _Request(idx, False, op, entries, shape="instances")
+        return _Request(idx, False, op, [self._prepare({"kind": "image"}, _instance_bytes(body))])
+
+    def _prepare(self, info, payload):
+        """An entry: list[Prepared], or an error dict if this item is bad."""
+        try:
+            if isinstance(payload, Exception):
+                raise payload
+            if info.get("kind") == "tensor":
+                return self.runtime.prepare_tensor(payload, info.get("shape"), info.get("dtype", "float32"))
+            return [self.runtime.prepare_image(payload)]
+        except Exception as exc:  # noqa: BLE001
+            return error_result(exc)
+
+    # ------------------------------------------------------------------ model
+    def _run(self, requests) -> int:
+        """Forward every valid item, one pass per op; replace entries by their results."""
+        total = 0
+        for op in ("predict", "explain"):
+            slots: list[tuple[_Request, int]] = []
+            items: list[Prepared] = []
+            for req in requests:
+                if req is None or req.op != op:
+                    continue
+                for j, entry in enumerate(req.entries):
+                    if isinstance(entry, list):
+                        slots.append((req, j))
+                        items.extend(entry)
+            if not items:
+                continue
+            total += len(items)
+            fn = self.runtime.predict if op == "predict" else self.runtime.explain
+            try:
+                results = []
+                for start in range(0, len(items), MAX_FORWARD):
+                    results.extend(fn(items[start : start + MAX_FORWARD]))
+            except Exception as exc:  # noqa: BLE001
+                logger.exception("fissure %s failed", op)
+                for req, j in slots:
+                    req.entries[j] = error_result(exc)
+                continue
+            pos = 0
+            for req, j in slots:
+                n = len(req.entries[j])
+                req.entries[j] = results[pos : pos + n]
+                pos += n
+        return total
+
+    # ------------------------------------------------------------------ responses
+    def _respond(self, context, req: _Request):
+        context.set_response_content_type(req.idx, "application/json")
+        errors = [e for e in req.entries if isinstance(e, dict)]
+        if req.wire:
+            if errors and len(errors) == len(req.entries):
+                self._status(context, req.idx, errors[0])
+            return json.dumps({"results": req.entries}, separators=(",", ":"))
+        meta = {"model_name": self.runtime.name, "model_version": self.runtime.version}
+        flat = []
+        for entry in req.entries:
+            flat.extend([{**r, **meta} for r in entry] if isinstance(entry, list) else [entry])
+        if req.shape == "instances":
+            if errors and len(errors) == len(req.entries):
+                self._status(context, req.idx, errors[0])
+            key = "explanations" if req.op == "explain" else "predictions"
+            return json.dumps({key: flat}, separators=(",", ":"))
+        if errors:
+            self._status(context, req.idx, errors[0])
+            return json.dumps(errors[0])
+        return json.dumps(flat[0], separators=(",", ":"))
+
+    @staticmethod
+    def _status(context, idx, err):
+        context.set_response_status(int(err.get("status", 400)), err.get("error", "bad request"), idx)
+
+    def _fail(self, context, idx, exc, wire):
+        err = error_result(exc)
+        context.set_response_content_type(idx, "application/json")
+        self._status(context, idx, err)
+        return json.dumps(err)
+
+
+def _instance_bytes(x):
+    """A native JSON instance -> image bytes (or an InputError to report per item)."""
+    try:
+        if isinstance(x, dict):
+            if "b64" in x:
+                return codec.b64decode(x["b64"], "b64")
+            if isinstance(x.get("image"), dict) and "b64" in x["image"]:
+                return codec.b64decode(x["image"]["b64"], "image.b64")
+            if isinstance(x.get("image"), str):
+                return codec.b64decode(x["image"], "image")
+            if isinstance(x.get("data"), str):
+                return codec.b64decode(x["data"], "data")
+            raise InputError('each instance must be {"b64": "<base64 image>"} or {"image": {"b64": ...}}')
+        if isinstance(x, str):
+            return codec.b64decode(x, "instance")
+        raise InputError('each instance must be {"b64": "<base64 image>"}')
+    except InputError as exc:
+        return exc

@@ -1,0 +1,260 @@
+"""``fissure serve``: TorchServe as a child process plus the KServe front, in one process tree.
+
+Start order: check Java -> write the effective TorchServe config (ports from flags/env) ->
+start ``torchserve --foreground`` in its own process group -> wait until every MAR's workers
+are READY -> register one front model per MAR -> run kserve.ModelServer (REST + gRPC).
+SIGTERM/SIGINT stop the front, then TorchServe (its whole process group: java and the
+Python workers). If TorchServe dies, the front stops and ``fissure serve`` exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from fissure.errors import FissureError
+from fissure.serving.package import read_mar, read_properties
+from fissure.settings import PORTS
+
+JAVA_HINT = "TorchServe needs Java 17: apt-get install openjdk-17-jre-headless"
+log = logging.getLogger("fissure.serve")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@dataclass
+class ServeOptions:
+    model_store: Path
+    config: Path | None = None
+    http_port: int = PORTS["inference_rest"]
+    grpc_port: int = PORTS["inference_grpc"]
+    ts_inference_port: int = 8083
+    ts_management_port: int = PORTS["torchserve_management"]
+    ts_metrics_port: int = PORTS["torchserve_metrics"]
+    ts_grpc_inference_port: int = 7070
+    ts_grpc_management_port: int = 7071
+    workdir: Path | None = None
+    ready_timeout: float = 300.0
+    grpc_threads: int = 8
+    models: list[str] = field(default_factory=list)  # served names; empty = every MAR
+
+
+def find_java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and Path(java_home, "bin", "java").exists():
+        return str(Path(java_home, "bin", "java"))
+    java = shutil.which("java")
+    if not java:
+        raise FissureError(JAVA_HINT)
+    return java
+
+
+def effective_config(opts: ServeOptions, workdir: Path) -> Path:
+    """The packaged config.properties with this process's ports and model store."""
+    lines = Path(opts.config).read_text().splitlines() if opts.config else []
+    overrides = {
+        "inference_address": f"http://127.0.0.1:{opts.ts_inference_port}",
+        "management_address": f"http://127.0.0.1:{opts.ts_management_port}",
+        "metrics_address": f"http://0.0.0.0:{opts.ts_metrics_port}",
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_inference_port": str(opts.ts_grpc_inference_port),
+        "grpc_management_address": "127.0.0.1",
+        "grpc_management_port": str(opts.ts_grpc_management_port),
+        "model_store": str(Path(opts.model_store).resolve()),
+        "disable_token_authorization": "true",
+        "install_py_dep_per_model": "false",
+    }
+    if not any(line.strip().startswith("model_snapshot=") for line in lines):
+        overrides.setdefault("load_models", "all")
+    out, seen = [], set()
+    for line in lines:
+        key = line.split("=", 1)[0].strip() if "=" in line and not line.lstrip().startswith("#") else None
+        if key in overrides:
+            out.append(f"{key}={overrides[key]}")
+            seen.add(key)
+        else:
+            out.append(line)
+    out += [f"{k}={v}" for k, v in overrides.items() if k not in seen]
+    path = workdir / "config.properties"
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+class TorchServe:
+    """TorchServe in the foreground as a child process group."""
+
+    def __init__(self, opts: ServeOptions, workdir: Path):
+        self.opts = opts
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.stopping = False
+        self.management = f"http://127.0.0.1:{opts.ts_management_port}"
+        self.inference = f"http://127.0.0.1:{opts.ts_inference_port}"
+
+    def start(self) -> None:
+        java = find_java()
+        config = effective_config(self.opts, self.workdir)
+        tmp = self.workdir / "tmp"
+        logs = self.workdir / "logs"
+        tmp.mkdir(parents=True, exist_ok=True)
+        logs.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update({
+            # a private temp dir: TorchServe's pid file lives there, so several servers can coexist
+            "TMPDIR": str(tmp), "TEMP": str(tmp),
+            "LOG_LOCATION": str(logs), "METRICS_LOCATION": str(logs),
+            "JAVA_HOME": env.get("JAVA_HOME") or str(Path(java).resolve().parents[1]),
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.pop("TS_CONFIG_FILE", None)
+        cmd = [sys.executable, "-c", "import sys; from ts.model_server import start; sys.exit(start())",
+               "--start", "--foreground", "--ncs", "--disable-token-auth", "--enable-model-api",
+               "--model-store", str(Path(self.opts.model_store).resolve()), "--ts-config", str(config)]
+        log.info("starting TorchServe (logs in %s)", logs)
+        self.proc = subprocess.Popen(cmd, env=env, cwd=self.workdir, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, names: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = set(names)
+        with httpx.Client(timeout=5.0) as client:
+            while pending:
+                if not self.alive():
+                    raise FissureError(f"TorchServe exited (code {self.proc.returncode}) before its models were ready; "
+                                       f"see {self.workdir / 'logs'}")
+                for name in sorted(pending):
+                    try:
+                        r = client.get(f"{self.management}/models/{name}")
+                        if r.status_code == 200:
+                            workers = r.json()[0].get("workers", [])
+                            if workers and all(w.get("status") == "READY" for w in workers):
+                                pending.discard(name)
+                    except (httpx.HTTPError, ValueError, IndexError, KeyError):
+                        pass
+                if pending:
+                    if time.monotonic() > deadline:
+                        raise FissureError(f"TorchServe models not ready after {timeout:.0f}s: {sorted(pending)}; "
+                                           f"see {self.workdir / 'logs'}")
+                    time.sleep(0.5)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self.stopping = True
+        if self.proc is None or self.proc.poll() is not None and not _group_alive(self.proc.pid):
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and (self.proc.poll() is None or _group_alive(self.proc.pid)):
+                time.sleep(0.2)
+            if self.proc.poll() is not None and not _group_alive(self.proc.pid):
+                break
+        log.info("TorchServe stopped")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def discover(model_store: Path, only: list[str]) -> list[dict]:
+    mars = sorted(Path(model_store).glob("*.mar"))
+    if not mars:
+        raise FissureError(f"no .mar files in {model_store}; run `fissure package` first")
+    found = [read_mar(p) for p in mars]
+    if only:
+        names = {f["served_name"] for f in found}
+        missing = sorted(set(only) - names)
+        if missing:
+            raise FissureError(f"model(s) {missing} not in {model_store} (has {sorted(names)})")
+        found = [f for f in found if f["served_name"] in only]
+    return found
+
+
+def serve(opts: ServeOptions) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request otherwise
+    if not Path(opts.model_store).is_dir():
+        raise FissureError(f"model store {opts.model_store} is not a directory")
+    if opts.config and not Path(opts.config).is_file():
+        raise FissureError(f"config file {opts.config} not found")
+    find_java()
+    mars = discover(Path(opts.model_store), opts.models)
+    owned_workdir = opts.workdir is None
+    workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="fissure-serve-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    ts = TorchServe(opts, workdir)
+    stop_requested = threading.Event()
+
+    def early_stop(sig, _frame):
+        stop_requested.set()
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, early_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        ts.start()
+        ts.wait_ready([m["served_name"] for m in mars], opts.ready_timeout)
+    except KeyboardInterrupt:
+        ts.stop()
+        return 130 if not stop_requested.is_set() else 0
+    except BaseException:
+        ts.stop()
+        raise
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    log.info("TorchServe ready: %s", ", ".join(m["served_name"] for m in mars))
+    code = 0
+    try:
+        code = run_front(opts, ts, mars)
+    finally:
+        ts.stop()
+        if owned_workdir:
+            shutil.rmtree(workdir / "tmp", ignore_errors=True)
+    return code
+
+
+def run_front(opts: ServeOptions, ts: TorchServe, mars: list[dict]) -> int:
+    from fissure.serving.app import build_server
+
+    server, models = build_server(opts, ts, mars)
+    exit_code = {"code": 0}
+
+    def watch():
+        while not server_stopped.is_set():
+            if not ts.alive() and not ts.stopping:
+                log.error("TorchServe exited unexpectedly (code %s); stopping", ts.proc.returncode)
+                exit_code["code"] = 1
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            server_stopped.wait(1.0)
+
+    server_stopped = threading.Event()
+    threading.Thread(target=watch, name="torchserve-watch", daemon=True).start()
+    try:
+        server.start(models)
+    finally:
+        server_stopped.set()
+    return exit_code["code"]
