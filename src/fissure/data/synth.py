@@ -80,7 +80,13 @@ def _fbm(rng: np.random.Generator, h: int, w: int, cells: int, octaves: int, gai
 
 
 def _blurred_noise(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.ndarray:
-    out = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), sigma, mode="wrap")
+    """Gaussian-filtered white noise, unit std; wide kernels run on a coarser grid."""
+    f = max(1, int(sigma // 1.5))
+    gh, gw = -(-h // f), -(-w // f)
+    out = ndimage.gaussian_filter(rng.standard_normal((gh, gw), dtype=np.float32), sigma / f,
+                                  mode="wrap", truncate=3.0)
+    if f > 1:
+        out = _resize_f(out, h, w)
     return out / (out.std() + 1e-6)
 
 
@@ -129,10 +135,10 @@ def _surface(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.n
     thr = np.quantile(chips, 1 - rng.uniform(0.005, 0.03))
     lum += rng.uniform(10, 35) * np.clip((chips - thr) / (abs(thr) * 0.3 + 1e-3), 0, 1)
     # fine grain
-    lum += rng.uniform(2, 6) * rng.standard_normal((h, w)).astype(np.float32)
+    lum += rng.uniform(2, 6) * rng.standard_normal((h, w), dtype=np.float32)
     # lighting: a linear gradient and a soft vignette/hotspot
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    yy, xx = yy / h - 0.5, xx / w - 0.5
+    yy = (np.arange(h, dtype=np.float32) / h - 0.5)[:, None]
+    xx = (np.arange(w, dtype=np.float32) / w - 0.5)[None, :]
     a = rng.uniform(0, 2 * np.pi)
     light = 1 + rng.uniform(0, 0.35) * (np.cos(a) * xx + np.sin(a) * yy)
     cy, cx = rng.uniform(-0.5, 0.5, 2)
@@ -140,8 +146,8 @@ def _surface(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.n
     lum *= light
 
     # colour temperature (warm/cool) plus a small random cast; mostly grey
-    temp = rng.normal(0, 0.025)
-    tint = np.array([1 + temp, 1.0, 1 - temp], np.float32) + rng.normal(0, 0.012, 3).astype(np.float32)
+    temp = rng.normal(0, 0.025) if rng.random() < 0.8 else rng.uniform(0.04, 0.09)  # some sandy/beige
+    tint = np.array([1 + temp, 1 + 0.4 * max(temp, 0), 1 - 1.2 * temp], np.float32) + rng.normal(0, 0.012, 3).astype(np.float32)
     return lum, tint
 
 
@@ -238,10 +244,10 @@ def _render_cracks(rng: np.random.Generator, lum: np.ndarray, n_cracks: int) -> 
     rim = ndimage.gaussian_filter(cov, rng.uniform(1.2, 2.5))
     dy, dx = rng.integers(-1, 2, 2)
     rim = np.roll(rim, (int(dy), int(dx)), (0, 1))
-    depth = rng.uniform(0.4, 0.85) + 0.1 * _blurred_noise(rng, h, w, 6)
+    depth = rng.uniform(0.5, 0.88) + 0.1 * _blurred_noise(rng, h, w, 6)
     interior = np.clip(depth, 0.35, 0.92)
     # keep some texture inside: darker floor with a bit of grain, and soft edges
-    floor = 0.12 * lum.mean() * (1 + 0.3 * rng.standard_normal((h, w)).astype(np.float32))
+    floor = 0.12 * lum.mean() * (1 + 0.3 * rng.standard_normal((h, w), dtype=np.float32))
     dark = lum * (1 - interior * soft) + floor * soft * 0.3
     dark *= 1 - rng.uniform(0.06, 0.18) * np.clip(rim - cov, 0, 1)
     mask = cov >= 0.45
@@ -269,16 +275,17 @@ def _line_across(rng: np.random.Generator, h: int, w: int, straight: bool = True
 
 
 def _neg_joint(rng, lum):
+    """Saw-cut / expansion joint: straight, constant width, crisp parallel edges."""
     h, w = lum.shape
     canvas, draw = _canvas(h, w)
-    width = rng.uniform(3, 9)
+    width = rng.uniform(3, 10)
     pts = _line_across(rng, h, w)
     draw.line([tuple(p) for p in (pts * _SS).tolist()], fill=255, width=max(1, round(width * _SS)))
     cov = _coverage(canvas, h, w)
-    lip = np.clip(ndimage.gaussian_filter(cov, 1.5) - cov, 0, 1)
-    filled = rng.random() < 0.3
-    dark = rng.uniform(0.35, 0.7) if not filled else rng.uniform(0.6, 0.85)
-    lum = lum * (1 - dark * cov) + rng.uniform(-0.1, 0.25) * lip * lum
+    lip = np.clip(ndimage.gaussian_filter(cov, rng.uniform(1.0, 2.5)) - cov, 0, 1)
+    dark = rng.uniform(0.35, 0.8)
+    core = ndimage.gaussian_filter(cov, width / 4)  # darker toward the centre of the cut
+    lum = lum * (1 - dark * cov * (0.7 + 0.3 * core)) + rng.uniform(-0.15, 0.35) * lip * lum
     return lum
 
 
@@ -307,7 +314,8 @@ def _neg_stain(rng, lum):
 
 def _neg_shadow(rng, lum):
     h, w = lum.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    xx = np.arange(w, dtype=np.float32)[None, :]
     a = rng.uniform(0, 2 * np.pi)
     off = rng.uniform(-0.3, 0.3) * max(h, w)
     edge = (xx - w / 2) * np.cos(a) + (yy - h / 2) * np.sin(a) - off
@@ -326,28 +334,33 @@ def _neg_scratches(rng, lum):
         a = base + rng.normal(0, 0.2)
         L = rng.uniform(0.1, 0.5) * max(h, w)
         p0, p1 = c - L / 2 * np.array([np.cos(a), np.sin(a)]), c + L / 2 * np.array([np.cos(a), np.sin(a)])
-        draw.line([tuple(p0 * _SS), tuple(p1 * _SS)], fill=int(rng.integers(90, 255)), width=1)
+        draw.line([tuple(p0 * _SS), tuple(p1 * _SS)], fill=int(rng.integers(120, 255)),
+                  width=int(rng.integers(1, 3)))
     cov = _coverage(canvas, h, w)
     sign = 1 if rng.random() < 0.7 else -1  # scratches are usually lighter than the surface
-    return lum * (1 + sign * rng.uniform(0.1, 0.3) * cov)
+    return lum * (1 + sign * rng.uniform(0.15, 0.4) * cov)
 
 
 def _neg_leaves(rng, lum, rgb_over):
     h, w = lum.shape
     canvas, draw = _canvas(h, w)
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(1, 4))):
         cx, cy = rng.uniform(0, 1, 2) * [w, h]
-        L, Wd = rng.uniform(0.05, 0.18) * max(h, w), None
-        Wd = L * rng.uniform(0.3, 0.6)
-        a = rng.uniform(0, np.pi)
-        t = np.linspace(0, 2 * np.pi, 24)
-        x, y = L / 2 * np.cos(t), Wd / 2 * np.sin(t) * (1 - 0.3 * np.cos(t))
+        length = rng.uniform(0.08, 0.25) * max(h, w)
+        width = length * rng.uniform(0.3, 0.55)
+        a = rng.uniform(0, 2 * np.pi)
+        t = np.linspace(0, 2 * np.pi, 32)
+        # pointed at both ends, slightly asymmetric, with a wobbly outline
+        x = length / 2 * np.cos(t)
+        y = width / 2 * np.sin(t) * np.abs(np.sin(t)) ** 0.3 * (1 - 0.25 * np.cos(t))
+        y *= 1 + 0.08 * rng.standard_normal(len(t))
         pts = np.stack([cx + x * np.cos(a) - y * np.sin(a), cy + x * np.sin(a) + y * np.cos(a)], 1)
         draw.polygon([tuple(p) for p in (pts * _SS).tolist()], fill=255)
-    cov = ndimage.gaussian_filter(_coverage(canvas, h, w), 0.7)
-    color = np.array([[120, 80, 40], [150, 120, 50], [90, 100, 45], [70, 50, 35]][int(rng.integers(0, 4))], np.float32)
-    color = color * rng.uniform(0.8, 1.15)
-    rgb_over.append((cov * rng.uniform(0.75, 0.95), color))
+    cov = ndimage.gaussian_filter(_coverage(canvas, h, w), 0.6)
+    palette = [[120, 80, 40], [150, 120, 50], [90, 100, 45], [70, 50, 35], [170, 140, 90]]
+    color = np.array(palette[int(rng.integers(0, len(palette)))], np.float32) * rng.uniform(0.75, 1.1)
+    tex = 1 + 0.12 * _blurred_noise(rng, h, w, 1.5)  # blotchy, dried leaf
+    rgb_over.append((cov * rng.uniform(0.8, 0.97), color * tex[..., None]))
     return lum
 
 
@@ -431,8 +444,8 @@ def render(rng: np.random.Generator, size: int = 256, cracks: int | None = None,
     # camera: defocus, sensor noise, JPEG quality (applied when encoding)
     sigma = rng.uniform(0.2, 0.8)
     rgb = ndimage.gaussian_filter(rgb, (sigma, sigma, 0))
-    rgb += rng.uniform(1.0, 4.0) * rng.standard_normal((h, w, 1)).astype(np.float32)
-    rgb += rng.uniform(0.5, 2.0) * rng.standard_normal((h, w, 3)).astype(np.float32)
+    rgb += rng.uniform(1.0, 4.0) * rng.standard_normal((h, w, 1), dtype=np.float32)
+    rgb += rng.uniform(0.5, 2.0) * rng.standard_normal((h, w, 3), dtype=np.float32)
     image = np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
     quality = int(rng.integers(60, 96))
     return Sample(image=image, mask=mask, quality=quality, cracks=cracks, negatives=list(negatives))
