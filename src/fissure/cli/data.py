@@ -25,7 +25,9 @@ def data():
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Same seed: byte-identical files; image i does not depend on --count.")
 @click.option("--size", type=int, default=256, show_default=True, help="Image side in pixels.")
-def synth_cmd(task, out, count, seed, size):
+@click.option("--preview", type=click.Path(dir_okay=False),
+              help="Also write a contact sheet (PNG/JPEG) of the first 16 images, masks overlaid.")
+def synth_cmd(task, out, count, seed, size, preview):
     """Generate synthetic concrete/asphalt images with cracks and hard negatives.
 
     Masks mark cracks only (never joints, paint, stains, shadows, scratches, leaves or tar).
@@ -39,6 +41,11 @@ def synth_cmd(task, out, count, seed, size):
     dt = time.perf_counter() - t0
     _log(f"wrote {count} {task} images to {out} in {dt:.1f}s ({count / dt:.0f} img/s): "
          + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if preview:
+        from fissure.data.sheet import classification_preview, segmentation_preview
+
+        made = segmentation_preview(out, preview) if task == "segment" else classification_preview(out, preview)
+        _log(f"preview: {made}")
 
 
 @data.command("patches")

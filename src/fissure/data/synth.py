@@ -146,8 +146,8 @@ def _surface(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.n
     lum *= light
 
     # colour temperature (warm/cool) plus a small random cast; mostly grey
-    temp = rng.normal(0, 0.025) if rng.random() < 0.8 else rng.uniform(0.04, 0.09)  # some sandy/beige
-    tint = np.array([1 + temp, 1 + 0.4 * max(temp, 0), 1 - 1.2 * temp], np.float32) + rng.normal(0, 0.012, 3).astype(np.float32)
+    temp = rng.normal(0, 0.025) if rng.random() < 0.8 else rng.uniform(0.03, 0.07)  # some sandy/beige
+    tint = np.array([1 + temp, 1 + 0.3 * max(temp, 0), 1 - temp], np.float32) + rng.normal(0, 0.012, 3).astype(np.float32)
     return lum, tint
 
 
@@ -239,13 +239,15 @@ def _render_cracks(rng: np.random.Generator, lum: np.ndarray, n_cracks: int) -> 
     # chipped, irregular lips: perturb the coverage near its edges only
     edge = 4 * cov * (1 - cov)
     cov = np.clip(cov + 0.3 * edge * _blurred_noise(rng, h, w, 0.8), 0, 1)
-    soft = np.maximum(cov, ndimage.gaussian_filter(cov, 0.6))
+    soft = np.maximum(cov ** 0.7, ndimage.gaussian_filter(cov, 0.6))
     # shadowed rim: light falls across the crack, darkening one lip more than the other
     rim = ndimage.gaussian_filter(cov, rng.uniform(1.2, 2.5))
     dy, dx = rng.integers(-1, 2, 2)
     rim = np.roll(rim, (int(dy), int(dx)), (0, 1))
-    depth = rng.uniform(0.5, 0.88) + 0.1 * _blurred_noise(rng, h, w, 6)
-    interior = np.clip(depth, 0.35, 0.92)
+    # mostly dark, sometimes faint (shallow or dusty cracks, as in road-survey images)
+    depth = (rng.uniform(0.5, 0.88) if rng.random() < 0.75 else rng.uniform(0.3, 0.5))
+    depth = depth + 0.1 * _blurred_noise(rng, h, w, 6)
+    interior = np.clip(depth, 0.25, 0.92)
     # keep some texture inside: darker floor with a bit of grain, and soft edges
     floor = 0.12 * lum.mean() * (1 + 0.3 * rng.standard_normal((h, w), dtype=np.float32))
     dark = lum * (1 - interior * soft) + floor * soft * 0.3
