@@ -203,7 +203,7 @@ def _crack_paths(rng: np.random.Generator, h: int, w: int) -> list[tuple[np.ndar
     base = float(np.clip(rng.lognormal(np.log(2.0), 0.45), 0.9, 5.0))
     paths = []
     for direction in (0.0, np.pi):
-        length = rng.uniform(0.25, 0.85) * size
+        length = rng.uniform(0.25, 1.0) * size
         pts = _walk(rng, start, angle + direction, length, tort)
         widths = _width_profile(rng, len(pts), base)
         paths.append((pts, widths))
@@ -307,7 +307,7 @@ def _neg_paint(rng, lum, rgb_over):
 def _neg_stain(rng, lum):
     h, w = lum.shape
     field_ = _fbm(rng, h, w, int(rng.integers(2, 5)), 4, 0.5)
-    thr = rng.uniform(0.6, 1.6)
+    thr = rng.uniform(0.2, 1.1)
     blob = np.clip((field_ - thr) * rng.uniform(1.0, 3.0), 0, 1)
     blob = ndimage.gaussian_filter(blob, rng.uniform(1, 4))
     sign = -1 if rng.random() < 0.85 else 1  # mostly dark (oil, water), sometimes light (dried salt)
@@ -367,14 +367,22 @@ def _neg_leaves(rng, lum, rgb_over):
 
 
 def _neg_tar(rng, lum):
+    """Crack sealant: a smooth, meandering, glossy black band (a repaired crack, not a crack)."""
     h, w = lum.shape
     canvas, draw = _canvas(h, w)
-    pts = _line_across(rng, h, w, straight=False)
-    draw.line([tuple(p) for p in (pts * _SS).tolist()], fill=255, width=max(1, round(rng.uniform(6, 16) * _SS)),
+    size = max(h, w)
+    start = np.array([rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h], np.float32)
+    angle = rng.uniform(0, np.pi)
+    width = rng.uniform(6, 18) if rng.random() < 0.8 else rng.uniform(18, 35)  # overbanding
+    halves = [_walk(rng, start, angle + d, rng.uniform(0.5, 1.0) * size, 0.15) for d in (0.0, np.pi)]
+    pts = np.vstack([halves[1][::-1], halves[0][1:]])
+    pts = np.stack([ndimage.gaussian_filter1d(pts[:, k], 4, mode="nearest") for k in (0, 1)], 1)
+    draw.line([tuple(p) for p in (pts * _SS).tolist()], fill=255, width=max(1, round(width * _SS)),
               joint="curve")
-    cov = ndimage.gaussian_filter(_coverage(canvas, h, w), rng.uniform(0.5, 1.5))
-    tar = rng.uniform(18, 45) + 4 * _blurred_noise(rng, h, w, 2)
-    return lum * (1 - cov) + tar * cov
+    cov = ndimage.gaussian_filter(_coverage(canvas, h, w), rng.uniform(0.5, 1.2))
+    tar = rng.uniform(18, 45) + 5 * _blurred_noise(rng, h, w, 2)
+    gloss = 25 * np.clip(_blurred_noise(rng, h, w, 3) - 1.2, 0, None)  # specular patches
+    return lum * (1 - cov) + (tar + gloss) * cov
 
 
 _NEGATIVES = {
