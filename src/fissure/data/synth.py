@@ -113,7 +113,7 @@ def _surface(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.n
     else:
         tone = rng.uniform(115, 195)
         fine_amp, agg_sigma, agg_amp = rng.uniform(3, 8), rng.uniform(1.0, 2.0), rng.uniform(2, 7)
-        mottle = rng.uniform(3, 9)
+        mottle = rng.uniform(2, 7)
         pore_density, pore_depth = rng.uniform(0.004, 0.025), rng.uniform(25, 60)
 
     lum = np.full((h, w), tone, np.float32)
@@ -134,6 +134,12 @@ def _surface(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.n
     chips = _blurred_noise(rng, h, w, 0.8)
     thr = np.quantile(chips, 1 - rng.uniform(0.005, 0.03))
     lum += rng.uniform(10, 35) * np.clip((chips - thr) / (abs(thr) * 0.3 + 1e-3), 0, 1)
+    # grit: sparse, crisp light and dark grains of one or two pixels
+    grit = rng.random((h, w), dtype=np.float32)
+    density = rng.uniform(0.01, 0.06) if asphalt else rng.uniform(0.003, 0.03)
+    dots = (grit < density / 2).astype(np.float32) * rng.uniform(15, 45) - \
+        (grit > 1 - density / 2).astype(np.float32) * rng.uniform(15, 45)
+    lum += ndimage.gaussian_filter(dots, 0.5, truncate=2.0)
     # fine grain
     lum += rng.uniform(2, 6) * rng.standard_normal((h, w), dtype=np.float32)
     # lighting: a linear gradient and a soft vignette/hotspot
@@ -452,7 +458,7 @@ def render(rng: np.random.Generator, size: int = 256, cracks: int | None = None,
             rgb = rgb * (shaded / np.maximum(rgb.mean(-1), 1))[..., None]
 
     # camera: defocus, sensor noise, JPEG quality (applied when encoding)
-    sigma = rng.uniform(0.2, 0.8)
+    sigma = rng.uniform(0.15, 0.7)
     rgb = ndimage.gaussian_filter(rgb, (sigma, sigma, 0))
     rgb += rng.uniform(1.0, 4.0) * rng.standard_normal((h, w, 1), dtype=np.float32)
     rgb += rng.uniform(0.5, 2.0) * rng.standard_normal((h, w, 3), dtype=np.float32)
