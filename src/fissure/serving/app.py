@@ -17,7 +17,10 @@ log = logging.getLogger("fissure.serve")
 import kserve.protocol.grpc.server as _grpc_server  # noqa: E402
 from fastapi import Request  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import JSONResponse, Response  # noqa: E402
+import orjson  # noqa: E402
+from fastapi.responses import JSONResponse, ORJSONResponse, Response  # noqa: E402
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER  # noqa: E402
+from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput  # noqa: E402
 from grpc import StatusCode  # noqa: E402
 from kserve.errors import ModelNotFound  # noqa: E402
 from kserve.model_server import app  # noqa: E402
@@ -90,6 +93,20 @@ def _add_routes(server: FissureModelServer, backend: Backend) -> None:
     async def v2_metadata(model_name: str):
         return model(model_name).metadata()
 
+    @app.post("/v2/models/{model_name}/infer", include_in_schema=False)
+    async def v2_infer(model_name: str, request: Request):
+        # Our own parsing: kserve 0.21 turns binary-extension BYTES inputs into UTF-8 text,
+        # which fails for image bytes (and echoes the whole payload in a 500).
+        model(model_name)
+        headers = dict(request.headers)
+        infer_request = parse_v2_request(await request.body(), headers, model_name)
+        result, _ = await server.dataplane.infer(model_name=model_name, request=infer_request, headers=headers)
+        result, res_headers = server.dataplane.encode(model_name=model_name, response=result,
+                                                      headers=headers, req_attributes={})
+        if isinstance(result, bytes):
+            return Response(content=result, headers=res_headers, media_type="application/octet-stream")
+        return ORJSONResponse(content=result, headers=res_headers)
+
     @app.get("/v1/models/{model_name}", include_in_schema=False)
     async def v1_model(model_name: str):
         m = model(model_name)
@@ -133,6 +150,50 @@ def _add_routes(server: FissureModelServer, backend: Backend) -> None:
     app.add_exception_handler(RequestRejected, rejected)
     app.add_exception_handler(BackendError, backend_error)
     app.add_exception_handler(RequestValidationError, validation)
+
+
+def parse_v2_request(body: bytes, headers: dict, model_name: str) -> InferRequest:
+    """v2 JSON, or JSON + binary tensors (Inference-Header-Content-Length), -> InferRequest."""
+    json_len = headers.get(INFERENCE_CONTENT_LENGTH_HEADER)
+    try:
+        n = int(json_len) if json_len is not None else len(body)
+        if not 0 < n <= len(body):
+            raise ValueError(f"{INFERENCE_CONTENT_LENGTH_HEADER} {n} outside the body")
+    except ValueError as exc:
+        raise RequestRejected(f"bad {INFERENCE_CONTENT_LENGTH_HEADER}: {exc}") from None
+    try:
+        doc = orjson.loads(body[:n])
+    except orjson.JSONDecodeError as exc:
+        raise RequestRejected(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise RequestRejected('v2 body must be {"inputs": [{"name", "datatype", "shape", "data"}, ...]}')
+    inputs, offset = [], n
+    for i, spec in enumerate(doc["inputs"]):
+        if not isinstance(spec, dict) or not all(k in spec for k in ("name", "datatype", "shape")):
+            raise RequestRejected(f"inputs[{i}] needs name, datatype and shape")
+        shape = spec["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise RequestRejected(f"inputs[{i}].shape must be a list of non-negative integers")
+        params = spec.get("parameters") or {}
+        inp = InferInput(name=str(spec["name"]), shape=shape, datatype=str(spec["datatype"]), parameters=params)
+        if "data" in spec:
+            data = spec["data"]
+            inp.data = data if isinstance(data, list) else [data]
+        elif isinstance(params, dict) and isinstance(params.get("binary_data_size"), int):
+            size = params["binary_data_size"]
+            if offset + size > len(body):
+                raise RequestRejected(f"inputs[{i}]: binary data shorter than binary_data_size")
+            inp._raw_data = body[offset : offset + size]
+            offset += size
+        else:
+            raise RequestRejected(f"inputs[{i}] has no data")
+        inputs.append(inp)
+    outputs = None
+    if isinstance(doc.get("outputs"), list):
+        outputs = [RequestedOutput(name=o.get("name"), parameters=o.get("parameters"))
+                   for o in doc["outputs"] if isinstance(o, dict)]
+    return InferRequest(model_name=model_name, infer_inputs=inputs, request_id=doc.get("id"),
+                        parameters=doc.get("parameters"), request_outputs=outputs or None)
 
 
 def build_server(opts, ts, mars: list[dict]):

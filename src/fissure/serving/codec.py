@@ -133,14 +133,15 @@ def summarize(values: np.ndarray) -> dict:
 
 
 def overlay(image: Image.Image, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.5) -> Image.Image:
-    """Paint ``mask`` over ``image`` (both at the image's size) for people to look at."""
+    """Paint ``mask`` (boolean, or a [0, 1] heatmap) over ``image`` for people to look at."""
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    m = np.asarray(mask) > 0
-    if m.shape != base.shape[:2]:
-        m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(image.size, Image.NEAREST)) > 127
-    out = base.copy()
-    out[m] = (1 - alpha) * base[m] + alpha * np.asarray(color, dtype=np.float32)
-    return Image.fromarray(out.astype(np.uint8), mode="RGB")
+    m = np.asarray(mask)
+    weight = m.astype(np.float32) if m.dtype.kind == "f" else (m > 0).astype(np.float32)
+    if weight.shape != base.shape[:2]:
+        weight = np.asarray(Image.fromarray(weight, mode="F").resize(image.size, Image.BILINEAR))
+    weight = np.clip(weight, 0.0, 1.0)[..., None] * alpha
+    out = (1 - weight) * base + weight * np.asarray(color, dtype=np.float32)
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
 # ---------------------------------------------------------------------------- wire format

@@ -172,8 +172,7 @@ class TorchServeModel(kserve.Model):
 
     async def _infer(self, payload, op: str):
         if isinstance(payload, InferRequest):
-            params = payload.parameters or {}
-            if _truthy(params.get("explain")):
+            if _truthy(_param(payload.parameters, "explain")):
                 op = "explain"
             entries = self._v2_entries(payload)
             results = await self._forward(op, entries)
@@ -325,6 +324,17 @@ _NUMERIC = {"FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", 
 
 def _out(name, shape, datatype, data) -> InferOutput:
     return InferOutput(name=name, shape=shape, datatype=datatype, data=data)
+
+
+def _param(params, key):
+    """A request parameter from REST (dict) or gRPC (map of InferParameter)."""
+    if not params or key not in params:
+        return None
+    v = params[key]
+    if hasattr(v, "WhichOneof"):
+        kind = v.WhichOneof("parameter_choice")
+        return getattr(v, kind) if kind else None
+    return v
 
 
 def _truthy(v) -> bool:
