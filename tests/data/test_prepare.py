@@ -127,3 +127,10 @@ def test_unknown_key_is_refused():
 def test_defaults_fit_the_training_budget():
     p = make_params({})
     assert p.source == ["synth"] and 200 <= p.count <= 600 and p.size == 256
+
+
+def test_zero_fraction_leaves_no_empty_split_folder(tmp_path):
+    m = prepare(make_params(dict(SMALL, count=10, val_fraction=0.0, test_fraction=0.2)), tmp_path)
+    assert m["counts"]["segment"]["val"] == 0 and m["counts"]["classify"]["val"] == {"crack": 0, "no_crack": 0}
+    assert not (tmp_path / "segment" / "val").exists() and not (tmp_path / "classify" / "val").exists()
+    assert (tmp_path / "segment" / "test" / "images").is_dir()

@@ -286,9 +286,8 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
         n = len(list((seg / "images").iterdir()))
         counts["segment"][split] = n
         cls_dir = out / "classify" / split
-        if n == 0:
-            for c in ("crack", "no_crack"):
-                (cls_dir / c).mkdir(parents=True, exist_ok=True)
+        if n == 0:  # e.g. val_fraction 0: no folder at all, so trainers split val off train
+            shutil.rmtree(seg)
             continue
         got = extract_patches(seg, cls_dir, params.patch_spec(params.seed * 1000 + i), progress=progress)
         if params.patch_balance and got["crack"] != got["no_crack"]:
@@ -304,6 +303,7 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
 
     for split in SPLITS:
         counts["classify"][split] = {c: len(list((out / "classify" / split / c).iterdir()))
+                                     if (out / "classify" / split / c).is_dir() else 0
                                      for c in ("crack", "no_crack")}
     files = [p for p in (out / "segment").rglob("*") if p.is_file()]
     files += [p for p in (out / "classify").rglob("*") if p.is_file()]
