@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# make e2e-kind: `helm test`, then inference over REST (curl) and gRPC (fissure predict)
+# through the Gateway. Written for a laptop with kind; untested on the project's machines.
+set -euo pipefail
+ns="${1:-fissure}"; release="${2:-fissure}"; host="${3:-fissure.localtest.me}"
+helm="${HELM:-helm}"
+image="${E2E_IMAGE:-tests/k8s/data/crack.png}"
+for tool in kubectl curl grpcurl "$helm"; do
+  command -v "$tool" >/dev/null || { echo "e2e-kind: '$tool' is not installed" >&2; exit 1; }
+done
+
+"$helm" test "$release" -n "$ns" --logs --timeout 10m
+
+# Envoy Gateway names the Service after the Gateway; find it by label and forward to it.
+svc=$(kubectl -n envoy-gateway-system get svc \
+  -l gateway.envoyproxy.io/owning-gateway-name=fissure-gateway,gateway.envoyproxy.io/owning-gateway-namespace=fissure-gateway \
+  -o jsonpath='{.items[0].metadata.name}')
+kubectl -n envoy-gateway-system port-forward "svc/$svc" 18080:80 >/dev/null 2>&1 &
+pf=$!; trap 'kill $pf' EXIT; sleep 3
+
+b64=$(base64 < "$image" | tr -d '\n')
+for model in crack-classifier crack-segmenter; do
+  echo ">> REST v2 ready + infer: $model"
+  curl -fsS -H "Host: $host" "http://127.0.0.1:18080/v2/models/$model/ready"; echo
+  curl -fsS -H "Host: $host" -H 'Content-Type: application/json' \
+    -d "{\"inputs\":[{\"name\":\"image\",\"shape\":[1],\"datatype\":\"BYTES\",\"data\":[\"$b64\"]}]}" \
+    "http://127.0.0.1:18080/v2/models/$model/infer" | head -c 400; echo
+  echo ">> REST v1 predict: $model"
+  curl -fsS -H "Host: $host" -H 'Content-Type: application/json' \
+    -d "{\"instances\":[{\"data\":\"$b64\"}]}" "http://127.0.0.1:18080/v1/models/$model:predict" | head -c 400; echo
+  echo ">> gRPC v2 through the gateway: $model (authority $model.grpc.$host)"
+  grpcurl -plaintext -authority "$model.grpc.$host" -d "{\"name\":\"$model\"}" \
+    127.0.0.1:18080 inference.GRPCInferenceService/ModelReady
+  echo ">> gRPC v2 infer with fissure predict: $model"
+  kubectl -n "$ns" port-forward "svc/$model-predictor" 18081:8081 >/dev/null 2>&1 &
+  pf2=$!; sleep 3
+  .venv/bin/fissure predict --protocol grpc --url 127.0.0.1:18081 --model "$model" "$image" || { kill $pf2; exit 1; }
+  kill $pf2
+done
+echo ">> e2e-kind: REST and gRPC predictions through the gateway succeeded"
