@@ -57,14 +57,18 @@ def log_model(module: nn.Module, spec: dict, *, name: str = "model", registered_
     )
 
 
-def save_model(module: nn.Module, spec: dict, path: str | Path) -> Path:
-    """Write an MLflow model directory (no tracking server needed)."""
+def save_model(module: nn.Module, spec: dict, path: str | Path, extra_metadata: dict | None = None) -> Path:
+    """Write an MLflow model directory (no tracking server needed).
+
+    ``extra_metadata`` (e.g. the run id and registered version a training run produced) is
+    stored beside the spec; :func:`load_model` reports it for local paths.
+    """
     mlflow = _mlflow()
     path = Path(path)
     mlflow.pytorch.save_model(
         module.cpu().eval(),
         str(path),
-        metadata={SPEC_KEY: spec},
+        metadata={**(extra_metadata or {}), SPEC_KEY: spec},
         pip_requirements=_pip_requirements(),
         serialization_format="pickle",
     )
@@ -118,7 +122,9 @@ def load_model(uri: str, map_location: str = "cpu") -> LoadedModel:
         raise NotFoundError(f"cannot load model {uri}: {exc.message.splitlines()[0]}") from None
     except OSError as exc:
         raise NotFoundError(f"cannot load model {uri}: {exc}") from None
-    spec = (model_info.metadata or {}).get(SPEC_KEY)
+    metadata = model_info.metadata or {}
+    spec = metadata.get(SPEC_KEY)
+    registered = metadata.get("fissure_registered") or {}
     if not spec:
         raise FissureError(f"{uri} is an MLflow model but not a fissure one (no {SPEC_KEY} metadata)")
     return LoadedModel(
@@ -126,6 +132,6 @@ def load_model(uri: str, map_location: str = "cpu") -> LoadedModel:
         spec=spec,
         uri=uri,
         name=info["name"] or spec.get("name"),
-        version=info["version"],
-        run_id=info["run_id"] or model_info.run_id,
+        version=info["version"] or registered.get("version"),
+        run_id=info["run_id"] or model_info.run_id or metadata.get("fissure_run_id"),
     )

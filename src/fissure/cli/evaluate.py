@@ -1,0 +1,44 @@
+"""``fissure evaluate``: metrics of a model on a folder, written as JSON."""
+
+from __future__ import annotations
+
+
+import click
+
+from fissure import MODEL_NAMES
+
+
+@click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--task", type=click.Choice(sorted(MODEL_NAMES)), required=True,
+              help="Must match the model's task.")
+@click.option("--model", "model", required=True,
+              help="Any MLflow model URI: models:/crack-segmenter@champion, models:/NAME/3, runs:/ID/model, or a local model dir.")
+@click.option("--data", "data", type=click.Path(file_okay=False), required=True,
+              help="segment: DIR/images + DIR/masks (any image size); classify: DIR/<class>/ folders.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Metrics JSON to write.")
+@click.option("--plots", "plots", type=click.Path(file_okay=False), default=None,
+              help="Also write PR curve, confusion matrix and (segment) sample overlays here (CSV + PNG).")
+@click.option("--device", default=None, help="cpu, cuda ... [default: cuda when available, else cpu]")
+@click.option("--batch-size", type=int, default=None, help="Inference batch size.")
+@click.option("--overlays", type=int, default=4, show_default=True, help="Sample overlays drawn with --plots (segment).")
+def evaluate(task, model, data, out, plots, device, batch_size, overlays):
+    """Evaluate a model on a dataset and write its metrics JSON.
+
+    \b
+    Keys: classify -> accuracy, precision, recall, f1, roc_auc (positive class: crack)
+          segment  -> dice, iou, precision, recall, f1 (crack pixels, threshold 0.5,
+                      at each mask's native resolution)
+    plus n_images, task, model, model_version, model_uri, run_id, data.
+
+    \b
+    Example:
+      fissure evaluate --task segment --model models:/crack-segmenter@champion \\
+          --data ../shared/datasets/crackforest/all --out reports/crackforest.json
+    """
+    from fissure.training.evaluate import run_evaluation
+
+    report = run_evaluation(model, task, data, out, plots, device=device, batch_size=batch_size, overlays=overlays)
+    names = ("accuracy", "precision", "recall", "f1", "roc_auc") if task == "classify" else ("dice", "iou", "precision", "recall", "f1")
+    summary = ", ".join(f"{k} {report[k]:.4f}" if report[k] is not None else f"{k} n/a" for k in names)
+    click.echo(f"{report['model']}" + (f" v{report['model_version']}" if report["model_version"] else "")
+               + f" on {report['n_images']} images: {summary} -> {out}", err=True)

@@ -1,0 +1,189 @@
+"""Torch datasets over :mod:`fissure.data.loaders` item lists, decoded by :mod:`fissure.preprocess`.
+
+Preprocessing is exactly the serving path (``load_image`` -> ``image_to_tensor`` with the
+model's :class:`PreprocessConfig`); augmentation (flips, rot90, brightness/contrast, and
+random crops for the segmenter) is applied afterwards, in training only. Random draws use
+torch's generator, so a seeded run is reproducible (also with DataLoader workers, which
+torch seeds from the loader's generator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from fissure.data import loaders
+from fissure.errors import DataError
+from fissure.preprocess import PreprocessConfig, image_to_tensor, load_image, load_mask, mask_to_tensor
+
+SPLITS = ("train", "val", "test")
+
+
+def _rand() -> float:
+    return float(torch.rand(()))
+
+
+def augment(x: torch.Tensor, y: torch.Tensor | None, cfg: PreprocessConfig):
+    """Random flips, rot90 (square inputs) and brightness/contrast jitter of a normalised image."""
+    if _rand() < 0.5:
+        x, y = x.flip(-1), (y.flip(-1) if y is not None else None)
+    if _rand() < 0.5:
+        x, y = x.flip(-2), (y.flip(-2) if y is not None else None)
+    if x.shape[-1] == x.shape[-2]:
+        k = int(torch.randint(0, 4, ()))
+        if k:
+            x, y = torch.rot90(x, k, (-2, -1)), (torch.rot90(y, k, (-2, -1)) if y is not None else None)
+    if _rand() < 0.8:
+        mean = torch.tensor(cfg.mean, dtype=x.dtype).view(3, 1, 1)
+        std = torch.tensor(cfg.std, dtype=x.dtype).view(3, 1, 1)
+        raw = x * std + mean
+        contrast = 0.75 + 0.5 * _rand()
+        brightness = 0.2 * (_rand() - 0.5)
+        centre = raw.mean()
+        raw = ((raw - centre) * contrast + centre + brightness).clamp(0.0, 1.0)
+        x = (raw - mean) / std
+    return x.contiguous(), (y.contiguous() if y is not None else None)
+
+
+class SegmentationDataset(Dataset):
+    """(image [3,S,S], mask [1,S,S]) at the model's size; ``crop`` takes a random crop."""
+
+    def __init__(self, items, cfg: PreprocessConfig, *, crop: int = 0, augment: bool = False, crack_bias: float = 0.7):
+        self.items = list(items)
+        self.cfg = cfg
+        self.crop = crop
+        self.crack_bias = crack_bias
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
+        x = image_to_tensor(load_image(item.image), self.cfg)
+        y = mask_to_tensor(load_mask(item.mask), self.cfg.size)
+        if self.crop and self.crop < self.cfg.size:
+            top, left = self._crop_origin(y)
+            x = x[:, top : top + self.crop, left : left + self.crop]
+            y = y[:, top : top + self.crop, left : left + self.crop]
+        if self.augment:
+            x, y = augment(x, y, self.cfg)
+        return x, y
+
+
+    def _crop_origin(self, y: torch.Tensor) -> tuple[int, int]:
+        """Random crop corner; with probability ``crack_bias`` the crop holds a random crack pixel
+        (thin cracks cover ~1% of pixels, so uniform crops would mostly show background)."""
+        span = self.cfg.size - self.crop
+        if _rand() < self.crack_bias:
+            hits = torch.nonzero(y[0] > 0.5)
+            if len(hits):
+                cy, cx = hits[int(torch.randint(0, len(hits), ()))].tolist()
+                top = cy - int(torch.randint(0, self.crop, ()))
+                left = cx - int(torch.randint(0, self.crop, ()))
+                return min(max(top, 0), span), min(max(left, 0), span)
+        return int(torch.randint(0, span + 1, ())), int(torch.randint(0, span + 1, ()))
+
+
+class ClassificationDataset(Dataset):
+    """(image [3,S,S], label) for ``(path, class_index)`` items."""
+
+    def __init__(self, items, cfg: PreprocessConfig, *, augment: bool = False):
+        self.items = list(items)
+        self.cfg = cfg
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        path, label = self.items[i]
+        x = image_to_tensor(load_image(path), self.cfg)
+        if self.augment:
+            x, _ = augment(x, None, self.cfg)
+        return x, label
+
+
+@dataclass
+class Splits:
+    """Item lists per split; ``classes`` for classification (index 1 = crack when binary)."""
+
+    task: str
+    train: list
+    val: list
+    test: list
+    classes: list[str]
+    roots: dict  # split -> folder (or the single folder it was drawn from)
+
+    def sizes(self) -> dict:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def _items(task: str, root: Path, classes=None):
+    if task == "segment":
+        return loaders.segmentation_items(root), ["background", "crack"]
+    cset = loaders.classification_set(root, classes)
+    return cset.items, cset.classes
+
+
+def _seeded_split(items: list, val_fraction: float, test_fraction: float, seed: int, key=None):
+    """Deterministic split of a sorted list: same files + same seed -> same split."""
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(key(item) if key else 0, []).append(item)
+    train, val, test = [], [], []
+    for k in sorted(groups):
+        group = groups[k]
+        perm = torch.randperm(len(group), generator=torch.Generator().manual_seed(seed)).tolist()
+        n_test = int(round(len(group) * test_fraction))
+        n_val = int(round(len(group) * val_fraction))
+        if len(group) >= 3:
+            n_val, n_test = max(n_val, 1 if val_fraction > 0 else 0), max(n_test, 1 if test_fraction > 0 else 0)
+        shuffled = [group[i] for i in perm]
+        test += shuffled[:n_test]
+        val += shuffled[n_test : n_test + n_val]
+        train += shuffled[n_test + n_val :]
+    return train, val, test
+
+
+def find_splits(task: str, root: str | Path, *, val_fraction=0.15, test_fraction=0.15, seed=0, classes=None) -> Splits:
+    """``root/{train,val,test}`` when ``root/train`` exists, else a seeded split of ``root``.
+
+    A missing ``val/`` is split off ``train/`` (and a missing ``test/`` leaves the test set empty).
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: no such folder")
+    key = (lambda it: it[1]) if task == "classify" else None
+    if (root / "train").is_dir():
+        train, classes = _items(task, root / "train", classes)
+        roots = {"train": str(root / "train")}
+        if (root / "val").is_dir():
+            val, _ = _items(task, root / "val", classes)
+            roots["val"] = str(root / "val")
+        else:
+            train, val, _ = _seeded_split(train, val_fraction, 0.0, seed, key)
+            roots["val"] = str(root / "train")
+        test = []
+        if (root / "test").is_dir():
+            test, _ = _items(task, root / "test", classes)
+            roots["test"] = str(root / "test")
+    else:
+        if task == "segment" and not (root / "images").is_dir():
+            raise DataError(f"{root}: expected train/ val/ test/ subfolders or images/ + masks/ folders")
+        items, classes = _items(task, root, classes)
+        train, val, test = _seeded_split(items, val_fraction, test_fraction, seed, key)
+        roots = {s: str(root) for s in SPLITS}
+    if not train:
+        raise DataError(f"{root}: the training split is empty")
+    if not val:
+        raise DataError(f"{root}: the validation split is empty (add a val/ folder or more images)")
+    return Splits(task=task, train=train, val=val, test=test, classes=list(classes), roots=roots)
+
+
+def eval_items(task: str, root: str | Path, classes=None):
+    """Items of one evaluation folder (any layout loaders accept)."""
+    return _items(task, Path(root), classes)

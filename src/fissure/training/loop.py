@@ -1,0 +1,256 @@
+"""The training loop: seeded, validated every epoch, early-stopped, best weights restored.
+
+CPU by default; CUDA when available, with mixed precision (autocast + GradScaler).
+Classification uses class-weighted cross-entropy; segmentation BCE + soft Dice.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from fissure.models import build_model, default_spec, preprocess_config
+from fissure.training import metrics as M
+from fissure.training.config import TrainConfig
+from fissure.training.datasets import ClassificationDataset, SegmentationDataset, Splits
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_count() -> int:
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
+
+
+def auto_threads() -> int:
+    """CPUs this process may use, minus those other processes keep busy (1-minute load).
+
+    OpenMP threads that compete with other processes for a core spin and stall each other;
+    on a shared 2-core machine one thread is then several times faster than two.
+    """
+    cpus = cpu_count()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover
+        busy = 0.0
+    return int(min(max(round(cpus - busy + 0.5), 1), cpus))
+
+
+def set_threads(threads: int = 0) -> int:
+    """torch intra-op threads: ``threads``, else FISSURE_THREADS, else :func:`auto_threads`."""
+    n = threads or int(os.environ.get("FISSURE_THREADS", 0) or 0) or auto_threads()
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    # warn_only: a few CUDA kernels (e.g. upsampling backward) have no deterministic version.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    probs = torch.sigmoid(logits.float())
+    inter = (probs * target).sum()
+    return 1.0 - (2.0 * inter + eps) / (probs.sum() + target.sum() + eps)
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float(), target) + dice_loss(logits, target)
+
+
+def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights normalised to mean 1 (absent classes get weight 1)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 1.0)
+    return torch.tensor(weights / weights.mean(), dtype=torch.float32)
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val: dict
+    seconds: float
+    lr: float
+    best: bool = False
+
+    def row(self) -> dict:
+        return {"epoch": self.epoch, "train_loss": self.train_loss, "val_loss": self.val_loss,
+                **{f"val_{k}": v for k, v in self.val.items()}, "seconds": self.seconds, "lr": self.lr}
+
+
+@dataclass
+class FitResult:
+    module: nn.Module
+    spec: dict
+    history: list[EpochLog]
+    best_epoch: int
+    best_val: dict
+    stopped_early: bool
+    seconds: float
+    device: str
+    train_images: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.train_images / max(sum(h.seconds for h in self.history), 1e-9)
+
+
+def make_spec(task: str, cfg: TrainConfig, classes: list[str]) -> dict:
+    return default_spec(task, size=cfg.size, classes=list(classes), **dict(cfg.model))
+
+
+def _loader(dataset, batch_size, *, shuffle, seed, num_workers, drop_last=False):
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers,
+        drop_last=drop_last, persistent_workers=num_workers > 0,
+    )
+
+
+def fit(
+    task: str,
+    splits: Splits,
+    cfg: TrainConfig,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+) -> FitResult:
+    """Train a model for ``task`` on ``splits``; returns the best-on-validation model."""
+    start = time.perf_counter()
+    threads = set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    dev = pick_device(device)
+    spec = make_spec(task, cfg, splits.classes)
+    pcfg = preprocess_config(spec)
+    module = build_model(spec).to(dev)
+    amp = dev.type == "cuda"
+
+    if task == "segment":
+        train_ds = SegmentationDataset(splits.train, pcfg, crop=cfg.crop, augment=cfg.augment, crack_bias=cfg.crack_bias)
+        val_ds = SegmentationDataset(splits.val, pcfg)
+        criterion = segmentation_loss
+    else:
+        train_ds = ClassificationDataset(splits.train, pcfg, augment=cfg.augment)
+        val_ds = ClassificationDataset(splits.val, pcfg)
+        weights = class_weights([lbl for _, lbl in splits.train], len(splits.classes)).to(dev)
+        ce = nn.CrossEntropyLoss(weight=weights)
+        criterion = lambda logits, y: ce(logits.float(), y)  # noqa: E731
+    drop_last = len(train_ds) > cfg.batch_size  # BatchNorm cannot train on a batch of one
+    train_dl = _loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers, drop_last=drop_last)
+    val_dl = _loader(val_ds, cfg.eval_batch_size or cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.num_workers)
+
+    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(len(train_dl), 1) * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    select = M.SELECTION_METRIC[task]
+
+    history: list[EpochLog] = []
+    best_score, best_epoch, best_state, best_val = -float("inf"), 0, None, {}
+    stale, stopped_early, seen = 0, False, 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        module.train()
+        total, count = 0.0, 0
+        batches = _progress(train_dl, progress, f"{task} epoch {epoch}/{cfg.epochs}")
+        for x, y in batches:
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
+                loss = criterion(module(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+            if hasattr(batches, "set_postfix"):
+                batches.set_postfix(loss=f"{total / count:.4f}")
+        seen += count
+        val_loss, val_metrics = validate(task, module, val_dl, dev, criterion, amp=amp)
+        score = val_metrics[select] if val_metrics[select] is not None else -float("inf")
+        improved = score > best_score + cfg.min_delta or best_state is None
+        if improved:
+            best_score, best_epoch, best_val, stale = score, epoch, val_metrics, 0
+            best_state = copy.deepcopy(module.state_dict())
+        else:
+            stale += 1
+        log = EpochLog(epoch, total / max(count, 1), val_loss, val_metrics, time.perf_counter() - t0,
+                       optimizer.param_groups[0]["lr"], best=improved)
+        history.append(log)
+        if on_epoch:
+            on_epoch(log)
+        if stale >= cfg.patience:
+            stopped_early = True
+            break
+    module.load_state_dict(best_state)
+    module.eval()
+    return FitResult(module=module, spec=spec, history=history, best_epoch=best_epoch, best_val=best_val,
+                     stopped_early=stopped_early, seconds=time.perf_counter() - start, device=str(dev),
+                     train_images=seen, extra={"threads": threads})
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+
+
+@torch.no_grad()
+def validate(task, module, loader, dev, criterion, *, amp=False):
+    """(mean loss, metrics) on a loader at the model's size."""
+    module.eval()
+    total, count = 0.0, 0
+    if task == "segment":
+        counts = M.PixelCounts()
+        for x, y in loader:
+            x, y = x.to(dev), y.to(dev)
+            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
+                logits = module(x)
+            total += float(criterion(logits, y)) * len(x)
+            count += len(x)
+            counts.update(torch.sigmoid(logits.float()), y)
+        return total / max(count, 1), counts.metrics()
+    labels, probs = [], []
+    for x, y in loader:
+        x, y = x.to(dev), y.to(dev)
+        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
+            logits = module(x)
+        total += float(criterion(logits, y)) * len(x)
+        count += len(x)
+        labels.append(y.cpu().numpy())
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return total / max(count, 1), M.classification_metrics(np.concatenate(labels), np.concatenate(probs))
+
+
+def quiet_determinism_warnings():
+    warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")

@@ -1,0 +1,152 @@
+"""Metrics by their public names (the JSON written by ``fissure evaluate`` uses exactly these).
+
+Classification: ``accuracy, precision, recall, f1, roc_auc``. For two classes the positive
+class is index 1 (``crack``); for N classes precision/recall/F1/ROC-AUC are macro averages
+(one-vs-rest). Segmentation: ``dice, iou, precision, recall, f1`` of crack pixels, counted
+over all pixels of the set (not averaged per image) at probability threshold 0.5.
+
+Everything is plain numpy so that the numbers are the same in training, evaluation and tests.
+A ratio whose denominator is zero is 0.0, except that a set with no crack pixels predicted or
+present scores dice = iou = f1 = 1.0 (perfect agreement on nothing); ROC-AUC is None when the
+labels hold a single class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+SEGMENTATION_METRICS = ("dice", "iou", "precision", "recall", "f1")
+# The validation metric early stopping watches, per task.
+SELECTION_METRIC = {"classify": "f1", "segment": "dice"}
+
+
+def _div(num: float, den: float) -> float:
+    return float(num) / float(den) if den else 0.0
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """Counts ``cm[actual, predicted]``."""
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def binary_roc_auc(y_true, scores) -> float | None:
+    """Area under the ROC curve via the rank statistic (ties count one half)."""
+    y_true = np.asarray(y_true).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    n_pos, n_neg = int(y_true.sum()), int((~y_true).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def classification_metrics(y_true, probs) -> dict:
+    """``probs``: [N, C] class probabilities (rows sum to 1). Returns the five named metrics."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise ValueError("probs must be [N, C] with C >= 2")
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    num_classes = probs.shape[1]
+    y_pred = probs.argmax(axis=1)
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    tp = np.diag(cm).astype(np.float64)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    prec = np.array([_div(tp[c], tp[c] + fp[c]) for c in range(num_classes)])
+    rec = np.array([_div(tp[c], tp[c] + fn[c]) for c in range(num_classes)])
+    f1 = np.array([_div(2 * prec[c] * rec[c], prec[c] + rec[c]) for c in range(num_classes)])
+    if num_classes == 2:
+        precision, recall, f1_score = prec[1], rec[1], f1[1]
+        auc = binary_roc_auc(y_true == 1, probs[:, 1])
+    else:
+        precision, recall, f1_score = prec.mean(), rec.mean(), f1.mean()
+        aucs = [binary_roc_auc(y_true == c, probs[:, c]) for c in range(num_classes)]
+        aucs = [a for a in aucs if a is not None]
+        auc = float(np.mean(aucs)) if aucs else None
+    return {
+        "accuracy": _div(tp.sum(), len(y_true)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1_score),
+        "roc_auc": auc,
+    }
+
+
+@dataclass
+class PixelCounts:
+    """Running pixel confusion counts for a segmentation set, plus a probability histogram
+    (for the PR curve) that costs O(bins) memory however many pixels are seen."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+    bins: int = 200
+    threshold: float = 0.5
+
+    def __post_init__(self):
+        self.pos_hist = np.zeros(self.bins, dtype=np.int64)
+        self.neg_hist = np.zeros(self.bins, dtype=np.int64)
+
+    def update(self, probs, target) -> None:
+        """``probs`` in [0, 1] and boolean/0-1 ``target`` of the same shape (numpy or torch)."""
+        probs = _np(probs).astype(np.float32).ravel()
+        target = _np(target).ravel() > 0.5
+        pred = probs >= self.threshold
+        self.tp += int(np.count_nonzero(pred & target))
+        self.fp += int(np.count_nonzero(pred & ~target))
+        self.fn += int(np.count_nonzero(~pred & target))
+        self.tn += int(np.count_nonzero(~pred & ~target))
+        idx = np.clip((probs * self.bins).astype(np.int64), 0, self.bins - 1)
+        self.pos_hist += np.bincount(idx[target], minlength=self.bins)
+        self.neg_hist += np.bincount(idx[~target], minlength=self.bins)
+
+    def metrics(self) -> dict:
+        return segmentation_metrics_from_counts(self.tp, self.fp, self.fn)
+
+    def pr_curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(precision, recall, threshold) at each bin edge, thresholds ascending."""
+        tp = np.cumsum(self.pos_hist[::-1])[::-1].astype(np.float64)  # pixels with prob >= edge
+        fp = np.cumsum(self.neg_hist[::-1])[::-1].astype(np.float64)
+        npos = max(self.pos_hist.sum(), 1)
+        precision = np.divide(tp, tp + fp, out=np.ones_like(tp), where=(tp + fp) > 0)
+        recall = tp / npos
+        thresholds = np.arange(self.bins) / self.bins
+        return precision, recall, thresholds
+
+
+def segmentation_metrics_from_counts(tp: int, fp: int, fn: int) -> dict:
+    if tp + fp + fn == 0:
+        return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    precision, recall = _div(tp, tp + fp), _div(tp, tp + fn)
+    dice = _div(2 * tp, 2 * tp + fp + fn)
+    return {
+        "dice": dice,
+        "iou": _div(tp, tp + fp + fn),
+        "precision": precision,
+        "recall": recall,
+        "f1": dice,  # F1 of crack pixels equals Dice for binary masks
+    }
+
+
+def segmentation_metrics(probs, target, threshold: float = 0.5) -> dict:
+    counts = PixelCounts(threshold=threshold)
+    counts.update(probs, target)
+    return counts.metrics()
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().float().numpy()
+    return np.asarray(x)

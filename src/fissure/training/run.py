@@ -1,0 +1,172 @@
+"""``fissure train`` as a library call: split, fit, test, log to MLflow, save, register."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from fissure import MODEL_NAMES, __version__
+from fissure.errors import FissureError
+from fissure.training import metrics as M
+from fissure.training import plots, tracking
+from fissure.training.config import TrainConfig
+from fissure.training.datasets import find_splits
+from fissure.training.evaluate import clean, evaluate_items
+from fissure.training.loop import EpochLog, fit
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    model_uri: str
+    val: dict
+    test: dict
+    registered: dict | None
+    out: Path | None
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    report: dict
+
+
+def _format_epoch(task: str, log: EpochLog) -> str:
+    sel = M.SELECTION_METRIC[task]
+    val = log.val.get(sel)
+    return (f"epoch {log.epoch:>3}  train_loss {log.train_loss:.4f}  val_loss {log.val_loss:.4f}  "
+            f"val_{sel} {val:.4f}{'  *' if log.best else ''}  ({log.seconds:.1f}s)")
+
+
+def train(
+    task: str,
+    data: str | Path,
+    cfg: TrainConfig,
+    *,
+    out: str | Path | None = None,
+    register: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    overlays: int = 4,
+) -> TrainOutcome:
+    if task not in MODEL_NAMES:
+        raise FissureError(f"unknown task {task!r}; choose one of {sorted(MODEL_NAMES)}")
+    started = time.perf_counter()
+    splits = find_splits(task, data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    sizes = splits.sizes()
+    echo(f"{MODEL_NAMES[task]}: train {sizes['train']}, val {sizes['val']}, test {sizes['test']} images from {data}")
+
+    mlflow = tracking.mlflow_client()
+    try:
+        experiment_id = tracking.ensure_experiment(task)
+    except mlflow.exceptions.MlflowException as exc:
+        raise FissureError(f"MLflow at {mlflow.get_tracking_uri()}: {exc.message.splitlines()[0]}") from None
+    except Exception as exc:  # connection errors from a remote tracking server
+        if type(exc).__module__.startswith(("requests", "urllib3", "mlflow")):
+            raise FissureError(f"cannot reach MLflow at {mlflow.get_tracking_uri()}: {exc}") from None
+        raise
+
+    params = cfg.to_dict()
+    tags = {
+        "git.commit": tracking.git_commit(),
+        "dvc.data_hash": tracking.data_hash(splits.roots["train"]),
+        "params.hash": tracking.params_hash(params),
+        "fissure.task": task,
+        "fissure.version": __version__,
+        "data.path": str(data),
+    }
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+        run_id = run.info.run_id
+        echo(f"mlflow run {run_id} (experiment {tracking.experiment_name(task)}, {mlflow.get_tracking_uri()})")
+
+        def on_epoch(log: EpochLog):
+            mlflow.log_metrics({k: v for k, v in log.row().items() if k != "epoch" and v is not None}, step=log.epoch)
+            echo(_format_epoch(task, log))
+
+        result = fit(task, splits, cfg, device=device, progress=progress, on_epoch=on_epoch)
+        spec = result.spec
+        mlflow.log_params({**tracking.flat_params("", params), **{f"split.{k}": v for k, v in sizes.items()},
+                           "device": result.device, "threads": result.extra.get("threads")})
+        mlflow.log_dict(spec, "spec.json")
+        mlflow.log_param("spec", json.dumps(spec, sort_keys=True))
+
+        # Final metrics: validation (best epoch, model size) and test (native resolution).
+        val = clean(result.best_val)
+        test, test_eval = {}, None
+        if splits.test:
+            test_eval = evaluate_items(result.module, spec, splits.test, device=result.device, overlays=overlays)
+            test = clean(test_eval.metrics)
+        final = {**{f"final_val_{k}": v for k, v in val.items() if v is not None},
+                 **{f"test_{k}": v for k, v in test.items() if v is not None},
+                 "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                 "train_seconds": result.seconds, "train_images_per_second": result.images_per_second}
+        mlflow.log_metrics(final)
+
+        history = [h.row() for h in result.history]
+        with tempfile.TemporaryDirectory() as tmp:
+            pdir = Path(tmp) / "plots"
+            plots.save(plots.loss_figure(history, M.SELECTION_METRIC[task]), pdir / "loss_curves.png")
+            if test_eval is not None:
+                test_eval.write_plots(pdir, prefix="test_")
+            _write_history(pdir / "history.csv", history)
+            mlflow.log_artifacts(str(pdir), "plots")
+            if out is not None:
+                target = Path(out) / "plots"
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(pdir, target)
+
+        from fissure.models import io
+
+        model_info = io.log_model(result.module, spec)
+        registered = tracking.register(model_info.model_uri, task, run_id) if register else None
+        if registered:
+            mlflow.set_tag("registered.version", registered["version"])
+            echo(f"registered {registered['name']} version {registered['version']} "
+                 f"(aliases: {', '.join(registered['aliases'])})")
+
+    report = {
+        "task": task,
+        "model": MODEL_NAMES[task],
+        "val": val,
+        "test": test,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "train_images_per_second": round(result.images_per_second, 2),
+        "seconds": round(time.perf_counter() - started, 1),
+        "device": result.device,
+        "run_id": run_id,
+        "model_uri": model_info.model_uri,
+        "registered_version": registered["version"] if registered else None,
+        "sizes": sizes,
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out / "model", ignore_errors=True)
+        io.save_model(result.module, spec, out / "model",
+                      extra_metadata={"fissure_run_id": run_id,
+                                      "fissure_registered": registered or {}})
+        _write_history(out / "history.csv", history)
+        (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    sel = M.SELECTION_METRIC[task]
+    echo(f"best epoch {result.best_epoch}/{len(result.history)}: val_{sel} {val.get(sel)}"
+         + (f", test_{sel} {test.get(sel)}" if test else "") + f" in {report['seconds']}s"
+         + (f"; saved to {out}" if out is not None else ""))
+    return TrainOutcome(run_id, model_info.model_uri, val, test, registered, out, result.best_epoch,
+                        len(result.history), report["seconds"], report)
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(history[0]) if history else ["epoch"]
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        for row in history:
+            w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -1,0 +1,107 @@
+"""Metrics against hand-computed values and scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from fissure.training import metrics as M
+
+
+def test_binary_classification_hand_computed():
+    # truth 1 1 1 0 0 0 0 1 ; predicted (argmax) 1 1 0 0 1 0 0 1 -> TP 3, FN 1, FP 1, TN 3
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    p1 = np.array([0.9, 0.8, 0.4, 0.1, 0.6, 0.3, 0.2, 0.7])
+    m = M.classification_metrics(y, np.stack([1 - p1, p1], axis=1))
+    assert m["accuracy"] == pytest.approx(6 / 8)
+    assert m["precision"] == pytest.approx(3 / 4)
+    assert m["recall"] == pytest.approx(3 / 4)
+    assert m["f1"] == pytest.approx(3 / 4)
+    # positives' scores 0.9 .8 .4 .7 vs negatives .1 .6 .3 .2: 0.4 loses to 0.6 only -> 15/16
+    assert m["roc_auc"] == pytest.approx(15 / 16)
+
+
+def test_binary_classification_matches_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    p1 = np.clip(y * 0.3 + rng.uniform(0, 0.7, 300), 0, 1)
+    p1[:20] = 0.5  # ties
+    m = M.classification_metrics(y, np.stack([1 - p1, p1], axis=1))
+    pred = (p1 > 1 - p1).astype(int)  # argmax, ties -> class 0
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred))
+    assert m["recall"] == pytest.approx(skm.recall_score(y, pred))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p1))
+
+
+def test_multiclass_is_macro_and_matches_sklearn():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 200)
+    logits = rng.normal(size=(200, 3))
+    logits[np.arange(200), y] += 1.0
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    m = M.classification_metrics(y, probs)
+    pred = probs.argmax(1)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred, average="macro"))
+    assert m["recall"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+
+
+def test_roc_auc_undefined_for_one_class():
+    m = M.classification_metrics([1, 1, 1], [[0.2, 0.8], [0.6, 0.4], [0.1, 0.9]])
+    assert m["roc_auc"] is None
+    assert m["recall"] == pytest.approx(2 / 3)
+
+
+def test_segmentation_hand_computed():
+    truth = np.array([[1, 1, 0, 0], [0, 1, 0, 0]], bool)
+    probs = np.array([[0.9, 0.2, 0.7, 0.1], [0.0, 0.5, 0.4, 0.3]])  # 0.5 counts as crack
+    # pred: (0,0) (0,2) (1,1) -> TP 2 [(0,0),(1,1)], FP 1 [(0,2)], FN 1 [(0,1)]
+    m = M.segmentation_metrics(probs, truth)
+    assert m["dice"] == pytest.approx(4 / 6)
+    assert m["iou"] == pytest.approx(2 / 4)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(m["dice"])
+
+
+def test_segmentation_counts_over_the_whole_set_and_match_sklearn():
+    rng = np.random.default_rng(2)
+    truths = [rng.random((16, 16)) < 0.1 for _ in range(5)]
+    probs = [np.clip(t * 0.3 + rng.uniform(0, 0.6, t.shape), 0, 1) for t in truths]
+    counts = M.PixelCounts()
+    for p, t in zip(probs, truths):
+        counts.update(p, t)
+    m = counts.metrics()
+    y = np.concatenate([t.ravel() for t in truths])
+    pred = np.concatenate([p.ravel() for p in probs]) >= 0.5
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred))
+    assert m["recall"] == pytest.approx(skm.recall_score(y, pred))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
+    assert m["iou"] == pytest.approx(skm.jaccard_score(y, pred))
+    # not the mean of per-image scores
+    per_image = np.mean([M.segmentation_metrics(p, t)["dice"] for p, t in zip(probs, truths)])
+    assert m["dice"] != pytest.approx(per_image, abs=1e-9) or len(truths) == 1
+
+
+def test_segmentation_empty_agreement_and_torch_inputs():
+    import torch
+
+    assert M.segmentation_metrics(np.zeros((4, 4)), np.zeros((4, 4), bool))["dice"] == 1.0
+    m = M.segmentation_metrics(torch.ones(1, 4, 4) * 0.9, torch.zeros(1, 4, 4))
+    assert m["dice"] == 0.0 and m["precision"] == 0.0
+
+
+def test_pixel_pr_curve_is_monotone_in_recall():
+    counts = M.PixelCounts()
+    rng = np.random.default_rng(3)
+    t = rng.random(5000) < 0.2
+    counts.update(np.clip(t * 0.4 + rng.uniform(0, 0.6, 5000), 0, 1), t)
+    precision, recall, thresholds = counts.pr_curve()
+    assert recall[0] == pytest.approx(1.0)
+    assert np.all(np.diff(recall) <= 1e-12)
+    assert precision.max() <= 1.0
