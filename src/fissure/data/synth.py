@@ -130,6 +130,15 @@ def _surface(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.n
     pores = _blurred_noise(rng, h, w, rng.uniform(0.6, 1.1))
     thr = np.quantile(pores, pore_density)
     lum -= pore_depth * np.clip((thr - pores) / (abs(thr) * 0.5 + 1e-3), 0, 1)
+    # pitting: sparse larger holes (air voids, lost stones), dark inside, the classic false crack
+    if rng.random() < 0.5:
+        canvas, draw = _canvas(h, w)
+        n = rng.poisson(rng.uniform(2, 25) * h * w / 65536)
+        for cx, cy, rx, ry in zip(rng.uniform(0, w, n), rng.uniform(0, h, n), rng.uniform(0.8, 4, n),
+                                  rng.uniform(0.8, 4, n)):
+            draw.ellipse([(cx - rx) * _SS, (cy - ry) * _SS, (cx + rx) * _SS, (cy + ry) * _SS], fill=255)
+        holes = ndimage.gaussian_filter(_coverage(canvas, h, w), 0.5)
+        lum *= 1 - rng.uniform(0.3, 0.65) * holes
     # bright chips
     chips = _blurred_noise(rng, h, w, 0.8)
     thr = np.quantile(chips, 1 - rng.uniform(0.005, 0.03))
@@ -177,12 +186,15 @@ def _walk(rng: np.random.Generator, start: np.ndarray, angle: float, length: flo
     return np.vstack([start[None], start[None] + np.cumsum(steps, 0)]).astype(np.float32)
 
 
+MAX_WIDTH = 12.0  # px; typical cracks stay within 1-6 px, rare wide open cracks reach this
+
+
 def _width_profile(rng: np.random.Generator, n: int, base: float) -> np.ndarray:
     """Width along a path: smooth log-normal variation, tapering to hairline at the tip."""
     knots = rng.normal(0, 0.35, max(2, n // 12 + 2))
     var = np.interp(np.linspace(0, len(knots) - 1, n), np.arange(len(knots)), knots)
     taper = np.clip(np.linspace(1.0, 0.0, n) * rng.uniform(1.5, 4.0), 0.25, 1.0)
-    return np.clip(base * np.exp(var) * taper, 0.8, 6.0)
+    return np.clip(base * np.exp(var) * taper, 0.8, 6.0 if base <= 5.0 else MAX_WIDTH)
 
 
 def _draw_path(draw: ImageDraw.ImageDraw, pts: np.ndarray, widths: np.ndarray) -> None:
@@ -206,7 +218,10 @@ def _crack_paths(rng: np.random.Generator, h: int, w: int) -> list[tuple[np.ndar
     start = np.array([rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h], np.float32)
     angle = rng.uniform(0, np.pi)
     tort = rng.uniform(0.4, 1.3)
-    base = float(np.clip(rng.lognormal(np.log(2.0), 0.45), 0.9, 5.0))
+    if rng.random() < 0.1:  # a wide, open crack with broken edges
+        base = rng.uniform(5.5, 9.0)
+    else:  # mostly thin: hairline to a few pixels
+        base = float(np.clip(rng.lognormal(np.log(1.7), 0.5), 0.9, 5.0))
     paths = []
     for direction in (0.0, np.pi):
         length = rng.uniform(0.25, 1.0) * size
@@ -236,14 +251,18 @@ def _crack_paths(rng: np.random.Generator, h: int, w: int) -> list[tuple[np.ndar
 def _render_cracks(rng: np.random.Generator, lum: np.ndarray, n_cracks: int) -> tuple[np.ndarray, np.ndarray]:
     h, w = lum.shape
     canvas, draw = _canvas(h, w)
+    widest = 0.0
     for _ in range(n_cracks):
         for pts, widths in _crack_paths(rng, h, w):
             _draw_path(draw, pts, widths)
+            widest = max(widest, float(widths.max()))
     cov = _coverage(canvas, h, w)
     if not cov.any():
         return lum, np.zeros((h, w), bool)
     # chipped, irregular lips: perturb the coverage near its edges only
     edge = 4 * cov * (1 - cov)
+    if widest > 6.0:  # broken, rocky lips on wide cracks
+        edge = np.maximum(edge, ndimage.gaussian_filter(cov, 1.5) * (1 - cov) * 2)
     cov = np.clip(cov + 0.3 * edge * _blurred_noise(rng, h, w, 0.8), 0, 1)
     soft = np.maximum(cov ** 0.7, ndimage.gaussian_filter(cov, 0.6))
     # shadowed rim: light falls across the crack, darkening one lip more than the other
@@ -251,7 +270,9 @@ def _render_cracks(rng: np.random.Generator, lum: np.ndarray, n_cracks: int) -> 
     dy, dx = rng.integers(-1, 2, 2)
     rim = np.roll(rim, (int(dy), int(dx)), (0, 1))
     # mostly dark, sometimes faint (shallow or dusty cracks, as in road-survey images)
-    depth = (rng.uniform(0.5, 0.88) if rng.random() < 0.75 else rng.uniform(0.3, 0.5))
+    # (wide cracks are open and deep, so always dark)
+    faint = rng.random() < 0.35 and widest <= 4.0
+    depth = rng.uniform(0.3, 0.5) if faint else rng.uniform(0.55, 0.9) if widest <= 6.0 else rng.uniform(0.7, 0.92)
     depth = depth + 0.1 * _blurred_noise(rng, h, w, 6)
     interior = np.clip(depth, 0.25, 0.92)
     # keep some texture inside: darker floor with a bit of grain, and soft edges
