@@ -27,14 +27,14 @@ for model in crack-classifier crack-segmenter; do
     "http://127.0.0.1:18080/v2/models/$model/infer" | head -c 400; echo
   echo ">> REST v1 predict: $model"
   curl -fsS -H "Host: $host" -H 'Content-Type: application/json' \
-    -d "{\"instances\":[{\"data\":\"$b64\"}]}" "http://127.0.0.1:18080/v1/models/$model:predict" | head -c 400; echo
+    -d "{\"instances\":[{\"b64\":\"$b64\"}]}" "http://127.0.0.1:18080/v1/models/$model:predict" | head -c 400; echo
   echo ">> gRPC v2 through the gateway: $model (authority $model.grpc.$host)"
   grpcurl -plaintext -authority "$model.grpc.$host" -d "{\"name\":\"$model\"}" \
     127.0.0.1:18080 inference.GRPCInferenceService/ModelReady
   echo ">> gRPC v2 infer with fissure predict: $model"
   kubectl -n "$ns" port-forward "svc/$model-predictor" 18081:8081 >/dev/null 2>&1 &
   pf2=$!; sleep 3
-  .venv/bin/fissure predict --protocol grpc --url 127.0.0.1:18081 --model "$model" "$image" || { kill $pf2; exit 1; }
+  .venv/bin/fissure predict --protocol grpc --grpc-url 127.0.0.1:18081 --model "$model" "$image" || { kill $pf2; exit 1; }
   kill $pf2
 done
 echo ">> e2e-kind: REST and gRPC predictions through the gateway succeeded"
