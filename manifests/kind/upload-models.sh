@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Copies locally packaged models (the KServe layout: <dir>/<model>/model-store/<model>.mar and
-# <dir>/<model>/config/config.properties, as `fissure package` writes them) into the
+# Packages the local champions (`fissure package --model models:/<model>@champion`, the KServe
+# layout: <dir>/<model>/model-store/<model>.mar + <dir>/<model>/config/config.properties) unless
+# already packaged under $FISSURE_KSERVE_DIR, and copies them into the
 # in-cluster MinIO at s3://fissure-models/<model>/champion (the chart's default storageUri),
 # using a short-lived pod with the MinIO client, then restarts the predictors.
 set -euo pipefail
 ns="${1:-fissure}"; release="${2:-fissure}"
 src="${FISSURE_KSERVE_DIR:-.fissure/kserve}"
 mc_image="${MC_IMAGE:-quay.io/minio/mc:RELEASE.2024-11-21T17-21-54Z}"
-[ -d "$src" ] || { echo "upload-models: $src is missing: package the models first (make up, or fissure package)" >&2; exit 1; }
+for model in crack-classifier crack-segmenter; do
+  [ -d "$src/$model/model-store" ] && continue
+  echo ">> packaging models:/$model@champion into $src/$model (train first with 'make up' if this fails)"
+  .venv/bin/fissure package --model "models:/$model@champion" --out "$src/$model"
+done
 
 pod=fissure-upload-models
 kubectl -n "$ns" delete pod "$pod" --ignore-not-found >/dev/null

@@ -192,7 +192,8 @@ def build_crds(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     count = 0
     for src in crd_sources(out_dir / ".downloads"):
-        for doc in yaml.safe_load_all(src.read_text()):
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the Argo CRDs are 10 MB
+        for doc in yaml.load_all(src.read_text(), Loader=loader):
             count += len(convert_crd(doc, out_dir))
     if count == 0:
         raise SchemaError("no CRD schema was converted")
