@@ -20,7 +20,14 @@ import click
 @click.option("--response-timeout", type=int, default=120, show_default=True, help="Seconds per batch.")
 def package(model_uri, out, name, batch_size, max_batch_delay, workers, response_timeout):
     """Package a registered model for TorchServe/KServe (merges into an existing OUT)."""
+    import logging
+
+    import mlflow  # noqa: F401 - configure its loggers first, then keep them quiet
+
     from fissure.serving.package import package as run
+
+    for logger_name in ("mlflow", "alembic"):
+        logging.getLogger(logger_name).setLevel(logging.WARNING)
 
     rec = run(model_uri, out, name=name, batch_size=batch_size, max_batch_delay=max_batch_delay,
               workers=workers, response_timeout=response_timeout)

@@ -60,7 +60,8 @@ def predict(image: bytes, model: str, url: str = DEFAULT_URL, protocol: str = "v
             if explain:
                 body["parameters"] = {"explain": True}
             data = _check(httpx.post(f"{url.rstrip('/')}/v2/models/{model}/infer", json=body, timeout=timeout))
-            outputs = {o["name"]: o["data"] for o in data["outputs"]}
+            outputs = {o["name"]: np.asarray(o["data"], dtype=object if o["datatype"] == "BYTES" else np.float64)
+                       .reshape(o["shape"]).tolist() for o in data["outputs"]}
             return _with_classes(_from_v2(outputs, data, explain, binary=False), url, model)
     except httpx.HTTPError as exc:
         raise ServerError(f"cannot reach {url}: {exc}") from None

@@ -153,7 +153,7 @@ class TorchServe:
                                            f"see {self.workdir / 'logs'}")
                     time.sleep(0.5)
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
         self.stopping = True
         if self.proc is None or self.proc.poll() is not None and not _group_alive(self.proc.pid):
             return

@@ -1,0 +1,35 @@
+"""``fissure up`` / ``fissure down``: the local stack (MLflow + serving) under honcho."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from fissure.settings import PORTS
+
+
+@click.command("up")
+@click.option("--detach", "-d", is_flag=True, help="Run in the background; `fissure down` stops it.")
+@click.option("--http-port", type=int, envvar="FISSURE_HTTP_PORT", default=PORTS["inference_rest"], show_default=True)
+@click.option("--grpc-port", type=int, envvar="FISSURE_GRPC_PORT", default=PORTS["inference_grpc"], show_default=True)
+@click.option("--mlflow-port", type=int, envvar="FISSURE_MLFLOW_PORT", default=PORTS["mlflow"], show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="TorchServe batch size when packaging.")
+@click.option("--max-batch-delay", type=int, default=10, show_default=True, help="Milliseconds to fill a batch.")
+def up(detach, http_port, grpc_port, mlflow_port, batch_size, max_batch_delay):
+    """Train if needed (dvc repro), package both champions, serve them with MLflow alongside."""
+    from fissure.serving.stack import StackOptions, up as run
+
+    opts = StackOptions(http_port=http_port, grpc_port=grpc_port, mlflow_port=mlflow_port,
+                        batch_size=batch_size, max_batch_delay=max_batch_delay)
+    code = run(opts, detach=detach, echo=click.echo)
+    if code:
+        sys.exit(code)
+
+
+@click.command("down")
+def down():
+    """Stop a stack started with `fissure up --detach`."""
+    from fissure.serving.stack import down as run
+
+    run(echo=click.echo)
