@@ -40,7 +40,7 @@ def _make(*targets: str) -> str:
     if proc.returncode != 0:
         pytest.fail(
             f"`make {' '.join(targets)}` failed (it builds helm, helm-unittest, kubeconform and "
-            f"argo with Go from the module proxy, and converts the schemas; it needs Go >= 1.24 "
+            f"argo with Go from the module proxy, and converts the schemas; it needs Go (1.26 tested) "
             f"and network access the first time):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
         )
     return proc.stdout
