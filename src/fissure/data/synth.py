@@ -133,11 +133,11 @@ def _surface(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.n
     lum -= pore_depth * np.clip((thr - pores) / (abs(thr) * 0.5 + 1e-3), 0, 1)
     # relief: raking light on a rough height field (broom finish, exposed aggregate, worn seal)
     if rng.random() < _RELIEF_P:
-        height = np.tanh(1.5 * _blurred_noise(rng, h, w, rng.uniform(1.2, 4.0)))
+        height = np.tanh(1.5 * _blurred_noise(rng, h, w, rng.uniform(1.0, 2.5)))
         gy, gx = np.gradient(height)
         a = rng.uniform(0, 2 * np.pi)
         shade = np.cos(a) * gx + np.sin(a) * gy
-        lum += rng.uniform(5, 22) * shade / (shade.std() + 1e-6)
+        lum += rng.uniform(4, 15) * shade / (shade.std() + 1e-6)
     # pitting: sparse larger holes (air voids, lost stones), dark inside, the classic false crack
     if rng.random() < 0.5:
         canvas, draw = _canvas(h, w)
