@@ -147,15 +147,17 @@ def running_pid() -> int | None:
 
 def banner(opts: StackOptions) -> str:
     rest = f"http://{opts.host}:{opts.http_port}"
+    metrics = int(os.environ.get("FISSURE_TS_METRICS_PORT") or PORTS["torchserve_metrics"])
+    url_flag = "" if opts.http_port == PORTS["inference_rest"] else f" --url {rest}"
     return f"""
 fissure stack
   inference REST (KServe v1/v2)  {rest}
   inference gRPC (KServe v2)     {opts.host}:{opts.grpc_port}
-  TorchServe metrics             http://127.0.0.1:{PORTS['torchserve_metrics']}/metrics
+  TorchServe metrics             http://127.0.0.1:{metrics}/metrics
   MLflow                         http://{opts.host}:{opts.mlflow_port}
 
 try it (any JPEG/PNG):
-  fissure predict image.jpg
+  fissure predict image.jpg{url_flag}
   curl -s {rest}/v1/models/crack-classifier:predict -H 'Content-Type: application/json' \\
        -d "{{\\"instances\\": [{{\\"b64\\": \\"$(base64 -w0 image.jpg)\\"}}]}}"
   curl -s {rest}/v2/models/crack-segmenter/infer -H 'Content-Type: application/json' \\
@@ -200,18 +202,20 @@ def up(opts: StackOptions, detach: bool = False, echo=print) -> int:
     pid_file().write_text(str(proc.pid))
     echo(f">> stack starting in the background (pid {proc.pid}, log {log_path})")
     deadline = time.monotonic() + opts.ready_timeout
-    url = f"http://{opts.host}:{opts.http_port}/v2/health/ready"
+    pending = [f"http://{opts.host}:{opts.http_port}/v2/health/ready", f"http://{opts.host}:{opts.mlflow_port}/health"]
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pid_file().unlink(missing_ok=True)
             _reap_torchserve()
             raise FissureError(f"the stack exited (code {proc.returncode}); see {log_path}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                echo(banner(opts) + "\n`fissure down` (or `make down`) stops it.")
-                return 0
+            if httpx.get(pending[0], timeout=2).status_code == 200:
+                pending.pop(0)
         except httpx.HTTPError:
             pass
+        if not pending:
+            echo(banner(opts) + "\n`fissure down` (or `make down`) stops it.")
+            return 0
         time.sleep(1)
     raise FissureError(f"the stack is not ready after {opts.ready_timeout:.0f}s; see {log_path} (`fissure down` stops it)")
 
