@@ -113,10 +113,11 @@ class TorchServe:
         tmp.mkdir(parents=True, exist_ok=True)
         logs.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
+        env.setdefault("LOG_LOCATION", str(logs))  # the image sets its own
+        env.setdefault("METRICS_LOCATION", str(logs))
         env.update({
             # a private temp dir: TorchServe's pid file lives there, so several servers can coexist
             "TMPDIR": str(tmp), "TEMP": str(tmp),
-            "LOG_LOCATION": str(logs), "METRICS_LOCATION": str(logs),
             "JAVA_HOME": env.get("JAVA_HOME") or str(Path(java).resolve().parents[1]),
             "PYTHONUNBUFFERED": "1",
         })
@@ -124,7 +125,7 @@ class TorchServe:
         cmd = [sys.executable, "-c", "import sys; from ts.model_server import start; sys.exit(start())",
                "--start", "--foreground", "--ncs", "--disable-token-auth", "--enable-model-api",
                "--model-store", str(Path(self.opts.model_store).resolve()), "--ts-config", str(config)]
-        log.info("starting TorchServe (logs in %s)", logs)
+        log.info("starting TorchServe (logs in %s)", env["LOG_LOCATION"])
         self.proc = subprocess.Popen(cmd, env=env, cwd=self.workdir, start_new_session=True)
 
     def alive(self) -> bool:
