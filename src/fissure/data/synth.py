@@ -401,7 +401,7 @@ def _neg_leaves(rng, lum, rgb_over):
     return lum
 
 
-def _neg_tar(rng, lum):
+def _neg_tar(rng, lum, cover: list | None = None):
     """Crack sealant: a smooth, meandering, glossy black band (a repaired crack, not a crack)."""
     h, w = lum.shape
     canvas, draw = _canvas(h, w)
@@ -417,6 +417,8 @@ def _neg_tar(rng, lum):
     cov = ndimage.gaussian_filter(_coverage(canvas, h, w), rng.uniform(0.5, 1.2))
     tar = rng.uniform(18, 45) + 5 * _blurred_noise(rng, h, w, 2)
     gloss = 25 * np.clip(_blurred_noise(rng, h, w, 3) - 1.2, 0, None)  # specular patches
+    if cover is not None:
+        cover.append(cov)
     return lum * (1 - cov) + (tar + gloss) * cov
 
 
@@ -456,9 +458,10 @@ def render(rng: np.random.Generator, size: int = 256, cracks: int | None = None,
         raise ValueError(f"unknown hard-negative kinds {unknown}; known: {NEGATIVE_KINDS}")
 
     overlays: list[tuple[np.ndarray, np.ndarray]] = []
-    # shadows and stains go on the surface; cracks cut through paint but sit under leaves
+    # stains, joints, scratches and paint are on the surface and cracks cut through them;
+    # tar sealant and leaves lie on top of cracks (and hide them: not in the mask); shadows last
     for kind in negatives:
-        if kind in ("stain", "joint", "scratches", "tar"):
+        if kind in ("stain", "joint", "scratches"):
             lum = _NEGATIVES[kind](rng, lum)
     for kind in negatives:
         if kind == "paint":
@@ -474,13 +477,17 @@ def render(rng: np.random.Generator, size: int = 256, cracks: int | None = None,
     if cracks:
         cracked, mask = _render_cracks(rng, lum2, cracks)
         rgb = rgb * (cracked / np.maximum(lum2, 1))[..., None]
-    for kind in negatives:
-        if kind == "leaves":
-            _neg_leaves(rng, lum2, overlays)
-    for alpha, color in overlays:
+    if "tar" in negatives:
+        cover: list[np.ndarray] = []
+        lum3 = rgb.mean(-1)
+        sealed = _neg_tar(rng, lum3, cover)
+        rgb = rgb * (sealed / np.maximum(lum3, 1))[..., None]
+        mask &= cover[0] < 0.5
+    if "leaves" in negatives:
+        _neg_leaves(rng, lum2, overlays)
+        alpha, color = overlays[0]
         rgb = rgb * (1 - alpha[..., None]) + alpha[..., None] * color
-    if "leaves" in negatives:  # leaves occlude cracks: take them out of the mask too
-        mask &= ~(overlays[-1][0] > 0.5) if overlays else mask
+        mask &= alpha < 0.5
     for kind in negatives:
         if kind == "shadow":
             shaded = _neg_shadow(rng, rgb.mean(-1))
