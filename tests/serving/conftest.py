@@ -77,6 +77,8 @@ def server(tmp_path_factory) -> Server:
         "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlflow.db'}",
         "FISSURE_HOME": str(base / "home"),
         "FISSURE_TORCH_THREADS": "1",
+        "FISSURE_LOG_BATCHES": "1",
+        "FISSURE_TS_MODEL_LOG_LEVEL": "info",
         "PYTHONUNBUFFERED": "1",
     })
     out = base / "out"

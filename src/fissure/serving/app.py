@@ -196,6 +196,13 @@ def parse_v2_request(body: bytes, headers: dict, model_name: str) -> InferReques
                         parameters=doc.get("parameters"), request_outputs=outputs or None)
 
 
+class _DropPerCallLines(logging.Filter):
+    """kserve logs every gRPC call at INFO ("grpc method: ..."); keep the log for events."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("grpc method:")
+
+
 def build_server(opts, ts, mars: list[dict]):
     backend = Backend(ts.inference)
     models = []
@@ -212,6 +219,7 @@ def build_server(opts, ts, mars: list[dict]):
         enable_latency_logging=False,
     )
     server.dataplane = FissureDataPlane(server.registered_models, ts)
+    logging.getLogger("kserve").addFilter(_DropPerCallLines())
     _grpc_server.InferenceServicer = FissureServicer
     _add_routes(server, backend)
     return server, models

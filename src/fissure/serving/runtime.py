@@ -38,8 +38,12 @@ class Prepared:
 
 
 def set_threads() -> int:
-    """torch intra-op threads for a serving worker: FISSURE_TORCH_THREADS, else all cores."""
-    n = int(os.environ.get("FISSURE_TORCH_THREADS") or 0) or (os.cpu_count() or 1)
+    """torch intra-op threads for a serving worker: FISSURE_TORCH_THREADS, else half the cores.
+
+    The other half is for the protocol front and TorchServe's JVM; on a busy 2-core machine a
+    second OpenMP thread made the forward pass ~50x slower (spinning against the front).
+    """
+    n = int(os.environ.get("FISSURE_TORCH_THREADS") or 0) or max(1, (os.cpu_count() or 2) // 2)
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
 

@@ -94,6 +94,51 @@ def effective_config(opts: ServeOptions, workdir: Path) -> Path:
     return path
 
 
+LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- written by `fissure serve`: TorchServe's default layout, but no per-request DEBUG lines
+     (they cost latency and CPU on every request). FISSURE_TS_LOG_LEVEL=info|debug brings them back,
+     FISSURE_TS_ACCESS_LOG=1 turns the access log on, FISSURE_TS_MODEL_LOG_LEVEL=info shows the
+     workers' per-request lines. -->
+<Configuration>
+  <Appenders>
+    <Console name="STDOUT" target="SYSTEM_OUT"><PatternLayout pattern="%d{{ISO8601}} [%-5p] %t %c - %m%n"/></Console>
+    <RollingFile name="access_log" fileName="{logs}/access_log.log" filePattern="{logs}/access_log.%d{{dd-MMM}}.log.gz">
+      <PatternLayout pattern="%d{{ISO8601}} - %m%n"/><Policies><SizeBasedTriggeringPolicy size="100 MB"/></Policies><DefaultRolloverStrategy max="5"/></RollingFile>
+    <RollingFile name="model_log" fileName="{logs}/model_log.log" filePattern="{logs}/model_log.%d{{dd-MMM}}.log.gz">
+      <PatternLayout pattern="%d{{ISO8601}} [%-5p] %t %c - %m%n"/><Policies><SizeBasedTriggeringPolicy size="100 MB"/></Policies><DefaultRolloverStrategy max="5"/></RollingFile>
+    <RollingFile name="model_metrics" fileName="{metrics}/model_metrics.log" filePattern="{metrics}/model_metrics.%d{{dd-MMM}}.log.gz">
+      <PatternLayout pattern="%d{{ISO8601}} - %m%n"/><Policies><SizeBasedTriggeringPolicy size="100 MB"/></Policies><DefaultRolloverStrategy max="5"/></RollingFile>
+    <RollingFile name="ts_log" fileName="{logs}/ts_log.log" filePattern="{logs}/ts_log.%d{{dd-MMM}}.log.gz">
+      <PatternLayout pattern="%d{{ISO8601}} [%-5p] %t %c - %m%n"/><Policies><SizeBasedTriggeringPolicy size="100 MB"/></Policies><DefaultRolloverStrategy max="5"/></RollingFile>
+    <RollingFile name="ts_metrics" fileName="{metrics}/ts_metrics.log" filePattern="{metrics}/ts_metrics.%d{{dd-MMM}}.log.gz">
+      <PatternLayout pattern="%d{{ISO8601}} - %m%n"/><Policies><SizeBasedTriggeringPolicy size="100 MB"/></Policies><DefaultRolloverStrategy max="5"/></RollingFile>
+  </Appenders>
+  <Loggers>
+    <Logger name="ACCESS_LOG" level="{access}"><AppenderRef ref="access_log"/></Logger>
+    <Logger name="io.netty" level="error"/>
+    <Logger name="MODEL_LOG" level="{model}"><AppenderRef ref="model_log"/></Logger>
+    <Logger name="MODEL_METRICS" level="info"><AppenderRef ref="model_metrics"/></Logger>
+    <Logger name="org.apache" level="off"/>
+    <Logger name="org.pytorch.serve" level="{level}"><AppenderRef ref="ts_log"/></Logger>
+    <Logger name="TS_METRICS" level="info"><AppenderRef ref="ts_metrics"/></Logger>
+    <Root level="info"><AppenderRef ref="STDOUT"/></Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+def write_log_config(workdir: Path, logs: str, metrics: str) -> Path:
+    from xml.sax.saxutils import escape
+
+    level = os.environ.get("FISSURE_TS_LOG_LEVEL", "warn").lower()
+    access = "info" if os.environ.get("FISSURE_TS_ACCESS_LOG", "") not in ("", "0", "false") else "warn"
+    path = workdir / "log4j2.xml"
+    path.write_text(LOG4J2.format(logs=escape(logs, {'"': "&quot;"}), metrics=escape(metrics, {'"': "&quot;"}),
+                                  level=escape(level), access=access,
+                                  model=escape(os.environ.get("FISSURE_TS_MODEL_LOG_LEVEL", "warn").lower())))
+    return path
+
+
 class TorchServe:
     """TorchServe in the foreground as a child process group."""
 
@@ -122,8 +167,10 @@ class TorchServe:
             "PYTHONUNBUFFERED": "1",
         })
         env.pop("TS_CONFIG_FILE", None)
+        log_config = write_log_config(self.workdir, env["LOG_LOCATION"], env["METRICS_LOCATION"])
         cmd = [sys.executable, "-c", "import sys; from ts.model_server import start; sys.exit(start())",
                "--start", "--foreground", "--ncs", "--disable-token-auth", "--enable-model-api",
+               "--log-config", str(log_config),
                "--model-store", str(Path(self.opts.model_store).resolve()), "--ts-config", str(config)]
         log.info("starting TorchServe (logs in %s)", env["LOG_LOCATION"])
         self.proc = subprocess.Popen(cmd, env=env, cwd=self.workdir, start_new_session=True)
@@ -196,7 +243,10 @@ def discover(model_store: Path, only: list[str]) -> list[dict]:
 def serve(opts: ServeOptions) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request otherwise
+    if os.environ.get("FISSURE_ACCESS_LOG", "") in ("", "0", "false"):
+        # one line per request otherwise (front access log, kserve timings, proxied calls)
+        for name in ("httpx", "uvicorn.access", "kserve.trace"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not Path(opts.model_store).is_dir():
         raise FissureError(f"model store {opts.model_store} is not a directory")
     if opts.config and not Path(opts.config).is_file():

@@ -1,0 +1,443 @@
+"""Serving benchmark: the same crack-classifier (224x224) behind five serving paths.
+
+    (a) raw      in-process loop: decode JPEG -> preprocess -> forward (batch 1), no server
+    (b) fissure  `fissure serve` (KServe front -> TorchServe, dynamic batching) over v2 REST and gRPC
+    (c) kserve   kserve.ModelServer with a custom Model running torch in-process (v2 REST)
+    (d) mlflow   `mlflow models serve` (pyfunc; the client sends the preprocessed tensor as JSON)
+    (e) fastapi  a plain FastAPI + torch endpoint taking the JPEG bytes
+
+Closed-loop load (C clients, each sends its next request when the previous one returns) for
+``--duration`` seconds per concurrency, after a warm-up. Reports images/s, p50/p95/p99 latency
+and throughput relative to (a). Run: ``make bench-serve`` (writes the table into
+docs/benchmarks.md with ``--write``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parents[2]
+PY = sys.executable
+BIN = Path(PY).parent
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_image(size: int = 224) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    arr = rng.normal(150, 25, size=(size, size)).clip(0, 255).astype(np.uint8)
+    arr[size // 2 - 1 : size // 2 + 2, :] = 30
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="L").convert("RGB").save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def threads_env(threads: int) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # mlflow models serve runs `uvicorn`
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                "FISSURE_TORCH_THREADS": str(threads), "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready in {timeout}s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# ---------------------------------------------------------------------------- in-process servers (c), (e)
+
+
+def load_runtime(model_dir: str):
+    from fissure.models.io import load_model
+    from fissure.serving.runtime import ModelRuntime
+
+    loaded = load_model(model_dir)
+    return ModelRuntime(loaded.module, loaded.spec, {"name": "crack-classifier", "version": "1"})
+
+
+def serve_kserve(model_dir: str, port: int) -> None:
+    """(c): the KServe Python ModelServer with a custom Model doing torch in-process."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("FISSURE_TORCH_THREADS", "1")))
+    sys.argv = sys.argv[:1]
+    import kserve
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    runtime = load_runtime(model_dir)
+
+    class TorchModel(kserve.Model):
+        def __init__(self):
+            super().__init__("crack-classifier")
+            self.ready = True
+
+        def predict(self, payload: InferRequest, headers=None):
+            data = payload.inputs[0].as_numpy().reshape(-1)
+            items = [runtime.prepare_image(base64.b64decode(x) if isinstance(x, str) else bytes(x)) for x in data]
+            res = runtime.predict(items)
+            probs = [p for r in res for p in r["probabilities"].values()]
+            return InferResponse(response_id=payload.id or "x", model_name=self.name, infer_outputs=[
+                InferOutput("label", [len(res)], "BYTES", [r["label"] for r in res]),
+                InferOutput("probabilities", [len(res), 2], "FP32", probs)])
+
+    kserve.ModelServer(http_port=port, enable_grpc=False, enable_latency_logging=False).start([TorchModel()])
+
+
+def serve_fastapi(model_dir: str, port: int) -> None:
+    """(e): plain FastAPI + torch; POST the JPEG bytes."""
+    import torch
+    import uvicorn
+    from fastapi import FastAPI, Request
+
+    torch.set_num_threads(int(os.environ.get("FISSURE_TORCH_THREADS", "1")))
+    runtime = load_runtime(model_dir)
+    app = FastAPI()
+
+    @app.get("/ready")
+    def ready():
+        return {"ready": True}
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        body = await request.body()
+        return runtime.predict([runtime.prepare_image(body)])[0]
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+# ---------------------------------------------------------------------------- load generator
+
+
+async def closed_loop(make_caller, concurrency: int, duration: float, warmup: float) -> dict:
+    make_call, close = make_caller()  # clients live in this event loop
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + warmup + duration
+    measure_from = time.perf_counter() + warmup
+
+    async def worker():
+        nonlocal errors
+        call = await make_call()
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                break
+            try:
+                await call()
+            except Exception:  # noqa: BLE001 - counted, reported
+                errors += 1
+                continue
+            t1 = time.perf_counter()
+            if t0 >= measure_from and t1 <= stop_at:
+                latencies.append(t1 - t0)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await close()
+    lat = np.array(latencies) * 1000
+    return {
+        "concurrency": concurrency,
+        "rps": len(lat) / duration,
+        "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+        "p95": float(np.percentile(lat, 95)) if len(lat) else float("nan"),
+        "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+        "errors": errors,
+        "n": len(lat),
+    }
+
+
+def rest_caller(url: str, content: bytes, headers: dict):
+    """aiohttp client: one keep-alive connection per closed-loop worker."""
+
+    def setup():
+        import aiohttp
+
+        holder = {}
+
+        async def make():
+            if "s" not in holder:
+                holder["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            session = holder["s"]
+
+            async def call():
+                async with session.post(url, data=content, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(r.status)
+
+            return call
+
+        async def close():
+            if "s" in holder:
+                await holder["s"].close()
+
+        return make, close
+
+    return setup
+
+
+def grpc_caller(target: str, image: bytes):
+    def setup():
+        import tritonclient.grpc.aio as grpcclient
+
+        holder = {}
+
+        async def make():
+            if "c" not in holder:
+                holder["c"] = grpcclient.InferenceServerClient(target)
+            inp = grpcclient.InferInput("image", [1], "BYTES")
+            inp.set_data_from_numpy(np.array([image], dtype=object))
+
+            async def call():
+                await holder["c"].infer("crack-classifier", [inp])
+
+            return call
+
+        async def close():
+            if "c" in holder:
+                await holder["c"].close()
+
+        return make, close
+
+    return setup
+
+
+def raw_loop(model_dir: str, image: bytes, duration: float, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    runtime = load_runtime(model_dir)
+    for _ in range(20):
+        runtime.predict([runtime.prepare_image(image)])
+    lat = []
+    end = time.perf_counter() + duration
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        runtime.predict([runtime.prepare_image(image)])
+        lat.append(time.perf_counter() - t0)
+    lat = np.array(lat) * 1000
+    return {"concurrency": 1, "rps": len(lat) / duration, "p50": float(np.percentile(lat, 50)),
+            "p95": float(np.percentile(lat, 95)), "p99": float(np.percentile(lat, 99)), "errors": 0, "n": len(lat)}
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def run(args) -> list[dict]:
+    from fissure.models import build_model, default_spec
+    from fissure.models.io import save_model
+    from fissure.serving.package import package
+
+    work = Path(tempfile.mkdtemp(prefix="fissure-bench-"))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    os.environ.setdefault("FISSURE_HOME", str(work / "home"))
+    import torch
+
+    torch.manual_seed(0)
+    spec = default_spec("classify")
+    model_dir = str(save_model(build_model(spec).eval(), spec, work / "model"))
+    image = make_image(224)
+    b64 = base64.b64encode(image).decode()
+    v2_body = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64]}]}).encode()
+    rows: list[dict] = []
+    conc = [int(c) for c in args.concurrency.split(",")]
+    env = threads_env(args.threads)
+
+    def record(target, res):
+        res["target"] = target
+        rows.append(res)
+        print(f"{target:24s} c={res['concurrency']:<3d} {res['rps']:7.1f} img/s  p50 {res['p50']:7.1f} ms  "
+              f"p95 {res['p95']:7.1f}  p99 {res['p99']:7.1f}  errors {res['errors']}", flush=True)
+
+    def load(target, make_call):
+        for c in conc:
+            record(target, asyncio.run(closed_loop(make_call, c, args.duration, args.warmup)))
+
+    targets = args.targets.split(",")
+    if "raw" in targets:
+        record("(a) raw torch loop", raw_loop(model_dir, image, args.duration, args.threads))
+
+    if "fissure" in targets:
+        out = work / "serving"
+        package(model_dir, out, name="crack-classifier", batch_size=args.batch_size,
+                max_batch_delay=args.max_batch_delay)
+        ports = [free_port() for _ in range(7)]
+        cmd = [str(BIN / "fissure"), "serve", "--model-store", str(out / "model-store"), "--config",
+               str(out / "config" / "config.properties"), "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+               "--ts-inference-port", str(ports[2]), "--ts-management-port", str(ports[3]),
+               "--ts-metrics-port", str(ports[4]), "--ts-grpc-inference-port", str(ports[5]),
+               "--ts-grpc-management-port", str(ports[6]), "--workdir", str(work / "serve")]
+        proc = subprocess.Popen(cmd, env=env, stdout=open(work / "fissure.log", "wb"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            wait_http(f"http://127.0.0.1:{ports[0]}/v2/health/ready", proc)
+            load("(b) fissure v2 REST", rest_caller(f"http://127.0.0.1:{ports[0]}/v2/models/crack-classifier/infer",
+                                                   content=v2_body, headers={"Content-Type": "application/json"}))
+            load("(b) fissure v2 gRPC", grpc_caller(f"127.0.0.1:{ports[1]}", image))
+        finally:
+            stop(proc)
+
+    if "kserve" in targets:
+        port = free_port()
+        proc = subprocess.Popen([PY, str(HERE), "_kserve", model_dir, str(port)], env=env,
+                                stdout=open(work / "kserve.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/v2/health/ready", proc)
+            load("(c) kserve in-process", rest_caller(f"http://127.0.0.1:{port}/v2/models/crack-classifier/infer",
+                                                     content=v2_body, headers={"Content-Type": "application/json"}))
+        finally:
+            stop(proc)
+
+    if "mlflow" in targets:
+        from fissure.models import preprocess_config
+        from fissure.preprocess import decode_image, image_to_tensor
+
+        tensor = image_to_tensor(decode_image(image), preprocess_config(spec)).numpy()[None]
+        body = json.dumps({"inputs": tensor.tolist()}).encode()
+        port = free_port()
+        proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", model_dir, "--env-manager", "local",
+                                 "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env=env,
+                                stdout=open(work / "mlflow.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/ping", proc)
+            load("(d) mlflow models serve", rest_caller(f"http://127.0.0.1:{port}/invocations", content=body,
+                                                       headers={"Content-Type": "application/json"}))
+        finally:
+            stop(proc)
+
+    if "fastapi" in targets:
+        port = free_port()
+        proc = subprocess.Popen([PY, str(HERE), "_fastapi", model_dir, str(port)], env=env,
+                                stdout=open(work / "fastapi.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/ready", proc)
+            load("(e) FastAPI + torch", rest_caller(f"http://127.0.0.1:{port}/predict", content=image,
+                                                   headers={"Content-Type": "image/jpeg"}))
+        finally:
+            stop(proc)
+    return rows
+
+
+def table(rows: list[dict], args) -> str:
+    raw = next((r["rps"] for r in rows if r["target"].startswith("(a)")), None)
+    lines = ["| path | concurrency | images/s | p50 ms | p95 ms | p99 ms | vs (a) | errors |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        ratio = f"{r['rps'] / raw:.2f}" if raw else "-"
+        lines.append(f"| {r['target']} | {r['concurrency']} | {r['rps']:.1f} | {r['p50']:.1f} | {r['p95']:.1f} | "
+                     f"{r['p99']:.1f} | {ratio} | {r['errors']} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores (shared), Python {platform.python_version()}, torch {torch.__version__}, "
+            f"load average at start {os.getloadavg()[0]:.1f}")
+
+
+def write_section(text: str, path: Path) -> None:
+    doc = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = "<!-- serving-bench:start -->"
+    end = "<!-- serving-bench:end -->"
+    block = f"{start}\n{text}\n{end}"
+    if start in doc:
+        doc = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _m: block, doc, flags=re.S)
+    else:
+        if "## Serving" not in doc:
+            doc = doc.rstrip() + "\n\n## Serving\n"
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    path.write_text(doc)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_kserve":
+        return serve_kserve(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) > 1 and sys.argv[1] == "_fastapi":
+        return serve_fastapi(sys.argv[2], int(sys.argv[3]))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per point")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--threads", type=int, default=1, help="torch/OMP threads in every server")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-batch-delay", type=int, default=5)
+    p.add_argument("--targets", default="raw,fissure,kserve,mlflow,fastapi")
+    p.add_argument("--write", type=Path, default=None, help="put the table into this markdown file")
+    args = p.parse_args()
+    started = machine()
+    try:
+        rows = run(args)
+    finally:
+        for d in Path(tempfile.gettempdir()).glob("fissure-bench-*"):
+            if d.is_dir() and d.stat().st_mtime > time.time() - 7200:
+                import shutil
+
+                shutil.rmtree(d, ignore_errors=True)
+    cmd = "python serving/bench/bench_serve.py " + " ".join(sys.argv[1:])
+    text = (f"Machine: {started}.\n\nCommand: `{cmd}` "
+            f"(torch threads {args.threads} everywhere, fissure batch size {args.batch_size}, "
+            f"max batch delay {args.max_batch_delay} ms, {args.duration:.0f} s per point after {args.warmup:.0f} s warm-up, "
+            f"closed loop, client on the same machine).\n\n" + table(rows, args))
+    print("\n" + text)
+    if args.write:
+        write_section(text, args.write)
+
+
+if __name__ == "__main__":
+    main()
