@@ -19,3 +19,8 @@ up: venv java ## start the local stack: trains if needed, then serves both model
 
 down: venv ## stop the local stack started with make up DETACH=1
 	$(VENV)/bin/fissure down
+
+.PHONY: bench-serve
+BENCH_ARGS ?=
+bench-serve: venv ## serving benchmark (raw torch, fissure REST+gRPC, kserve, mlflow serve, FastAPI) -> docs/benchmarks.md
+	$(VENV)/bin/python serving/bench/bench_serve.py --write docs/benchmarks.md $(BENCH_ARGS)

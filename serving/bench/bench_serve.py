@@ -139,6 +139,7 @@ def serve_fastapi(model_dir: str, port: int) -> None:
 
     torch.set_num_threads(int(os.environ.get("FISSURE_TORCH_THREADS", "1")))
     runtime = load_runtime(model_dir)
+    globals()["Request"] = Request  # annotations are strings here (from __future__ import annotations)
     app = FastAPI()
 
     @app.get("/ready")
@@ -160,6 +161,7 @@ async def closed_loop(make_caller, concurrency: int, duration: float, warmup: fl
     make_call, close = make_caller()  # clients live in this event loop
     latencies: list[float] = []
     errors = 0
+    first_error: list[str] = []
     stop_at = time.perf_counter() + warmup + duration
     measure_from = time.perf_counter() + warmup
 
@@ -172,8 +174,11 @@ async def closed_loop(make_caller, concurrency: int, duration: float, warmup: fl
                 break
             try:
                 await call()
-            except Exception:  # noqa: BLE001 - counted, reported
+            except Exception as exc:  # noqa: BLE001 - counted, reported
                 errors += 1
+                if not first_error:
+                    first_error.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+                    print(f"   first error: {first_error[0]}", flush=True)
                 continue
             t1 = time.perf_counter()
             if t0 >= measure_from and t1 <= stop_at:
@@ -208,9 +213,9 @@ def rest_caller(url: str, content: bytes, headers: dict):
 
             async def call():
                 async with session.post(url, data=content, headers=headers) as r:
-                    await r.read()
+                    body = await r.read()
                     if r.status != 200:
-                        raise RuntimeError(r.status)
+                        raise RuntimeError(f"{r.status} {body[:200]!r}")
 
             return call
 
@@ -272,7 +277,7 @@ def raw_loop(model_dir: str, image: bytes, duration: float, threads: int) -> dic
 
 def run(args) -> list[dict]:
     from fissure.models import build_model, default_spec
-    from fissure.models.io import save_model
+    from fissure.models.io import SPEC_KEY, _mlflow, _pip_requirements
     from fissure.serving.package import package
 
     work = Path(tempfile.mkdtemp(prefix="fissure-bench-"))
@@ -282,7 +287,19 @@ def run(args) -> list[dict]:
 
     torch.manual_seed(0)
     spec = default_spec("classify")
-    model_dir = str(save_model(build_model(spec).eval(), spec, work / "model"))
+    # a fissure MLflow model, plus a float32 input signature so `mlflow models serve` casts JSON
+    # numbers to float32 (without it the pyfunc feeds float64 to a float32 model and fails)
+    mlflow = _mlflow()
+    from mlflow.models import infer_signature
+
+    model = build_model(spec).eval()
+    example = np.zeros((1, 3, 224, 224), np.float32)
+    with torch.no_grad():
+        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    model_dir = str(work / "model")
+    mlflow.pytorch.save_model(model, model_dir, metadata={SPEC_KEY: spec}, signature=signature,
+                              serialization_format="pickle",
+                              pip_requirements=_pip_requirements())
     image = make_image(224)
     b64 = base64.b64encode(image).decode()
     v2_body = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64]}]}).encode()
@@ -416,7 +433,7 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--threads", type=int, default=1, help="torch/OMP threads in every server")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-batch-delay", type=int, default=5)
+    p.add_argument("--max-batch-delay", type=int, default=2)
     p.add_argument("--targets", default="raw,fissure,kserve,mlflow,fastapi")
     p.add_argument("--write", type=Path, default=None, help="put the table into this markdown file")
     args = p.parse_args()
