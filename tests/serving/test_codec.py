@@ -262,3 +262,20 @@ def _bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     ihdr = struct.pack("!IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_port_in_use_is_one_clear_line(tmp_path):
+    import socket
+
+    from fissure.errors import FissureError
+    from fissure.serving.server import ServeOptions, TorchServe
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        ts = TorchServe(ServeOptions(model_store=tmp_path, http_port=0, grpc_port=0, ts_inference_port=busy,
+                                     ts_management_port=0, ts_metrics_port=0, ts_grpc_inference_port=0,
+                                     ts_grpc_management_port=0), tmp_path)
+        with pytest.raises(FissureError, match=f"port {busy} is already in use; pick another with --ts-inference-port"):
+            ts.check_ports()

@@ -150,8 +150,28 @@ class TorchServe:
         self.management = f"http://127.0.0.1:{opts.ts_management_port}"
         self.inference = f"http://127.0.0.1:{opts.ts_inference_port}"
 
+    def check_ports(self) -> None:
+        """Fail with one clear line before starting anything if a port is taken."""
+        import socket
+
+        o = self.opts
+        ports = [(o.http_port, "0.0.0.0", "--http-port"), (o.grpc_port, "0.0.0.0", "--grpc-port"),
+                 (o.ts_inference_port, "127.0.0.1", "--ts-inference-port"),
+                 (o.ts_management_port, "127.0.0.1", "--ts-management-port"),
+                 (o.ts_metrics_port, "0.0.0.0", "--ts-metrics-port"),
+                 (o.ts_grpc_inference_port, "127.0.0.1", "--ts-grpc-inference-port"),
+                 (o.ts_grpc_management_port, "127.0.0.1", "--ts-grpc-management-port")]
+        for port, host, flag in ports:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    raise FissureError(f"port {port} is already in use; pick another with {flag}") from None
+
     def start(self) -> None:
         java = find_java()
+        self.check_ports()
         config = effective_config(self.opts, self.workdir)
         tmp = self.workdir / "tmp"
         logs = self.workdir / "logs"
@@ -175,6 +195,10 @@ class TorchServe:
         log.info("starting TorchServe (logs in %s)", env["LOG_LOCATION"])
         self.proc = subprocess.Popen(cmd, env=env, cwd=self.workdir, start_new_session=True)
 
+    @property
+    def logs(self) -> Path:
+        return Path(os.environ.get("LOG_LOCATION") or self.workdir / "logs")
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -185,7 +209,7 @@ class TorchServe:
             while pending:
                 if not self.alive():
                     raise FissureError(f"TorchServe exited (code {self.proc.returncode}) before its models were ready; "
-                                       f"see {self.workdir / 'logs'}")
+                                       f"see its log above or in {self.logs}")
                 for name in sorted(pending):
                     try:
                         r = client.get(f"{self.management}/models/{name}")
