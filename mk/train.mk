@@ -1,0 +1,11 @@
+# Training targets (included by the Makefile). See docs/training.md.
+.PHONY: pipeline bench-train bench-realdata
+
+pipeline: venv ## run the DVC pipeline (prepare, train both models, evaluate): dvc repro
+	dvc repro
+
+bench-train: venv ## CPU images/s of both models (train step, inference) + wall time of the default dvc repro from scratch
+	$(VENV)/bin/python training/bench_train.py --out reports/bench_train.md
+
+bench-realdata: venv ## train on synthetic + shared real sets, report Dice/F1 on held-back real images (~15 min CPU)
+	$(VENV)/bin/python training/bench_realdata.py --out reports/bench_realdata.md

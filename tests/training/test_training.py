@@ -1,0 +1,176 @@
+"""The loop learns, is reproducible, logs to MLflow and registers with the right aliases."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import torch
+
+from fissure.cli import main
+from fissure.models import io
+from fissure.training import tracking
+from fissure.training.datasets import find_splits
+from fissure.training.loop import fit
+from fissure.training.run import train
+
+from .conftest import tiny_config, write_classify_set, write_segment_set
+
+pytestmark = pytest.mark.slow
+
+
+def _fit(task, data, **kw):
+    cfg = tiny_config(task, **kw)
+    splits = find_splits(task, data, seed=cfg.seed)
+    return fit(task, splits, cfg, progress=False)
+
+
+def test_classifier_learns(clf_data):
+    result = _fit("classify", clf_data, epochs=6)
+    losses = [h.train_loss for h in result.history]
+    assert losses[-1] < 0.6 * losses[0]
+    assert result.best_val["f1"] >= 0.8
+    assert result.best_val["roc_auc"] >= 0.9
+
+
+def test_segmenter_learns(seg_data):
+    result = _fit("segment", seg_data, epochs=8)
+    losses = [h.train_loss for h in result.history]
+    assert losses[-1] < 0.7 * losses[0]
+    assert result.best_val["dice"] > 0.4
+    # the best epoch's weights are the ones returned
+    assert result.best_val == max((h.val for h in result.history), key=lambda v: v["dice"])
+
+
+def test_seeded_runs_are_reproducible(seg_data):
+    a = _fit("segment", seg_data, epochs=2, seed=7)
+    b = _fit("segment", seg_data, epochs=2, seed=7)
+    c = _fit("segment", seg_data, epochs=2, seed=8)
+    sa, sb, sc = a.module.state_dict(), b.module.state_dict(), c.module.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert [h.val for h in a.history] == [h.val for h in b.history]
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_early_stopping_restores_best(clf_data):
+    # lr 0 never improves after epoch 1 -> stops after `patience` stale epochs
+    result = _fit("classify", clf_data, epochs=10, lr=0.0, patience=2)
+    assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
+
+
+def test_single_folder_is_split_deterministically(tmp_path):
+    write_segment_set(tmp_path / "one", 20)
+    a = find_splits("segment", tmp_path / "one", val_fraction=0.2, test_fraction=0.2, seed=3)
+    b = find_splits("segment", tmp_path / "one", val_fraction=0.2, test_fraction=0.2, seed=3)
+    assert a.sizes() == {"train": 12, "val": 4, "test": 4} and a.val == b.val and a.test == b.test
+    assert not set(a.train) & set(a.test)
+    write_classify_set(tmp_path / "clf", 40)
+    c = find_splits("classify", tmp_path / "clf", seed=0)
+    assert c.classes == ["no_crack", "crack"] and {lbl for _, lbl in c.val} == {0, 1}
+
+
+def test_registry_versions_aliases_and_lineage(clf_data, tmp_path):
+    cfg = tiny_config("classify", epochs=1)
+    first = train("classify", clf_data, cfg, out=tmp_path / "m1", register=True, progress=False, echo=lambda m: None)
+    assert first.registered["version"] == "1"
+    assert tracking.aliases("crack-classifier") == {"champion": "1", "challenger": "1"}
+    second = train("classify", clf_data, cfg, out=tmp_path / "m2", register=True, progress=False, echo=lambda m: None)
+    assert second.registered["version"] == "2"
+    assert tracking.aliases("crack-classifier") == {"champion": "1", "challenger": "2"}
+
+    run = mlflow.MlflowClient().get_run(second.run_id)
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    assert tags["git.commit"] and tags["params.hash"] and tags["dvc.data_hash"].startswith("md5:")
+    assert json.loads(params["spec"])["task"] == "classify"
+    assert {"test_f1", "test_roc_auc", "final_val_f1", "val_loss", "train_loss"} <= set(metrics)
+    history = mlflow.MlflowClient().get_metric_history(second.run_id, "val_f1")
+    assert [m.step for m in history] == [1]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(second.run_id, "plots")}
+    assert {"plots/loss_curves.png", "plots/test_pr_curve.png", "plots/test_confusion_matrix.png"} <= artifacts
+    saved = json.loads((tmp_path / "m2" / "metrics.json").read_text())
+    assert saved["registered_version"] == "2" and set(saved["test"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
+
+    # load_model on every kind of URI
+    champion = io.load_model("models:/crack-classifier@champion")
+    assert (champion.name, champion.version, champion.run_id) == ("crack-classifier", "1", first.run_id)
+    assert io.load_model("models:/crack-classifier@challenger").version == "2"
+    by_run = io.load_model(f"runs:/{second.run_id}/model")
+    assert by_run.task == "classify" and by_run.run_id == second.run_id
+    local = io.load_model(str(tmp_path / "m2" / "model"))
+    assert local.version == "2" and local.spec == champion.spec
+    x = torch.zeros(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(local.module(x), by_run.module(x))
+
+
+def test_evaluate_cli_writes_named_metrics(seg_data, clf_data, tmp_path, capsys):
+    seg = train("segment", seg_data, tiny_config("segment", epochs=1), out=tmp_path / "seg", progress=False,
+                echo=lambda m: None)
+    out = tmp_path / "seg.json"
+    rc = main(["evaluate", "--task", "segment", "--model", str(tmp_path / "seg" / "model"),
+               "--data", str(seg_data / "test"), "--out", str(out), "--plots", str(tmp_path / "plots")])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert {"dice", "iou", "precision", "recall", "f1"} <= set(report) and report["n_images"] == 8
+    assert report["model"] == "crack-segmenter"
+    assert {p.name for p in (tmp_path / "plots").iterdir()} >= {"pr_curve.csv", "pr_curve.png", "overlays.png"}
+
+    # the MLflow runs:/ URI works too
+    rc = main(["evaluate", "--task", "segment", "--model", f"runs:/{seg.run_id}/model",
+               "--data", str(seg_data / "test"), "--out", str(out)])
+    assert rc == 0 and json.loads(out.read_text())["run_id"] == seg.run_id
+
+    # task mismatch: one line, exit 2, no traceback
+    capsys.readouterr()
+    rc = main(["evaluate", "--task", "classify", "--model", str(tmp_path / "seg" / "model"),
+               "--data", str(clf_data / "test"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("fissure: error: --task classify but") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_classifier_cli(clf_data, tmp_path):
+    train("classify", clf_data, tiny_config("classify", epochs=2), out=tmp_path / "clf", register=True,
+          progress=False, echo=lambda m: None)
+    out = tmp_path / "clf.json"
+    rc = main(["evaluate", "--task", "classify", "--model", "models:/crack-classifier@champion",
+               "--data", str(clf_data / "test"), "--out", str(out), "--plots", str(tmp_path / "p")])
+    report = json.loads(out.read_text())
+    assert rc == 0 and {"accuracy", "precision", "recall", "f1", "roc_auc", "n_images"} <= set(report)
+    assert report["model"] == "crack-classifier" and report["model_version"] == "1" and report["n_images"] == 32
+    assert (tmp_path / "p" / "confusion.csv").read_text().startswith("actual,predicted")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--task", "segment", "--data", "/nonexistent/data"], "no such folder"),
+        (["evaluate", "--task", "segment", "--model", "/nonexistent/model", "--data", ".", "--out", "x.json"], "not found"),
+        (["evaluate", "--task", "segment", "--model", "models:/crack-segmenter@champion", "--data", ".", "--out", "x.json"], "crack-segmenter"),
+    ],
+)
+def test_user_mistakes_are_one_line(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = main(args)
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and err.startswith("fissure: error:") and message in err and len(err.splitlines()) == 1
+
+
+def test_help_everywhere(capsys):
+    for cmd in ("train", "evaluate"):
+        assert main([cmd, "--help"]) == 0
+        assert "Usage: fissure " + cmd in capsys.readouterr().out
+
+
+def test_params_file_overrides_and_rejects_unknown_keys(tmp_path):
+    from fissure.errors import FissureError
+    from fissure.training.config import load_config
+
+    p = tmp_path / "params.yaml"
+    p.write_text("train_segmenter:\n  epochs: 3\n  model: {base: 4}\n")
+    cfg = load_config("segment", p, batch_size=2)
+    assert (cfg.epochs, cfg.batch_size, cfg.model["base"], cfg.model["depth"]) == (3, 2, 4, 4)
+    p.write_text("train_segmenter:\n  epoch: 3\n")
+    with pytest.raises(FissureError, match="unknown key"):
+        load_config("segment", p)
