@@ -25,10 +25,11 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     patience: int = 5  # epochs without improvement of the validation metric before stopping
+    min_epochs: int = 0  # never stop before this many epochs
     min_delta: float = 1e-4
     size: int = 224  # the model's input size (saved in the spec's preprocess config)
     crop: int = 0  # segment: train on random crops of this size of the resized image (0 = off)
-    crack_bias: float = 0.7  # segment: share of crops centred on a random crack pixel
+    crack_bias: float = 0.0  # segment: share of crops centred on a random crack pixel
     augment: bool = True
     val_fraction: float = 0.15  # only used when --data is a single folder without splits
     test_fraction: float = 0.15
@@ -50,7 +51,7 @@ DEFAULTS = {
         epochs=12, batch_size=64, lr=3e-3, patience=4, size=96, model={"width": 16, "blocks": 1, "dropout": 0.1}
     ),
     "segment": dict(
-        epochs=25, batch_size=8, lr=3e-3, patience=6, size=256, crop=128, eval_batch_size=8,
+        epochs=25, batch_size=8, lr=2e-3, patience=6, min_epochs=12, size=256, crop=128, eval_batch_size=8,
         model={"base": 8, "depth": 4},
     ),
 }

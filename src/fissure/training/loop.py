@@ -207,7 +207,7 @@ def fit(
         history.append(log)
         if on_epoch:
             on_epoch(log)
-        if stale >= cfg.patience:
+        if stale >= cfg.patience and epoch >= cfg.min_epochs:
             stopped_early = True
             break
     module.load_state_dict(best_state)
