@@ -150,7 +150,7 @@ deploy: $(K8S_STAMPS)/helm-$(HELM_VERSION) ## [needs a cluster] create secrets i
 	  --wait --timeout 10m $(HELM_ARGS)
 	manifests/kind/upload-models.sh $(NAMESPACE) $(RELEASE)
 
-e2e-kind: $(K8S_STAMPS)/helm-$(HELM_VERSION) ## [needs a cluster] helm test, then REST (curl) and gRPC (grpcurl, fissure predict) via the gateway
+e2e-kind: $(K8S_STAMPS)/helm-$(HELM_VERSION) ## [needs a cluster] helm test, then REST (curl) and gRPC (fissure predict) via the gateway
 	HELM=$(HELM) manifests/kind/e2e.sh $(NAMESPACE) $(RELEASE) $(GATEWAY_HOST)
 
 kind-down: ## [needs Docker] delete the kind cluster

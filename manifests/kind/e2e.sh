@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# make e2e-kind: `helm test`, then inference over REST (curl) and gRPC (fissure predict)
-# through the Gateway. Written for a laptop with kind; untested on the project's machines.
+# make e2e-kind: `helm test`, then inference over REST (curl) and gRPC (fissure predict, which
+# sets the :authority the GRPCRoute matches) through the Gateway. Written for a laptop with kind; untested on the project's machines.
 set -euo pipefail
 ns="${1:-fissure}"; release="${2:-fissure}"; host="${3:-fissure.localtest.me}"
 helm="${HELM:-helm}"
 image="${E2E_IMAGE:-tests/k8s/data/crack.png}"
-for tool in kubectl curl grpcurl "$helm"; do
+test -x .venv/bin/fissure || { echo "e2e-kind: run 'make venv' first (fissure predict is the gRPC client)" >&2; exit 1; }
+for tool in kubectl curl "$helm"; do
   command -v "$tool" >/dev/null || { echo "e2e-kind: '$tool' is not installed" >&2; exit 1; }
 done
 
@@ -28,13 +29,8 @@ for model in crack-classifier crack-segmenter; do
   echo ">> REST v1 predict: $model"
   curl -fsS -H "Host: $host" -H 'Content-Type: application/json' \
     -d "{\"instances\":[{\"b64\":\"$b64\"}]}" "http://127.0.0.1:18080/v1/models/$model:predict" | head -c 400; echo
-  echo ">> gRPC v2 through the gateway: $model (authority $model.grpc.$host)"
-  grpcurl -plaintext -authority "$model.grpc.$host" -d "{\"name\":\"$model\"}" \
-    127.0.0.1:18080 inference.GRPCInferenceService/ModelReady
-  echo ">> gRPC v2 infer with fissure predict: $model"
-  kubectl -n "$ns" port-forward "svc/$model-predictor" 18081:8081 >/dev/null 2>&1 &
-  pf2=$!; sleep 3
-  .venv/bin/fissure predict --protocol grpc --grpc-url 127.0.0.1:18081 --model "$model" "$image" || { kill $pf2; exit 1; }
-  kill $pf2
+  echo ">> gRPC v2 infer through the gateway: $model (authority $model.grpc.$host)"
+  .venv/bin/fissure predict --protocol grpc --grpc-url 127.0.0.1:18080 --grpc-authority "$model.grpc.$host" \
+    --url "http://127.0.0.1:18080" --model "$model" "$image"
 done
 echo ">> e2e-kind: REST and gRPC predictions through the gateway succeeded"

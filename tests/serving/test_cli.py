@@ -86,3 +86,14 @@ def test_predict_cli_server_error_is_one_line(server, tmp_path):
     bad.write_bytes(b"not an image at all")
     code = main(["predict", str(bad), "--url", server.url, "--model", "crack-classifier"])
     assert code != 0
+
+
+def test_predict_cli_grpc_with_authority(server, tmp_path, images):
+    """--grpc-authority (for gateways routing by host) sets the channel's authority; the server answers."""
+    img = tmp_path / "img.png"
+    img.write_bytes(images.png(seed=6))
+    r = CliRunner().invoke(cli, ["predict", str(img), "--model", "crack-segmenter", "--protocol", "grpc",
+                                 "--grpc-url", server.grpc, "--grpc-authority", "crack-segmenter.grpc.example.com",
+                                 "--url", server.url])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("crack-segmenter v")

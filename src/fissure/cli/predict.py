@@ -14,6 +14,9 @@ import click
               help="Model name (repeatable); default: every model the server lists.")
 @click.option("--url", default=None, help="REST base URL [env FISSURE_URL; default http://127.0.0.1:8080].")
 @click.option("--grpc-url", default=None, help="gRPC host:port [env FISSURE_GRPC_URL; default 127.0.0.1:8081].")
+@click.option("--grpc-authority", default=None,
+              help="gRPC :authority to send, for gateways that route by host "
+                   "(e.g. crack-segmenter.grpc.example.com) [env FISSURE_GRPC_AUTHORITY].")
 @click.option("--protocol", type=click.Choice(["v1", "v2", "grpc"]), default="v2", show_default=True)
 @click.option("--explain", is_flag=True, help="Grad-CAM (classifier) / probability map (segmenter).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw result as JSON.")
@@ -21,7 +24,7 @@ import click
               help="Write the mask (or, with --explain, the heatmap) PNG here.")
 @click.option("--save-overlay", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the image with the mask (or heatmap) painted over it.")
-def predict(image, models, url, grpc_url, protocol, explain, as_json, save_mask, save_overlay):
+def predict(image, models, url, grpc_url, grpc_authority, protocol, explain, as_json, save_mask, save_overlay):
     """Classify or segment IMAGE with the served models."""
     from fissure.serving import client, codec
 
@@ -31,7 +34,8 @@ def predict(image, models, url, grpc_url, protocol, explain, as_json, save_mask,
     names = list(models) or client.list_models(url)
     results = []
     for name in names:
-        res = client.predict(data, name, url=url, protocol=protocol, explain=explain, grpc_url=grpc_url)
+        res = client.predict(data, name, url=url, protocol=protocol, explain=explain, grpc_url=grpc_url,
+                             grpc_authority=grpc_authority or client.DEFAULT_GRPC_AUTHORITY)
         results.append(res)
         picture = res.get("heatmap_png") or res.get("mask_png")
         if picture and (save_mask or save_overlay):

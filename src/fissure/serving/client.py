@@ -14,6 +14,10 @@ from fissure.serving import codec
 
 DEFAULT_URL = os.environ.get("FISSURE_URL", "http://127.0.0.1:8080")
 DEFAULT_GRPC = os.environ.get("FISSURE_GRPC_URL", "127.0.0.1:8081")
+# The :authority a gateway routes gRPC by (Gateway API GRPCRoute hostnames), when it is not
+# the host of --grpc-url: e.g. crack-segmenter.grpc.fissure.localtest.me through a port-forward.
+DEFAULT_GRPC_AUTHORITY = os.environ.get("FISSURE_GRPC_AUTHORITY") or None
+GRPC_MAX_MESSAGE = 64 * 1024 * 1024
 
 
 class ServerError(FissureError):
@@ -42,7 +46,8 @@ def list_models(url: str = DEFAULT_URL, timeout: float = 10.0) -> list[str]:
 
 
 def predict(image: bytes, model: str, url: str = DEFAULT_URL, protocol: str = "v2",
-            explain: bool = False, grpc_url: str = DEFAULT_GRPC, timeout: float = 60.0) -> dict:
+            explain: bool = False, grpc_url: str = DEFAULT_GRPC, timeout: float = 60.0,
+            grpc_authority: str | None = DEFAULT_GRPC_AUTHORITY) -> dict:
     """Send encoded image bytes; return the result as the v1 protocol shapes it (plus names)."""
     if not image:
         raise InputError("the image file is empty")
@@ -66,16 +71,21 @@ def predict(image: bytes, model: str, url: str = DEFAULT_URL, protocol: str = "v
     except httpx.HTTPError as exc:
         raise ServerError(f"cannot reach {url}: {exc}") from None
     if protocol == "grpc":
-        return _with_classes(_grpc(image, model, grpc_url, explain, timeout), url, model)
+        return _with_classes(_grpc(image, model, grpc_url, explain, timeout, grpc_authority), url, model)
     raise FissureError(f"unknown protocol {protocol!r}; use v1, v2 or grpc")
 
 
-def _grpc(image: bytes, model: str, target: str, explain: bool, timeout: float) -> dict:
+def _grpc(image: bytes, model: str, target: str, explain: bool, timeout: float,
+          authority: str | None = None) -> dict:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     target = urlparse(target).netloc or target if "://" in target else target
-    client = grpcclient.InferenceServerClient(target)
+    options = [("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+               ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE)]
+    if authority:
+        options.append(("grpc.default_authority", authority))
+    client = grpcclient.InferenceServerClient(target, channel_args=options)
     inp = grpcclient.InferInput("image", [1], "BYTES")
     inp.set_data_from_numpy(np.array([image], dtype=object))
     try:
