@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml | $(UV)
 
 venv: $(STAMP) ## create .venv with fissure installed (editable)
 
-test: venv ## run the whole test suite (installs what it needs)
+test: venv java ## run the whole test suite (installs what it needs, Java 17 for TorchServe included)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 -include mk/*.mk

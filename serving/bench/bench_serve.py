@@ -321,25 +321,31 @@ def run(args) -> list[dict]:
     if "raw" in targets:
         record("(a) raw torch loop", raw_loop(model_dir, image, args.duration, args.threads))
 
-    if "fissure" in targets:
-        out = work / "serving"
-        package(model_dir, out, name="crack-classifier", batch_size=args.batch_size,
+    def fissure(batch_size: int, label: str, grpc: bool):
+        out = work / f"serving-b{batch_size}"
+        package(model_dir, out, name="crack-classifier", batch_size=batch_size,
                 max_batch_delay=args.max_batch_delay)
         ports = [free_port() for _ in range(7)]
         cmd = [str(BIN / "fissure"), "serve", "--model-store", str(out / "model-store"), "--config",
                str(out / "config" / "config.properties"), "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
                "--ts-inference-port", str(ports[2]), "--ts-management-port", str(ports[3]),
                "--ts-metrics-port", str(ports[4]), "--ts-grpc-inference-port", str(ports[5]),
-               "--ts-grpc-management-port", str(ports[6]), "--workdir", str(work / "serve")]
+               "--ts-grpc-management-port", str(ports[6]), "--workdir", str(work / f"serve-b{batch_size}")]
         proc = subprocess.Popen(cmd, env=env, stdout=open(work / "fissure.log", "wb"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
             wait_http(f"http://127.0.0.1:{ports[0]}/v2/health/ready", proc)
-            load("(b) fissure v2 REST", rest_caller(f"http://127.0.0.1:{ports[0]}/v2/models/crack-classifier/infer",
-                                                   content=v2_body, headers={"Content-Type": "application/json"}))
-            load("(b) fissure v2 gRPC", grpc_caller(f"127.0.0.1:{ports[1]}", image))
+            load(f"{label} v2 REST", rest_caller(f"http://127.0.0.1:{ports[0]}/v2/models/crack-classifier/infer",
+                                                content=v2_body, headers={"Content-Type": "application/json"}))
+            if grpc:
+                load(f"{label} v2 gRPC", grpc_caller(f"127.0.0.1:{ports[1]}", image))
         finally:
             stop(proc)
+
+    if "fissure" in targets:
+        fissure(args.batch_size, "(b) fissure", grpc=True)
+    if "nobatch" in targets:  # the same server with dynamic batching off: what batching buys
+        fissure(1, "(b') fissure, batch size 1,", grpc=False)
 
     if "kserve" in targets:
         port = free_port()
@@ -434,7 +440,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch/OMP threads in every server")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-batch-delay", type=int, default=2)
-    p.add_argument("--targets", default="raw,fissure,kserve,mlflow,fastapi")
+    p.add_argument("--targets", default="raw,fissure,nobatch,kserve,mlflow,fastapi")
     p.add_argument("--write", type=Path, default=None, help="put the table into this markdown file")
     args = p.parse_args()
     started = machine()
