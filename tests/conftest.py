@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = (REPO_ROOT.parent / "shared" / "datasets").resolve()
@@ -28,6 +31,48 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATASETS} (only present in the fissure workplace)")
     return SHARED_DATASETS
+
+
+# The smallest pipeline that still runs every stage: a minute on one core.
+TINY_PARAMS = {
+    "prepare": {"count": 12, "size": 64, "patch_size": 32, "patch_stride": 32, "patch_margin": 4,
+                "val_fraction": 0.25, "test_fraction": 0.25},
+    "train_classifier": {"epochs": 1, "batch_size": 16, "size": 32, "model": {"width": 4}},
+    "train_segmenter": {"epochs": 1, "min_epochs": 0, "batch_size": 4, "size": 64, "crop": 32,
+                        "model": {"base": 4, "depth": 2}},
+    "evaluate": {"overlays": 1},
+}
+
+
+def copy_pipeline(dst: Path, params: dict = TINY_PARAMS) -> Path:
+    """A fresh git repo at ``dst`` with the pipeline files and ``src/`` of this checkout, and
+    ``params.yaml`` updated by ``params`` (no data, no DVC cache, no MLflow store)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    dst.mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy2(REPO_ROOT / name, dst / name)
+    (dst / ".dvc").mkdir()
+    for name in ("config", ".gitignore"):
+        shutil.copy2(REPO_ROOT / ".dvc" / name, dst / ".dvc" / name)
+    shutil.copytree(REPO_ROOT / "src", dst / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    merged = yaml.safe_load((dst / "params.yaml").read_text())
+    for section, values in params.items():
+        for key, value in values.items():
+            old = merged[section].get(key)
+            merged[section][key] = {**old, **value} if isinstance(value, dict) and isinstance(old, dict) else value
+    (dst / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], cwd=dst, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "copy"], cwd=dst, check=True)
+    return dst
+
+
+@pytest.fixture
+def pipeline_copy(tmp_path):
+    """A tiny copy of the pipeline in a fresh git repo (see :func:`copy_pipeline`)."""
+    return copy_pipeline(tmp_path / "repo")
 
 
 def pytest_report_header(config):

@@ -49,3 +49,17 @@ def test_load_missing_model_is_a_clear_error(tmp_path):
         model_io.load_model(str(tmp_path / "nope"))
     with pytest.raises(NotFoundError):
         model_io.load_model("models:/crack-classifier@champion")
+
+
+def test_segmenter_norms():
+    gn = build_model(default_spec("segment", size=32, base=8, depth=2, norm="group"))
+    kinds = {type(m).__name__ for m in gn.modules()}
+    assert "GroupNorm" in kinds and "BatchNorm2d" not in kinds
+    # GroupNorm statistics are per image: in training mode an image's output does not depend
+    # on the other images of the batch (BatchNorm's would)
+    gn.train()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(gn(x)[:1], gn(x[:1]), atol=1e-5)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        build_model(default_spec("segment", size=32, base=4, depth=2, norm="layer"))

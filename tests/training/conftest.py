@@ -81,7 +81,7 @@ def clf_data(tmp_path_factory) -> Path:
 def tiny_config(task: str, **kw) -> TrainConfig:
     if task == "segment":
         base = dict(epochs=4, batch_size=4, lr=1e-2, patience=10, size=64, crop=32, eval_batch_size=8,
-                    model={"base": 4, "depth": 2}, threads=1)
+                    crack_bias=0.5, model={"base": 4, "depth": 2, "norm": "group"}, threads=1)
     else:
         base = dict(epochs=4, batch_size=16, lr=1e-2, patience=10, size=32, model={"width": 8, "blocks": 1, "dropout": 0.0},
                     threads=1)

@@ -105,3 +105,18 @@ def test_pixel_pr_curve_is_monotone_in_recall():
     assert recall[0] == pytest.approx(1.0)
     assert np.all(np.diff(recall) <= 1e-12)
     assert precision.max() <= 1.0
+
+
+def test_best_threshold_maximises_pixel_f1():
+    counts = M.PixelCounts()
+    # crack pixels score 0.7, background [0, 0.6): every threshold in [0.6, 0.7] is perfect,
+    # 0.5 is not (background above 0.5 counts as false positives)
+    rng = np.random.default_rng(0)
+    t = rng.random(4000) < 0.1
+    counts.update(np.where(t, 0.7, rng.uniform(0.0, 0.6, 4000)), t)
+    thr, f1 = counts.best_threshold()
+    assert 0.6 <= thr <= 0.7 and f1 == pytest.approx(1.0)
+    assert M.segmentation_metrics(np.where(t, 0.7, 0.55), t, threshold=0.5)["f1"] < 1.0
+    # limits are honoured; an empty set keeps the default
+    assert counts.best_threshold(0.2, 0.5)[0] <= 0.5
+    assert M.PixelCounts().best_threshold()[0] == 0.5

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,16 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-TINY = {
-    "prepare": {"count": 12, "size": 64, "patch_size": 32, "patch_stride": 32, "patch_margin": 4,
-                "val_fraction": 0.25, "test_fraction": 0.25},
-    "train_classifier": {"epochs": 1, "batch_size": 16, "size": 32, "model": {"width": 4}},
-    "train_segmenter": {"epochs": 1, "batch_size": 4, "size": 64, "crop": 32, "model": {"base": 4, "depth": 2}},
-    "evaluate": {"overlays": 1},
-}
 
 
 def _dvc(args, cwd, env):
@@ -29,34 +19,8 @@ def _dvc(args, cwd, env):
                           timeout=600)
 
 
-@pytest.fixture
-def repo_copy(tmp_path):
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
-    dst = tmp_path / "repo"
-    dst.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy2(REPO / name, dst / name)
-    (dst / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy2(REPO / ".dvc" / name, dst / ".dvc" / name)
-    shutil.copytree(REPO / "src", dst / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    for section, values in TINY.items():
-        for key, value in values.items():
-            if isinstance(value, dict):
-                params[section][key] = {**params[section].get(key, {}), **value}
-            else:
-                params[section][key] = value
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "init", "-q"], cwd=dst, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "copy"], cwd=dst, check=True)
-    return dst
-
-
-def test_dvc_repro_then_nothing_to_do(repo_copy):
+def test_dvc_repro_then_nothing_to_do(pipeline_copy):
+    repo_copy = pipeline_copy
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["FISSURE_THREADS"] = "1"

@@ -43,6 +43,25 @@ def test_segmenter_learns(seg_data):
     assert result.best_val == max((h.val for h in result.history), key=lambda v: v["dice"])
 
 
+def test_segmenter_threshold_is_tuned_on_validation_and_shipped(seg_data):
+    from fissure.training import metrics as M
+    from fissure.training.evaluate import evaluate_items, evaluate_segmenter
+
+    result = _fit("segment", seg_data, epochs=3)
+    thr = result.spec["threshold"]
+    assert 0.2 <= thr <= 0.8
+    # it is the best validation threshold: no other one in range scores higher on val
+    splits = find_splits("segment", seg_data)
+    val = evaluate_segmenter(result.module, result.spec, splits.val, overlays=0, threshold=0.5).counts
+    assert result.extra["val_dice_at_threshold"] >= M.segmentation_metrics_from_counts(val.tp, val.fp, val.fn)["dice"] - 1e-6
+    # evaluate (and serving) use the spec's threshold by default
+    by_spec = evaluate_items(result.module, result.spec, splits.test, overlays=0).metrics
+    explicit = evaluate_segmenter(result.module, result.spec, splits.test, overlays=0, threshold=thr).metrics
+    assert by_spec == explicit
+    # a fixed threshold in the params is kept as is
+    assert _fit("segment", seg_data, epochs=1, threshold=0.35).spec["threshold"] == 0.35
+
+
 def test_seeded_runs_are_reproducible(seg_data):
     a = _fit("segment", seg_data, epochs=2, seed=7)
     b = _fit("segment", seg_data, epochs=2, seed=7)

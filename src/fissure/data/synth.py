@@ -229,7 +229,7 @@ def _crack_paths(rng: np.random.Generator, h: int, w: int) -> list[tuple[np.ndar
     if rng.random() < 0.1:  # a wide, open crack with broken edges
         base = rng.uniform(5.5, 9.0)
     else:  # mostly thin: hairline to a few pixels
-        base = float(np.clip(rng.lognormal(np.log(1.7), 0.5), 0.9, 5.0))
+        base = float(np.clip(rng.lognormal(np.log(2.4), 0.45), 1.0, 5.5))
     paths = []
     for direction in (0.0, np.pi):
         length = rng.uniform(0.25, 1.0) * size

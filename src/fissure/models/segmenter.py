@@ -11,13 +11,24 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def conv_block(cin: int, cout: int) -> nn.Sequential:
+NORMS = ("batch", "group")
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """BatchNorm, or GroupNorm (groups of up to 8 channels' worth): GroupNorm's statistics are
+    per image, so small training crops and full-size eval images are normalised alike."""
+    if kind == "group":
+        return nn.GroupNorm(max(channels // 8, 1), channels)
+    return nn.BatchNorm2d(channels)
+
+
+def conv_block(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
-        nn.BatchNorm2d(cout),
+        norm_layer(norm, cout),
         nn.ReLU(inplace=True),
         nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-        nn.BatchNorm2d(cout),
+        norm_layer(norm, cout),
         nn.ReLU(inplace=True),
     )
 
@@ -25,10 +36,10 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
 class AttentionGate(nn.Module):
     """Additive attention: alpha = sigmoid(psi(relu(Wg*g + Wx*x))); returns x * alpha."""
 
-    def __init__(self, gate_ch: int, skip_ch: int, inter_ch: int):
+    def __init__(self, gate_ch: int, skip_ch: int, inter_ch: int, norm: str = "batch"):
         super().__init__()
-        self.w_g = nn.Sequential(nn.Conv2d(gate_ch, inter_ch, 1, bias=False), nn.BatchNorm2d(inter_ch))
-        self.w_x = nn.Sequential(nn.Conv2d(skip_ch, inter_ch, 1, bias=False), nn.BatchNorm2d(inter_ch))
+        self.w_g = nn.Sequential(nn.Conv2d(gate_ch, inter_ch, 1, bias=False), norm_layer(norm, inter_ch))
+        self.w_x = nn.Sequential(nn.Conv2d(skip_ch, inter_ch, 1, bias=False), norm_layer(norm, inter_ch))
         # No BatchNorm on the one-channel attention map: its batch statistics on small training
         # crops differ from those of full images and can switch the gate off in eval mode.
         self.psi = nn.Sequential(nn.Conv2d(inter_ch, 1, 1), nn.Sigmoid())
@@ -44,22 +55,24 @@ class AttentionUNet(nn.Module):
     Input height and width must be multiples of 2**depth; the output has the input's size.
     """
 
-    def __init__(self, base: int = 16, depth: int = 4, in_channels: int = 3):
+    def __init__(self, base: int = 16, depth: int = 4, in_channels: int = 3, norm: str = "batch"):
         super().__init__()
         if depth < 1:
             raise ValueError("depth must be >= 1")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         widths = [base * 2**i for i in range(depth + 1)]
         self.depth = depth
         self.encoders = nn.ModuleList(
-            conv_block(in_channels if i == 0 else widths[i - 1], widths[i]) for i in range(depth + 1)
+            conv_block(in_channels if i == 0 else widths[i - 1], widths[i], norm) for i in range(depth + 1)
         )
         self.ups = nn.ModuleList(
             nn.ConvTranspose2d(widths[i + 1], widths[i], 2, 2) for i in reversed(range(depth))
         )
         self.gates = nn.ModuleList(
-            AttentionGate(widths[i], widths[i], max(widths[i] // 2, 1)) for i in reversed(range(depth))
+            AttentionGate(widths[i], widths[i], max(widths[i] // 2, 1), norm) for i in reversed(range(depth))
         )
-        self.decoders = nn.ModuleList(conv_block(widths[i] * 2, widths[i]) for i in reversed(range(depth)))
+        self.decoders = nn.ModuleList(conv_block(widths[i] * 2, widths[i], norm) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

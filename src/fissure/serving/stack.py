@@ -62,6 +62,15 @@ def champions() -> dict[str, dict | None]:
     return found
 
 
+TRAIN_STAGE = {"crack-classifier": "train_classifier", "crack-segmenter": "train_segmenter"}
+
+
+def _dvc(dvc: str, args: list[str], root: Path) -> None:
+    code = subprocess.call([dvc, *args], cwd=root)
+    if code != 0:
+        raise FissureError(f"`dvc {' '.join(args)}` failed (exit {code}); fix the pipeline and run `make up` again")
+
+
 def ensure_champions(echo=print) -> dict[str, dict]:
     found = champions()
     missing = [n for n, v in found.items() if v is None]
@@ -71,11 +80,17 @@ def ensure_champions(echo=print) -> dict[str, dict]:
             raise FissureError(f"no {CHAMPION} for {missing} and no dvc.yaml in {root} to train them")
         dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
         echo(f">> no {CHAMPION} for {', '.join(missing)}: running `dvc repro` in {root} (first run trains both models)")
-        code = subprocess.call([dvc, "repro"], cwd=root)
-        if code != 0:
-            raise FissureError(f"`dvc repro` failed (exit {code}); fix the pipeline and run `make up` again")
+        _dvc(dvc, ["repro"], root)
         found = champions()
         missing = [n for n, v in found.items() if v is None]
+        if missing:
+            # The pipeline was up to date (its outputs cached) but this tracking store never saw
+            # the runs, e.g. after .fissure/ was deleted: retrain just those stages.
+            stages = [TRAIN_STAGE[n] for n in missing]
+            echo(f">> pipeline up to date but no {CHAMPION} in {tracking_uri()}: `dvc repro --force --single-item {' '.join(stages)}`")
+            _dvc(dvc, ["repro", "--force", "--single-item", *stages], root)
+            found = champions()
+            missing = [n for n, v in found.items() if v is None]
         if missing:
             raise FissureError(f"`dvc repro` finished but {missing} still have no '{CHAMPION}' alias "
                                f"in {tracking_uri()}")

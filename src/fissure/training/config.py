@@ -30,6 +30,8 @@ class TrainConfig:
     size: int = 224  # the model's input size (saved in the spec's preprocess config)
     crop: int = 0  # segment: train on random crops of this size of the resized image (0 = off)
     crack_bias: float = 0.0  # segment: share of crops centred on a random crack pixel
+    pos_weight: float = 1.0  # segment: BCE weight of crack pixels (>1 trades precision for recall)
+    threshold: float | None = None  # segment: mask threshold saved with the model; None = best val Dice
     augment: bool = True
     val_fraction: float = 0.15  # only used when --data is a single folder without splits
     test_fraction: float = 0.15
@@ -51,8 +53,8 @@ DEFAULTS = {
         epochs=12, batch_size=64, lr=3e-3, patience=4, size=96, model={"width": 16, "blocks": 1, "dropout": 0.1}
     ),
     "segment": dict(
-        epochs=25, batch_size=8, lr=2e-3, patience=6, min_epochs=12, size=256, crop=128, eval_batch_size=8,
-        model={"base": 8, "depth": 4},
+        epochs=40, batch_size=8, lr=4e-3, patience=8, min_epochs=25, size=256, crop=128, crack_bias=0.5,
+        eval_batch_size=8, model={"base": 8, "depth": 4, "norm": "group"},
     ),
 }
 

@@ -82,7 +82,9 @@ def evaluate_classifier(module, spec, items, *, batch_size=64, device="cpu") -> 
 
 
 @torch.no_grad()
-def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overlays=4, threshold=0.5) -> EvalResult:
+def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overlays=4, threshold=None) -> EvalResult:
+    """Pixel metrics at the native size of each mask, at ``threshold`` (default: the spec's, as served)."""
+    threshold = float(spec.get("threshold", 0.5)) if threshold is None else threshold
     pcfg = preprocess_config(spec)
     module = module.to(device).eval()
     counts = M.PixelCounts(threshold=threshold)

@@ -77,12 +77,14 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     return 1.0 - (2.0 * inter + eps) / (probs.sum() + target.sum() + eps)
 
 
-CRACK_POS_WEIGHT = 5.0  # cracks are ~1% of pixels; unweighted BCE pulls thin cracks below 0.5
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.0) -> torch.Tensor:
+    """BCE (crack pixels weighted by ``pos_weight``) + soft Dice over the batch.
 
-
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    pos_weight = torch.tensor(CRACK_POS_WEIGHT, device=logits.device)
-    bce = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=pos_weight)
+    The Dice term already balances the ~2 % of crack pixels; ``pos_weight`` > 1 trades
+    precision for recall (fatter masks).
+    """
+    weight = torch.tensor(pos_weight, device=logits.device)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=weight)
     return bce + dice_loss(logits, target)
 
 
@@ -160,7 +162,7 @@ def fit(
     if task == "segment":
         train_ds = SegmentationDataset(splits.train, pcfg, crop=cfg.crop, augment=cfg.augment, crack_bias=cfg.crack_bias)
         val_ds = SegmentationDataset(splits.val, pcfg)
-        criterion = segmentation_loss
+        criterion = lambda logits, y: segmentation_loss(logits, y, cfg.pos_weight)  # noqa: E731
     else:
         train_ds = ClassificationDataset(splits.train, pcfg, augment=cfg.augment)
         val_ds = ClassificationDataset(splits.val, pcfg)
@@ -217,9 +219,19 @@ def fit(
             break
     module.load_state_dict(best_state)
     module.eval()
+    extra = {"threads": threads}
+    if task == "segment":
+        # The decision threshold ships in the spec (serving and evaluate read it): a fixed one,
+        # or the one with the best validation Dice. Soft-Dice training leaves crack probabilities
+        # poorly calibrated around 0.5, and thin cracks make Dice sensitive to a one-pixel rim.
+        if cfg.threshold is not None:
+            spec["threshold"] = float(cfg.threshold)
+        else:
+            _, counts = validate(task, module, val_dl, dev, criterion, amp=amp, counts=True)
+            spec["threshold"], extra["val_dice_at_threshold"] = counts.best_threshold(0.2, 0.8)
     return FitResult(module=module, spec=spec, history=history, best_epoch=best_epoch, best_val=best_val,
                      stopped_early=stopped_early, seconds=time.perf_counter() - start, device=str(dev),
-                     train_images=seen, extra={"threads": threads})
+                     train_images=seen, extra=extra)
 
 
 def _progress(iterable, enabled: bool, desc: str):
@@ -231,20 +243,21 @@ def _progress(iterable, enabled: bool, desc: str):
 
 
 @torch.no_grad()
-def validate(task, module, loader, dev, criterion, *, amp=False):
-    """(mean loss, metrics) on a loader at the model's size."""
+def validate(task, module, loader, dev, criterion, *, amp=False, counts=False):
+    """(mean loss, metrics) on a loader at the model's size; with ``counts`` (segment), the
+    :class:`~fissure.training.metrics.PixelCounts` instead of the metrics."""
     module.eval()
     total, count = 0.0, 0
     if task == "segment":
-        counts = M.PixelCounts()
+        pixels = M.PixelCounts()
         for x, y in loader:
             x, y = x.to(dev), y.to(dev)
             with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
                 logits = module(x)
             total += float(criterion(logits, y)) * len(x)
             count += len(x)
-            counts.update(torch.sigmoid(logits.float()), y)
-        return total / max(count, 1), counts.metrics()
+            pixels.update(torch.sigmoid(logits.float()), y)
+        return total / max(count, 1), (pixels if counts else pixels.metrics())
     labels, probs = [], []
     for x, y in loader:
         x, y = x.to(dev), y.to(dev)

@@ -126,6 +126,20 @@ class PixelCounts:
         return precision, recall, thresholds
 
 
+    def best_threshold(self, low: float = 0.05, high: float = 0.95) -> tuple[float, float]:
+        """(threshold, F1) with the highest crack-pixel F1 (= Dice) among the bin edges in
+        [low, high]; ties go to the threshold nearest 0.5."""
+        precision, recall, thresholds = self.pr_curve()
+        f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(recall),
+                       where=(precision + recall) > 0)
+        ok = (thresholds >= low) & (thresholds <= high)
+        if not ok.any() or self.pos_hist.sum() == 0:
+            return self.threshold, float("nan")
+        score = np.where(ok, f1, -1.0) - 1e-9 * np.abs(thresholds - 0.5)
+        i = int(np.argmax(score))
+        return float(thresholds[i]), float(f1[i])
+
+
 def segmentation_metrics_from_counts(tp: int, fp: int, fn: int) -> dict:
     if tp + fp + fn == 0:
         return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0}

@@ -105,6 +105,10 @@ def train(
                  **{f"test_{k}": v for k, v in test.items() if v is not None},
                  "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                  "train_seconds": result.seconds, "train_images_per_second": result.images_per_second}
+        if "threshold" in spec:
+            final["mask_threshold"] = spec["threshold"]
+        if result.extra.get("val_dice_at_threshold") is not None:
+            final["final_val_dice_at_threshold"] = result.extra["val_dice_at_threshold"]
         mlflow.log_metrics(final)
 
         history = [h.row() for h in result.history]
@@ -145,6 +149,8 @@ def train(
         "registered_version": registered["version"] if registered else None,
         "sizes": sizes,
     }
+    if "threshold" in spec:
+        report["threshold"] = spec["threshold"]
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,83 @@
+"""`make up` end to end, as a newcomer runs it: in a fresh clone with no trained model,
+`fissure up --detach` runs the DVC pipeline, packages both champions, serves them next to an
+MLflow server; `fissure predict` gets answers over REST and gRPC; `fissure down` stops it all.
+(The pipeline is the tiny one of tests/conftest.py so this takes about two minutes.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+FISSURE = str(BIN / "fissure")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _run(args, cwd, env, timeout=120):
+    return subprocess.run([FISSURE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_up_trains_packages_serves_and_down_stops_everything(pipeline_copy, images, tmp_path):
+    http, grpc, mlflow, ts_inf, ts_mgmt, ts_met, ts_g1, ts_g2 = _free_ports(8)
+    env = dict(os.environ, FISSURE_THREADS="1", FISSURE_TS_INFERENCE_PORT=str(ts_inf),
+               FISSURE_TS_MANAGEMENT_PORT=str(ts_mgmt), FISSURE_TS_METRICS_PORT=str(ts_met),
+               FISSURE_TS_GRPC_INFERENCE_PORT=str(ts_g1), FISSURE_TS_GRPC_MANAGEMENT_PORT=str(ts_g2),
+               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--mlflow-port", str(mlflow)]
+    try:
+        up = _run(["up", "--detach", *ports], pipeline_copy, env, timeout=900)
+        out = up.stdout + up.stderr
+        assert up.returncode == 0, out[-4000:]
+        assert "running `dvc repro`" in out  # no champion yet: the pipeline trained both models
+        assert "packaging crack-classifier v1 (champion)" in out and "packaging crack-segmenter v1" in out
+        assert f"http://127.0.0.1:{http}" in out and "curl -s" in out  # the banner with examples
+
+        assert httpx.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=10).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{mlflow}/health", timeout=10).status_code == 200
+        models = httpx.get(f"http://127.0.0.1:{mlflow}/api/2.0/mlflow/registered-models/search", timeout=10).json()
+        assert {m["name"] for m in models["registered_models"]} == {"crack-classifier", "crack-segmenter"}
+
+        img = tmp_path / "crack.png"
+        img.write_bytes(images.png(seed=11, w=120, h=90))
+        rest = _run(["predict", str(img), "--url", f"http://127.0.0.1:{http}", "--json"], pipeline_copy, env)
+        assert rest.returncode == 0, rest.stderr
+        results = json.loads(rest.stdout)
+        assert {(r["model_name"], r["model_version"]) for r in results} == {("crack-classifier", "1"),
+                                                                            ("crack-segmenter", "1")}
+        g = _run(["predict", str(img), "--model", "crack-segmenter", "--protocol", "grpc",
+                  "--grpc-url", f"127.0.0.1:{grpc}", "--url", f"http://127.0.0.1:{http}"], pipeline_copy, env)
+        assert g.returncode == 0 and "of 120x90" in g.stdout, g.stdout + g.stderr
+
+        again = _run(["up", "--detach", *ports], pipeline_copy, env)
+        assert again.returncode != 0 and "already running" in again.stderr and "Traceback" not in again.stderr
+    finally:
+        down = _run(["down"], pipeline_copy, env, timeout=120)
+    assert down.returncode == 0 and "stopped the stack" in down.stdout, down.stdout + down.stderr
+    for port in (http, grpc, mlflow, ts_inf, ts_mgmt, ts_met):
+        assert not _listening(port), f"port {port} still open after fissure down"
+    assert "no detached stack is running" in _run(["down"], pipeline_copy, env).stdout
