@@ -63,3 +63,18 @@ def test_segmenter_norms():
         assert torch.allclose(gn(x)[:1], gn(x[:1]), atol=1e-5)
     with pytest.raises(ValueError, match="norm must be one of"):
         build_model(default_spec("segment", size=32, base=4, depth=2, norm="layer"))
+
+
+@pytest.mark.parametrize("task", ["classify", "segment"])
+def test_models_are_channels_last_and_agree_with_nchw(task):
+    """build_model hands out channels-last weights (faster CPU convolutions); the numbers are
+    those of the same weights in the default layout."""
+    spec = default_spec(task, size=64, **({"width": 8} if task == "classify" else {"base": 4, "depth": 2}))
+    fast = build_model(spec).eval()
+    conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = build_model(spec).to(memory_format=torch.contiguous_format).eval()
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), plain(x), atol=1e-4)

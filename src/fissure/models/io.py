@@ -128,7 +128,7 @@ def load_model(uri: str, map_location: str = "cpu") -> LoadedModel:
     if not spec:
         raise FissureError(f"{uri} is an MLflow model but not a fissure one (no {SPEC_KEY} metadata)")
     return LoadedModel(
-        module=module.eval(),
+        module=module.to(memory_format=torch.channels_last).eval(),  # see build_model
         spec=spec,
         uri=uri,
         name=info["name"] or spec.get("name"),

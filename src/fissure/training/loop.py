@@ -188,7 +188,8 @@ def fit(
         total, count = 0.0, 0
         batches = _progress(train_dl, progress, f"{task} epoch {epoch}/{cfg.epochs}")
         for x, y in batches:
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            x = x.to(dev, non_blocking=True, memory_format=torch.channels_last)
+            y = y.to(dev, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
                 loss = criterion(module(x), y)
