@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = (REPO_ROOT.parent / "shared" / "datasets").resolve()
@@ -44,35 +42,14 @@ TINY_PARAMS = {
 }
 
 
-def copy_pipeline(dst: Path, params: dict = TINY_PARAMS) -> Path:
-    """A fresh git repo at ``dst`` with the pipeline files and ``src/`` of this checkout, and
-    ``params.yaml`` updated by ``params`` (no data, no DVC cache, no MLflow store)."""
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
-    dst.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy2(REPO_ROOT / name, dst / name)
-    (dst / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy2(REPO_ROOT / ".dvc" / name, dst / ".dvc" / name)
-    shutil.copytree(REPO_ROOT / "src", dst / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    merged = yaml.safe_load((dst / "params.yaml").read_text())
-    for section, values in params.items():
-        for key, value in values.items():
-            old = merged[section].get(key)
-            merged[section][key] = {**old, **value} if isinstance(value, dict) and isinstance(old, dict) else value
-    (dst / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "init", "-q"], cwd=dst, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "copy"], cwd=dst, check=True)
-    return dst
-
-
 @pytest.fixture
 def pipeline_copy(tmp_path):
-    """A tiny copy of the pipeline in a fresh git repo (see :func:`copy_pipeline`)."""
-    return copy_pipeline(tmp_path / "repo")
+    """A tiny copy of the pipeline in a fresh git repo (:func:`fissure.training.sandbox.copy_pipeline`)."""
+    from fissure.training.sandbox import copy_pipeline
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    return copy_pipeline(REPO_ROOT, tmp_path / "repo", TINY_PARAMS)
 
 
 def pytest_report_header(config):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ sys.path.insert(0, str(REPO / "src"))
 from fissure.models import build_model  # noqa: E402
 from fissure.training.config import load_config  # noqa: E402
 from fissure.training.loop import make_spec, segmentation_loss, set_threads  # noqa: E402
+from fissure.training.sandbox import copy_pipeline  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -83,18 +83,7 @@ def throughput(task: str, seconds: float = 10.0) -> dict:
 
 def repro_from_scratch() -> tuple[float, str]:
     with tempfile.TemporaryDirectory(prefix="fissure-bench-") as tmp:
-        dst = Path(tmp) / "repo"
-        dst.mkdir()
-        for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-            shutil.copy2(REPO / name, dst / name)
-        (dst / ".dvc").mkdir()
-        for name in ("config", ".gitignore"):
-            shutil.copy2(REPO / ".dvc" / name, dst / ".dvc" / name)
-        shutil.copytree(REPO / "src", dst / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
-        subprocess.run([*git, "init", "-q"], cwd=dst, check=True)
-        subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
-        subprocess.run([*git, "commit", "-q", "-m", "bench"], cwd=dst, check=True)
+        dst = copy_pipeline(REPO, Path(tmp) / "repo")
         env = dict(os.environ, FISSURE_HOME=str(dst / ".fissure"))
         env.pop("MLFLOW_TRACKING_URI", None)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

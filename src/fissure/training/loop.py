@@ -180,7 +180,7 @@ def fit(
     select = M.SELECTION_METRIC[task]
 
     history: list[EpochLog] = []
-    best_score, best_epoch, best_state, best_val = -float("inf"), 0, None, {}
+    best_score, best_epoch, best_state, best_val, best_pixels = -float("inf"), 0, None, {}, None
     stale, stopped_early, seen = 0, False, 0
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -202,11 +202,11 @@ def fit(
             if hasattr(batches, "set_postfix"):
                 batches.set_postfix(loss=f"{total / count:.4f}")
         seen += count
-        val_loss, val_metrics = validate(task, module, val_dl, dev, criterion, amp=amp)
+        val_loss, val_metrics, val_pixels = validate(task, module, val_dl, dev, criterion, amp=amp)
         score = val_metrics[select] if val_metrics[select] is not None else -float("inf")
         improved = score > best_score + cfg.min_delta or best_state is None
         if improved:
-            best_score, best_epoch, best_val, stale = score, epoch, val_metrics, 0
+            best_score, best_epoch, best_val, best_pixels, stale = score, epoch, val_metrics, val_pixels, 0
             best_state = copy.deepcopy(module.state_dict())
         else:
             stale += 1
@@ -227,9 +227,8 @@ def fit(
         # poorly calibrated around 0.5, and thin cracks make Dice sensitive to a one-pixel rim.
         if cfg.threshold is not None:
             spec["threshold"] = float(cfg.threshold)
-        else:
-            _, counts = validate(task, module, val_dl, dev, criterion, amp=amp, counts=True)
-            spec["threshold"], extra["val_dice_at_threshold"] = counts.best_threshold(0.2, 0.8)
+        else:  # the best epoch's validation pixels, kept from its validation pass
+            spec["threshold"], extra["val_dice_at_threshold"] = best_pixels.best_threshold(0.2, 0.8)
     return FitResult(module=module, spec=spec, history=history, best_epoch=best_epoch, best_val=best_val,
                      stopped_early=stopped_early, seconds=time.perf_counter() - start, device=str(dev),
                      train_images=seen, extra=extra)
@@ -244,9 +243,9 @@ def _progress(iterable, enabled: bool, desc: str):
 
 
 @torch.no_grad()
-def validate(task, module, loader, dev, criterion, *, amp=False, counts=False):
-    """(mean loss, metrics) on a loader at the model's size; with ``counts`` (segment), the
-    :class:`~fissure.training.metrics.PixelCounts` instead of the metrics."""
+def validate(task, module, loader, dev, criterion, *, amp=False):
+    """(mean loss, metrics, pixel counts) on a loader at the model's size; the
+    :class:`~fissure.training.metrics.PixelCounts` are None for classification."""
     module.eval()
     total, count = 0.0, 0
     if task == "segment":
@@ -258,7 +257,7 @@ def validate(task, module, loader, dev, criterion, *, amp=False, counts=False):
             total += float(criterion(logits, y)) * len(x)
             count += len(x)
             pixels.update(torch.sigmoid(logits.float()), y)
-        return total / max(count, 1), (pixels if counts else pixels.metrics())
+        return total / max(count, 1), pixels.metrics(), pixels
     labels, probs = [], []
     for x, y in loader:
         x, y = x.to(dev), y.to(dev)
@@ -268,7 +267,7 @@ def validate(task, module, loader, dev, criterion, *, amp=False, counts=False):
         count += len(x)
         labels.append(y.cpu().numpy())
         probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    return total / max(count, 1), M.classification_metrics(np.concatenate(labels), np.concatenate(probs))
+    return total / max(count, 1), M.classification_metrics(np.concatenate(labels), np.concatenate(probs)), None
 
 
 def quiet_determinism_warnings():

@@ -125,7 +125,6 @@ class PixelCounts:
         thresholds = np.arange(self.bins) / self.bins
         return precision, recall, thresholds
 
-
     def best_threshold(self, low: float = 0.05, high: float = 0.95) -> tuple[float, float]:
         """(threshold, F1) with the highest crack-pixel F1 (= Dice) among the bin edges in
         [low, high]; ties go to the threshold nearest 0.5."""
