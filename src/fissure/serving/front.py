@@ -2,7 +2,7 @@
 
 One :class:`TorchServeModel` per MAR turns KServe v1/v2 (REST and gRPC) requests into the
 internal wire format (:mod:`fissure.serving.codec`), forwards them over a pooled keep-alive
-HTTP client to TorchServe's loopback inference API, and shapes the handler's per-item results
+aiohttp client to TorchServe's loopback inference API, and shapes the handler's per-item results
 into v1 JSON or named v2 tensors. This mirrors KServe's own TorchServe runtime, which puts the
 kserve ModelServer in front of TorchServe; TorchServe's own OIP gRPC is not used (it registers
 a non-standard service name, so standard clients get UNIMPLEMENTED).
@@ -10,13 +10,17 @@ a non-standard service name, so standard clients get UNIMPLEMENTED).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 
-import httpx
+import aiohttp
 import numpy as np
+import orjson
 
 from fissure.errors import InputError
 from fissure.serving import codec
@@ -58,40 +62,62 @@ class BackendError(Exception):
         self.status = int(status)
 
 
+@dataclass
+class BackendResponse:
+    """What the front needs of a TorchServe answer (body read in full)."""
+
+    status_code: int
+    content: bytes
+    headers: Mapping[str, str]  # case-insensitive (multidict)
+    reason_phrase: str = ""
+
+    def json(self):
+        return orjson.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+
 class Backend:
-    """Pooled async HTTP/1.1 keep-alive client for TorchServe's inference API."""
+    """Pooled async HTTP/1.1 keep-alive client for TorchServe's inference API.
+
+    aiohttp rather than httpx: on the hot path httpx spends about 0.7 ms more CPU per request
+    (measured on this project's 2-core machine), which the model would otherwise get.
+    """
 
     def __init__(self, base_url: str, timeout: float = 120.0, max_connections: int = 256):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.max_connections = max_connections
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def session(self) -> aiohttp.ClientSession:
         # Created lazily inside the server's event loop.
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                base_url=self.base_url,
-                timeout=httpx.Timeout(self.timeout, connect=5.0),
-                limits=httpx.Limits(max_connections=self.max_connections,
-                                    max_keepalive_connections=self.max_connections),
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout, connect=5.0),
+                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                auto_decompress=False,
             )
-        return self._client
+        return self._session
 
-    async def post(self, path: str, content: bytes, headers: dict) -> httpx.Response:
+    async def post(self, path: str, content: bytes, headers: dict) -> BackendResponse:
         try:
-            return await self.client.post(path, content=content, headers=headers)
-        except httpx.HTTPError as exc:
+            async with self.session.post(self.base_url + path, data=content, headers=headers) as resp:
+                body = await resp.read()
+                return BackendResponse(resp.status, body, resp.headers.copy(), resp.reason or "")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise BackendError(f"TorchServe unreachable: {type(exc).__name__}") from None
 
     async def close(self):
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
-def ts_error(resp: httpx.Response) -> tuple[int, str]:
+def ts_error(resp: BackendResponse) -> tuple[int, str]:
     """(status, one-line reason) from a TorchServe error response."""
     reason = ""
     try:
