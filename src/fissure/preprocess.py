@@ -133,13 +133,29 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     return arr > 0
 
 
-def image_to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
-    """RGB image -> normalised float tensor [3, size, size]."""
+def image_to_array(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """RGB image -> uint8 [size, size, 3]: the model's pixels before normalisation.
+
+    Serving's front stops here and ships these bytes to the model worker (4x smaller than
+    floats), which finishes with :func:`normalize`; training goes through both at once.
+    """
     if img.size != (cfg.size, cfg.size):
         img = img.resize((cfg.size, cfg.size), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    return np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy shares it
+
+
+def normalize(pixels: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """uint8 [N, S, S, 3] -> normalised float [N, 3, S, S] in channels-last memory (the models'
+    layout: no copy before the first convolution)."""
+    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    return pixels.permute(0, 3, 1, 2).float().sub_(mean).div_(std)
+
+
+def image_to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
+    """RGB image -> normalised float tensor [3, size, size]."""
+    pixels = torch.from_numpy(image_to_array(img, cfg))
+    return normalize(pixels[None], cfg)[0].contiguous()
 
 
 def mask_to_tensor(mask: np.ndarray, size: int) -> torch.Tensor:

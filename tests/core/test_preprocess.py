@@ -107,3 +107,15 @@ def test_tensor_validation(tensor, message):
 def test_tensor_batch_is_resized_to_model_size():
     out = pp.validate_tensor_batch(torch.zeros(2, 3, 40, 24), pp.PreprocessConfig(size=16))
     assert out.shape == (2, 3, 16, 16)
+
+
+def test_normalize_matches_the_formula_and_is_channels_last():
+    """(x/255 - mean)/std per channel, computed as (x - 255 mean)/(255 std) on uint8 pixels."""
+    cfg = pp.PreprocessConfig(size=16)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(2, 16, 16, 3), dtype=np.uint8)
+    out = pp.normalize(torch.from_numpy(pixels), cfg)
+    ref = ((pixels / 255.0 - np.array(cfg.mean)) / np.array(cfg.std)).transpose(0, 3, 1, 2)
+    assert out.shape == (2, 3, 16, 16) and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert np.allclose(out.numpy(), ref, atol=1e-5)

@@ -232,6 +232,23 @@ def test_runtime_tensor_checks(runtimes):
         clf.prepare_tensor(b"\x00" * 10, [1, 3, 8, 8])
 
 
+def test_runtime_pixels_from_the_front_equal_a_decoded_image(runtimes, images):
+    """The front decodes and resizes (image_to_array), the worker normalises: same input tensor
+    as decoding in the worker, and the image's own size is kept for the mask."""
+    from fissure.preprocess import decode_image, image_to_array
+
+    _, seg = runtimes
+    data = images.png(w=50, h=30)
+    pixels = image_to_array(decode_image(data), seg.cfg)
+    item = seg.prepare_pixels(pixels.tobytes(), pixels.shape, [30, 50])
+    ref = seg.prepare_image(data)
+    assert item.size == ref.size == (30, 50)
+    assert torch.allclose(item.tensor, ref.tensor, atol=1e-6)
+    assert seg.predict([item])[0]["mask_rle"] == seg.predict([ref])[0]["mask_rle"]
+    with pytest.raises(InputError, match="pixels must be uint8"):
+        seg.prepare_pixels(pixels[:-1].tobytes(), [pixels.shape[0] - 1, *pixels.shape[1:]], [30, 50])
+
+
 def test_runtime_explain_shapes(runtimes, images):
     clf, seg = runtimes
     r = clf.explain([clf.prepare_image(images.png(w=70, h=40))])[0]

@@ -148,9 +148,12 @@ def overlay(image: Image.Image, mask: np.ndarray, color=(255, 0, 0), alpha: floa
 #
 # front -> handler:  b"FSR1" | u32 header_len | header JSON | payload bytes (concatenated)
 #   header = {"op": "predict"|"explain", "items": [{"kind": "image", "n": len}
-#             | {"kind": "tensor", "n": len, "dtype": "float32", "shape": [N, 3, H, W]}]}
+#             | {"kind": "tensor", "n": len, "dtype": "float32", "shape": [N, 3, H, W]}
+#             | {"kind": "pixels", "n": len, "shape": [S, S, 3], "size": [h, w]}]}
+#   "pixels": an image the front already decoded and resized (fissure.preprocess.image_to_array,
+#   uint8); the worker only normalises it. "size" is the image's own size, for masks and heatmaps.
 # handler -> front:  JSON {"results": [[result, ...] | {"error": msg, "status": code}, ...]}
-#   one entry per item; an image item yields one result, a tensor item N results.
+#   one entry per item; an image or pixels item yields one result, a tensor item N results.
 # The magic prefix lets the same handler also accept raw image bytes and plain JSON
 # (TorchServe's native /predictions/<name>).
 

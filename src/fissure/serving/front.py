@@ -23,6 +23,8 @@ import numpy as np
 import orjson
 
 from fissure.errors import InputError
+from fissure.models import preprocess_config
+from fissure.preprocess import decode_image, image_to_array
 from fissure.serving import codec
 
 
@@ -140,6 +142,7 @@ class TorchServeModel(kserve.Model):
         self.task = spec.get("task", meta.get("task"))
         self.classes = list(spec.get("classes") or [])
         self.size = int((spec.get("preprocess") or {}).get("size", 224))
+        self.preprocess_config = preprocess_config(spec)
         self.version = str(meta.get("version") or "1")
         self.backend = backend
         self.ready = False
@@ -200,10 +203,10 @@ class TorchServeModel(kserve.Model):
         if isinstance(payload, InferRequest):
             if _truthy(_param(payload.parameters, "explain")):
                 op = "explain"
-            entries = self._v2_entries(payload)
+            entries = await self._decode_images(self._v2_entries(payload))
             results = await self._forward(op, entries)
             return self._v2_response(payload, op, results)
-        entries = self._v1_entries(payload)
+        entries = await self._decode_images(self._v1_entries(payload))
         results = await self._forward(op, entries)
         return self._v1_response(op, results)
 
@@ -251,6 +254,29 @@ class TorchServeModel(kserve.Model):
             else:
                 raise RequestRejected(f"input {inp.name!r}: datatype {inp.datatype} not supported; send BYTES images or FP32 [N,3,H,W]")
         return entries
+
+    async def _decode_images(self, entries: list) -> list:
+        """Decode and resize images here, as a KServe transformer would: the TorchServe worker is
+        the one serial stage of the pipeline, so it should spend its time on the model. Same code
+        as training (fissure.preprocess); a thread keeps large images off the event loop."""
+        todo = [i for i, e in enumerate(entries) if isinstance(e, tuple) and e[0].get("kind") == "image"]
+        if not todo:
+            return entries
+        loop = asyncio.get_running_loop()
+        done = await loop.run_in_executor(None, lambda: [self._pixels_entry(entries[i][1]) for i in todo])
+        entries = list(entries)
+        for i, entry in zip(todo, done):
+            entries[i] = entry
+        return entries
+
+    def _pixels_entry(self, data: bytes):
+        """Image bytes -> a "pixels" wire entry (uint8 [S, S, 3] + the image's size), or an error entry."""
+        try:
+            img = decode_image(data)
+        except InputError as exc:
+            return {"error": exc.message, "status": exc.http_status}
+        pixels = image_to_array(img, self.preprocess_config)
+        return {"kind": "pixels", "shape": list(pixels.shape), "size": [img.height, img.width]}, pixels.tobytes()
 
     async def _forward(self, op: str, entries: list) -> list[dict]:
         """Send the valid entries to TorchServe; per-image results (or error dicts), in order."""

@@ -123,7 +123,10 @@ class FissureHandler(BaseHandler):
         try:
             if isinstance(payload, Exception):
                 raise payload
-            if info.get("kind") == "tensor":
+            kind = info.get("kind")
+            if kind == "pixels":
+                return [self.runtime.prepare_pixels(payload, info.get("shape", ()), info.get("size", (0, 0)))]
+            if kind == "tensor":
                 return self.runtime.prepare_tensor(payload, info.get("shape"), info.get("dtype", "float32"))
             return [self.runtime.prepare_image(payload)]
         except Exception as exc:  # noqa: BLE001

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from fissure.errors import FissureError, InputError
 from fissure.models import build_model, preprocess_config
-from fissure.preprocess import decode_image, image_to_tensor, validate_tensor_batch
+from fissure.preprocess import decode_image, image_to_tensor, normalize, validate_tensor_batch
 from fissure.serving import codec
 
 WEIGHTS_FILE = "weights.pt"
@@ -79,6 +79,14 @@ class ModelRuntime:
     def prepare_image(self, data: bytes) -> Prepared:
         img = decode_image(bytes(data))
         return Prepared(image_to_tensor(img, self.cfg), (img.height, img.width))
+
+    def prepare_pixels(self, data: bytes, shape, size) -> Prepared:
+        """An image the front decoded and resized (uint8 [S, S, 3], see image_to_array)."""
+        expected = [self.cfg.size, self.cfg.size, 3]
+        if [int(s) for s in shape] != expected or len(data) != 3 * self.cfg.size ** 2:
+            raise InputError(f"pixels must be uint8 {expected}, got shape {list(shape)}")
+        pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(1, *expected)
+        return Prepared(normalize(pixels, self.cfg)[0], (int(size[0]), int(size[1])))
 
     def prepare_tensor(self, data: bytes, shape, dtype: str = "float32") -> list[Prepared]:
         """Raw little-endian tensor bytes with a shape -> validated, resized items."""
