@@ -6,9 +6,10 @@
     (d) mlflow   `mlflow models serve` (pyfunc; the client sends the preprocessed tensor as JSON)
     (e) fastapi  a plain FastAPI + torch endpoint taking the JPEG bytes
 
-Closed-loop load (C clients, each sends its next request when the previous one returns) for
-``--duration`` seconds per concurrency, after a warm-up. Reports images/s, p50/p95/p99 latency
-and throughput relative to (a). Run: ``make bench-serve`` (writes the table into
+Every server is started first; then ``--rounds`` rounds each run every path at every
+concurrency in turn: closed-loop load (C clients, each sends its next request when the
+previous one returns) for ``--duration`` seconds after a warm-up. The table pools the rounds:
+images/s, p50/p95/p99 latency and throughput relative to (a), and each round's images/s. Run: ``make bench-serve`` (writes the table into
 docs/benchmarks.md with ``--write``).
 """
 
@@ -186,16 +187,16 @@ async def closed_loop(make_caller, concurrency: int, duration: float, warmup: fl
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     await close()
-    lat = np.array(latencies) * 1000
-    return {
-        "concurrency": concurrency,
-        "rps": len(lat) / duration,
-        "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-        "p95": float(np.percentile(lat, 95)) if len(lat) else float("nan"),
-        "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
-        "errors": errors,
-        "n": len(lat),
-    }
+    return summarize(concurrency, np.array(latencies) * 1000, duration, errors)
+
+
+def summarize(concurrency: int, lat_ms: np.ndarray, duration: float, errors: int = 0) -> dict:
+    """images/s and latency percentiles of one point (or of several rounds' pooled latencies)."""
+    def pct(q):
+        return float(np.percentile(lat_ms, q)) if len(lat_ms) else float("nan")
+
+    return {"concurrency": concurrency, "rps": len(lat_ms) / duration, "p50": pct(50), "p95": pct(95),
+            "p99": pct(99), "errors": errors, "n": len(lat_ms), "lat": lat_ms, "duration": duration}
 
 
 def rest_caller(url: str, content: bytes, headers: dict):
@@ -267,9 +268,7 @@ def raw_loop(model_dir: str, image: bytes, duration: float, threads: int) -> dic
         t0 = time.perf_counter()
         runtime.predict([runtime.prepare_image(image)])
         lat.append(time.perf_counter() - t0)
-    lat = np.array(lat) * 1000
-    return {"concurrency": 1, "rps": len(lat) / duration, "p50": float(np.percentile(lat, 50)),
-            "p95": float(np.percentile(lat, 95)), "p99": float(np.percentile(lat, 99)), "errors": 0, "n": len(lat)}
+    return summarize(1, np.array(lat) * 1000, duration)
 
 
 # ---------------------------------------------------------------------------- main
@@ -303,23 +302,17 @@ def run(args) -> list[dict]:
     image = make_image(224)
     b64 = base64.b64encode(image).decode()
     v2_body = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64]}]}).encode()
-    rows: list[dict] = []
     conc = [int(c) for c in args.concurrency.split(",")]
     env = threads_env(args.threads)
-
-    def record(target, res):
-        res["target"] = target
-        rows.append(res)
-        print(f"{target:24s} c={res['concurrency']:<3d} {res['rps']:7.1f} img/s  p50 {res['p50']:7.1f} ms  "
-              f"p95 {res['p95']:7.1f}  p99 {res['p99']:7.1f}  errors {res['errors']}", flush=True)
-
-    def load(target, make_call):
-        for c in conc:
-            record(target, asyncio.run(closed_loop(make_call, c, args.duration, args.warmup)))
-
     targets = args.targets.split(",")
-    if "raw" in targets:
-        record("(a) raw torch loop", raw_loop(model_dir, image, args.duration, args.threads))
+    procs: list[subprocess.Popen] = []
+    paths: list[tuple[str, object]] = []  # (label, caller factory), in table order
+
+    def spawn(cmd, log, ready_url):
+        proc = subprocess.Popen(cmd, env=env, stdout=open(work / log, "wb"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        procs.append(proc)
+        wait_http(ready_url, proc)
 
     def fissure(batch_size: int, label: str, grpc: bool):
         out = work / f"serving-b{batch_size}"
@@ -331,71 +324,83 @@ def run(args) -> list[dict]:
                "--ts-inference-port", str(ports[2]), "--ts-management-port", str(ports[3]),
                "--ts-metrics-port", str(ports[4]), "--ts-grpc-inference-port", str(ports[5]),
                "--ts-grpc-management-port", str(ports[6]), "--workdir", str(work / f"serve-b{batch_size}")]
-        proc = subprocess.Popen(cmd, env=env, stdout=open(work / "fissure.log", "wb"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            wait_http(f"http://127.0.0.1:{ports[0]}/v2/health/ready", proc)
-            load(f"{label} v2 REST", rest_caller(f"http://127.0.0.1:{ports[0]}/v2/models/crack-classifier/infer",
-                                                content=v2_body, headers={"Content-Type": "application/json"}))
-            if grpc:
-                load(f"{label} v2 gRPC", grpc_caller(f"127.0.0.1:{ports[1]}", image))
-        finally:
+        spawn(cmd, f"fissure-b{batch_size}.log", f"http://127.0.0.1:{ports[0]}/v2/health/ready")
+        paths.append((f"{label} v2 REST", rest_caller(f"http://127.0.0.1:{ports[0]}/v2/models/crack-classifier/infer",
+                                                      content=v2_body, headers={"Content-Type": "application/json"})))
+        if grpc:
+            paths.append((f"{label} v2 gRPC", grpc_caller(f"127.0.0.1:{ports[1]}", image)))
+
+    try:
+        # Every server is started first and stays up (idle ones cost nothing measurable), then
+        # each round measures every path in turn: on a shared machine whose speed drifts, the
+        # paths are compared under the same conditions, and rounds are pooled.
+        if "fissure" in targets:
+            fissure(args.batch_size, "(b) fissure", grpc=True)
+        if "nobatch" in targets:  # the same server with dynamic batching off: what batching buys
+            fissure(1, "(b') fissure, batch size 1,", grpc=False)
+        if "kserve" in targets:
+            port = free_port()
+            spawn([PY, str(HERE), "_kserve", model_dir, str(port)], "kserve.log",
+                  f"http://127.0.0.1:{port}/v2/health/ready")
+            paths.append(("(c) kserve in-process", rest_caller(
+                f"http://127.0.0.1:{port}/v2/models/crack-classifier/infer", content=v2_body,
+                headers={"Content-Type": "application/json"})))
+        if "mlflow" in targets:
+            from fissure.models import preprocess_config
+            from fissure.preprocess import decode_image, image_to_tensor
+
+            tensor = image_to_tensor(decode_image(image), preprocess_config(spec)).numpy()[None]
+            body = json.dumps({"inputs": tensor.tolist()}).encode()
+            port = free_port()
+            spawn([str(BIN / "mlflow"), "models", "serve", "-m", model_dir, "--env-manager", "local",
+                   "-h", "127.0.0.1", "-p", str(port), "-w", "1"], "mlflow.log", f"http://127.0.0.1:{port}/ping")
+            paths.append(("(d) mlflow models serve", rest_caller(
+                f"http://127.0.0.1:{port}/invocations", content=body, headers={"Content-Type": "application/json"})))
+        if "fastapi" in targets:
+            port = free_port()
+            spawn([PY, str(HERE), "_fastapi", model_dir, str(port)], "fastapi.log", f"http://127.0.0.1:{port}/ready")
+            paths.append(("(e) FastAPI + torch", rest_caller(
+                f"http://127.0.0.1:{port}/predict", content=image, headers={"Content-Type": "image/jpeg"})))
+
+        points: dict[tuple[str, int], list[dict]] = {}
+
+        def record(target, res, rnd):
+            points.setdefault((target, res["concurrency"]), []).append(res)
+            print(f"round {rnd}  {target:30s} c={res['concurrency']:<3d} {res['rps']:7.1f} img/s  "
+                  f"p50 {res['p50']:7.1f} ms  p95 {res['p95']:7.1f}  p99 {res['p99']:7.1f}  errors {res['errors']}",
+                  flush=True)
+
+        for rnd in range(1, args.rounds + 1):
+            if "raw" in targets:
+                record("(a) raw torch loop", raw_loop(model_dir, image, args.duration, args.threads), rnd)
+            for c in conc:
+                for label, caller in paths:
+                    record(label, asyncio.run(closed_loop(caller, c, args.duration, args.warmup)), rnd)
+    finally:
+        for proc in procs:
             stop(proc)
-
-    if "fissure" in targets:
-        fissure(args.batch_size, "(b) fissure", grpc=True)
-    if "nobatch" in targets:  # the same server with dynamic batching off: what batching buys
-        fissure(1, "(b') fissure, batch size 1,", grpc=False)
-
-    if "kserve" in targets:
-        port = free_port()
-        proc = subprocess.Popen([PY, str(HERE), "_kserve", model_dir, str(port)], env=env,
-                                stdout=open(work / "kserve.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_http(f"http://127.0.0.1:{port}/v2/health/ready", proc)
-            load("(c) kserve in-process", rest_caller(f"http://127.0.0.1:{port}/v2/models/crack-classifier/infer",
-                                                     content=v2_body, headers={"Content-Type": "application/json"}))
-        finally:
-            stop(proc)
-
-    if "mlflow" in targets:
-        from fissure.models import preprocess_config
-        from fissure.preprocess import decode_image, image_to_tensor
-
-        tensor = image_to_tensor(decode_image(image), preprocess_config(spec)).numpy()[None]
-        body = json.dumps({"inputs": tensor.tolist()}).encode()
-        port = free_port()
-        proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", model_dir, "--env-manager", "local",
-                                 "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env=env,
-                                stdout=open(work / "mlflow.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_http(f"http://127.0.0.1:{port}/ping", proc)
-            load("(d) mlflow models serve", rest_caller(f"http://127.0.0.1:{port}/invocations", content=body,
-                                                       headers={"Content-Type": "application/json"}))
-        finally:
-            stop(proc)
-
-    if "fastapi" in targets:
-        port = free_port()
-        proc = subprocess.Popen([PY, str(HERE), "_fastapi", model_dir, str(port)], env=env,
-                                stdout=open(work / "fastapi.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_http(f"http://127.0.0.1:{port}/ready", proc)
-            load("(e) FastAPI + torch", rest_caller(f"http://127.0.0.1:{port}/predict", content=image,
-                                                   headers={"Content-Type": "image/jpeg"}))
-        finally:
-            stop(proc)
+    rows = []
+    order = (["(a) raw torch loop"] if "raw" in targets else []) + [label for label, _ in paths]
+    for target in order:
+        for c in sorted({c for (t, c) in points if t == target}):
+            runs = points[(target, c)]
+            row = summarize(c, np.concatenate([r["lat"] for r in runs]), sum(r["duration"] for r in runs),
+                            sum(r["errors"] for r in runs))
+            row["target"] = target
+            row["rounds"] = [r["rps"] for r in runs]
+            rows.append(row)
     return rows
 
 
 def table(rows: list[dict], args) -> str:
     raw = next((r["rps"] for r in rows if r["target"].startswith("(a)")), None)
-    lines = ["| path | concurrency | images/s | p50 ms | p95 ms | p99 ms | vs (a) | errors |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| path | concurrency | images/s | rounds (images/s) | p50 ms | p95 ms | p99 ms | vs (a) | errors |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         ratio = f"{r['rps'] / raw:.2f}" if raw else "-"
-        lines.append(f"| {r['target']} | {r['concurrency']} | {r['rps']:.1f} | {r['p50']:.1f} | {r['p95']:.1f} | "
-                     f"{r['p99']:.1f} | {ratio} | {r['errors']} |")
+        spread = " / ".join(f"{x:.0f}" for x in r.get("rounds", []))
+        lines.append(f"| {r['target']} | {r['concurrency']} | {r['rps']:.1f} | {spread} | {r['p50']:.1f} | "
+                     f"{r['p95']:.1f} | {r['p99']:.1f} | {ratio} | {r['errors']} |")
     return "\n".join(lines)
 
 
@@ -434,8 +439,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_fastapi":
         return serve_fastapi(sys.argv[2], int(sys.argv[3]))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per point")
-    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per point and round")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over every path (pooled in the table)")
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--threads", type=int, default=1, help="torch/OMP threads in every server")
     p.add_argument("--batch-size", type=int, default=8)
@@ -455,8 +461,8 @@ def main() -> None:
     cmd = "python serving/bench/bench_serve.py " + " ".join(sys.argv[1:])
     text = (f"Machine: {started}.\n\nCommand: `{cmd}` "
             f"(torch threads {args.threads} everywhere, fissure batch size {args.batch_size}, "
-            f"max batch delay {args.max_batch_delay} ms, {args.duration:.0f} s per point after {args.warmup:.0f} s warm-up, "
-            f"closed loop, client on the same machine).\n\n" + table(rows, args))
+            f"max batch delay {args.max_batch_delay} ms, {args.rounds} interleaved rounds of {args.duration:g} s per point "
+            f"after {args.warmup:g} s warm-up, pooled; closed loop, client on the same machine).\n\n" + table(rows, args))
     print("\n" + text)
     if args.write:
         write_section(text, args.write)
