@@ -16,6 +16,7 @@ batch fails alone, the others get their results.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -56,6 +57,7 @@ class FissureHandler(BaseHandler):
         model_dir = context.system_properties.get("model_dir")
         self.runtime = ModelRuntime.from_dir(model_dir)
         threads = set_threads()
+        gc.freeze()  # the model and torch live as long as the worker: keep full collections short
         self.initialized = True
         logger.info("fissure handler ready: %s v%s (%s), torch threads %d",
                     self.runtime.name, self.runtime.version, self.runtime.task, threads)
