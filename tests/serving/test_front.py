@@ -1,0 +1,75 @@
+"""The front's TorchServe client (fissure.serving.front.Backend) against a real local HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from aiohttp import web
+
+from fissure.serving.front import Backend, BackendError, ts_error
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _with_server(handler, body):
+    app = web.Application()
+    app.router.add_post("/predictions/m", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    backend = Backend(f"http://127.0.0.1:{port}")
+    try:
+        return await body(backend)
+    finally:
+        await backend.close()
+        await runner.cleanup()
+
+
+def test_backend_posts_bytes_and_reads_the_answer():
+    seen = {}
+
+    async def handler(request):
+        seen["body"] = await request.read()
+        seen["type"] = request.headers["Content-Type"]
+        return web.json_response({"results": [{"label": "crack"}]}, headers={"X-Extra": "1"})
+
+    async def body(backend):
+        return await backend.post("/predictions/m", b"\x00FSR1", {"Content-Type": "application/x-test"})
+
+    resp = asyncio.run(_with_server(handler, body))
+    assert seen == {"body": b"\x00FSR1", "type": "application/x-test"}
+    assert resp.status_code == 200 and resp.json() == {"results": [{"label": "crack"}]}
+    assert resp.headers.get("content-type", "").startswith("application/json")  # case-insensitive
+    assert resp.headers["x-extra"] == "1"
+
+
+def test_backend_error_answer_gives_a_one_line_reason():
+    async def handler(_request):
+        return web.json_response({"code": 507, "message": "Worker died.\nstack trace..."}, status=507)
+
+    async def body(backend):
+        return await backend.post("/predictions/m", b"x", {})
+
+    resp = asyncio.run(_with_server(handler, body))
+    assert ts_error(resp) == (507, "Worker died.")
+
+
+def test_backend_unreachable_is_a_503_not_a_traceback():
+    backend = Backend(f"http://127.0.0.1:{_free_port()}")
+
+    async def call():
+        try:
+            await backend.post("/predictions/m", b"x", {})
+        finally:
+            await backend.close()
+
+    with pytest.raises(BackendError) as info:
+        asyncio.run(call())
+    assert info.value.status == 503 and info.value.reason.startswith("TorchServe unreachable")
