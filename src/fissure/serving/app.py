@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from fissure.serving.front import (
-    Backend,
-    BackendError,
-    RequestRejected,
-    TorchServeModel,
-    kserve,
-)
+from fissure.serving.backend import Backend, BackendError
+from fissure.serving.front import RequestRejected, TorchServeModel, kserve
 
 log = logging.getLogger("fissure.serve")
 

@@ -1,4 +1,7 @@
-"""The front's TorchServe client (fissure.serving.front.Backend) against a real local HTTP server."""
+"""The front's TorchServe client (fissure.serving.backend) against a real local HTTP server.
+
+Not importing kserve here matters: its v2 protos and tritonclient's share the `inference`
+namespace, and the other tests use tritonclient in this process."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import socket
 import pytest
 from aiohttp import web
 
-from fissure.serving.front import Backend, BackendError, ts_error
+from fissure.serving.backend import Backend, BackendError, ts_error
 
 
 def _free_port() -> int:
