@@ -120,3 +120,28 @@ def test_best_threshold_maximises_pixel_f1():
     # limits are honoured; an empty set keeps the default
     assert counts.best_threshold(0.2, 0.5)[0] <= 0.5
     assert M.PixelCounts().best_threshold()[0] == 0.5
+
+
+def test_relaxed_scores_forgive_the_rim_not_spurious_cracks():
+    truth = np.zeros((40, 40), bool)
+    truth[20, 5:35] = True  # a one-pixel crack
+    shifted = np.roll(truth, 1, axis=0)  # the same crack, one pixel off
+    strict = M.segmentation_metrics(shifted.astype(np.float32), truth)
+    assert strict["dice"] == 0.0
+    rc = M.RelaxedCounts(tolerance=2)
+    rc.update(shifted, truth)
+    assert rc.metrics() == {"relaxed_precision": 1.0, "relaxed_recall": 1.0, "relaxed_f1": 1.0}
+    # a spurious line far from the crack costs relaxed precision; a missed half costs recall
+    pred = shifted.copy()
+    pred[5, 5:35] = True
+    pred[21, 20:35] = False
+    rc = M.RelaxedCounts(tolerance=2)
+    rc.update(pred, truth)
+    m = rc.metrics()
+    assert m["relaxed_precision"] == pytest.approx(15 / 45)
+    assert m["relaxed_recall"] == pytest.approx(16 / 30)  # 15 under kept pixels + 1 diagonal (1.41 px)
+    assert m["relaxed_f1"] == pytest.approx(2 * m["relaxed_precision"] * m["relaxed_recall"]
+                                            / (m["relaxed_precision"] + m["relaxed_recall"]))
+    empty = M.RelaxedCounts()
+    empty.update(np.zeros((4, 4), bool), np.zeros((4, 4), bool))
+    assert empty.metrics()["relaxed_f1"] == 1.0

@@ -88,6 +88,7 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
     pcfg = preprocess_config(spec)
     module = module.to(device).eval()
     counts = M.PixelCounts(threshold=threshold)
+    relaxed = M.RelaxedCounts()
     want = set(np.linspace(0, len(items) - 1, min(overlays, len(items))).round().astype(int).tolist()) if overlays else set()
     samples, index = [], 0
     for chunk in _batches(items, batch_size):
@@ -100,10 +101,12 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
                 raise FissureError(f"{it.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {img.width}x{img.height}")
             native = F.interpolate(prob[None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
             counts.update(native, mask)
+            relaxed.update(native >= threshold, mask)
             if index in want:
                 samples.append((np.asarray(img), mask, native >= threshold, Path(it.image).name))
             index += 1
-    return EvalResult("segment", counts.metrics(), len(items), list(spec["classes"]), counts=counts, samples=samples)
+    metrics = {**counts.metrics(), **relaxed.metrics(), "relaxed_tolerance_px": relaxed.tolerance}
+    return EvalResult("segment", metrics, len(items), list(spec["classes"]), counts=counts, samples=samples)
 
 
 def evaluate_items(module, spec, items, *, device="cpu", batch_size=None, overlays=4) -> EvalResult:
@@ -141,7 +144,8 @@ def run_evaluation(model_uri: str, task: str, data: str | Path, out: str | Path,
     items, _ = eval_items(task, data, loaded.spec["classes"] if task == "classify" else None)
     dev = pick_device(device)
     result = evaluate_items(loaded.module, loaded.spec, items, device=str(dev), batch_size=batch_size, overlays=overlays)
-    names = M.CLASSIFICATION_METRICS if task == "classify" else M.SEGMENTATION_METRICS
+    names = M.CLASSIFICATION_METRICS if task == "classify" else (
+        *M.SEGMENTATION_METRICS, *M.RELAXED_METRICS, "relaxed_tolerance_px")
     report = {k: result.metrics[k] for k in names}
     report.update(
         n_images=result.n_images,

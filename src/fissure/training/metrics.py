@@ -6,6 +6,13 @@ class is index 1 (``crack``); for N classes precision/recall/F1/ROC-AUC are macr
 over all pixels of the set (not averaged per image) at probability threshold 0.5.
 
 Everything is plain numpy so that the numbers are the same in training, evaluation and tests.
+``fissure evaluate`` adds the crack-detection literature's tolerant scores (CrackForest,
+DeepCrack): ``relaxed_precision`` (share of predicted crack pixels within
+``RELAXED_TOLERANCE`` px of a true one), ``relaxed_recall`` (share of true crack pixels within
+that distance of a prediction) and ``relaxed_f1``. They forgive one- or two-pixel
+disagreements on a crack's rim, so the gap between them and the strict scores says whether
+errors are rim disagreements or spurious/missed cracks.
+
 A ratio whose denominator is zero is 0.0, except that a set with no crack pixels predicted or
 present scores dice = iou = f1 = 1.0 (perfect agreement on nothing); ROC-AUC is None when the
 labels hold a single class.
@@ -19,6 +26,8 @@ import numpy as np
 
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 SEGMENTATION_METRICS = ("dice", "iou", "precision", "recall", "f1")
+RELAXED_METRICS = ("relaxed_precision", "relaxed_recall", "relaxed_f1")
+RELAXED_TOLERANCE = 2  # px, at the mask's native size
 # The validation metric early stopping watches, per task.
 SELECTION_METRIC = {"classify": "f1", "segment": "dice"}
 
@@ -137,6 +146,38 @@ class PixelCounts:
         score = np.where(ok, f1, -1.0) - 1e-9 * np.abs(thresholds - 0.5)
         i = int(np.argmax(score))
         return float(thresholds[i]), float(f1[i])
+
+
+@dataclass
+class RelaxedCounts:
+    """Tolerant crack-pixel counts: a prediction within ``tolerance`` px (Euclidean) of a true
+    crack pixel is correct, a true pixel within ``tolerance`` px of a prediction is found."""
+
+    tolerance: int = RELAXED_TOLERANCE
+    predicted: int = 0
+    predicted_near: int = 0
+    true: int = 0
+    true_found: int = 0
+
+    def update(self, pred, target) -> None:
+        """Boolean ``pred`` and ``target`` masks [H, W] of one image."""
+        from scipy import ndimage
+
+        pred, target = _np(pred) > 0.5, _np(target) > 0.5
+        r = int(self.tolerance)
+        yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
+        disk = xx * xx + yy * yy <= r * r
+        self.predicted += int(np.count_nonzero(pred))
+        self.predicted_near += int(np.count_nonzero(pred & ndimage.binary_dilation(target, disk)))
+        self.true += int(np.count_nonzero(target))
+        self.true_found += int(np.count_nonzero(target & ndimage.binary_dilation(pred, disk)))
+
+    def metrics(self) -> dict:
+        if self.predicted + self.true == 0:
+            return dict.fromkeys(RELAXED_METRICS, 1.0)
+        precision, recall = _div(self.predicted_near, self.predicted), _div(self.true_found, self.true)
+        return {"relaxed_precision": precision, "relaxed_recall": recall,
+                "relaxed_f1": _div(2 * precision * recall, precision + recall)}
 
 
 def segmentation_metrics_from_counts(tp: int, fp: int, fn: int) -> dict:
