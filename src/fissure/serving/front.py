@@ -23,6 +23,7 @@ from fissure.models import preprocess_config
 from fissure.preprocess import decode_image, image_to_array
 from fissure.serving import codec
 from fissure.serving.backend import Backend, BackendError, ts_error
+from fissure.serving.runtime import error_result
 
 
 def _import_kserve():
@@ -193,9 +194,9 @@ class TorchServeModel(kserve.Model):
         """Image bytes -> a "pixels" wire entry (uint8 [S, S, 3] + the image's size), or an error entry."""
         try:
             img = decode_image(data)
-        except InputError as exc:
-            return {"error": exc.message, "status": exc.http_status}
-        pixels = image_to_array(img, self.preprocess_config)
+            pixels = image_to_array(img, self.preprocess_config)
+        except Exception as exc:  # noqa: BLE001 - a bad image fails alone, as in the worker
+            return error_result(exc)
         return {"kind": "pixels", "shape": list(pixels.shape), "size": [img.height, img.width]}, pixels.tobytes()
 
     async def _forward(self, op: str, entries: list) -> list[dict]:
