@@ -9,8 +9,8 @@
 Every server is started first; then ``--rounds`` rounds each run every path at every
 concurrency in turn: closed-loop load (C clients, each sends its next request when the
 previous one returns) for ``--duration`` seconds after a warm-up. The table pools the rounds:
-images/s, p50/p95/p99 latency and throughput relative to (a), and each round's images/s. Run: ``make bench-serve`` (writes the table into
-docs/benchmarks.md with ``--write``).
+images/s, p50/p95/p99 latency and throughput relative to (a), and each round's images/s.
+Run: ``make bench-serve`` (writes the table into docs/benchmarks.md with ``--write``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ Training reads files through :func:`load_image`, serving reads request bodies th
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -147,9 +148,15 @@ def image_to_array(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
 def normalize(pixels: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
     """uint8 [N, S, S, 3] -> normalised float [N, 3, S, S] in channels-last memory (the models'
     layout: no copy before the first convolution)."""
-    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    mean, std = _scaled_mean_std(cfg.mean, cfg.std)
     return pixels.permute(0, 3, 1, 2).float().sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=8)
+def _scaled_mean_std(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean and std on the 0-255 scale, shaped to broadcast over [N, 3, H, W] (per-image hot path)."""
+    return (torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0,
+            torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
 
 
 def image_to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:

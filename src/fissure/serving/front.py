@@ -62,8 +62,8 @@ class TorchServeModel(kserve.Model):
         self.spec = spec
         self.task = spec.get("task", meta.get("task"))
         self.classes = list(spec.get("classes") or [])
-        self.size = int((spec.get("preprocess") or {}).get("size", 224))
         self.preprocess_config = preprocess_config(spec)
+        self.size = self.preprocess_config.size
         self.version = str(meta.get("version") or "1")
         self.backend = backend
         self.ready = False
@@ -124,11 +124,9 @@ class TorchServeModel(kserve.Model):
         if isinstance(payload, InferRequest):
             if _truthy(_param(payload.parameters, "explain")):
                 op = "explain"
-            entries = await self._decode_images(self._v2_entries(payload))
-            results = await self._forward(op, entries)
+            results = await self._forward(op, self._v2_entries(payload))
             return self._v2_response(payload, op, results)
-        entries = await self._decode_images(self._v1_entries(payload))
-        results = await self._forward(op, entries)
+        results = await self._forward(op, self._v1_entries(payload))
         return self._v1_response(op, results)
 
     # ------------------------------------------------------------------ requests
@@ -201,6 +199,7 @@ class TorchServeModel(kserve.Model):
 
     async def _forward(self, op: str, entries: list) -> list[dict]:
         """Send the valid entries to TorchServe; per-image results (or error dicts), in order."""
+        entries = await self._decode_images(entries)
         good = [e for e in entries if isinstance(e, tuple)]
         answers: list = []
         if good:

@@ -20,6 +20,7 @@ labels hold a single class.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,9 +165,7 @@ class RelaxedCounts:
         from scipy import ndimage
 
         pred, target = _np(pred) > 0.5, _np(target) > 0.5
-        r = int(self.tolerance)
-        yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
-        disk = xx * xx + yy * yy <= r * r
+        disk = _disk(int(self.tolerance))
         self.predicted += int(np.count_nonzero(pred))
         self.predicted_near += int(np.count_nonzero(pred & ndimage.binary_dilation(target, disk)))
         self.true += int(np.count_nonzero(target))
@@ -178,6 +177,13 @@ class RelaxedCounts:
         precision, recall = _div(self.predicted_near, self.predicted), _div(self.true_found, self.true)
         return {"relaxed_precision": precision, "relaxed_recall": recall,
                 "relaxed_f1": _div(2 * precision * recall, precision + recall)}
+
+
+@functools.lru_cache(maxsize=4)
+def _disk(r: int) -> np.ndarray:
+    """Boolean disk of radius ``r`` (Euclidean), the structuring element of the tolerance."""
+    yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
+    return xx * xx + yy * yy <= r * r
 
 
 def segmentation_metrics_from_counts(tp: int, fp: int, fn: int) -> dict:
