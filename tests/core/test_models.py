@@ -78,3 +78,35 @@ def test_models_are_channels_last_and_agree_with_nchw(task):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(fast(x), plain(x), atol=1e-4)
+
+
+def test_segmenter_deep_supervision_heads_are_training_only():
+    """With deep_supervision the coarse decoder levels have their own heads (coarsest first);
+    a plain forward, the one serving makes, is the full-resolution logits alone and equals
+    the model without the heads."""
+    spec = default_spec("segment", size=32, base=4, depth=3, norm="group", deep_supervision=True)
+    model = build_model(spec).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits, aux = model(x, aux=True)
+        assert torch.equal(model(x), logits)
+    assert logits.shape == (2, 1, 32, 32)
+    assert [a.shape[-1] for a in aux] == [8, 16]  # decoder levels at 1/4 and 1/2 of the input
+    plain = build_model(default_spec("segment", size=32, base=4, depth=3, norm="group")).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads.")})
+    with torch.no_grad():
+        assert torch.allclose(plain(x), logits, atol=1e-6)
+        assert plain(x, aux=True)[1] == []
+
+
+def test_deep_supervision_loss_keeps_thin_cracks_when_pooled():
+    from fissure.training.loop import deep_supervision_loss
+
+    target = torch.zeros(1, 1, 16, 16)
+    target[0, 0, 5, :] = 1.0  # a one-pixel crack: every 4x4 cell on row 1 holds some of it
+    cell = torch.full((1, 1, 4, 4), -8.0)
+    right, wrong = cell.clone(), cell.clone()
+    right[0, 0, 1, :] = 8.0
+    wrong[0, 0, 2, :] = 8.0
+    assert deep_supervision_loss([right], target) < 0.05 < deep_supervision_loss([wrong], target)
+

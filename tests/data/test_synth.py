@@ -121,3 +121,41 @@ def test_generator_is_fast_enough():
     rate = rng_count / (time.perf_counter() - t0)
     # ~25-30 img/s on one free core; loose bound for a busy shared machine
     assert rate > 4, f"{rate:.1f} img/s"
+
+
+def test_hard_negative_augmentation_on_a_finished_image():
+    """add_hard_negative draws a joint (cut into the surface: the crack keeps its label) or a
+    sealant band (on top: the crack pixels under it leave the mask), deterministic for a seed."""
+    from fissure.data.synth import add_hard_negative
+
+    sample = render(image_rng(4, 0), 128, cracks=2, negatives=[])
+    assert sample.mask.any()
+    for kind in ("joint", "tar"):
+        out, mask = add_hard_negative(image_rng(5, 0), sample.image, sample.mask, kind)
+        again, _ = add_hard_negative(image_rng(5, 0), sample.image, sample.mask, kind)
+        assert np.array_equal(out, again) and out.dtype == np.uint8 and out.shape == sample.image.shape
+        darker = out.astype(int).mean(-1) < sample.image.astype(int).mean(-1) - 20
+        assert darker.mean() > 0.01, kind  # a visible dark line or band
+        if kind == "joint":
+            assert np.array_equal(mask, sample.mask)
+        else:
+            assert not (mask & ~sample.mask).any()  # sealant only removes crack pixels
+    hidden = [add_hard_negative(image_rng(6, i), sample.image, sample.mask, "tar")[1].sum() < sample.mask.sum()
+              for i in range(10)]
+    assert any(hidden)  # some bands cross a crack and hide it
+    with pytest.raises(ValueError, match="unknown hard-negative augmentation"):
+        add_hard_negative(image_rng(5, 0), sample.image, sample.mask, "paint")
+
+
+def test_crack_augmentation_adds_a_labelled_dark_crack():
+    from fissure.data.synth import add_crack
+
+    sample = render(image_rng(4, 1), 128, cracks=0, negatives=[])
+    assert not sample.mask.any()
+    out, mask = add_crack(image_rng(7, 0), sample.image, sample.mask)
+    assert mask.mean() > 0.002
+    lum, before = out.astype(float).mean(-1), sample.image.astype(float).mean(-1)
+    assert lum[mask].mean() < before[mask].mean() - 20  # the labelled pixels got darker
+    wide = [add_crack(image_rng(8, i), sample.image, sample.mask, wide=1.0)[1].sum() for i in range(4)]
+    thin = [add_crack(image_rng(8, i), sample.image, sample.mask, wide=0.0)[1].sum() for i in range(4)]
+    assert np.median(wide) > np.median(thin)

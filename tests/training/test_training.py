@@ -193,3 +193,88 @@ def test_params_file_overrides_and_rejects_unknown_keys(tmp_path):
     p.write_text("train_segmenter:\n  epoch: 3\n")
     with pytest.raises(FissureError, match="unknown key"):
         load_config("segment", p)
+
+
+def test_segmenter_trains_with_deep_supervision(seg_data):
+    from fissure.errors import FissureError
+    from fissure.models import build_model
+
+    model = {"base": 4, "depth": 2, "norm": "group", "deep_supervision": True}
+    deep = _fit("segment", seg_data, epochs=2, aux_weight=1.0, model=model)
+    idle = _fit("segment", seg_data, epochs=2, aux_weight=0.0, model=model)
+    assert deep.spec["params"]["deep_supervision"] is True
+    torch.manual_seed(0)  # the run's seed: the weights it started from
+    start = build_model(deep.spec).aux_heads[0].weight
+    # the coarse head learns only from the deep-supervision term
+    assert not torch.equal(deep.module.aux_heads[0].weight, start)
+    assert torch.equal(idle.module.aux_heads[0].weight, start)
+    with pytest.raises(FissureError, match="deep_supervision: true"):
+        _fit("segment", seg_data, epochs=1, aux_weight=1.0)
+
+
+def test_segmentation_dataset_draws_hard_negatives_in_training_only(seg_data):
+    """hard_negatives: 1.0 draws a joint or sealant band into every training crop, reproducibly
+    for the torch seed; validation items (no augmentation) are left as they are."""
+    from fissure.models import default_spec, preprocess_config
+    from fissure.training.datasets import SegmentationDataset
+
+    splits = find_splits("segment", seg_data)
+    cfg = preprocess_config(default_spec("segment", size=64))
+
+    def crops(hard_negatives):
+        ds = SegmentationDataset(splits.train[:6], cfg, crop=48, augment=True, hard_negatives=hard_negatives)
+        ds.augment = False  # same crops, no flips or jitter: only the drawing differs
+        return [(torch.manual_seed(i), ds[i])[1] for i in range(len(ds))]
+
+    plain, drawn, again = crops(0.0), crops(1.0), crops(1.0)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(drawn, again))
+    darkened = [float(((d[0] - p[0]).mean(0) < -0.5).float().mean()) for p, d in zip(plain, drawn)]
+    assert min(darkened) > 0.01  # every crop shows a dark line or band
+    assert all(not (d[1] > p[1]).any() for p, d in zip(plain, drawn))  # masks only lose pixels
+    val = SegmentationDataset(splits.val[:2], cfg, hard_negatives=1.0)
+    assert val.hard_negatives == 0.0
+
+
+def test_weight_average_is_what_gets_validated_and_kept(seg_data):
+    """ema > 0: the moving average of the weights is validated each epoch and returned; it is a
+    different model from the last raw weights, and the run is still reproducible."""
+    ema = _fit("segment", seg_data, epochs=3, ema=0.9, min_epochs=3)
+    again = _fit("segment", seg_data, epochs=3, ema=0.9, min_epochs=3)
+    raw = _fit("segment", seg_data, epochs=3, min_epochs=3)
+    key = "head.weight"
+    assert torch.equal(ema.module.state_dict()[key], again.module.state_dict()[key])
+    assert not torch.equal(ema.module.state_dict()[key], raw.module.state_dict()[key])
+    assert ema.best_val["dice"] > 0.2  # the average of a learning model has learnt too
+
+
+def test_params_yaml_equals_the_built_in_defaults():
+    """`fissure train` without --params trains what `dvc repro` trains (docs/training.md)."""
+    from pathlib import Path
+
+    from fissure.training.config import default_config, load_config
+
+    params = Path(__file__).resolve().parents[2] / "params.yaml"
+    for task in ("classify", "segment"):
+        assert load_config(task, params) == default_config(task), task
+
+
+def test_auto_threads_leave_cores_that_others_keep_busy():
+    """With every CPU kept busy by other processes, training takes one thread, not all."""
+    import subprocess
+    import sys
+
+    from fissure.training.loop import auto_threads, busy_cpus, cpu_count
+
+    assert 1 <= auto_threads() <= cpu_count()
+    spin = [subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 20: pass"])
+            for _ in range(cpu_count())]
+    try:
+        import time
+
+        time.sleep(0.5)
+        assert busy_cpus() > cpu_count() - 0.5
+        assert auto_threads() == 1
+    finally:
+        for p in spin:
+            p.kill()
+            p.wait()

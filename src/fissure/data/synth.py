@@ -220,13 +220,13 @@ def _draw_path(draw: ImageDraw.ImageDraw, pts: np.ndarray, widths: np.ndarray) -
         i = j
 
 
-def _crack_paths(rng: np.random.Generator, h: int, w: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _crack_paths(rng: np.random.Generator, h: int, w: int, wide: float = 0.1) -> list[tuple[np.ndarray, np.ndarray]]:
     """One crack: a trunk grown both ways from an interior point, plus branches."""
     size = max(h, w)
     start = np.array([rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h], np.float32)
     angle = rng.uniform(0, np.pi)
     tort = rng.uniform(0.4, 1.3)
-    if rng.random() < 0.1:  # a wide, open crack with broken edges
+    if rng.random() < wide:  # a wide, open crack with broken edges
         base = rng.uniform(5.5, 9.0)
     else:  # mostly thin: hairline to a few pixels
         base = float(np.clip(rng.lognormal(np.log(2.4), 0.45), 1.0, 5.5))
@@ -256,12 +256,13 @@ def _crack_paths(rng: np.random.Generator, h: int, w: int) -> list[tuple[np.ndar
     return out
 
 
-def _render_cracks(rng: np.random.Generator, lum: np.ndarray, n_cracks: int) -> tuple[np.ndarray, np.ndarray]:
+def _render_cracks(rng: np.random.Generator, lum: np.ndarray, n_cracks: int,
+                   wide: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     h, w = lum.shape
     canvas, draw = _canvas(h, w)
     widest = 0.0
     for _ in range(n_cracks):
-        for pts, widths in _crack_paths(rng, h, w):
+        for pts, widths in _crack_paths(rng, h, w, wide):
             _draw_path(draw, pts, widths)
             widest = max(widest, float(widths.max()))
     cov = _coverage(canvas, h, w)
@@ -432,6 +433,56 @@ _NEGATIVES = {
     "tar": _neg_tar,
 }
 _NEG_WEIGHTS = np.array([0.18, 0.12, 0.18, 0.16, 0.14, 0.1, 0.12])
+
+
+# Hard negatives that a segmenter most often mistakes for cracks (docs/benchmarks.md): straight
+# constant-width joints and smooth sealant bands. Training draws them onto its crops.
+AUGMENT_KINDS = ("joint", "tar")
+
+
+def _draw_onto(rng: np.random.Generator, image: np.ndarray, draw) -> np.ndarray:
+    """Apply ``draw`` (luminance -> luminance) to a finished uint8 RGB image as a per-pixel gain,
+    with the image's own slight blur and grain on what changed, so that the drawn layer is no
+    crisper or cleaner than the photograph around it."""
+    rgb = image.astype(np.float32)
+    lum = np.maximum(rgb.mean(-1), 1.0)
+    gain = ndimage.gaussian_filter(draw(lum) / lum, rng.uniform(0.3, 0.7))
+    grain = rng.normal(0, 1.5, rgb.shape).astype(np.float32) * (np.abs(gain - 1) > 0.02)[..., None]
+    return np.clip(rgb * gain[..., None] + grain + 0.5, 0, 255).astype(np.uint8)
+
+
+def add_hard_negative(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray,
+                      kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one hard negative (``AUGMENT_KINDS``; random when None) onto a finished image
+    (uint8 [H, W, 3]) and its crack mask.
+
+    A joint is cut into the surface (cracks keep their label); sealant lies on top and hides the
+    cracks under it (they leave the mask), as in :func:`render`. Works on any image, synthetic
+    or real: it is an augmentation, not part of the data.
+    """
+    kind = kind or AUGMENT_KINDS[int(rng.integers(0, len(AUGMENT_KINDS)))]
+    if kind not in AUGMENT_KINDS:
+        raise ValueError(f"unknown hard-negative augmentation {kind!r}; known: {AUGMENT_KINDS}")
+    cover: list[np.ndarray] = []
+    out = _draw_onto(rng, image, (lambda lum: _neg_joint(rng, lum)) if kind == "joint"
+                     else (lambda lum: _neg_tar(rng, lum, cover)))
+    return out, (mask & (cover[0] < 0.5)) if cover else mask
+
+
+def add_crack(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray,
+              wide: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one more crack onto a finished image and add it to the mask; ``wide`` is the chance
+    that it is a wide open crack (0.1 in :func:`render`): a model taught to reject dark sealant
+    bands needs more of these rare wide cracks to keep finding them."""
+    drawn: list[np.ndarray] = []
+
+    def crack(lum):
+        cracked, crack_mask = _render_cracks(rng, lum, 1, wide=wide)
+        drawn.append(crack_mask)
+        return cracked
+
+    out = _draw_onto(rng, image, crack)
+    return out, mask | drawn[0]
 
 
 # --------------------------------------------------------------------------- one image

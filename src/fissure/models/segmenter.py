@@ -1,7 +1,9 @@
 """crack-segmenter: Attention U-Net (Oktay et al., 2018) with a configurable base width.
 
 Attention gates weight each skip connection by what the coarser decoder level has found,
-which suppresses texture and keeps thin crack structures.
+which suppresses texture and keeps thin crack structures. With ``deep_supervision`` the coarser
+decoder levels get their own 1x1 prediction heads, trained against max-pooled masks ("is there
+a crack in this block"); inference ignores them.
 """
 
 from __future__ import annotations
@@ -53,9 +55,12 @@ class AttentionUNet(nn.Module):
     """Encoder of ``depth`` levels (widths base * 2**i), attention-gated decoder, 1-channel logits.
 
     Input height and width must be multiples of 2**depth; the output has the input's size.
+    ``forward(x, aux=True)`` also returns the coarse heads' logits (coarsest first) when the
+    model was built with ``deep_supervision``.
     """
 
-    def __init__(self, base: int = 16, depth: int = 4, in_channels: int = 3, norm: str = "batch"):
+    def __init__(self, base: int = 16, depth: int = 4, in_channels: int = 3, norm: str = "batch",
+                 deep_supervision: bool = False):
         super().__init__()
         if depth < 1:
             raise ValueError("depth must be >= 1")
@@ -74,15 +79,27 @@ class AttentionUNet(nn.Module):
         )
         self.decoders = nn.ModuleList(conv_block(widths[i] * 2, widths[i], norm) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], 1, 1)
+        # Deep supervision (Lee et al., 2015): a direct loss on the coarse levels teaches them the
+        # context that tells a crack from a joint or a sealant band far sooner than the gradient
+        # that reaches them through the full-resolution head alone.
+        self.aux_heads = (
+            nn.ModuleList(nn.Conv2d(widths[i], 1, 1) for i in reversed(range(1, depth))) if deep_supervision else None
+        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, aux: bool = False):
         skips = []
         for i, enc in enumerate(self.encoders):
             x = enc(x if i == 0 else F.max_pool2d(x, 2))
             skips.append(x)
         x = skips.pop()
+        coarse = []
         for up, gate, dec in zip(self.ups, self.gates, self.decoders):
             g = up(x)
             skip = skips.pop()
             x = dec(torch.cat([gate(g, skip), g], dim=1))
-        return self.head(x)
+            coarse.append(x)
+        logits = self.head(x)
+        if not aux:
+            return logits
+        heads = self.aux_heads if self.aux_heads is not None else []
+        return logits, [head(feature) for head, feature in zip(heads, coarse)]

@@ -31,6 +31,10 @@ class TrainConfig:
     crop: int = 0  # segment: train on random crops of this size of the resized image (0 = off)
     crack_bias: float = 0.0  # segment: share of crops centred on a random crack pixel
     pos_weight: float = 1.0  # segment: BCE weight of crack pixels (>1 trades precision for recall)
+    hard_negatives: float = 0.0  # segment: share of training crops with a drawn joint or sealant band
+    extra_cracks: float = 0.0  # segment: share of training crops with one more drawn crack (often wide)
+    aux_weight: float = 0.0  # segment: weight of the deep-supervision loss (needs model.deep_supervision)
+    ema: float = 0.0  # decay of the weights' moving average that is validated and kept (0 = off)
     threshold: float | None = None  # segment: mask threshold saved with the model; None = best val Dice
     augment: bool = True
     val_fraction: float = 0.15  # only used when --data is a single folder without splits
@@ -54,7 +58,8 @@ DEFAULTS = {
     ),
     "segment": dict(
         epochs=40, batch_size=8, lr=4e-3, patience=8, min_epochs=25, size=256, crop=128, crack_bias=0.5,
-        eval_batch_size=8, model={"base": 8, "depth": 4, "norm": "group"},
+        hard_negatives=0.6, extra_cracks=0.3, aux_weight=0.5, ema=0.99, eval_batch_size=8,
+        model={"base": 8, "depth": 4, "norm": "group", "deep_supervision": True},
     ),
 }
 
