@@ -1,15 +1,25 @@
-"""Where local state lives and how services are reached, with embedded defaults.
+"""Every ``FISSURE_*`` setting and every port, in one place, with embedded defaults.
 
-Everything is overridable by environment variables so that the same code runs on one
-machine (``make up``) and in Kubernetes (values injected by the Helm chart).
+The same code runs on one machine (``make up``) and in Kubernetes (values injected by the
+Helm chart as environment variables). :func:`settings` reads the environment once
+(pydantic-settings) and a bad value is one line naming the variable (:class:`ConfigError`,
+exit 2), never a traceback. Tests that change the environment call :func:`reload_settings`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
+from typing import Literal
 
-# Ports are part of the public contract (DEVELOPERS.md).
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fissure.errors import ConfigError
+
+# Public ports are part of the contract (DEVELOPERS.md); the internal ones are TorchServe's,
+# bound to loopback inside the pod and reached only by the front.
 PORTS = {
     "inference_rest": 8080,
     "inference_grpc": 8081,
@@ -18,12 +28,75 @@ PORTS = {
     "api": 8000,
     "mlflow": 5000,
     "prometheus": 9090,
+    # internal (loopback)
+    "torchserve_inference": 8083,
+    "torchserve_grpc_inference": 7070,
+    "torchserve_grpc_management": 7071,
 }
+
+LOOPBACK = "127.0.0.1"
+TS_LOG_LEVELS = Literal["trace", "debug", "info", "warn", "error", "off"]
+
+
+class Settings(BaseSettings):
+    """``FISSURE_<NAME>`` for each field (``FISSURE_MAX_IMAGE_PIXELS=...``)."""
+
+    model_config = SettingsConfigDict(env_prefix="FISSURE_", extra="ignore", case_sensitive=False)
+
+    # local state
+    home: Path = Field(Path(".fissure"), description="git-ignored folder for local state")
+    artifact_root: str | None = Field(None, description="artifact root of locally created experiments")
+
+    # compute
+    threads: int = Field(0, ge=0, description="training torch threads (0: measured from idle CPUs)")
+    torch_threads: int = Field(0, ge=0, description="serving torch threads (0: half the cores)")
+    data_cache_mb: int = Field(1024, ge=0, description="decoded-image cache per dataset split")
+
+    # serving: runtime, binding, limits
+    runtime: Literal["torchserve", "inprocess"] = Field(
+        "torchserve", description="model runtime behind the KServe front")
+    host: str = Field(LOOPBACK, description="address the public ports bind to")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="largest image, in pixels (decompression bombs)")
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest request body at the front")
+    max_items: int = Field(64, gt=0, description="images or tensor rows per request")
+    max_request_pixels: int = Field(80_000_000, gt=0, description="decoded pixels per request, all images")
+    enable_repository_api: bool = Field(
+        False, description="allow model load/unload over KServe's repository API (REST and gRPC)")
+    backend_timeout: float = Field(50.0, gt=0, description="seconds for one call to TorchServe (under the route's 60 s)")
+    drain_seconds: float = Field(10.0, ge=0, description="grace for in-flight requests on SIGTERM")
+
+    # serving: logs
+    access_log: bool = False
+    log_batches: bool = False
+    ts_log_level: TS_LOG_LEVELS = "warn"
+    ts_model_log_level: TS_LOG_LEVELS = "warn"
+    ts_access_log: bool = False
+    handler_file: Path | None = None
+
+    # clients
+    url: str = f"http://{LOOPBACK}:{PORTS['inference_rest']}"
+    grpc_url: str = f"{LOOPBACK}:{PORTS['inference_grpc']}"
+    grpc_authority: str | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = "FISSURE_" + str(err["loc"][0]).upper() if err.get("loc") else "a FISSURE_* variable"
+        raise ConfigError(f"{name}={os.environ.get(name, '')!r}: {err['msg']}") from None
+
+
+def reload_settings() -> Settings:
+    settings.cache_clear()
+    return settings()
 
 
 def state_dir() -> Path:
     """The git-ignored folder for local state (MLflow store, served models, logs)."""
-    path = Path(os.environ.get("FISSURE_HOME", ".fissure")).resolve()
+    path = Path(os.environ.get("FISSURE_HOME") or settings().home).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

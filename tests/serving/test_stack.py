@@ -8,7 +8,7 @@ from fissure.errors import FissureError
 
 
 def test_procfile_runs_mlflow_and_serve(tmp_path):
-    from fissure.serving.stack import StackOptions, procfile
+    from fissure.stack import StackOptions, procfile
 
     path = procfile(StackOptions(http_port=18080, grpc_port=18081, mlflow_port=15000), tmp_path / "serving")
     text = path.read_text()
@@ -21,7 +21,7 @@ def test_procfile_runs_mlflow_and_serve(tmp_path):
 
 
 def test_down_without_a_stack_says_so():
-    from fissure.serving.stack import down
+    from fissure.stack import down
 
     lines = []
     assert down(echo=lines.append) == 0
@@ -29,7 +29,7 @@ def test_down_without_a_stack_says_so():
 
 
 def test_missing_champions_without_pipeline_is_one_clear_error(tmp_path, monkeypatch):
-    from fissure.serving.stack import ensure_champions
+    from fissure.stack import ensure_champions
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FissureError, match="no champion for .*crack-classifier.* and no dvc.yaml"):

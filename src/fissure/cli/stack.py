@@ -18,7 +18,7 @@ from fissure.settings import PORTS
 @click.option("--max-batch-delay", type=int, default=10, show_default=True, help="Milliseconds to fill a batch.")
 def up(detach, http_port, grpc_port, mlflow_port, batch_size, max_batch_delay):
     """Train if needed (dvc repro), package both champions, serve them with MLflow alongside."""
-    from fissure.serving.stack import StackOptions, up as run
+    from fissure.stack import StackOptions, up as run
 
     opts = StackOptions(http_port=http_port, grpc_port=grpc_port, mlflow_port=mlflow_port,
                         batch_size=batch_size, max_batch_delay=max_batch_delay)
@@ -30,6 +30,6 @@ def up(detach, http_port, grpc_port, mlflow_port, batch_size, max_batch_delay):
 @click.command("down")
 def down():
     """Stop a stack started with `fissure up --detach`."""
-    from fissure.serving.stack import down as run
+    from fissure.stack import down as run
 
     run(echo=click.echo)
