@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, description="serving torch threads (0: half the cores)")
     data_cache_mb: int = Field(1024, ge=0, description="decoded-image cache per dataset split")
 
+    # ports (the public ones are part of the contract; the ts_* ones are TorchServe's, loopback)
+    http_port: int = Field(PORTS["inference_rest"], gt=0, lt=65536)
+    grpc_port: int = Field(PORTS["inference_grpc"], gt=0, lt=65536)
+    mlflow_port: int = Field(PORTS["mlflow"], gt=0, lt=65536)
+    ts_inference_port: int = Field(PORTS["torchserve_inference"], gt=0, lt=65536)
+    ts_management_port: int = Field(PORTS["torchserve_management"], gt=0, lt=65536)
+    ts_metrics_port: int = Field(PORTS["torchserve_metrics"], gt=0, lt=65536)
+    ts_grpc_inference_port: int = Field(PORTS["torchserve_grpc_inference"], gt=0, lt=65536)
+    ts_grpc_management_port: int = Field(PORTS["torchserve_grpc_management"], gt=0, lt=65536)
+    serve_workdir: Path | None = Field(None, description="TorchServe logs and temp files of `fissure serve`")
+
     # serving: runtime, binding, limits
     runtime: Literal["torchserve", "inprocess"] = Field(
         "torchserve", description="model runtime behind the KServe front")
