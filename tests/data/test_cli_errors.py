@@ -1,4 +1,5 @@
-"""Every user error is one line on stderr and exit code 2, never a traceback."""
+"""Every user error is one line on stderr, never a traceback: exit 2 for a bad option (click's
+usage error), 1 for bad data or a bad params file found at run time."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from fissure.cli import main
 from fissure.data.synth import write_dataset
 
 
-def _one_line_error(capsys, argv: list[str], match: str) -> None:
+def _one_line_error(capsys, argv: list[str], match: str, code: int = 1) -> None:
     rc = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2, err
+    assert rc == code, err
     errors = [line for line in err if line.startswith("fissure: error:") or line.startswith("Error:")]
     assert len(errors) == 1, err
     assert match in errors[0], errors[0]
@@ -103,7 +104,8 @@ def test_bad_count(capsys, tmp_path):
 
 
 def test_bad_task_is_a_usage_error(capsys, tmp_path):
-    _one_line_error(capsys, ["data", "synth", "--task", "detect", "--out", str(tmp_path / "o")], "--task")
+    _one_line_error(capsys, ["data", "synth", "--task", "detect", "--out", str(tmp_path / "o")], "--task",
+                    code=2)
 
 
 @pytest.mark.parametrize("cmd", [[], ["synth"], ["patches"], ["prepare"]])

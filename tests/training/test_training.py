@@ -140,12 +140,12 @@ def test_evaluate_cli_writes_named_metrics(seg_data, clf_data, tmp_path, capsys)
                "--data", str(seg_data / "test"), "--out", str(out)])
     assert rc == 0 and json.loads(out.read_text())["run_id"] == seg.run_id
 
-    # task mismatch: one line, exit 2, no traceback
+    # task mismatch: one line, exit 1 (found at run time), no traceback
     capsys.readouterr()
     rc = main(["evaluate", "--task", "classify", "--model", str(tmp_path / "seg" / "model"),
                "--data", str(clf_data / "test"), "--out", str(out)])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("fissure: error: --task classify but") and "Traceback" not in err
+    assert rc == 1 and err.startswith("fissure: error: --task classify but") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
 

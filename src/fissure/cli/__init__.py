@@ -1,8 +1,12 @@
 """The ``fissure`` command: a thin layer over the library.
 
 Subcommands live in their own modules and are imported only when used, so ``fissure --help``
-stays fast and one broken area cannot break the others. A FissureError (or a click usage
-error) is one line on stderr and a non-zero exit; anything else is a bug and keeps its traceback.
+stays fast and one broken area cannot break the others.
+
+Exit codes follow click's convention: 2 for a usage error (a bad flag or option value, a bad
+``FISSURE_*`` setting: click's UsageError and fissure's :class:`~fissure.errors.UsageError`),
+1 for any other failure at run time (every other :class:`~fissure.errors.FissureError`, a missing
+optional extra). Both are one line on stderr; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import sys
 import click
 
 from fissure import __version__
-from fissure.errors import FissureError
+from fissure.errors import FissureError, UsageError
 
 # name -> (module, attribute, one-line help). Modules own their command's options.
 COMMANDS = {
@@ -27,6 +31,24 @@ COMMANDS = {
     "down": ("fissure.cli.stack", "down", "Stop a detached local stack."),
     "predict": ("fissure.cli.predict", "predict", "Send an image to a running server and print the prediction."),
 }
+
+# Top-level import name -> the pyproject extra that installs it (keep in step with pyproject.toml).
+EXTRAS = dict.fromkeys(
+    ("kserve", "ts", "model_archiver", "tritonclient", "grpc", "fastapi", "uvicorn", "honcho", "orjson",
+     "aiohttp"),
+    "serve",
+)
+
+
+def missing_extra(command: str, exc: ImportError) -> FissureError | None:
+    """The one-line error for an optional dependency that is not installed; None for any other."""
+    extra = EXTRAS.get((exc.name or "").split(".")[0])
+    if extra is None:
+        return None
+    message = f"fissure {command} needs the {extra} extra: pip install 'fissure[{extra}]'"
+    if not isinstance(exc, ModuleNotFoundError):  # installed, but not the version we pin
+        message += f" ({str(exc).splitlines()[0]})"
+    return FissureError(message)
 
 
 class LazyGroup(click.Group):
@@ -41,7 +63,23 @@ class LazyGroup(click.Group):
         if name not in COMMANDS or not self._available(name):
             return None
         module, attr, _ = COMMANDS[name]
-        return getattr(importlib.import_module(module), attr)
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            raise missing_extra(name, exc) or exc
+
+    def invoke(self, ctx):
+        # Every command (not its --help) reads the FISSURE_* settings before any work: a bad value
+        # is a usage error up front, not a failure halfway through a run.
+        if not set(ctx.help_option_names) & set(ctx.args):
+            from fissure.settings import reload_settings  # pydantic: kept off the --help path
+
+            reload_settings()
+        # Commands import their heavy dependencies when they run: an absent extra surfaces here.
+        try:
+            return super().invoke(ctx)
+        except ImportError as exc:
+            raise missing_extra(ctx.invoked_subcommand or "", exc) or exc
 
     def format_commands(self, ctx, formatter):
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
@@ -61,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="fissure", standalone_mode=False)
     except FissureError as exc:
         click.echo(f"fissure: error: {exc}", err=True)
-        return exc.exit_code
+        return 2 if isinstance(exc, UsageError) else 1
     except click.exceptions.Abort:
         click.echo("fissure: aborted", err=True)
         return 130
