@@ -1,56 +1,90 @@
-"""Training hyper-parameters: one dataclass per run, read from a ``params.yaml`` section.
+"""Training hyper-parameters: one validated model per run, read from a ``params.yaml`` section.
 
 The defaults here equal the ``train_classifier:`` / ``train_segmenter:`` sections of the
 repository's ``params.yaml`` so that ``fissure train`` without ``--params`` trains the same
-model as ``dvc repro``.
+model as ``dvc repro``. Each section, and its ``model:`` mapping, is a pydantic model: an
+unknown key or a value of the wrong type is one line that names the file and the key
+(``params.yaml: train_segmenter.epochs: Input should be a valid integer``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
-from fissure.errors import FissureError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fissure.errors import DataError, UsageError
 
 PARAMS_SECTION = {"classify": "train_classifier", "segment": "train_segmenter"}
 
+# strict: YAML already gives typed values, so "10" (a string) for an integer is a mistake to report.
+_STRICT = ConfigDict(extra="forbid", strict=True)
+_SHARE = dict(ge=0.0, le=1.0)
 
-@dataclass
-class TrainConfig:
-    seed: int = 0
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    patience: int = 5  # epochs without improvement of the validation metric before stopping
-    min_epochs: int = 0  # never stop before this many epochs
-    min_delta: float = 1e-4
-    size: int = 224  # the model's input size (saved in the spec's preprocess config)
-    crop: int = 0  # segment: train on random crops of this size of the resized image (0 = off)
-    crack_bias: float = 0.0  # segment: share of crops centred on a random crack pixel
-    pos_weight: float = 1.0  # segment: BCE weight of crack pixels (>1 trades precision for recall)
-    hard_negatives: float = 0.0  # segment: share of training crops with a drawn joint or sealant band
-    extra_cracks: float = 0.0  # segment: share of training crops with one more drawn crack (often wide)
-    aux_weight: float = 0.0  # segment: weight of the deep-supervision loss (needs model.deep_supervision)
-    ema: float = 0.0  # decay of the weights' moving average that is validated and kept (0 = off)
-    threshold: float | None = None  # segment: mask threshold saved with the model; None = best val Dice
+
+class TrainConfig(BaseModel):
+    """A ``train_classifier:`` / ``train_segmenter:`` section (fields not given keep these defaults)."""
+
+    model_config = _STRICT
+
+    seed: int = Field(0, ge=0)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(5, ge=0)  # epochs without improvement of the validation metric before stopping
+    min_epochs: int = Field(0, ge=0)  # never stop before this many epochs
+    min_delta: float = Field(1e-4, ge=0)
+    size: int = Field(224, ge=16)  # the model's input size (saved in the spec's preprocess config)
+    crop: int = Field(0, ge=0)  # segment: train on random crops of this size of the resized image (0 = off)
+    crack_bias: float = Field(0.0, **_SHARE)  # segment: share of crops centred on a random crack pixel
+    pos_weight: float = Field(1.0, gt=0)  # segment: BCE weight of crack pixels (>1 trades precision for recall)
+    hard_negatives: float = Field(0.0, **_SHARE)  # segment: share of training crops with a drawn joint or sealant band
+    extra_cracks: float = Field(0.0, **_SHARE)  # segment: share of training crops with one more drawn crack (often wide)
+    aux_weight: float = Field(0.0, ge=0)  # segment: weight of the deep-supervision loss (needs model.deep_supervision)
+    ema: float = Field(0.0, ge=0, lt=1)  # decay of the weights' moving average that is validated and kept (0 = off)
+    threshold: float | None = Field(None, gt=0, lt=1)  # segment: mask threshold saved with the model; None = best val Dice
     augment: bool = True
-    val_fraction: float = 0.15  # only used when --data is a single folder without splits
-    test_fraction: float = 0.15
-    num_workers: int = 0
-    threads: int = 0  # torch intra-op threads; 0 = all CPUs this process may use
-    eval_batch_size: int = 0  # 0 = batch_size
-    model: dict = field(default_factory=dict)  # architecture params (width/blocks or base/depth)
+    val_fraction: float = Field(0.15, ge=0, lt=1)  # only used when --data is a single folder without splits
+    test_fraction: float = Field(0.15, ge=0, lt=1)
+    num_workers: int = Field(0, ge=0)
+    threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = all CPUs this process may use
+    eval_batch_size: int = Field(0, ge=0)  # 0 = batch_size
+    model: dict = Field(default_factory=dict)  # architecture params: ClassifierArch / SegmenterArch keys
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> "TrainConfig":
+        if self.crop and (self.crop > self.size or self.crop % 16):
+            raise ValueError(f"crop {self.crop} must be a multiple of 16 and <= size {self.size}")
+        return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
-    def params_hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
 
+class ClassifierArch(BaseModel):
+    """``train_classifier.model``: the arguments of :class:`fissure.models.classifier.CrackClassifier`."""
+
+    model_config = _STRICT
+
+    width: int = Field(16, ge=1)
+    blocks: int = Field(1, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class SegmenterArch(BaseModel):
+    """``train_segmenter.model``: the arguments of :class:`fissure.models.segmenter.AttentionUNet`."""
+
+    model_config = _STRICT
+
+    base: int = Field(16, ge=1)
+    depth: int = Field(4, ge=1)
+    norm: Literal["batch", "group"] = "batch"  # segmenter.NORMS
+    deep_supervision: bool = False
+
+
+ARCH = {"classify": ClassifierArch, "segment": SegmenterArch}
 
 DEFAULTS = {
     "classify": dict(
@@ -69,31 +103,49 @@ def default_config(task: str) -> TrainConfig:
 
 
 def load_config(task: str, params: str | Path | None = None, **overrides) -> TrainConfig:
-    """Defaults for ``task``, updated by the task's section of ``params`` and then ``overrides``."""
+    """Defaults for ``task``, updated by the task's section of ``params`` and then ``overrides``.
+
+    A bad key or value in ``params`` raises :class:`DataError` naming the file and the key; a
+    bad override (a command-line option: ``batch_size`` is ``--batch-size``) raises :class:`UsageError`.
+    """
+    name = PARAMS_SECTION[task]
     cfg = default_config(task).to_dict()
     if params is not None:
-        section = read_params(params).get(PARAMS_SECTION[task]) or {}
+        section = read_params(params).get(name) or {}
         if not isinstance(section, dict):
-            raise FissureError(f"{params}: section {PARAMS_SECTION[task]!r} must be a mapping")
-        known = {f.name for f in fields(TrainConfig)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise FissureError(
-                f"{params}: unknown key(s) {unknown} in {PARAMS_SECTION[task]!r}; known: {sorted(known)}"
-            )
-        for key, value in section.items():
-            if key == "model":
-                cfg["model"] = {**cfg["model"], **(value or {})}
-            else:
-                cfg[key] = value
+            raise DataError(f"{params}: {name} must be a mapping of keys")
+        model = section.get("model") or {}
+        if not isinstance(model, dict):
+            raise DataError(f"{params}: {name}.model must be a mapping of keys")
+        cfg.update(section, model={**cfg["model"], **model})
+        _validated(task, cfg, f"{params}: {name}")
     cfg.update({k: v for k, v in overrides.items() if v is not None})
-    out = TrainConfig(**cfg)
-    if out.epochs < 1:
-        raise FissureError(f"epochs must be >= 1, got {out.epochs}")
-    if out.batch_size < 1:
-        raise FissureError(f"batch_size must be >= 1, got {out.batch_size}")
-    if out.crop and (out.crop > out.size or out.crop % 16):
-        raise FissureError(f"crop {out.crop} must be a multiple of 16 and <= size {out.size}")
+    return _validated(task, cfg, None)
+
+
+def _validated(task: str, cfg: dict, section: str | None) -> TrainConfig:
+    """``cfg`` as a TrainConfig, its ``model`` checked against the task's architecture.
+
+    ``section`` names where ``cfg`` came from (``params.yaml: train_segmenter``), for a
+    :class:`DataError`; None means the values are command-line options, for a :class:`UsageError`.
+    """
+    try:
+        out = TrainConfig(**cfg)
+        ARCH[task](**out.model)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(part) for part in err["loc"]]
+        if loc and exc.title != TrainConfig.__name__:
+            loc.insert(0, "model")
+        if err["type"] == "extra_forbidden":
+            known = ARCH[task].model_fields if loc[0] == "model" else TrainConfig.model_fields
+            msg = f"unknown key; known keys: {', '.join(known)}"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        key = ".".join(loc)
+        if section is None:
+            raise UsageError(f"--{key.replace('_', '-')}: {msg}" if key else msg) from None
+        raise DataError(f"{section}.{key}: {msg}" if key else f"{section}: {msg}") from None
     return out
 
 
@@ -102,11 +154,11 @@ def read_params(path: str | Path) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise FissureError(f"{path}: no such params file")
+        raise DataError(f"{path}: no such params file")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise FissureError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise FissureError(f"{path}: expected a mapping of sections")
+        raise DataError(f"{path}: expected a mapping of sections")
     return data
