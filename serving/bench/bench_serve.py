@@ -276,7 +276,7 @@ def raw_loop(model_dir: str, image: bytes, duration: float, threads: int) -> dic
 
 def run(args) -> list[dict]:
     from fissure.models import build_model, default_spec
-    from fissure.models.io import SPEC_KEY, _mlflow, _pip_requirements
+    from fissure.models.io import save_model
     from fissure.serving.package import package
 
     work = Path(tempfile.mkdtemp(prefix="fissure-bench-"))
@@ -286,19 +286,9 @@ def run(args) -> list[dict]:
 
     torch.manual_seed(0)
     spec = default_spec("classify")
-    # a fissure MLflow model, plus a float32 input signature so `mlflow models serve` casts JSON
-    # numbers to float32 (without it the pyfunc feeds float64 to a float32 model and fails)
-    mlflow = _mlflow()
-    from mlflow.models import infer_signature
-
-    model = build_model(spec).eval()
-    example = np.zeros((1, 3, 224, 224), np.float32)
-    with torch.no_grad():
-        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
-    model_dir = str(work / "model")
-    mlflow.pytorch.save_model(model, model_dir, metadata={SPEC_KEY: spec}, signature=signature,
-                              serialization_format="pickle",
-                              pip_requirements=_pip_requirements())
+    # a fissure MLflow model; its float32 input signature makes `mlflow models serve` cast JSON
+    # numbers to float32 (the pyfunc would otherwise get float64)
+    model_dir = str(save_model(build_model(spec).eval(), spec, work / "model"))
     image = make_image(224)
     b64 = base64.b64encode(image).decode()
     v2_body = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64]}]}).encode()

@@ -3,7 +3,6 @@ import torch
 
 from fissure import MODEL_NAMES
 from fissure.models import build_model, default_spec, preprocess_config
-from fissure.models import io as model_io
 
 
 @pytest.mark.parametrize("task", ["classify", "segment"])
@@ -29,26 +28,6 @@ def test_unknown_task_and_arch_are_rejected():
         default_spec("detect")
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model({"arch": "vit"})
-
-
-def test_save_and_load_local_mlflow_model(tmp_path):
-    spec = default_spec("segment", size=32, base=4, depth=2)
-    model = build_model(spec)
-    path = model_io.save_model(model, spec, tmp_path / "m")
-    loaded = model_io.load_model(str(path))
-    assert loaded.spec == spec and loaded.task == "segment"
-    x = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(model.eval()(x), loaded.module(x))
-
-
-def test_load_missing_model_is_a_clear_error(tmp_path):
-    from fissure.errors import NotFoundError
-
-    with pytest.raises(NotFoundError, match="not found"):
-        model_io.load_model(str(tmp_path / "nope"))
-    with pytest.raises(NotFoundError):
-        model_io.load_model("models:/crack-classifier@champion")
 
 
 def test_segmenter_norms():
