@@ -1,4 +1,5 @@
-"""``fissure serve``: TorchServe + the KServe protocol front (the container entrypoint)."""
+"""``fissure serve``: the KServe protocol front over TorchServe or the in-process runtime
+(the container entrypoint)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from pathlib import Path
 
 import click
 
-from fissure.settings import PORTS
+from fissure.settings import PORTS, settings
 
 
-def _port(name: str, env: str, default: int):
-    return click.option(f"--{name}", envvar=env, type=int, default=default, show_default=True,
-                        show_envvar=True)
+def _port(name: str, env: str, default: int, help: str | None = None):
+    return click.option(f"--{name}", envvar=env, type=click.IntRange(1, 65535), default=default,
+                        show_default=True, show_envvar=True, help=help)
 
 
 @click.command("serve")
@@ -20,29 +21,38 @@ def _port(name: str, env: str, default: int):
               help="Folder of .mar files (KServe layout: /mnt/models/model-store).")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
               help="TorchServe config.properties written by `fissure package`.")
+@click.option("--runtime", type=click.Choice(["torchserve", "inprocess"]), envvar="FISSURE_RUNTIME",
+              default="torchserve", show_default=True, show_envvar=True,
+              help="torchserve: the MAR's handler in TorchServe workers; inprocess: the same model "
+                   "runtime inside the front (no second hop).")
+@click.option("--host", envvar="FISSURE_HOST", default="127.0.0.1", show_default=True, show_envvar=True,
+              help="Address for REST, gRPC and TorchServe metrics; 0.0.0.0 opens them to the network.")
 @_port("http-port", "FISSURE_HTTP_PORT", PORTS["inference_rest"])
 @_port("grpc-port", "FISSURE_GRPC_PORT", PORTS["inference_grpc"])
-@_port("ts-inference-port", "FISSURE_TS_INFERENCE_PORT", 8083)
-@_port("ts-management-port", "FISSURE_TS_MANAGEMENT_PORT", PORTS["torchserve_management"])
-@_port("ts-metrics-port", "FISSURE_TS_METRICS_PORT", PORTS["torchserve_metrics"])
-@_port("ts-grpc-inference-port", "FISSURE_TS_GRPC_INFERENCE_PORT", 7070)
-@_port("ts-grpc-management-port", "FISSURE_TS_GRPC_MANAGEMENT_PORT", 7071)
+@_port("ts-inference-port", "FISSURE_TS_INFERENCE_PORT", PORTS["torchserve_inference"], "TorchServe inference (loopback).")
+@_port("ts-management-port", "FISSURE_TS_MANAGEMENT_PORT", PORTS["torchserve_management"], "TorchServe management (loopback).")
+@_port("ts-metrics-port", "FISSURE_TS_METRICS_PORT", PORTS["torchserve_metrics"], "TorchServe Prometheus metrics.")
+@_port("ts-grpc-inference-port", "FISSURE_TS_GRPC_INFERENCE_PORT", PORTS["torchserve_grpc_inference"])
+@_port("ts-grpc-management-port", "FISSURE_TS_GRPC_MANAGEMENT_PORT", PORTS["torchserve_grpc_management"])
 @click.option("--workdir", type=click.Path(path_type=Path), default=None, envvar="FISSURE_SERVE_WORKDIR",
               help="TorchServe logs and temp files (default: a new temp folder).")
-@click.option("--ready-timeout", type=float, default=300.0, show_default=True,
+@click.option("--ready-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="Seconds to wait for TorchServe's workers.")
 @click.option("--model", "models", multiple=True, help="Serve only these MARs (by name); default all.")
-def serve(model_store, config, http_port, grpc_port, ts_inference_port, ts_management_port,
+def serve(model_store, config, runtime, host, http_port, grpc_port, ts_inference_port, ts_management_port,
           ts_metrics_port, ts_grpc_inference_port, ts_grpc_management_port, workdir, ready_timeout, models):
-    """Run TorchServe on loopback and the KServe v1/v2 front on REST and gRPC."""
-    from fissure.serving.server import ServeOptions, serve as run
+    """Serve the MARs of MODEL_STORE over KServe v1/v2 REST and gRPC (loopback unless --host)."""
+    from fissure.serving.serve import ServeOptions, serve as run
+    from fissure.serving.torchserve import TorchServePorts
 
+    settings()  # a bad FISSURE_* value fails here, in one line, before anything starts
     opts = ServeOptions(
-        model_store=model_store, config=config, http_port=http_port, grpc_port=grpc_port,
-        ts_inference_port=ts_inference_port, ts_management_port=ts_management_port,
-        ts_metrics_port=ts_metrics_port, ts_grpc_inference_port=ts_grpc_inference_port,
-        ts_grpc_management_port=ts_grpc_management_port, workdir=workdir,
-        ready_timeout=ready_timeout, models=list(models),
+        model_store=model_store, config=config, runtime=runtime, host=host, http_port=http_port,
+        grpc_port=grpc_port,
+        ts_ports=TorchServePorts(inference=ts_inference_port, management=ts_management_port,
+                                 metrics=ts_metrics_port, grpc_inference=ts_grpc_inference_port,
+                                 grpc_management=ts_grpc_management_port),
+        workdir=workdir, ready_timeout=ready_timeout, models=list(models),
     )
     code = run(opts)
     if code:

@@ -9,21 +9,16 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 
-from fissure.errors import FissureError, InputError, NotFoundError
+from fissure.errors import FissureError, InputError, NotFoundError, ServerError
 from fissure.serving import codec
+from fissure.settings import settings
 
-DEFAULT_URL = os.environ.get("FISSURE_URL", "http://127.0.0.1:8080")
-DEFAULT_GRPC = os.environ.get("FISSURE_GRPC_URL", "127.0.0.1:8081")
+DEFAULT_URL = settings().url
+DEFAULT_GRPC = settings().grpc_url
 # The :authority a gateway routes gRPC by (Gateway API GRPCRoute hostnames), when it is not
 # the host of --grpc-url: e.g. crack-segmenter.grpc.fissure.localtest.me through a port-forward.
-DEFAULT_GRPC_AUTHORITY = os.environ.get("FISSURE_GRPC_AUTHORITY") or None
+DEFAULT_GRPC_AUTHORITY = settings().grpc_authority
 GRPC_MAX_MESSAGE = 64 * 1024 * 1024
-
-
-class ServerError(FissureError):
-    """The server answered with an error; the message is its one-line reason."""
-
-    exit_code = 4
 
 
 def _check(resp: httpx.Response) -> dict:

@@ -43,18 +43,15 @@ class FissureTorchServeHandler(FissureHandler):
     """Entry point TorchServe finds in this module."""
 '''
 
-# Internal (loopback) ports of TorchServe; the public ones are the front's 8080/8081.
-TS_INFERENCE_PORT = 8083
-TS_GRPC_INFERENCE_PORT = 7070
-TS_GRPC_MANAGEMENT_PORT = 7071
 KSERVE_MODEL_STORE = "/mnt/models/model-store"
 
 
 def handler_file() -> Path | None:
     """The repository's handler file when running from a checkout, else None."""
-    env = os.environ.get("FISSURE_HANDLER_FILE")
-    if env:
-        return Path(env)
+    from fissure.settings import settings
+
+    if settings().handler_file:
+        return settings().handler_file
     repo = Path(__file__).resolve().parents[3] / "serving" / "handlers" / HANDLER_NAME
     return repo if repo.is_file() else None
 
@@ -137,22 +134,52 @@ def _archive(name: str, version: str, handler: Path, tmp: Path, store: Path) -> 
         raise FissureError(f"torch-model-archiver failed for {name} (exit {exc.code})") from None
 
 
+# The only members a fissure MAR has. TorchServe puts the model folder first on sys.path, so
+# any other .py file (or a `fissure/` folder) in a MAR from storage could shadow our code.
+MAR_MEMBERS = frozenset({HANDLER_NAME, WEIGHTS_FILE, SPEC_FILE, META_FILE, "MAR-INF/MANIFEST.json"})
+
+
 def read_mar(path: str | os.PathLike) -> dict:
-    """The fissure record, spec and TorchServe manifest stored in a MAR."""
+    """The fissure record, spec and TorchServe manifest stored in a MAR, after checking that the
+    MAR holds only what `fissure package` writes and that its handler is fissure's own."""
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
+            names = {n for n in zf.namelist() if not n.endswith("/")}
+            extra = sorted(names - MAR_MEMBERS)
+            if extra:
+                raise FissureError(f"{path}: not a fissure MAR (unexpected files {extra[:5]}); "
+                                   "repackage it with `fissure package`")
+            manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
+            handler = zf.read(HANDLER_NAME).decode("utf-8", "replace") if HANDLER_NAME in names else ""
             meta = json.loads(zf.read(META_FILE)) if META_FILE in names else {}
             spec = json.loads(zf.read(SPEC_FILE)) if SPEC_FILE in names else {}
-            manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
     except (OSError, zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise FissureError(f"{path}: not a readable MAR ({exc})") from None
-    served = manifest.get("model", {}).get("modelName") or path.stem
+    model = manifest.get("model") or {}
+    if model.get("handler") != HANDLER_NAME or handler.strip() != HANDLER_STUB.strip():
+        raise FissureError(f"{path}: its handler is not fissure's ({model.get('handler')!r}); "
+                           "repackage it with `fissure package`")
+    served = model.get("modelName") or path.stem
     meta.setdefault("served_name", served)
     meta.setdefault("name", served)
-    meta.setdefault("version", manifest.get("model", {}).get("modelVersion", "1"))
+    meta.setdefault("version", model.get("modelVersion", "1"))
     return {"meta": meta, "spec": spec, "manifest": manifest, "served_name": served}
+
+
+def discover(model_store: Path, only: list[str]) -> list[dict]:
+    """Every fissure MAR in ``model_store`` (or the ``only`` names), checked by :func:`read_mar`."""
+    mars = sorted(Path(model_store).glob("*.mar"))
+    if not mars:
+        raise FissureError(f"no .mar files in {model_store}; run `fissure package` first")
+    found = [{**read_mar(p), "path": p} for p in mars]
+    if only:
+        names = {f["served_name"] for f in found}
+        missing = sorted(set(only) - names)
+        if missing:
+            raise FissureError(f"model(s) {missing} not in {model_store} (has {sorted(names)})")
+        found = [f for f in found if f["served_name"] in only]
+    return found
 
 
 # ---------------------------------------------------------------------------- config.properties
@@ -194,20 +221,13 @@ def write_config(path: str | os.PathLike, models: dict, workers: int = 1) -> Pat
 # TorchServe {_ts_version()} config written by `fissure package` (KServe layout: /mnt/models/config).
 # `fissure serve` starts TorchServe with it and puts the KServe protocol front on
 # {PORTS['inference_rest']} (REST) and {PORTS['inference_grpc']} (gRPC); TorchServe's own APIs stay on loopback.
-inference_address=http://127.0.0.1:{TS_INFERENCE_PORT}
+# `fissure serve` keeps only the keys below the addresses and sets every address itself
+# (TorchServe's APIs on loopback, metrics on the serving host); these are for reference.
+inference_address=http://127.0.0.1:{PORTS['torchserve_inference']}
 management_address=http://127.0.0.1:{PORTS['torchserve_management']}
-metrics_address=http://0.0.0.0:{PORTS['torchserve_metrics']}
-grpc_inference_address=127.0.0.1
-grpc_inference_port={TS_GRPC_INFERENCE_PORT}
-grpc_management_address=127.0.0.1
-grpc_management_port={TS_GRPC_MANAGEMENT_PORT}
+metrics_address=http://127.0.0.1:{PORTS['torchserve_metrics']}
 metrics_mode=prometheus
 enable_metrics_api=true
-enable_envvars_config=true
-# Token auth off and the model-management API on ONLY because the management and
-# inference APIs are bound to 127.0.0.1 (pod-local): nothing outside the pod reaches them.
-disable_token_authorization=true
-enable_model_api=true
 # The handler imports the installed fissure package; no per-model pip installs.
 install_py_dep_per_model=false
 default_workers_per_model={workers}

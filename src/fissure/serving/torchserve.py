@@ -1,57 +1,50 @@
-"""``fissure serve``: TorchServe as a child process plus the KServe front, in one process tree.
+"""TorchServe as a supervised child process: its config, its logs, its start, readiness and stop.
 
-Start order: check Java -> write the effective TorchServe config (ports from flags/env) ->
-start ``torchserve --foreground`` in its own process group -> wait until every MAR's workers
-are READY -> register one front model per MAR -> run kserve.ModelServer (REST + gRPC).
-SIGTERM/SIGINT stop the front, then TorchServe (its whole process group: java and the
-Python workers). If TorchServe dies, the front stops and ``fissure serve`` exits non-zero.
+Only :mod:`fissure.serving.serve` drives it. TorchServe listens on loopback only (inference,
+management, its own gRPC); its Prometheus metrics listen on the serving host. The config is
+the packaged ``config.properties`` reduced to the keys ``fissure package`` writes (a storage
+URI is not trusted to switch on anything else), with this process's ports and model store.
+TorchServe's model-management write API stays off: nothing in fissure registers models at run
+time.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import httpx
 
 from fissure.errors import FissureError
-from fissure.serving.package import read_mar, read_properties
-from fissure.settings import PORTS
+from fissure.settings import LOOPBACK, PORTS, settings
 
 JAVA_HINT = "TorchServe needs Java 17: apt-get install openjdk-17-jre-headless"
 log = logging.getLogger("fissure.serve")
 
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
+# What `fissure package` writes into config.properties; anything else in a MAR's config is dropped.
+PACKAGED_KEYS = frozenset({
+    "model_snapshot", "load_models", "default_workers_per_model", "default_response_timeout",
+    "job_queue_size", "max_request_size", "max_response_size", "metrics_mode", "enable_metrics_api",
+    "install_py_dep_per_model", "number_of_gpu",
+})
 
 
 @dataclass
-class ServeOptions:
-    model_store: Path
-    config: Path | None = None
-    http_port: int = PORTS["inference_rest"]
-    grpc_port: int = PORTS["inference_grpc"]
-    ts_inference_port: int = 8083
-    ts_management_port: int = PORTS["torchserve_management"]
-    ts_metrics_port: int = PORTS["torchserve_metrics"]
-    ts_grpc_inference_port: int = 7070
-    ts_grpc_management_port: int = 7071
-    workdir: Path | None = None
-    ready_timeout: float = 300.0
-    grpc_threads: int = 8
-    models: list[str] = field(default_factory=list)  # served names; empty = every MAR
+class TorchServePorts:
+    inference: int = PORTS["torchserve_inference"]
+    management: int = PORTS["torchserve_management"]
+    metrics: int = PORTS["torchserve_metrics"]
+    grpc_inference: int = PORTS["torchserve_grpc_inference"]
+    grpc_management: int = PORTS["torchserve_grpc_management"]
 
 
 def find_java() -> str:
@@ -64,34 +57,34 @@ def find_java() -> str:
     return java
 
 
-def effective_config(opts: ServeOptions, workdir: Path) -> Path:
-    """The packaged config.properties with this process's ports and model store."""
-    lines = Path(opts.config).read_text().splitlines() if opts.config else []
-    overrides = {
-        "inference_address": f"http://127.0.0.1:{opts.ts_inference_port}",
-        "management_address": f"http://127.0.0.1:{opts.ts_management_port}",
-        "metrics_address": f"http://0.0.0.0:{opts.ts_metrics_port}",
-        "grpc_inference_address": "127.0.0.1",
-        "grpc_inference_port": str(opts.ts_grpc_inference_port),
-        "grpc_management_address": "127.0.0.1",
-        "grpc_management_port": str(opts.ts_grpc_management_port),
-        "model_store": str(Path(opts.model_store).resolve()),
+def effective_config(packaged: Path | None, ports: TorchServePorts, model_store: Path, host: str,
+                     workdir: Path) -> Path:
+    """The packaged config.properties, reduced to PACKAGED_KEYS, with our addresses and store."""
+    from fissure.serving.package import read_properties
+
+    props = read_properties(packaged) if packaged else {}
+    dropped = sorted(set(props) - PACKAGED_KEYS)
+    if dropped:
+        log.warning("ignoring TorchServe settings fissure does not write: %s", ", ".join(dropped))
+    kept = {k: v for k, v in props.items() if k in PACKAGED_KEYS}
+    kept.setdefault("load_models", "all")
+    kept.update({
+        "inference_address": f"http://{LOOPBACK}:{ports.inference}",
+        "management_address": f"http://{LOOPBACK}:{ports.management}",
+        "metrics_address": f"http://{host}:{ports.metrics}",
+        "grpc_inference_address": LOOPBACK,
+        "grpc_inference_port": str(ports.grpc_inference),
+        "grpc_management_address": LOOPBACK,
+        "grpc_management_port": str(ports.grpc_management),
+        "model_store": str(Path(model_store).resolve()),
+        # loopback-only APIs, reached by the front alone; no run-time model (un)registration
         "disable_token_authorization": "true",
+        "enable_model_api": "false",
+        "enable_envvars_config": "false",
         "install_py_dep_per_model": "false",
-    }
-    if not any(line.strip().startswith("model_snapshot=") for line in lines):
-        overrides.setdefault("load_models", "all")
-    out, seen = [], set()
-    for line in lines:
-        key = line.split("=", 1)[0].strip() if "=" in line and not line.lstrip().startswith("#") else None
-        if key in overrides:
-            out.append(f"{key}={overrides[key]}")
-            seen.add(key)
-        else:
-            out.append(line)
-    out += [f"{k}={v}" for k, v in overrides.items() if k not in seen]
+    })
     path = workdir / "config.properties"
-    path.write_text("\n".join(out) + "\n")
+    path.write_text("# written by `fissure serve`\n" + "".join(f"{k}={v}\n" for k, v in kept.items()))
     return path
 
 
@@ -129,51 +122,51 @@ LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 
 
 def write_log_config(workdir: Path, logs: str, metrics: str) -> Path:
-    from xml.sax.saxutils import escape
-
-    level = os.environ.get("FISSURE_TS_LOG_LEVEL", "warn").lower()
-    access = "info" if os.environ.get("FISSURE_TS_ACCESS_LOG", "") not in ("", "0", "false") else "warn"
+    cfg = settings()
     path = workdir / "log4j2.xml"
     path.write_text(LOG4J2.format(logs=escape(logs, {'"': "&quot;"}), metrics=escape(metrics, {'"': "&quot;"}),
-                                  level=escape(level), access=access,
-                                  model=escape(os.environ.get("FISSURE_TS_MODEL_LOG_LEVEL", "warn").lower())))
+                                  level=cfg.ts_log_level, access="info" if cfg.ts_access_log else "warn",
+                                  model=cfg.ts_model_log_level))
     return path
+
+
+def check_ports(ports: list[tuple[int, str, str]]) -> None:
+    """Fail with one clear line before starting anything if a (port, host, flag) is taken."""
+    for port, host, flag in ports:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                raise FissureError(f"port {port} on {host} is already in use; pick another with {flag}") from None
 
 
 class TorchServe:
     """TorchServe in the foreground as a child process group."""
 
-    def __init__(self, opts: ServeOptions, workdir: Path):
-        self.opts = opts
+    def __init__(self, model_store: Path, config: Path | None, ports: TorchServePorts, host: str,
+                 workdir: Path, env: dict[str, str] | None = None):
+        self.model_store = Path(model_store)
+        self.config = config
+        self.ports = ports
+        self.host = host
         self.workdir = workdir
+        self.extra_env = dict(env or {})
         self.proc: subprocess.Popen | None = None
         self.stopping = False
-        self.management = f"http://127.0.0.1:{opts.ts_management_port}"
-        self.inference = f"http://127.0.0.1:{opts.ts_inference_port}"
+        self.management = f"http://{LOOPBACK}:{ports.management}"
+        self.inference = f"http://{LOOPBACK}:{ports.inference}"
 
-    def check_ports(self) -> None:
-        """Fail with one clear line before starting anything if a port is taken."""
-        import socket
-
-        o = self.opts
-        ports = [(o.http_port, "0.0.0.0", "--http-port"), (o.grpc_port, "0.0.0.0", "--grpc-port"),
-                 (o.ts_inference_port, "127.0.0.1", "--ts-inference-port"),
-                 (o.ts_management_port, "127.0.0.1", "--ts-management-port"),
-                 (o.ts_metrics_port, "0.0.0.0", "--ts-metrics-port"),
-                 (o.ts_grpc_inference_port, "127.0.0.1", "--ts-grpc-inference-port"),
-                 (o.ts_grpc_management_port, "127.0.0.1", "--ts-grpc-management-port")]
-        for port, host, flag in ports:
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind((host, port))
-                except OSError:
-                    raise FissureError(f"port {port} is already in use; pick another with {flag}") from None
+    def port_checks(self) -> list[tuple[int, str, str]]:
+        p = self.ports
+        return [(p.inference, LOOPBACK, "--ts-inference-port"), (p.management, LOOPBACK, "--ts-management-port"),
+                (p.metrics, self.host, "--ts-metrics-port"),
+                (p.grpc_inference, LOOPBACK, "--ts-grpc-inference-port"),
+                (p.grpc_management, LOOPBACK, "--ts-grpc-management-port")]
 
     def start(self) -> None:
         java = find_java()
-        self.check_ports()
-        config = effective_config(self.opts, self.workdir)
+        config = effective_config(self.config, self.ports, self.model_store, self.host, self.workdir)
         tmp = self.workdir / "tmp"
         logs = self.workdir / "logs"
         tmp.mkdir(parents=True, exist_ok=True)
@@ -186,13 +179,14 @@ class TorchServe:
             "TMPDIR": str(tmp), "TEMP": str(tmp),
             "JAVA_HOME": env.get("JAVA_HOME") or str(Path(java).resolve().parents[1]),
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         })
         env.pop("TS_CONFIG_FILE", None)
         log_config = write_log_config(self.workdir, env["LOG_LOCATION"], env["METRICS_LOCATION"])
         cmd = [sys.executable, "-c", "import sys; from ts.model_server import start; sys.exit(start())",
-               "--start", "--foreground", "--ncs", "--disable-token-auth", "--enable-model-api",
+               "--start", "--foreground", "--ncs", "--disable-token-auth",
                "--log-config", str(log_config),
-               "--model-store", str(Path(self.opts.model_store).resolve()), "--ts-config", str(config)]
+               "--model-store", str(self.model_store.resolve()), "--ts-config", str(config)]
         log.info("starting TorchServe (logs in %s)", env["LOG_LOCATION"])
         self.proc = subprocess.Popen(cmd, env=env, cwd=self.workdir, start_new_session=True)
 
@@ -213,17 +207,14 @@ class TorchServe:
                                        f"see its log above or in {self.logs}")
                 for name in sorted(pending):
                     try:
-                        r = client.get(f"{self.management}/models/{name}")
-                        if r.status_code == 200:
-                            workers = r.json()[0].get("workers", [])
-                            if workers and all(w.get("status") == "READY" for w in workers):
-                                pending.discard(name)
-                    except (httpx.HTTPError, ValueError, IndexError, KeyError):
+                        if workers_ready(client.get(f"{self.management}/models/{name}")):
+                            pending.discard(name)
+                    except httpx.HTTPError:
                         pass
                 if pending:
                     if time.monotonic() > deadline:
                         raise FissureError(f"TorchServe models not ready after {timeout:.0f}s: {sorted(pending)}; "
-                                           f"see {self.workdir / 'logs'}")
+                                           f"see {self.logs}")
                     time.sleep(0.5)
 
     def stop(self, timeout: float = 3.0) -> None:
@@ -243,98 +234,26 @@ class TorchServe:
         log.info("TorchServe stopped")
 
 
+def workers_ready(resp) -> bool:
+    """True when a management `GET /models/<name>` answer lists workers, all READY."""
+    try:
+        workers = resp.json()[0].get("workers", []) if resp.status_code == 200 else []
+    except (ValueError, IndexError, KeyError, AttributeError, TypeError):
+        return False
+    return bool(workers) and all(w.get("status") == "READY" for w in workers)
+
+
+def ping_healthy(resp) -> bool:
+    """True when TorchServe's `/ping` says Healthy (it answers 500 "Unhealthy" otherwise)."""
+    try:
+        return resp.status_code == 200 and resp.json().get("status") == "Healthy"
+    except (ValueError, AttributeError):
+        return False
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
         return True
     except (ProcessLookupError, PermissionError):
         return False
-
-
-def discover(model_store: Path, only: list[str]) -> list[dict]:
-    mars = sorted(Path(model_store).glob("*.mar"))
-    if not mars:
-        raise FissureError(f"no .mar files in {model_store}; run `fissure package` first")
-    found = [read_mar(p) for p in mars]
-    if only:
-        names = {f["served_name"] for f in found}
-        missing = sorted(set(only) - names)
-        if missing:
-            raise FissureError(f"model(s) {missing} not in {model_store} (has {sorted(names)})")
-        found = [f for f in found if f["served_name"] in only]
-    return found
-
-
-def serve(opts: ServeOptions) -> int:
-    """Run until SIGTERM/SIGINT; returns the exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if os.environ.get("FISSURE_ACCESS_LOG", "") in ("", "0", "false"):
-        # one line per request otherwise (front access log, kserve timings, proxied calls)
-        for name in ("httpx", "uvicorn.access", "kserve.trace"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    if not Path(opts.model_store).is_dir():
-        raise FissureError(f"model store {opts.model_store} is not a directory")
-    if opts.config and not Path(opts.config).is_file():
-        raise FissureError(f"config file {opts.config} not found")
-    find_java()
-    mars = discover(Path(opts.model_store), opts.models)
-    owned_workdir = opts.workdir is None
-    workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="fissure-serve-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    ts = TorchServe(opts, workdir)
-    stop_requested = threading.Event()
-
-    def early_stop(sig, _frame):
-        stop_requested.set()
-        raise KeyboardInterrupt
-
-    old = {s: signal.signal(s, early_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        ts.start()
-        ts.wait_ready([m["served_name"] for m in mars], opts.ready_timeout)
-    except KeyboardInterrupt:
-        ts.stop()
-        return 130 if not stop_requested.is_set() else 0
-    except BaseException:
-        ts.stop()
-        raise
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    log.info("TorchServe ready: %s", ", ".join(m["served_name"] for m in mars))
-    code = 0
-    try:
-        code = run_front(opts, ts, mars)
-    finally:
-        ts.stop()
-        if owned_workdir:
-            shutil.rmtree(workdir / "tmp", ignore_errors=True)
-    return code
-
-
-def run_front(opts: ServeOptions, ts: TorchServe, mars: list[dict]) -> int:
-    from fissure.serving.app import build_server
-
-    server, models = build_server(opts, ts, mars)
-    exit_code = {"code": 0}
-
-    def watch():
-        while not server_stopped.is_set():
-            if not ts.alive() and not ts.stopping:
-                log.error("TorchServe exited unexpectedly (code %s); stopping", ts.proc.returncode)
-                exit_code["code"] = 1
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            server_stopped.wait(1.0)
-
-    server_stopped = threading.Event()
-    threading.Thread(target=watch, name="torchserve-watch", daemon=True).start()
-    # Everything imported so far (torch, kserve, mlflow: millions of objects) lives as long as
-    # the process; frozen, the collector stops walking it. Unfrozen, full collections paused
-    # every request in flight for 100-200 ms a few times a minute under load (p99 x2).
-    gc.freeze()
-    try:
-        server.start(models)
-    finally:
-        server_stopped.set()
-    return exit_code["code"]

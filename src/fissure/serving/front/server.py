@@ -1,0 +1,330 @@
+"""The front's servers: REST (FastAPI under uvicorn) and gRPC, bound where we say, drained on stop.
+
+kserve's routers provide the standard endpoints (health, metadata, v1 model list); the routes
+added here first take over inference (our parser and limits), model metadata (versions),
+TorchServe's native ``/predictions`` proxy and the model repository API, which is refused
+(403 / PERMISSION_DENIED) unless ``FISSURE_ENABLE_REPOSITORY_API`` is set: an unauthenticated
+unload would take a model away until restart. Every error goes through
+:func:`fissure.errors.status_of`, the one mapping to HTTP and gRPC statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import grpc
+import orjson
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from fissure.errors import FissureError, InputError, NotFoundError, PayloadTooLarge, PermissionDenied, status_of
+import fissure.serving.front  # noqa: F401 - imports kserve safely first
+from fissure.serving.front.model import FrontModel
+from fissure.serving.front.protocol import Limits, parse_v2_rest
+
+from kserve import errors as kserve_errors  # noqa: E402
+from kserve.model_repository import ModelRepository  # noqa: E402
+from kserve.protocol.dataplane import DataPlane  # noqa: E402
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb  # noqa: E402
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
+from kserve.protocol.grpc.servicer import InferenceServicer  # noqa: E402
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension  # noqa: E402
+from kserve.protocol.rest.v1_endpoints import register_v1_endpoints  # noqa: E402
+from kserve.protocol.rest.v2_endpoints import register_v2_endpoints  # noqa: E402
+
+log = logging.getLogger("fissure.serve")
+REPOSITORY_OFF = "the model repository API is disabled; set FISSURE_ENABLE_REPOSITORY_API=true to allow load/unload"
+
+
+class FrontDataPlane(DataPlane):
+    """kserve's data plane, with model versions in metadata and readiness that means serving."""
+
+    def __init__(self, model_registry: ModelRepository):
+        super().__init__(model_registry)
+        self.draining = False
+
+    async def model_metadata(self, model_name: str) -> dict:
+        return self.get_model_from_registry(model_name).metadata()
+
+    async def ready(self) -> bool:
+        models = self._model_registry.get_models().values()
+        return not self.draining and bool(models) and all(m.ready for m in models)
+
+
+class FrontServicer(InferenceServicer):
+    """kserve's v2 gRPC service with our error mapping, versions, and the repository switch."""
+
+    def __init__(self, data_plane, repository, repository_enabled: bool):
+        super().__init__(data_plane, repository)
+        self._repository_enabled = repository_enabled
+
+    async def ModelMetadata(self, request, context):
+        return await _guard(context, self._metadata, request)
+
+    async def _metadata(self, request):
+        m = await self._data_plane.model_metadata(model_name=request.name)
+        return pb.ModelMetadataResponse(name=m["name"], versions=m["versions"], platform=m["platform"],
+                                        inputs=m["inputs"], outputs=m["outputs"])
+
+    async def ModelInfer(self, request, context):
+        return await _guard(context, lambda r: InferenceServicer.ModelInfer(self, r, context), request)
+
+    async def RepositoryModelLoad(self, request, context):
+        return await _guard(context, self._repository(InferenceServicer.RepositoryModelLoad, context), request)
+
+    async def RepositoryModelUnload(self, request, context):
+        return await _guard(context, self._repository(InferenceServicer.RepositoryModelUnload, context), request)
+
+    def _repository(self, method, context):
+        async def call(request):
+            if not self._repository_enabled:
+                raise PermissionDenied(REPOSITORY_OFF)
+            return await method(self, request, context)
+        return call
+
+
+async def _guard(context, fn: Callable[..., Awaitable], request):
+    try:
+        return await fn(request)
+    except Exception as exc:  # noqa: BLE001 - mapped to a status, never a traceback on the wire
+        http, code, message = status_of(exc)
+        if http >= 500 and not isinstance(exc, FissureError):
+            log.exception("gRPC %s failed", type(request).__name__)
+        await context.abort(getattr(grpc.StatusCode, code), message)
+
+
+def _error(exc: Exception) -> JSONResponse:
+    http, _, message = status_of(exc)
+    if http >= 500 and not isinstance(exc, FissureError):
+        log.error("request failed: %s: %s", type(exc).__name__, exc)
+    return JSONResponse(status_code=http, content={"error": message})
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a body over ``limit`` bytes with 413 before it is all read."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise PayloadTooLarge(self._reason())
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except PayloadTooLarge:
+            await self._refuse(send)
+
+    def _reason(self) -> str:
+        return f"request body over {self.limit} bytes (FISSURE_MAX_BODY_BYTES)"
+
+    async def _refuse(self, send):
+        body = orjson.dumps({"error": self._reason()})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def build_app(dataplane: FrontDataPlane, repository: ModelRepositoryExtension, repository_enabled: bool,
+              proxy: Callable[[str, str, bytes, str], Awaitable[Response]] | None, limits: Limits) -> FastAPI:
+    app = FastAPI(title="fissure inference", docs_url=None, redoc_url=None)
+
+    def model(name: str) -> FrontModel:
+        m = dataplane.model_registry.get_model(name)
+        if m is None:
+            raise NotFoundError(f"model {name!r} is not served here")
+        return m
+
+    async def answer(model_name: str, result, headers) -> Response:
+        result, res_headers = dataplane.encode(model_name=model_name, response=result, headers=headers,
+                                               req_attributes={})
+        if isinstance(result, bytes):
+            return Response(content=result, headers=res_headers, media_type="application/octet-stream")
+        return _json(result, res_headers)
+
+    @app.get("/v2/models/{model_name}", include_in_schema=False)
+    async def v2_metadata(model_name: str):
+        return model(model_name).metadata()
+
+    @app.post("/v2/models/{model_name}/infer", include_in_schema=False)
+    @app.post("/v2/models/{model_name}/versions/{model_version}/infer", include_in_schema=False)
+    async def v2_infer(model_name: str, request: Request, model_version: str | None = None):
+        m = model(model_name)
+        if model_version is not None and model_version != m.version:
+            raise NotFoundError(f"model {model_name!r} version {model_version!r} is not served (serving {m.version})")
+        headers = dict(request.headers)
+        infer_request = parse_v2_rest(await request.body(), headers, model_name)
+        result, _ = await dataplane.infer(model_name=model_name, request=infer_request, headers=headers)
+        return await answer(model_name, result, headers)
+
+    @app.get("/v1/models/{model_name}", include_in_schema=False)
+    async def v1_model(model_name: str):
+        m = model(model_name)
+        return {"name": m.name, "ready": bool(m.ready), "versions": [m.version],
+                "platform": m.platform, **m.metadata()["parameters"]}
+
+    async def v1_body(request: Request):
+        body = await request.body()
+        ctype = request.headers.get("content-type", "")
+        if "json" in ctype or body[:1].lstrip() in (b"{", b"["):
+            try:
+                return orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(f"malformed JSON: {exc}") from None
+        return body
+
+    @app.post("/v1/models/{model_name}:predict", include_in_schema=False)
+    async def v1_predict(model_name: str, request: Request):
+        model(model_name)
+        result, _ = await dataplane.infer(model_name=model_name, request=await v1_body(request),
+                                          headers=dict(request.headers))
+        return _json(result)
+
+    @app.post("/v1/models/{model_name}:explain", include_in_schema=False)
+    async def v1_explain(model_name: str, request: Request):
+        model(model_name)
+        result, _ = await dataplane.explain(model_name=model_name, request=await v1_body(request),
+                                            headers=dict(request.headers))
+        return _json(result)
+
+    @app.post("/v2/repository/models/{model_name}/load", include_in_schema=False)
+    @app.post("/v2/repository/models/{model_name}/unload", include_in_schema=False)
+    async def v2_repository(model_name: str, request: Request):
+        if not repository_enabled:
+            raise PermissionDenied(REPOSITORY_OFF)
+        if request.url.path.endswith("/load"):
+            await repository.load(model_name)
+            return {"name": model_name, "load": True}
+        await repository.unload(model_name)
+        return {"name": model_name, "unload": True}
+
+    if proxy is not None:
+        @app.post("/predictions/{model_name}", include_in_schema=False)
+        @app.post("/explanations/{model_name}", include_in_schema=False)
+        async def native(model_name: str, request: Request):
+            model(model_name)
+            kind = request.url.path.split("/")[1]
+            ctype = request.headers.get("content-type") or "application/octet-stream"
+            return await proxy(kind, model_name, await request.body(), ctype)
+
+    async def validation(_req, exc: RequestValidationError):
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            return _error(InputError(f"malformed JSON: {msg}"))
+        return _error(InputError(f"invalid request{' at ' + where if where else ''}: {msg}"))
+
+    async def any_error(_req, exc: Exception):
+        return _error(exc)
+
+    app.add_exception_handler(RequestValidationError, validation)
+    for exc_type in (FissureError, kserve_errors.InvalidInput, kserve_errors.ModelNotFound,
+                     kserve_errors.ModelNotReady, kserve_errors.InferenceError, Exception):
+        app.add_exception_handler(exc_type, any_error)
+    register_v1_endpoints(app, dataplane, repository)
+    register_v2_endpoints(app, dataplane, repository)
+    app.add_api_route("/", dataplane.live, include_in_schema=False)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    return app
+
+
+class FrontServer:
+    """REST and gRPC on ``host``; ``run`` returns the exit code when stopped or when a watched
+    dependency fails (``watch`` returns a reason to stop)."""
+
+    def __init__(self, models: list[FrontModel], host: str, http_port: int, grpc_port: int, *,
+                 repository_enabled: bool = False, limits: Limits | None = None, drain_seconds: float = 10.0,
+                 grpc_threads: int = 8, proxy=None, background: Callable[[], Awaitable[str | None]] | None = None):
+        self.models = models
+        self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
+        self.limits = limits or Limits.from_settings()
+        self.drain_seconds = drain_seconds
+        self.grpc_threads = grpc_threads
+        self.background = background
+        self.registry = ModelRepository()
+        for m in models:
+            self.registry.update(m)
+        self.dataplane = FrontDataPlane(self.registry)
+        self.repository = ModelRepositoryExtension(model_registry=self.registry)
+        self.repository_enabled = repository_enabled
+        self.app = build_app(self.dataplane, self.repository, repository_enabled, proxy, self.limits)
+        self.exit_code = 0
+
+    async def _grpc(self) -> grpc.aio.Server:
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", self.limits.max_body_bytes),
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+        ])
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            FrontServicer(self.dataplane, self.repository, self.repository_enabled), server)
+        if server.add_insecure_port(f"{_grpc_host(self.host)}:{self.grpc_port}") == 0:
+            raise FissureError(f"cannot listen on {self.host}:{self.grpc_port} (gRPC)")
+        await server.start()
+        return server
+
+    async def serve(self) -> int:
+        config = uvicorn.Config(self.app, host=self.host, port=self.http_port, log_config=None,
+                                timeout_graceful_shutdown=max(1, int(self.drain_seconds)),
+                                timeout_keep_alive=65, lifespan="off")
+        rest = uvicorn.Server(config)
+        rest.install_signal_handlers = lambda: None  # uvicorn < 0.29
+        grpc_server = await self._grpc()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.ensure_future(rest._serve()) if hasattr(rest, "_serve") else asyncio.ensure_future(rest.serve())]
+        if self.background is not None:
+            async def watched():
+                reason = await self.background()
+                if reason:
+                    log.error("%s; stopping", reason)
+                    self.exit_code = 1
+                    stop.set()
+            tasks.append(asyncio.ensure_future(watched()))
+        log.info("fissure front: REST http://%s:%d, gRPC %s:%d, models %s", self.host, self.http_port,
+                 self.host, self.grpc_port, ", ".join(m.name for m in self.models))
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([tasks[0], stopper], return_when=asyncio.FIRST_COMPLETED)
+        # Drain: readiness turns false at once, in-flight requests get drain_seconds.
+        self.dataplane.draining = True
+        log.info("draining for up to %.0fs", self.drain_seconds)
+        rest.should_exit = True
+        await asyncio.gather(grpc_server.stop(self.drain_seconds), tasks[0], return_exceptions=True)
+        for t in tasks[1:] + [stopper]:
+            t.cancel()
+        for m in self.models:
+            close = getattr(m, "close", None)
+            if close is not None:
+                await close()
+        return self.exit_code
+
+
+def _json(content, headers=None) -> Response:
+    return Response(content=orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), headers=headers,
+                    media_type="application/json")
+
+
+def _grpc_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
