@@ -2,15 +2,22 @@
 
 ``up``: make sure both registered models have a ``champion`` (else run ``dvc repro``), package
 the champions into ``.fissure/serving/`` (again only when a champion's version changed), write
-the Procfile (MLflow server + ``fissure serve``), print the URLs and a curl example, then run
-honcho in the foreground (Ctrl-C stops everything) or detached (``--detach``: pid file
-``.fissure/stack.pid``, logs in ``.fissure/logs/``; ``fissure down`` stops it).
+the Procfile (MLflow server + ``fissure serve`` with the chosen host and runtime), print the
+URLs and a curl example, then run honcho in the foreground (Ctrl-C stops everything) or
+detached (``--detach``: pid file ``.fissure/stack.pid``, logs in ``.fissure/logs/``, progress
+printed until the stack is ready; ``fissure down`` stops it).
+
+The stack binds to loopback unless told otherwise (``--host`` / ``FISSURE_HOST``). It only
+launches processes: it imports nothing of the serving front.
 """
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -18,16 +25,19 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from fissure import MODEL_NAMES
-from fissure.errors import FissureError, NotFoundError
-from fissure.settings import PORTS, artifact_root, state_dir, tracking_uri
+from fissure.errors import ConfigError, FissureError, NotFoundError, UsageError
+from fissure.settings import LOOPBACK, PORTS, artifact_root, settings, state_dir, tracking_uri
 
 CHAMPION = "champion"
+WILDCARDS = ("0.0.0.0", "::")
 
 
 @dataclass
@@ -35,7 +45,8 @@ class StackOptions:
     http_port: int = PORTS["inference_rest"]
     grpc_port: int = PORTS["inference_grpc"]
     mlflow_port: int = PORTS["mlflow"]
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
+    runtime: str = "torchserve"
     batch_size: int = 8
     max_batch_delay: int = 10
     ready_timeout: float = 600.0
@@ -119,6 +130,89 @@ def package_champions(found: dict[str, dict], opts: StackOptions, echo=print) ->
     return out
 
 
+
+
+# The internal TorchServe ports and the variables `fissure serve` reads them from (settings()
+# has no fields for them).
+TS_PORT_VARS = {
+    "torchserve_inference": "FISSURE_TS_INFERENCE_PORT",
+    "torchserve_management": "FISSURE_TS_MANAGEMENT_PORT",
+    "torchserve_metrics": "FISSURE_TS_METRICS_PORT",
+    "torchserve_grpc_inference": "FISSURE_TS_GRPC_INFERENCE_PORT",
+    "torchserve_grpc_management": "FISSURE_TS_GRPC_MANAGEMENT_PORT",
+}
+
+
+def ts_port(key: str) -> int:
+    """An internal TorchServe port as `fissure serve` will use it (its variable, else PORTS)."""
+    var = TS_PORT_VARS[key]
+    value = os.environ.get(var)
+    if not value:
+        return PORTS[key]
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ConfigError(f"{var}={value!r}: not a port number")
+    return int(value)
+
+
+def is_wildcard(host: str) -> bool:
+    return host in WILDCARDS
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def client_host(host: str) -> str:
+    """Where a client on this machine reaches a stack bound to ``host``."""
+    return LOOPBACK if host == "0.0.0.0" else "::1" if host == "::" else host
+
+
+def stack_ports(opts: StackOptions) -> list[tuple[int, str, str]]:
+    """(port, bind address, what) of every port the stack will open."""
+    ports = [(opts.http_port, opts.host, "inference REST"), (opts.grpc_port, opts.host, "inference gRPC"),
+             (opts.mlflow_port, opts.host, "MLflow")]
+    if opts.runtime == "torchserve":
+        ports += [(ts_port("torchserve_metrics"), opts.host, "TorchServe metrics"),
+                  (ts_port("torchserve_inference"), LOOPBACK, "TorchServe inference"),
+                  (ts_port("torchserve_management"), LOOPBACK, "TorchServe management"),
+                  (ts_port("torchserve_grpc_inference"), LOOPBACK, "TorchServe gRPC inference"),
+                  (ts_port("torchserve_grpc_management"), LOOPBACK, "TorchServe gRPC management")]
+    return ports
+
+
+def _port_free(port: int, host: str) -> bool:
+    """Whether ``host:port`` can be bound now; an address this machine does not have is a usage error."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+            return True
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise UsageError(f"--host {host}: cannot listen there ({exc.strerror})") from None
+
+
+def check_ports(opts: StackOptions) -> None:
+    for port, host, what in stack_ports(opts):
+        if not _port_free(port, host):
+            raise FissureError(f"port {port} ({what}) is already in use on {host}; "
+                               f"stop what uses it (`fissure down`?)")
+
+
 def procfile(opts: StackOptions, serving: Path) -> Path:
     home = state_dir()
     fissure = shutil.which("fissure") or str(Path(sys.executable).with_name("fissure"))
@@ -126,51 +220,29 @@ def procfile(opts: StackOptions, serving: Path) -> Path:
     q = shlex.quote
     lines = [
         f"mlflow: exec {q(mlflow)} server --backend-store-uri {q(tracking_uri())} "
-        f"--default-artifact-root {q(artifact_root())} --host {opts.host} --port {opts.mlflow_port} --workers 1",
+        f"--default-artifact-root {q(artifact_root())} --host {q(opts.host)} --port {opts.mlflow_port} --workers 1",
         f"serve: exec {q(fissure)} serve --model-store {q(str(serving / 'model-store'))} "
-        f"--config {q(str(serving / 'config' / 'config.properties'))} --http-port {opts.http_port} "
-        f"--grpc-port {opts.grpc_port} --workdir {q(str(home / 'serve'))}",
+        f"--config {q(str(serving / 'config' / 'config.properties'))} --host {q(opts.host)} "
+        f"--runtime {q(opts.runtime)} --http-port {opts.http_port} --grpc-port {opts.grpc_port} "
+        f"--workdir {q(str(home / 'serve'))}",
     ]
     path = home / "Procfile"
     path.write_text("# written by `fissure up`; do not edit\n" + "\n".join(lines) + "\n")
     return path
 
 
-def pid_file() -> Path:
-    return state_dir() / "stack.pid"
-
-
-def _port_free(port: int, host: str = "0.0.0.0") -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
-def running_pid() -> int | None:
-    path = pid_file()
-    try:
-        pid = int(path.read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
-
-
 def banner(opts: StackOptions) -> str:
-    rest = f"http://{opts.host}:{opts.http_port}"
-    metrics = int(os.environ.get("FISSURE_TS_METRICS_PORT") or PORTS["torchserve_metrics"])
-    url_flag = "" if opts.http_port == PORTS["inference_rest"] else f" --url {rest}"
+    shown = _url_host(opts.host)
+    rest = f"http://{_url_host(client_host(opts.host))}:{opts.http_port}"
+    url_flag = "" if rest == settings().url else f" --url {rest}"
+    metrics = (f"  TorchServe metrics             http://{shown}:{ts_port('torchserve_metrics')}/metrics\n"
+               if opts.runtime == "torchserve" else "")
     return f"""
-fissure stack
-  inference REST (KServe v1/v2)  {rest}
-  inference gRPC (KServe v2)     {opts.host}:{opts.grpc_port}
-  TorchServe metrics             http://127.0.0.1:{metrics}/metrics
-  MLflow                         http://{opts.host}:{opts.mlflow_port}
-
+fissure stack (runtime {opts.runtime})
+  inference REST (KServe v1/v2)  http://{shown}:{opts.http_port}
+  inference gRPC (KServe v2)     {shown}:{opts.grpc_port}
+{metrics}  MLflow                         http://{shown}:{opts.mlflow_port}
+{exposure_warning(opts.host)}
 try it (any JPEG/PNG):
   fissure predict image.jpg{url_flag}
   curl -s {rest}/v1/models/crack-classifier:predict -H 'Content-Type: application/json' \\
@@ -180,20 +252,281 @@ try it (any JPEG/PNG):
 """
 
 
-def up(opts: StackOptions, detach: bool = False, echo=print) -> int:
-    from fissure.serving.server import find_java
+def exposure_warning(host: str) -> str:
+    """A warning line (with its newline) when ``host`` is reachable from other machines, else ''."""
+    if is_loopback(host):
+        return ""
+    where = "all interfaces" if is_wildcard(host) else host
+    return (f"  WARNING: listening on {where}: anyone who can reach this machine can call the models "
+            f"and MLflow, without authentication\n")
 
-    if running_pid():
-        raise FissureError(f"a detached stack is already running (pid {running_pid()}); `fissure down` first")
-    find_java()
-    env_port = lambda var, default: int(os.environ.get(var) or default)  # noqa: E731 - fissure serve reads the same
-    for port, what in ((opts.http_port, "inference REST"), (opts.grpc_port, "inference gRPC"),
-                       (opts.mlflow_port, "MLflow"),
-                       (env_port("FISSURE_TS_INFERENCE_PORT", 8083), "TorchServe inference"),
-                       (env_port("FISSURE_TS_MANAGEMENT_PORT", PORTS["torchserve_management"]), "TorchServe management"),
-                       (env_port("FISSURE_TS_METRICS_PORT", PORTS["torchserve_metrics"]), "TorchServe metrics")):
-        if not _port_free(port):
-            raise FissureError(f"port {port} ({what}) is already in use; stop what uses it (`fissure down`?)")
+
+# --- pid files -----------------------------------------------------------------------------
+# A pid alone can name another process once ours is gone (pids are reused), so the stack's
+# pid file also records the process's start time and command line; nothing is signalled
+# unless the live process still matches them.
+
+
+def pid_file() -> Path:
+    return state_dir() / "stack.pid"
+
+
+def _identity(pid: int) -> dict | None:
+    """Start time and command line of a live pid, None when it is gone."""
+    try:
+        proc = psutil.Process(pid)
+        return {"pid": pid, "started": proc.create_time(), "cmdline": proc.cmdline()}
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+def write_pid_file(pid: int) -> None:
+    found = _identity(pid)
+    if found is None:
+        raise FissureError(f"the stack (pid {pid}) exited as it started; see {state_dir() / 'logs'}")
+    pid_file().write_text(json.dumps(found) + "\n")
+
+
+@dataclass
+class PidCheck:
+    """What the pid file names: ``running`` (our stack), ``none`` (no file), ``stale`` (its
+    process is gone) or ``foreign`` (its pid is now another process, or cannot be verified)."""
+
+    state: str
+    pid: int | None = None
+    detail: str = ""
+
+
+def check_pid_file() -> PidCheck:
+    try:
+        text = pid_file().read_text()
+    except FileNotFoundError:
+        return PidCheck("none")
+    try:
+        recorded = json.loads(text)
+        pid = int(recorded["pid"])
+    except (ValueError, TypeError, KeyError):
+        recorded = None
+        pid = int(text) if text.strip().isdigit() else None  # an older fissure wrote the bare pid
+    if pid is None:
+        return PidCheck("stale")
+    try:
+        now = _identity(pid)
+    except psutil.AccessDenied:
+        return PidCheck("foreign", pid, "it is another user's process")
+    if now is None:
+        return PidCheck("stale", pid)
+    if recorded is None:
+        return PidCheck("foreign", pid, "the pid file does not say which process it was")
+    started = recorded.get("started")
+    # create_time() derives from the boot time, in whole seconds: compare to the second
+    if (not isinstance(started, (int, float)) or abs(now["started"] - started) > 1.0
+            or now["cmdline"] != recorded.get("cmdline")):
+        return PidCheck("foreign", pid, f"it is now another process (`{shlex.join(now['cmdline'])[:60]}`)")
+    return PidCheck("running", pid)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of the group still runs (a zombie only waits for its parent to reap it)."""
+    if not _signal_group(pgid, 0):
+        return False
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except ProcessLookupError:
+            continue
+    return False
+
+
+def _stop_group(pgid: int, timeout: float) -> None:
+    """SIGTERM a process group, SIGKILL it if it outlives ``timeout`` seconds."""
+    if pgid == os.getpgrp():  # never our own group (a pid file can only name another one)
+        raise FissureError(f"refusing to signal process group {pgid}: it is fissure's own")
+    if not _signal_group(pgid, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _group_running(pgid):
+            return
+        time.sleep(0.2)
+    _signal_group(pgid, signal.SIGKILL)
+
+
+def _reap_torchserve() -> bool:
+    """Safety net: stop a TorchServe left behind by a killed `fissure serve` of this stack.
+
+    TorchServe writes its java pid to ``<serve workdir>/tmp/.model_server.pid``. That process
+    (with its group: the launcher and the Python workers) is stopped only when it is still a
+    TorchServe whose temp dir is this one, that started before the pid file was written, and
+    that no live `fissure serve` of this workdir supervises any more.
+    """
+    pid_path = state_dir() / "serve" / "tmp" / ".model_server.pid"
+    try:
+        pid = int(pid_path.read_text().strip())
+        written = pid_path.stat().st_mtime
+        found = _identity(pid)
+        ours = (found is not None and "org.pytorch.serve.ModelServer" in found["cmdline"]
+                and f"-Djava.io.tmpdir={pid_path.parent}" in found["cmdline"]
+                and found["started"] <= written + 1.0)
+        if ours and any(str(pid_path.parent.parent) in p.cmdline() for p in psutil.Process(pid).parents()):
+            return False  # a running stack's own TorchServe, not a leftover
+    except (OSError, ValueError, psutil.Error):
+        return False
+    if not ours:
+        pid_path.unlink(missing_ok=True)
+        return False
+    try:
+        _stop_group(os.getpgid(pid), timeout=5.0)
+    except ProcessLookupError:
+        pass
+    pid_path.unlink(missing_ok=True)
+    return True
+
+
+# --- readiness -----------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    """One thing a detached start waits for: ``url`` answers and ``ready`` accepts the answer."""
+
+    what: str
+    url: str
+    ready: Callable[[httpx.Response], bool] = lambda r: r.status_code == 200
+
+
+def _workers_ready(r: httpx.Response) -> bool:
+    """TorchServe's describe-model answer: every worker of the model is READY."""
+    try:
+        workers = r.json()[0]["workers"] if r.status_code == 200 else []
+    except (ValueError, LookupError, TypeError):
+        return False
+    return bool(workers) and all(w.get("status") == "READY" for w in workers)
+
+
+def readiness_checks(opts: StackOptions) -> list[Check]:
+    """MLflow, then (TorchServe runtime) each model's workers, then the inference front."""
+    host = _url_host(client_host(opts.host))
+    checks = [Check("MLflow", f"http://{host}:{opts.mlflow_port}/health")]
+    if opts.runtime == "torchserve":
+        mgmt = f"http://{LOOPBACK}:{ts_port('torchserve_management')}"
+        checks += [Check(f"TorchServe workers of {name}", f"{mgmt}/models/{name}", _workers_ready)
+                   for name in MODEL_NAMES.values()]
+    checks.append(Check("the inference front", f"http://{host}:{opts.http_port}/v2/health/ready"))
+    return checks
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def last_log_line(path: Path, width: int = 120) -> str:
+    """The last non-blank line of a log (its last carriage-return segment, no colours), shortened."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    for line in reversed(tail.splitlines()):
+        line = _ANSI.sub("", line.split("\r")[-1]).strip()
+        if line:
+            return line if len(line) <= width else line[: width - 3] + "..."
+    return ""
+
+
+class WaitReport:
+    """Progress of a detached start: a live status line on a terminal; otherwise plain lines,
+    printed when the state or the log's last line changes and at least every ``every`` seconds."""
+
+    def __init__(self, echo: Callable[[str], object], live: bool = False, every: float = 5.0):
+        self.echo, self.every = echo, every
+        self.status = None
+        if live:
+            from rich.console import Console
+
+            self.console = Console(highlight=False)
+            self.status = self.console.status("starting", spinner="dots")
+            self.status.start()
+        self.last: tuple[tuple, float] | None = None
+
+    def ready(self, what: str, elapsed: float) -> None:
+        self._print(f">> {what} ready ({elapsed:.0f}s)")
+
+    def waiting(self, pending: list[str], elapsed: float, log_line: str) -> None:
+        text = f"waiting for {', '.join(pending)} ({elapsed:.0f}s)" + (f" | {log_line}" if log_line else "")
+        if self.status is not None:
+            from rich.text import Text
+
+            self.status.update(Text(text))  # log lines are not rich markup
+            return
+        key = (tuple(pending), log_line)
+        if self.last is None or self.last[0] != key or elapsed - self.last[1] >= self.every:
+            self.echo("   " + text)
+            self.last = (key, elapsed)
+
+    def _print(self, line: str) -> None:
+        if self.status is not None:
+            self.console.print(line, markup=False)
+        else:
+            self.echo(line)
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+
+def wait_ready(proc: subprocess.Popen, checks: list[Check], log_path: Path, timeout: float,
+               report: WaitReport) -> None:
+    """Poll ``checks`` once a second until all pass, reporting progress; fail if ``proc`` exits
+    or ``timeout`` seconds pass."""
+    start = time.monotonic()
+    pending = list(checks)
+    with httpx.Client(timeout=2.0) as client:
+        while pending:
+            elapsed = time.monotonic() - start
+            if proc.poll() is not None:
+                raise FissureError(f"the stack exited (code {proc.returncode}) before it was ready; "
+                                   f"last log line: {last_log_line(log_path) or '(none)'}; see {log_path}")
+            if elapsed > timeout:
+                raise FissureError(f"the stack is not ready after {timeout:.0f}s (still waiting for "
+                                   f"{', '.join(c.what for c in pending)}); see {log_path} (`fissure down` stops it)")
+            for check in list(pending):
+                try:
+                    ok = check.ready(client.get(check.url))
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    pending.remove(check)
+                    report.ready(check.what, elapsed)
+            if pending:
+                report.waiting([c.what for c in pending], elapsed, last_log_line(log_path))
+                time.sleep(1.0)
+
+
+# --- up / down -----------------------------------------------------------------------------
+
+
+def up(opts: StackOptions, detach: bool = False, echo=print, live: bool = False) -> int:
+    """Start the stack; ``live`` shows the detached wait as a status line (a terminal)."""
+    running = check_pid_file()
+    if running.state == "running":
+        raise FissureError(f"a detached stack is already running (pid {running.pid}); `fissure down` first")
+    pid_file().unlink(missing_ok=True)
+    if opts.runtime == "torchserve":
+        from fissure.serving.torchserve import find_java
+
+        find_java()
+    check_ports(opts)
     found = ensure_champions(echo)
     serving = package_champions(found, opts, echo)
     proc_path = procfile(opts, serving)
@@ -214,75 +547,37 @@ def up(opts: StackOptions, detach: bool = False, echo=print) -> int:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(honcho, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-    pid_file().write_text(str(proc.pid))
+    write_pid_file(proc.pid)
     echo(f">> stack starting in the background (pid {proc.pid}, log {log_path})")
-    deadline = time.monotonic() + opts.ready_timeout
-    pending = [f"http://{opts.host}:{opts.http_port}/v2/health/ready", f"http://{opts.host}:{opts.mlflow_port}/health"]
-    while time.monotonic() < deadline:
+    report = WaitReport(echo, live=live)
+    try:
+        wait_ready(proc, readiness_checks(opts), log_path, opts.ready_timeout, report)
+    except FissureError:
         if proc.poll() is not None:
             pid_file().unlink(missing_ok=True)
             _reap_torchserve()
-            raise FissureError(f"the stack exited (code {proc.returncode}); see {log_path}")
-        try:
-            if httpx.get(pending[0], timeout=2).status_code == 200:
-                pending.pop(0)
-        except httpx.HTTPError:
-            pass
-        if not pending:
-            echo(banner(opts) + "\n`fissure down` (or `make down`) stops it.")
-            return 0
-        time.sleep(1)
-    raise FissureError(f"the stack is not ready after {opts.ready_timeout:.0f}s; see {log_path} (`fissure down` stops it)")
-
-
-def down(timeout: float = 30.0, echo=print) -> int:
-    pid = running_pid()
-    if pid is None:
-        pid_file().unlink(missing_ok=True)
-        reaped = _reap_torchserve()
-        echo("no detached stack is running" + (" (stopped a leftover TorchServe)" if reaped else ""))
-        return 0
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.3)
-    else:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    _reap_torchserve()
-    pid_file().unlink(missing_ok=True)
-    echo(f"stopped the stack (pid {pid})")
+        raise
+    finally:
+        report.close()
+    echo(banner(opts) + "\n`fissure down` (or `make down`) stops it.")
     return 0
 
 
-def _reap_torchserve() -> bool:
-    """Safety net: stop a TorchServe left behind by a killed `fissure serve` of this stack."""
-    pid_path = state_dir() / "serve" / "tmp" / ".model_server.pid"
-    try:
-        pid = int(pid_path.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False
-    try:
-        import psutil
-
-        if "org.pytorch.serve.ModelServer" not in " ".join(psutil.Process(pid).cmdline()):
-            return False
-    except Exception:  # noqa: BLE001 - without psutil, trust our own pid file
-        pass
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return True
-        time.sleep(3)
-    return True
+def down(timeout: float = 30.0, echo=print) -> int:
+    found = check_pid_file()
+    if found.state != "running":
+        pid_file().unlink(missing_ok=True)
+        reaped = " (stopped a leftover TorchServe)" if _reap_torchserve() else ""
+        if found.state == "foreign":
+            echo(f"left pid {found.pid} alone: {pid_file()} named it but {found.detail}; "
+                 f"removed the pid file{reaped}")
+        else:
+            stale = " (removed a stale pid file)" if found.state == "stale" else ""
+            echo("no detached stack is running" + stale + reaped)
+        return 0
+    # honcho was started in a session of its own: its pid is the group of every stack process
+    _stop_group(found.pid, timeout)
+    _reap_torchserve()
+    pid_file().unlink(missing_ok=True)
+    echo(f"stopped the stack (pid {found.pid})")
+    return 0
