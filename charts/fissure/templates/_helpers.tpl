@@ -168,3 +168,59 @@ tag falls back to the chart's appVersion. Call with (dict "image" .Values.x.imag
 {{- define "fissure.containerSecurityContext" -}}
 {{- toYaml .Values.containerSecurityContext -}}
 {{- end -}}
+
+{{/* Name of the ServingRuntime the InferenceServices use (serving.runtime). */}}
+{{- define "fissure.servingRuntimeName" -}}
+{{- index .Values.servingRuntime.names .Values.serving.runtime -}}
+{{- end -}}
+
+{{/* Metrics port of a runtime ("torchserve" or "inprocess"): TorchServe's, or the front's REST port. */}}
+{{- define "fissure.metricsPort" -}}
+{{- if eq . "torchserve" -}}8082{{- else -}}8080{{- end -}}
+{{- end -}}
+
+{{/*
+A probe of the front's REST port. Call with (dict "path" "/v2/health/ready" "probe" <values>
+"exec" bool); exec runs the same HTTP check inside the container (the image has no curl).
+*/}}
+{{- define "fissure.probe" -}}
+{{- if .exec -}}
+exec:
+  command:
+    - python
+    - -c
+    - import urllib.request as u; u.urlopen('http://127.0.0.1:8080{{ .path }}', timeout={{ .probe.timeoutSeconds }})
+{{- else -}}
+httpGet:
+  path: {{ .path }}
+  port: 8080
+{{- end }}
+periodSeconds: {{ .probe.periodSeconds }}
+timeoutSeconds: {{ .probe.timeoutSeconds }}
+failureThreshold: {{ .probe.failureThreshold }}
+{{- end -}}
+
+{{/*
+Orderings the serving values must keep; fails with a message that names the values.
+- The front's TorchServe timeout is shorter than the route's and KServe's, so a slow call
+  ends with the server's own 504, not a gateway's cut mid-way.
+- Standard mode: the grace period covers the preStop sleep and the drain, so the kubelet
+  never SIGKILLs a pod that is still finishing requests.
+*/}}
+{{- define "fissure.checkServingValues" -}}
+{{- $sr := .Values.servingRuntime -}}
+{{- $backend := int $sr.backendTimeoutSeconds -}}
+{{- if and (ne .Values.route.type "none") (le (int .Values.route.timeoutSeconds) $backend) -}}
+{{- fail (printf "route.timeoutSeconds (%d) must be greater than servingRuntime.backendTimeoutSeconds (%d): the gateway would cut requests the server is still waiting on" (int .Values.route.timeoutSeconds) $backend) -}}
+{{- end -}}
+{{- range $name := include "fissure.enabledModels" . | fromJsonArray -}}
+{{- $timeout := int (index $.Values.models $name).timeout -}}
+{{- if le $timeout $backend -}}
+{{- fail (printf "models.%s.timeout (%d) must be greater than servingRuntime.backendTimeoutSeconds (%d)" $name $timeout $backend) -}}
+{{- end -}}
+{{- end -}}
+{{- $sd := $sr.shutdown -}}
+{{- if and (ne .Values.kserve.deploymentMode "Knative") (le (int $sd.terminationGracePeriodSeconds) (add (int $sd.preStopSleepSeconds) (int $sd.drainSeconds))) -}}
+{{- fail (printf "servingRuntime.shutdown.terminationGracePeriodSeconds (%d) must be greater than preStopSleepSeconds (%d) + drainSeconds (%d), or the kubelet kills pods mid-drain" (int $sd.terminationGracePeriodSeconds) (int $sd.preStopSleepSeconds) (int $sd.drainSeconds)) -}}
+{{- end -}}
+{{- end -}}
