@@ -1,6 +1,7 @@
 """`make up` end to end, as a newcomer runs it: in a fresh clone with no trained model,
 `fissure up --detach` runs the DVC pipeline, packages both champions, serves them next to an
-MLflow server; `fissure predict` gets answers over REST and gRPC; `fissure down` stops it all.
+MLflow server on loopback only, printing what it waits for; `fissure predict` gets answers over
+REST and gRPC; `fissure down` stops it all.
 (The pipeline is the tiny one of tests/conftest.py so this takes about two minutes.)
 """
 
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -32,10 +34,19 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _listening(port: int) -> bool:
+def _listening(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
+
+
+def _other_ipv4() -> str | None:
+    """An IPv4 address of this machine that is not loopback (None when it has none)."""
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return a.address
+    return None
 
 
 def _run(args, cwd, env, timeout=120):
@@ -56,6 +67,15 @@ def test_up_trains_packages_serves_and_down_stops_everything(pipeline_copy, imag
         assert "running `dvc repro`" in out  # no champion yet: the pipeline trained both models
         assert "packaging crack-classifier v1 (champion)" in out and "packaging crack-segmenter v1" in out
         assert f"http://127.0.0.1:{http}" in out and "curl -s" in out  # the banner with examples
+        assert "WARNING: listening on" not in out  # loopback: nothing to warn about
+        # the detached wait said what it waited for, and when each part came up
+        assert "   waiting for " in out
+        for part in ("MLflow", "TorchServe workers of crack-classifier", "TorchServe workers of crack-segmenter",
+                     "the inference front"):
+            assert f">> {part} ready (" in out, part
+        other = _other_ipv4()
+        if other:  # bound to loopback only, as printed
+            assert not any(_listening(port, other) for port in (http, grpc, mlflow, ts_met))
 
         assert httpx.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=10).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{mlflow}/health", timeout=10).status_code == 200
