@@ -121,8 +121,23 @@ def test_weights_of_another_architecture_are_a_clear_error(tmp_path):
         model_io.load_model(str(path))
 
 
+def test_logged_model_uri_from_log_model_loads(tmp_path):
+    """log_model's own URI (MLflow 3: models:/m-<id>, not registered) loads, with its run."""
+    spec, model = _spec_and_model("classify")
+    mlflow = model_io._mlflow()
+    with mlflow.start_run() as run:
+        info = model_io.log_model(model, spec)
+    loaded = model_io.load_model(info.model_uri)
+    assert (loaded.run_id, loaded.version, loaded.name) == (run.info.run_id, None, spec["name"])
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), loaded.module(x), atol=1e-6)
+
+
 def test_load_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(NotFoundError, match="not found"):
         model_io.load_model(str(tmp_path / "nope"))
     with pytest.raises(NotFoundError):
         model_io.load_model("models:/crack-classifier@champion")
+    with pytest.raises(NotFoundError):
+        model_io.load_model("models:/m-" + "0" * 32)

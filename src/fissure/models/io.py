@@ -100,6 +100,7 @@ def _pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"fissure=={fissure.__version__}"]
 
 
+_LOGGED_MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))?/?$")
 
 
@@ -119,6 +120,8 @@ def resolve(uri: str) -> dict:
             mv = client.get_model_version(name, version)
         else:
             versions = client.search_model_versions(f"name='{name}'", order_by=["version_number DESC"], max_results=1)
+            if not versions and _LOGGED_MODEL_ID.match(name):  # the models:/m-<id> log_model returns
+                return {"name": None, "version": None, "run_id": client.get_logged_model(name).source_run_id}
             if not versions:
                 raise NotFoundError(f"registered model {name!r} has no versions")
             mv = versions[0]
