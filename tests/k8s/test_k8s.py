@@ -151,6 +151,7 @@ BAD_VALUES = [
     ("models.crack-classifier.storageUri=/local/path", "storageUri"),
     ("mlflow.pipPackages[0]=psycopg2-binary", "pipPackages"),
     ("networkPolicy.enabled=maybe", "networkPolicy/enabled"),
+    ("serving.runtime=triton", "serving/runtime"),
 ]
 
 
@@ -173,6 +174,11 @@ TEMPLATE_FAILURES = [
     (["--set", "minio.auth.existingSecret="], "minio.auth.existingSecret is required"),
     (["--set", "kserve.deploymentMode=Knative", "--set", "models.crack-classifier.scaleMetric=concurrency",
       "--set", "models.crack-segmenter.scaleMetric=concurrency"], "route.type must be none in Knative mode"),
+    (["--set", "route.timeoutSeconds=45"],
+     "route.timeoutSeconds (45) must be greater than servingRuntime.backendTimeoutSeconds (50)"),
+    (["--set", "servingRuntime.shutdown.terminationGracePeriodSeconds=12"],
+     "servingRuntime.shutdown.terminationGracePeriodSeconds (12) must be greater than "
+     "preStopSleepSeconds (5) + drainSeconds (10)"),
 ]
 
 
@@ -208,6 +214,112 @@ def test_values_schema_is_closed_and_covers_every_value():
                 walk(value, sub, f"{path}{key}.")
 
     walk(yaml.safe_load((CHART / "values.yaml").read_text()), schema, "")
+
+
+# ------------------------------------------------------------------------------ serving
+
+
+def _env(container) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def _kserve_inference_methods() -> tuple[str, list[str]]:
+    """The installed kserve's GRPCInferenceService and its methods, read from its generated
+    descriptor (the module file alone: importing the kserve package would start its app)."""
+    import importlib.util
+
+    pkg = Path(importlib.util.find_spec("kserve").origin).parent
+    spec = importlib.util.spec_from_file_location(
+        "_kserve_pb2", pkg / "protocol" / "grpc" / "grpc_predict_v2_pb2.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    service = module.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    return service.full_name, [m.name for m in service.methods]
+
+
+def test_grpc_routes_carry_exactly_the_inference_methods(rendered):
+    service, methods = _kserve_inference_methods()
+    inference = [m for m in methods if not m.startswith("Repository")]
+    assert {"RepositoryModelLoad", "RepositoryModelUnload"} <= set(methods)  # what is kept out
+    for prof in ("default", "external-values"):
+        routes = [d for d in docs(rendered[prof]) if d["kind"] == "GRPCRoute"]
+        assert routes, prof
+        for route in routes:
+            (rule,) = route["spec"]["rules"]
+            assert [(m["method"]["service"], m["method"]["method"]) for m in rule["matches"]] == \
+                [(service, m) for m in inference], route["metadata"]["name"]
+    ingress = next(d for d in docs(rendered["standard-values"])
+                   if d["kind"] == "Ingress" and d["metadata"]["name"].endswith("-grpc"))
+    for rule in ingress["spec"]["rules"]:
+        assert [p["path"] for p in rule["http"]["paths"]] == [f"/{service}/{m}" for m in inference]
+
+
+def test_rest_routes_expose_only_the_model_paths(rendered):
+    route = next(d for d in docs(rendered["default"]) if d["kind"] == "HTTPRoute")
+    paths = [m["path"]["value"] for r in route["spec"]["rules"] for m in r["matches"]]
+    assert all(re.fullmatch(r"/v1/models/[a-z-]+(:predict|:explain)?|/v2/models/[a-z-]+", p) for p in paths), paths
+    assert "/v1/models/crack-classifier:predict" in paths  # a PathPrefix would not match it
+
+
+@pytest.mark.parametrize("profile", [None, *PROFILES], ids=profile_id)
+def test_serving_containers_listen_probe_and_shut_down_in_order(rendered, profile):
+    objs = docs(rendered[profile_id(profile)])
+    runtimes = {d["metadata"]["name"]: d for d in objs if d["kind"] == "ServingRuntime"}
+    assert set(runtimes) == {"fissure-torchserve", "fissure-inprocess"}
+    isvcs = [d for d in objs if d["kind"] == "InferenceService"]
+    knative = isvcs[0]["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+    for name, runtime in runtimes.items():
+        (c,) = runtime["spec"]["containers"]
+        env = _env(c)
+        assert env["FISSURE_HOST"] == "0.0.0.0", name
+        assert env["FISSURE_RUNTIME"] == name.removeprefix("fissure-"), name
+        start = c["startupProbe"]
+        assert start["periodSeconds"] * start["failureThreshold"] >= 300, name
+        assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8080}, name
+        ready = c["readinessProbe"]
+        assert ready.get("httpGet") == {"path": "/v2/health/ready", "port": 8080} or \
+            "/v2/health/ready" in ready["exec"]["command"][-1], name
+        if knative:  # Knative forbids lifecycle hooks and the pod's grace period
+            assert "lifecycle" not in c
+            assert all("terminationGracePeriodSeconds" not in d["spec"]["predictor"] for d in isvcs)
+            continue
+        pre_stop = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
+        for d in isvcs:
+            grace = d["spec"]["predictor"]["terminationGracePeriodSeconds"]
+            assert grace > pre_stop + float(env["FISSURE_DRAIN_SECONDS"]), (name, d["metadata"]["name"])
+
+
+@pytest.mark.parametrize("profile", [None, *PROFILES], ids=profile_id)
+def test_route_timeout_outlasts_the_backend_timeout(rendered, profile):
+    objs = docs(rendered[profile_id(profile)])
+    runtime = next(d for d in objs
+                   if d["kind"] == "ServingRuntime" and d["metadata"]["name"] == "fissure-torchserve")
+    backend = float(_env(runtime["spec"]["containers"][0])["FISSURE_BACKEND_TIMEOUT"])
+    for d in objs:
+        if d["kind"] == "InferenceService":
+            assert d["spec"]["predictor"]["timeout"] > backend
+        elif d["kind"] == "HTTPRoute":
+            for rule in d["spec"]["rules"]:
+                assert int(rule["timeouts"]["request"].removesuffix("s")) > backend
+        elif d["kind"] == "Ingress":
+            assert int(d["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > backend
+
+
+def test_runtime_switch_moves_every_inference_service(tools):
+    out = run(template_cmd(tools, "--set", "serving.runtime=inprocess")).stdout
+    objs = [d for d in yaml.safe_load_all(out) if d]
+    isvcs = [d for d in objs if d["kind"] == "InferenceService"]
+    assert {d["spec"]["predictor"]["model"]["runtime"] for d in isvcs} == {"fissure-inprocess"}
+    assert all(p["containerPort"] != 8082 for d in isvcs for p in d["spec"]["predictor"]["model"]["ports"])
+    scraped = {e["portNumber"] for d in objs if d["kind"] == "PodMonitor" for e in d["spec"]["podMetricsEndpoints"]}
+    assert scraped == {8080}
+
+
+def test_gpu_models_tell_torchserve_their_gpus(rendered):
+    env = {d["metadata"]["name"]: _env(d["spec"]["predictor"]["model"])
+           for d in docs(rendered["gpu-values"]) if d["kind"] == "InferenceService"}
+    assert env["crack-segmenter"]["TS_NUMBER_OF_GPU"] == "1"
+    assert "TS_NUMBER_OF_GPU" not in env["crack-classifier"]
 
 
 # ------------------------------------------------------------------------------ security
@@ -286,6 +398,7 @@ def test_kubeconform_strict_on_everything(tools, rendered):
     ("ServingRuntime", {"spec": {"protocolVersion": ["v2"]}}),
     ("PodMonitor", {"spec": {"podMetricsEndpoints": [{"portNumber": "8082"}]}}),
     ("HTTPRoute", {"spec": {"hostname": "x"}}),
+    ("GRPCRoute", {"spec": {"rules": [{"matches": [{"method": {"type": "Prefix", "service": "inference"}}]}]}}),
     ("NetworkPolicy", {"spec": {"ingres": []}}),
 ])
 def test_kubeconform_catches_broken_resources(tools, rendered, tmp_path, kind, bad):
