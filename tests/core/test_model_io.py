@@ -121,6 +121,16 @@ def test_weights_of_another_architecture_are_a_clear_error(tmp_path):
         model_io.load_model(str(path))
 
 
+def test_data_path_outside_the_model_is_refused(tmp_path):
+    spec, model = _spec_and_model("classify")
+    path = model_io.save_model(model, spec, tmp_path / "m")
+    mlmodel = yaml.safe_load((path / "MLmodel").read_text())
+    mlmodel["flavors"]["python_function"]["data"] = "../elsewhere"
+    (path / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    with pytest.raises(FissureError, match="leaves the model directory"):
+        model_io.load_model(str(path))
+
+
 def test_logged_model_uri_from_log_model_loads(tmp_path):
     """log_model's own URI (MLflow 3: models:/m-<id>, not registered) loads, with its run."""
     spec, model = _spec_and_model("classify")
