@@ -97,10 +97,13 @@ def test_torchserve_ports_are_checked_only_for_the_torchserve_runtime(monkeypatc
     from fissure.stack import StackOptions, check_ports
 
     free = []
-    for _ in range(3):
+    for _ in range(7):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             free.append(s.getsockname()[1])
+    for var, port in zip(["FISSURE_TS_INFERENCE_PORT", "FISSURE_TS_METRICS_PORT", "FISSURE_TS_GRPC_INFERENCE_PORT",
+                          "FISSURE_TS_GRPC_MANAGEMENT_PORT"], free[3:]):
+        monkeypatch.setenv(var, str(port))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
