@@ -37,7 +37,7 @@ def synth_cmd(task, out, count, seed, size, preview):
     from fissure.data.synth import write_dataset
 
     t0 = time.perf_counter()
-    counts = write_dataset(out, task, count, seed=seed, size=size)
+    counts = write_dataset(out, task, count, seed=seed, size=size, progress=True)
     dt = time.perf_counter() - t0
     _log(f"wrote {count} {task} images to {out} in {dt:.1f}s ({count / dt:.0f} img/s): "
          + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -140,5 +140,5 @@ def prepare_cmd(params_file, out, source, **overrides):
         overrides["feedback"] = None
     params = make_params(section, **overrides)
     t0 = time.perf_counter()
-    manifest = prepare(params, out, log=_log)
+    manifest = prepare(params, out, progress=True, log=_log)
     _log(f"done in {time.perf_counter() - t0:.1f}s; counts: {json.dumps(manifest['counts'])}")

@@ -38,6 +38,7 @@ from fissure.data.loaders import (
 from fissure.data.patches import PatchSpec, extract_patches
 from fissure.errors import DataError
 from fissure.preprocess import load_image, load_mask
+from fissure.progress import iterate
 
 SPLITS = ("train", "val", "test")
 
@@ -200,19 +201,15 @@ def content_hash(root: Path, paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _bar(total: int, desc: str, progress: bool | None):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True,
-                disable=(not progress) if progress is not None else None)
-
-
 # --------------------------------------------------------------------------- main entry
 
 
 def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None = None,
             log: Callable[[str], None] | None = None) -> dict:
-    """Build OUT/segment, OUT/classify and OUT/manifest.json; return the manifest."""
+    """Build OUT/segment, OUT/classify and OUT/manifest.json; return the manifest.
+
+    ``progress`` as ``enabled`` of :class:`fissure.progress.Progress` (None: a bar on a terminal only).
+    """
     params.check()
     log = log or (lambda msg: None)
     out = Path(out)
@@ -257,16 +254,14 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
     sources = []
     for kind, tag, items, ids, src in plans:
         split_of = _split_of(ids, params.seed, params.val_fraction, params.test_fraction)
-        with _bar(len(ids), f"{tag}", progress) as bar:
-            for k, name in enumerate(ids):
-                root = out / "segment" / split_of[name]
-                if kind == "synth":
-                    sample = synth.render(synth.image_rng(params.seed, k), params.size)
-                    _write_pair(root, name, sample.jpeg_bytes(), sample.mask)
-                else:
-                    jpeg, mask = _ingest_real(items[k], params.max_side)
-                    _write_pair(root, name, jpeg, mask)
-                bar.update(1)
+        for k, name in iterate(enumerate(ids), f"prepare {tag}", len(ids), unit="images", enabled=progress):
+            root = out / "segment" / split_of[name]
+            if kind == "synth":
+                sample = synth.render(synth.image_rng(params.seed, k), params.size)
+                _write_pair(root, name, sample.jpeg_bytes(), sample.mask)
+            else:
+                jpeg, mask = _ingest_real(items[k], params.max_side)
+                _write_pair(root, name, jpeg, mask)
         per_split = {s: sum(1 for v in split_of.values() if v == s) for s in SPLITS}
         sources.append({"source": src, "kind": kind, "images": len(ids), "splits": per_split})
         log(f"{src}: {len(ids)} images -> " + ", ".join(f"{s} {n}" for s, n in per_split.items()))
@@ -289,7 +284,10 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
         if n == 0:  # e.g. val_fraction 0: no folder at all, so trainers split val off train
             shutil.rmtree(seg)
             continue
-        got = extract_patches(seg, cls_dir, params.patch_spec(params.seed * 1000 + i), progress=progress)
+        # extract_patches draws tqdm bars, which belong on a terminal only (None), never in a log
+        got = extract_patches(seg, cls_dir, params.patch_spec(params.seed * 1000 + i),
+                              progress=None if progress else False)
+        log(f"patches: {split} {got['crack']} crack, {got['no_crack']} no_crack")
         if params.patch_balance and got["crack"] != got["no_crack"]:
             log(f"warning: {split} has {got['crack']} crack and {got['no_crack']} no_crack patches "
                 "(one class had none to balance with; more images or smaller patches help)")

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from fissure.errors import DataError
+from fissure.progress import iterate
 
 TASKS = ("classify", "segment")
 NEGATIVE_KINDS = ("joint", "paint", "stain", "shadow", "scratches", "leaves", "tar")
@@ -574,19 +575,14 @@ def render_for_task(seed: int, index: int, task: str, size: int = 256) -> tuple[
 # --------------------------------------------------------------------------- writing datasets
 
 
-def _progress(total: int, desc: str, enabled: bool | None):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=(not enabled) if enabled is not None else None,
-                leave=False, dynamic_ncols=True)
-
-
 def write_dataset(out: str | os.PathLike, task: str, count: int, seed: int = 0, size: int = 256,
                   progress: bool | None = None, start: int = 0) -> dict:
     """Write ``count`` images in the task's folder layout; return counts.
 
     segment:  OUT/images/<id>.jpg + OUT/masks/<id>.png (0/255, cracks only)
     classify: OUT/crack/<id>.jpg, OUT/no_crack/<id>.jpg (balanced: even index = crack)
+
+    ``progress`` as ``enabled`` of :class:`fissure.progress.Progress` (None: a bar on a terminal only).
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
@@ -601,17 +597,15 @@ def write_dataset(out: str | os.PathLike, task: str, count: int, seed: int = 0, 
     for d in dirs:
         (out / d).mkdir(parents=True, exist_ok=True)
     counts = {d: 0 for d in dirs}
-    with _progress(count, f"synth {task}", progress) as bar:
-        for index in range(start, start + count):
-            sample, label = render_for_task(seed, index, task, size)
-            name = f"synth-{seed}-{index:06d}"
-            if task == "segment":
-                (out / "images" / f"{name}.jpg").write_bytes(sample.jpeg_bytes())
-                (out / "masks" / f"{name}.png").write_bytes(sample.mask_png_bytes())
-                counts["images"] += 1
-                counts["masks"] += 1
-            else:
-                (out / label / f"{name}.jpg").write_bytes(sample.jpeg_bytes())
-                counts[label] += 1
-            bar.update(1)
+    for index in iterate(range(start, start + count), f"synth {task}", count, unit="images", enabled=progress):
+        sample, label = render_for_task(seed, index, task, size)
+        name = f"synth-{seed}-{index:06d}"
+        if task == "segment":
+            (out / "images" / f"{name}.jpg").write_bytes(sample.jpeg_bytes())
+            (out / "masks" / f"{name}.png").write_bytes(sample.mask_png_bytes())
+            counts["images"] += 1
+            counts["masks"] += 1
+        else:
+            (out / label / f"{name}.jpg").write_bytes(sample.jpeg_bytes())
+            counts[label] += 1
     return counts
