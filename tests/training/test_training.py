@@ -73,8 +73,8 @@ def test_seeded_runs_are_reproducible(seg_data):
 
 
 def test_early_stopping_restores_best(clf_data):
-    # lr 0 never improves after epoch 1 -> stops after `patience` stale epochs
-    result = _fit("classify", clf_data, epochs=10, lr=0.0, patience=2)
+    # a negligible lr (0 is not a valid one) never improves after epoch 1 -> stops after `patience` stale epochs
+    result = _fit("classify", clf_data, epochs=10, lr=1e-12, patience=2)
     assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
 
 
@@ -278,3 +278,85 @@ def test_auto_threads_leave_cores_that_others_keep_busy():
         for p in spin:
             p.kill()
             p.wait()
+
+
+def test_train_cli_shows_each_epoch_and_an_eta_in_a_log(clf_data, tmp_path, capsys):
+    """What `dvc repro` and `fissure up --detach` capture: a line per epoch with its metrics and
+    an ETA, then the test split's evaluation (output that is not a terminal)."""
+    import re
+
+    import yaml
+
+    cfg = tiny_config("classify", epochs=2).to_dict()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train_classifier": cfg}))
+    assert main(["train", "--task", "classify", "--data", str(clf_data), "--params", str(tmp_path / "params.yaml")]) == 0
+    err = capsys.readouterr().err
+    epochs = re.findall(r"^train crack-classifier: epoch (\d)/2 loss \d\.\d{4} val_loss \d\.\d{4} val_f1 \d\.\d{4} "
+                        r"best \d elapsed \d+s eta \d+s$", err, re.M)
+    assert epochs == ["1", "2"], err
+    assert re.search(r"^evaluate crack-classifier: images 32/32 elapsed \S+ eta \S+$", err, re.M), err
+
+
+def _stage_imports(entry: str, src) -> set:
+    """Files of the fissure modules that running ``entry`` imports (at any depth, function-level
+    imports included), without following the modules a stage's deps leave out on purpose."""
+    import ast
+
+    def file_of(name):
+        path = src.joinpath(*name.split("."))
+        return path / "__init__.py" if (path / "__init__.py").is_file() else path.with_suffix(".py")
+
+    seen, todo = set(), [entry]
+    while todo:
+        name = todo.pop()
+        path = file_of(name)
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        if path.relative_to(src.parent).as_posix() in NOT_STAGE_DEPS:
+            continue
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                todo += [module] + [f"{module}.{a.name}" for a in node.names]
+    return {file_of(n).relative_to(src.parent).as_posix() for n in seen if n.split(".")[0] == "fissure"}
+
+
+# Imported by every stage but unable to change its outputs (dvc.yaml says why).
+NOT_STAGE_DEPS = {"src/fissure/cli/__init__.py", "src/fissure/errors.py", "src/fissure/progress.py",
+                  "src/fissure/settings.py"}
+
+
+def test_dvc_stages_depend_on_the_code_they_import():
+    """Each stage's code deps cover every fissure module its command imports, and name no code it
+    does not import (a serving change must not retrain); no stage silences its progress."""
+    import shlex
+    from pathlib import Path
+
+    import yaml
+
+    from fissure.cli import COMMANDS
+
+    root = Path(__file__).resolve().parents[2]
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == {"prepare", "train_classifier", "train_segmenter", "evaluate"}
+    for name, stage in stages.items():
+        cmds = stage["cmd"] if isinstance(stage["cmd"], list) else [stage["cmd"]]
+        assert not any("--no-progress" in c for c in cmds), name
+        imported = set().union(*(_stage_imports(COMMANDS[shlex.split(c)[1]][0], root / "src") for c in cmds))
+        code = [d for d in stage["deps"] if d.startswith("src/")]
+        assert all((root / d).exists() for d in code), name
+
+        def covered(path, dep):
+            return path == dep or path.startswith(dep + "/")
+
+        missing = sorted(p for p in imported - NOT_STAGE_DEPS if not any(covered(p, d) for d in code))
+        assert not missing, f"{name}: add to deps: {missing}"
+        unused = [d for d in code if not any(covered(p, d) for p in imported)]
+        assert not unused, f"{name}: deps it does not import: {unused}"

@@ -21,7 +21,8 @@ from fissure import MODEL_NAMES
 @click.option("--seed", type=int, default=None, help="Override the seed.")
 @click.option("--batch-size", type=int, default=None, help="Override the batch size.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda when available, else cpu]")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Per-epoch progress bar (TTY only).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="The epoch, its metrics and an ETA on stderr: a live bar on a terminal, a line per epoch otherwise.")
 def train(task, data, epochs, register, params, out, seed, batch_size, device, progress):
     """Train the crack classifier or segmenter and log the run to MLflow.
 

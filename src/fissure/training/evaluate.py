@@ -20,6 +20,7 @@ from fissure import MODEL_NAMES
 from fissure.errors import FissureError
 from fissure.models import preprocess_config
 from fissure.preprocess import image_to_tensor, load_image, load_mask
+from fissure.progress import Progress
 from fissure.training import metrics as M
 from fissure.training import plots
 from fissure.training.datasets import eval_items
@@ -62,27 +63,34 @@ class EvalResult:
         return files
 
 
+def _progress(task: str, items, enabled: bool | None) -> Progress:
+    return Progress(f"evaluate {MODEL_NAMES[task]}", len(items), unit="images", enabled=enabled)
+
+
 def _batches(seq, n):
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
 
 
 @torch.no_grad()
-def evaluate_classifier(module, spec, items, *, batch_size=64, device="cpu") -> EvalResult:
+def evaluate_classifier(module, spec, items, *, batch_size=64, device="cpu", progress=False) -> EvalResult:
     pcfg = preprocess_config(spec)
     module = module.to(device).eval()
     labels, probs = [], []
-    for chunk in _batches(items, batch_size):
-        x = torch.stack([image_to_tensor(load_image(path), pcfg) for path, _ in chunk]).to(device)
-        probs.append(torch.softmax(module(x).float(), dim=1).cpu().numpy())
-        labels.extend(lbl for _, lbl in chunk)
+    with _progress("classify", items, progress) as bar:
+        for chunk in _batches(items, batch_size):
+            x = torch.stack([image_to_tensor(load_image(path), pcfg) for path, _ in chunk]).to(device)
+            probs.append(torch.softmax(module(x).float(), dim=1).cpu().numpy())
+            labels.extend(lbl for _, lbl in chunk)
+            bar.advance(len(chunk))
     y_true, probs = np.asarray(labels, dtype=np.int64), np.concatenate(probs)
     return EvalResult("classify", M.classification_metrics(y_true, probs), len(items), list(spec["classes"]),
                       y_true=y_true, probs=probs)
 
 
 @torch.no_grad()
-def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overlays=4, threshold=None) -> EvalResult:
+def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overlays=4, threshold=None,
+                       progress=False) -> EvalResult:
     """Pixel metrics at the native size of each mask, at ``threshold`` (default: the spec's, as served)."""
     threshold = float(spec.get("threshold", 0.5)) if threshold is None else threshold
     pcfg = preprocess_config(spec)
@@ -91,28 +99,32 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
     relaxed = M.RelaxedCounts()
     want = set(np.linspace(0, len(items) - 1, min(overlays, len(items))).round().astype(int).tolist()) if overlays else set()
     samples, index = [], 0
-    for chunk in _batches(items, batch_size):
-        images = [load_image(it.image) for it in chunk]
-        x = torch.stack([image_to_tensor(img, pcfg) for img in images]).to(device)
-        probs = torch.sigmoid(module(x).float())
-        for img, it, prob in zip(images, chunk, probs):
-            mask = load_mask(it.mask)
-            if mask.shape != (img.height, img.width):
-                raise FissureError(f"{it.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {img.width}x{img.height}")
-            native = F.interpolate(prob[None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
-            counts.update(native, mask)
-            relaxed.update(native >= threshold, mask)
-            if index in want:
-                samples.append((np.asarray(img), mask, native >= threshold, Path(it.image).name))
-            index += 1
+    with _progress("segment", items, progress) as bar:
+        for chunk in _batches(items, batch_size):
+            images = [load_image(it.image) for it in chunk]
+            x = torch.stack([image_to_tensor(img, pcfg) for img in images]).to(device)
+            probs = torch.sigmoid(module(x).float())
+            for img, it, prob in zip(images, chunk, probs):
+                mask = load_mask(it.mask)
+                if mask.shape != (img.height, img.width):
+                    raise FissureError(f"{it.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {img.width}x{img.height}")
+                native = F.interpolate(prob[None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+                counts.update(native, mask)
+                relaxed.update(native >= threshold, mask)
+                if index in want:
+                    samples.append((np.asarray(img), mask, native >= threshold, Path(it.image).name))
+                index += 1
+            bar.advance(len(chunk))
     metrics = {**counts.metrics(), **relaxed.metrics(), "relaxed_tolerance_px": relaxed.tolerance}
     return EvalResult("segment", metrics, len(items), list(spec["classes"]), counts=counts, samples=samples)
 
 
-def evaluate_items(module, spec, items, *, device="cpu", batch_size=None, overlays=4) -> EvalResult:
+def evaluate_items(module, spec, items, *, device="cpu", batch_size=None, overlays=4, progress=False) -> EvalResult:
+    """``progress`` as in :class:`fissure.progress.Progress` (``enabled``)."""
     if spec["task"] == "segment":
-        return evaluate_segmenter(module, spec, items, batch_size=batch_size or 8, device=device, overlays=overlays)
-    return evaluate_classifier(module, spec, items, batch_size=batch_size or 64, device=device)
+        return evaluate_segmenter(module, spec, items, batch_size=batch_size or 8, device=device, overlays=overlays,
+                                  progress=progress)
+    return evaluate_classifier(module, spec, items, batch_size=batch_size or 64, device=device, progress=progress)
 
 
 def clean(metrics: dict) -> dict:
@@ -127,8 +139,10 @@ def clean(metrics: dict) -> dict:
 
 
 def run_evaluation(model_uri: str, task: str, data: str | Path, out: str | Path, plots_dir=None,
-                   *, device: str | None = None, batch_size: int | None = None, overlays: int = 4) -> dict:
-    """Load ``model_uri``, check its task, evaluate on ``data``, write ``out`` JSON (+ plots)."""
+                   *, device: str | None = None, batch_size: int | None = None, overlays: int = 4,
+                   progress: bool | None = True) -> dict:
+    """Load ``model_uri``, check its task, evaluate on ``data`` (showing ``progress`` on stderr),
+    write ``out`` JSON (+ plots)."""
     from fissure.models import io
     from fissure.training.loop import pick_device, set_threads
     from fissure.training.tracking import quiet_mlflow
@@ -143,7 +157,8 @@ def run_evaluation(model_uri: str, task: str, data: str | Path, out: str | Path,
         )
     items, _ = eval_items(task, data, loaded.spec["classes"] if task == "classify" else None)
     dev = pick_device(device)
-    result = evaluate_items(loaded.module, loaded.spec, items, device=str(dev), batch_size=batch_size, overlays=overlays)
+    result = evaluate_items(loaded.module, loaded.spec, items, device=str(dev), batch_size=batch_size, overlays=overlays,
+                            progress=progress)
     names = M.CLASSIFICATION_METRICS if task == "classify" else (
         *M.SEGMENTATION_METRICS, *M.RELAXED_METRICS, "relaxed_tolerance_px")
     report = {k: result.metrics[k] for k in names}

@@ -21,8 +21,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from fissure import MODEL_NAMES
 from fissure.errors import FissureError
 from fissure.models import build_model, default_spec, preprocess_config
+from fissure.progress import Progress
+from fissure.settings import settings
 from fissure.training import metrics as M
 from fissure.training.config import TrainConfig
 from fissure.training.datasets import ClassificationDataset, SegmentationDataset, Splits
@@ -74,7 +77,7 @@ def auto_threads() -> int:
 
 def set_threads(threads: int = 0) -> int:
     """torch intra-op threads: ``threads``, else FISSURE_THREADS, else :func:`auto_threads`."""
-    n = threads or int(os.environ.get("FISSURE_THREADS", 0) or 0) or auto_threads()
+    n = threads or settings().threads or auto_threads()
     torch.set_num_threads(n)
     return n
 
@@ -182,10 +185,14 @@ def fit(
     cfg: TrainConfig,
     *,
     device: str | None = None,
-    progress: bool = True,
+    progress: bool | None = True,
     on_epoch: Callable[[EpochLog], None] | None = None,
 ) -> FitResult:
-    """Train a model for ``task`` on ``splits``; returns the best-on-validation model."""
+    """Train a model for ``task`` on ``splits``; returns the best-on-validation model.
+
+    ``progress``: the epoch, its metrics and an ETA (:class:`fissure.progress.Progress`: a live
+    bar on a terminal, a line per epoch elsewhere; None: the bar only; False: nothing).
+    """
     start = time.perf_counter()
     threads = set_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -231,44 +238,45 @@ def fit(
     history: list[EpochLog] = []
     best_score, best_epoch, best_state, best_val, best_pixels = -float("inf"), 0, None, {}, None
     stale, stopped_early, seen = 0, False, 0
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        module.train()
-        total, count = 0.0, 0
-        batches = _progress(train_dl, progress, f"{task} epoch {epoch}/{cfg.epochs}")
-        for x, y in batches:
-            x = x.to(dev, non_blocking=True, memory_format=torch.channels_last)
-            y = y.to(dev, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
-                loss = batch_loss(x, y)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(module)
-            total += float(loss.detach()) * len(x)
-            count += len(x)
-            if hasattr(batches, "set_postfix"):
-                batches.set_postfix(loss=f"{total / count:.4f}")
-        seen += count
-        val_loss, val_metrics, val_pixels = validate(task, scored, val_dl, dev, criterion, amp=amp)
-        score = val_metrics[select] if val_metrics[select] is not None else -float("inf")
-        improved = score > best_score + cfg.min_delta or best_state is None
-        if improved:
-            best_score, best_epoch, best_val, best_pixels, stale = score, epoch, val_metrics, val_pixels, 0
-            best_state = copy.deepcopy(scored.state_dict())
-        else:
-            stale += 1
-        log = EpochLog(epoch, total / max(count, 1), val_loss, val_metrics, time.perf_counter() - t0,
-                       optimizer.param_groups[0]["lr"], best=improved)
-        history.append(log)
-        if on_epoch:
-            on_epoch(log)
-        if stale >= cfg.patience and epoch >= cfg.min_epochs:
-            stopped_early = True
-            break
+    with Progress(f"train {MODEL_NAMES[task]}", cfg.epochs, unit="epoch", every=1, enabled=progress) as bar:
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            module.train()
+            total, count = 0.0, 0
+            for x, y in bar.track(train_dl):
+                x = x.to(dev, non_blocking=True, memory_format=torch.channels_last)
+                y = y.to(dev, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
+                    loss = batch_loss(x, y)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(module)
+                total += float(loss.detach()) * len(x)
+                count += len(x)
+                bar.note(loss=total / count)
+            seen += count
+            val_loss, val_metrics, val_pixels = validate(task, scored, val_dl, dev, criterion, amp=amp)
+            score = val_metrics[select] if val_metrics[select] is not None else -float("inf")
+            improved = score > best_score + cfg.min_delta or best_state is None
+            if improved:
+                best_score, best_epoch, best_val, best_pixels, stale = score, epoch, val_metrics, val_pixels, 0
+                best_state = copy.deepcopy(scored.state_dict())
+            else:
+                stale += 1
+            log = EpochLog(epoch, total / max(count, 1), val_loss, val_metrics, time.perf_counter() - t0,
+                           optimizer.param_groups[0]["lr"], best=improved)
+            history.append(log)
+            bar.advance(loss=log.train_loss, val_loss=val_loss, **{f"val_{select}": val_metrics[select]},
+                        best=best_epoch)
+            if on_epoch:
+                on_epoch(log)
+            if stale >= cfg.patience and epoch >= cfg.min_epochs:
+                stopped_early = True
+                break
     module.load_state_dict(best_state)
     module.eval()
     extra = {"threads": threads}
@@ -283,14 +291,6 @@ def fit(
     return FitResult(module=module, spec=spec, history=history, best_epoch=best_epoch, best_val=best_val,
                      stopped_early=stopped_early, seconds=time.perf_counter() - start, device=str(dev),
                      train_images=seen, extra=extra)
-
-
-def _progress(iterable, enabled: bool, desc: str):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, disable=None)
 
 
 @torch.no_grad()

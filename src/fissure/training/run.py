@@ -35,13 +35,6 @@ class TrainOutcome:
     report: dict
 
 
-def _format_epoch(task: str, log: EpochLog) -> str:
-    sel = M.SELECTION_METRIC[task]
-    val = log.val.get(sel)
-    return (f"epoch {log.epoch:>3}  train_loss {log.train_loss:.4f}  val_loss {log.val_loss:.4f}  "
-            f"val_{sel} {val:.4f}{'  *' if log.best else ''}  ({log.seconds:.1f}s)")
-
-
 def train(
     task: str,
     data: str | Path,
@@ -50,10 +43,12 @@ def train(
     out: str | Path | None = None,
     register: bool = False,
     device: str | None = None,
-    progress: bool = True,
+    progress: bool | None = True,
     echo: Callable[[str], None] = print,
     overlays: int = 4,
 ) -> TrainOutcome:
+    """Train, test, log and save one model. ``echo`` gets the stage's messages; the epochs'
+    progress goes to stderr (``progress`` as in :func:`~fissure.training.loop.fit`)."""
     if task not in MODEL_NAMES:
         raise FissureError(f"unknown task {task!r}; choose one of {sorted(MODEL_NAMES)}")
     started = time.perf_counter()
@@ -86,7 +81,6 @@ def train(
 
         def on_epoch(log: EpochLog):
             mlflow.log_metrics({k: v for k, v in log.row().items() if k != "epoch" and v is not None}, step=log.epoch)
-            echo(_format_epoch(task, log))
 
         result = fit(task, splits, cfg, device=device, progress=progress, on_epoch=on_epoch)
         spec = result.spec
@@ -99,7 +93,8 @@ def train(
         val = clean(result.best_val)
         test, test_eval = {}, None
         if splits.test:
-            test_eval = evaluate_items(result.module, spec, splits.test, device=result.device, overlays=overlays)
+            test_eval = evaluate_items(result.module, spec, splits.test, device=result.device, overlays=overlays,
+                                       progress=progress)
             test = clean(test_eval.metrics)
         final = {**{f"final_val_{k}": v for k, v in val.items() if v is not None},
                  **{f"test_{k}": v for k, v in test.items() if v is not None},
