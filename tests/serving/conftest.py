@@ -49,6 +49,7 @@ class Server:
     workdir: Path
     log: Path
     env: dict
+    proc: subprocess.Popen | None = None
 
     def get(self, path, **kw):
         return httpx.get(self.url + path, timeout=60, **kw)
@@ -70,7 +71,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Server:
+def built_models(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """Two tiny models in a temp MLflow store, packaged by `fissure package`: (base, models, env)."""
     base = tmp_path_factory.mktemp("serving")
     env = dict(os.environ)
     env.update({
@@ -81,17 +83,23 @@ def server(tmp_path_factory) -> Server:
         "FISSURE_TS_MODEL_LOG_LEVEL": "info",
         "PYTHONUNBUFFERED": "1",
     })
-    out = base / "out"
-    made = subprocess.run([PY, str(Path(__file__).with_name("_models.py")), str(out)], env=env,
+    made = subprocess.run([PY, str(Path(__file__).with_name("_models.py")), str(base / "out")], env=env,
                           capture_output=True, text=True, timeout=600)
     if made.returncode:
         pytest.fail(f"building test models failed:\n{made.stdout[-3000:]}\n{made.stderr[-3000:]}")
-    models = json.loads(made.stdout.strip().splitlines()[-1])
+    return base, json.loads(made.stdout.strip().splitlines()[-1]), env
+
+
+def _serve(built_models, name: str, runtime: str, extra_env: dict | None = None):
+    """Start `fissure serve` on free ports; yields a Server; stops it (and checks its exit) after."""
+    base, models, env = built_models
+    env = {**env, **(extra_env or {})}
+    out = base / "out"
     http, grpc, tsi, tsm, tsx, tsg1, tsg2 = free_ports(7)
-    workdir = base / "work"
-    log = base / "serve.log"
-    cmd = [str(Path(PY).with_name("fissure")), "serve", "--model-store", str(out / "model-store"),
-           "--config", str(out / "config" / "config.properties"),
+    workdir = base / f"work-{name}"
+    log = base / f"serve-{name}.log"
+    cmd = [str(Path(PY).with_name("fissure")), "serve", "--runtime", runtime,
+           "--model-store", str(out / "model-store"), "--config", str(out / "config" / "config.properties"),
            "--http-port", str(http), "--grpc-port", str(grpc), "--ts-inference-port", str(tsi),
            "--ts-management-port", str(tsm), "--ts-metrics-port", str(tsx),
            "--ts-grpc-inference-port", str(tsg1), "--ts-grpc-management-port", str(tsg2),
@@ -101,7 +109,7 @@ def server(tmp_path_factory) -> Server:
     srv = Server(url=f"http://127.0.0.1:{http}", grpc=f"127.0.0.1:{grpc}",
                  ts_inference=f"http://127.0.0.1:{tsi}", ts_management=f"http://127.0.0.1:{tsm}",
                  ts_metrics=f"http://127.0.0.1:{tsx}", models=models, out=out, workdir=workdir,
-                 log=log, env=env)
+                 log=log, env=env, proc=proc)
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -134,6 +142,18 @@ def server(tmp_path_factory) -> Server:
                 pass
         assert not leaked, f"TorchServe (pid {java_pid}) outlived fissure serve"
         assert proc.returncode == 0, f"fissure serve exited with {proc.returncode} on SIGTERM"
+
+
+@pytest.fixture(scope="session")
+def server(built_models) -> Server:
+    """The default runtime: TorchServe (the MARs' handler) behind the KServe front."""
+    yield from _serve(built_models, "torchserve", "torchserve")
+
+
+@pytest.fixture(scope="session")
+def inprocess_server(built_models) -> Server:
+    """The same MARs on the in-process runtime (no TorchServe)."""
+    yield from _serve(built_models, "inprocess", "inprocess")
 
 
 def _torchserve_pid(workdir: Path) -> int | None:

@@ -30,7 +30,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fissure.errors import FissureError, UsageError
+from fissure.errors import FissureError, PermissionDenied, UsageError
 from fissure.serving.package import discover
 from fissure.settings import LOOPBACK, settings
 from fissure.serving.torchserve import TorchServe, TorchServePorts, check_ports, find_java, ping_healthy, workers_ready
@@ -125,14 +125,16 @@ def _serve_torchserve(opts: ServeOptions, mars: list[dict], workdir: Path, publi
     try:
         from fissure.serving.front.model import TorchServeModel
 
-        backend = Backend(ts.inference, timeout=settings().backend_timeout, headers={codec.WIRE_HEADER: token})
-        models = [TorchServeModel(m["served_name"], m["meta"], m["spec"], backend) for m in mars]
+        backend = Backend(ts.inference, timeout=settings().backend_timeout)
+        models = [TorchServeModel(m["served_name"], m["meta"], m["spec"], backend, token) for m in mars]
         for m in models:
             m.ready = True
 
         async def proxy(kind, name, body, ctype):
             from fastapi.responses import Response
 
+            if codec.is_wire(body):
+                raise PermissionDenied("internal frames are accepted from the front only")
             if ctype.startswith("application/x-www-form-urlencoded"):  # curl's default for --data-binary
                 ctype = "application/octet-stream"
             resp = await backend.post(f"/{kind}/{name}", body, {"Content-Type": ctype})

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from PIL import Image
 
-from fissure.errors import FissureError, InputError, PayloadTooLarge, Unavailable
+from fissure.errors import FissureError, InputError, Unavailable
 from fissure.models import preprocess_config
 from fissure.preprocess import decode_image, image_to_array
 from fissure.serving import codec
@@ -30,10 +31,12 @@ from fissure.serving.front.protocol import (
     Limits, v1_entries, v1_response, v2_entries, v2_response, wants_explanation,
 )
 from fissure.serving.runtime import ModelRuntime, Prepared, error_result
+from fissure.settings import settings
 
 from kserve.protocol.infer_type import InferRequest  # noqa: E402
 
 PLATFORM = "pytorch_torchserve"
+log = logging.getLogger("fissure.serve")
 
 
 @dataclass
@@ -165,14 +168,14 @@ class FrontModel(kserve.Model):
 
 
 def _declared_pixels(data: bytes) -> int:
-    """Width x height from the image header (0 when unreadable: decoding reports that item)."""
+    """Width x height from the image header; 0 when unreadable or over the per-image limit
+    (decoding then fails that item alone, with its own one-line reason)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return int(img.width) * int(img.height)
-    except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"image too large: {exc}") from None
-    except Exception:  # noqa: BLE001
+            n = int(img.width) * int(img.height)
+    except Exception:  # noqa: BLE001 - includes DecompressionBombError
         return 0
+    return n if n <= settings().max_image_pixels else 0
 
 
 def _merge(entries: list, answers: list) -> list[dict]:
@@ -194,13 +197,16 @@ def _merge(entries: list, answers: list) -> list[dict]:
 class TorchServeModel(FrontModel):
     """Forwards to TorchServe's worker, which runs the fissure handler (the MAR's)."""
 
-    def __init__(self, served_name: str, meta: dict, spec: dict, backend: Backend, limits: Limits | None = None):
+    def __init__(self, served_name: str, meta: dict, spec: dict, backend: Backend, wire_token: str,
+                 limits: Limits | None = None):
         super().__init__(served_name, meta, spec, limits)
         self.backend = backend
+        # the handler accepts internal frames only with this token (see fissure.serving.serve)
+        self.headers = {"Content-Type": codec.WIRE_CONTENT_TYPE, codec.WIRE_HEADER: wire_token}
 
     async def run(self, op, entries):
         body = codec.pack_wire(op, entries)
-        resp = await self.backend.post(f"/predictions/{self.name}", body, {"Content-Type": codec.WIRE_CONTENT_TYPE})
+        resp = await self.backend.post(f"/predictions/{self.name}", body, self.headers)
         try:
             answers = resp.json()["results"]
         except (ValueError, KeyError, TypeError):
@@ -228,6 +234,7 @@ class AdaptiveBatcher:
         self.runtime = runtime
         self.max_batch = max_batch
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{runtime.name}")
+        self.log_batches = settings().log_batches
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
 
@@ -252,6 +259,8 @@ class AdaptiveBatcher:
                 if not group:
                     continue
                 items = [item for _, its, _ in group for item in its]
+                if self.log_batches:
+                    log.info("fissure-batch requests=%d images=%d", len(group), len(items))
                 fn = self.runtime.predict if op == "predict" else self.runtime.explain
                 try:
                     results = await loop.run_in_executor(self._executor, fn, items)
