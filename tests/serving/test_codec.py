@@ -133,6 +133,91 @@ def test_wire_short_payload_is_input_error():
         codec.unpack_wire(body)
 
 
+@pytest.fixture
+def limits(monkeypatch):
+    """Set FISSURE_* limits for one test (settings are cached: reload, and reload back after)."""
+    from fissure.settings import reload_settings
+
+    def set_limits(**values):
+        for key, value in values.items():
+            monkeypatch.setenv(f"FISSURE_{key.upper()}", str(value))
+        return reload_settings()
+
+    yield set_limits
+    monkeypatch.undo()
+    reload_settings()
+
+
+def frame(meta, payload: bytes = b"") -> bytes:
+    """A frame with any header at all, as a forger would write it."""
+    header = json.dumps(meta).encode()
+    return codec.WIRE_MAGIC + len(header).to_bytes(4, "big") + header + payload
+
+
+PIX = {"kind": "pixels", "shape": [4, 4, 3], "size": [30, 50]}
+
+
+@pytest.mark.parametrize("meta, payload, message", [
+    ({"op": "predict", "items": {"n": 1}}, b"x", '"items" must be a non-empty list'),
+    ({"op": "predict", "items": []}, b"", '"items" must be a non-empty list'),
+    (["op", "items"], b"", '"items" must be a non-empty list'),
+    ({"op": "drop", "items": [{"kind": "image", "n": 1}]}, b"x", "unknown operation"),
+    ({"op": "predict", "items": [{"kind": "image", "n": -1}]}, b"", "no byte count"),
+    ({"op": "predict", "items": [{"kind": "image", "n": "5"}]}, b"12345", "no byte count"),
+    ({"op": "predict", "items": [{"kind": "image", "n": True}]}, b"1", "no byte count"),
+    ({"op": "predict", "items": [{"kind": "image", "n": 3}]}, b"12345", "add up to 3 bytes, the body holds 5"),
+    ({"op": "predict", "items": [{"kind": "image", "n": 10**12}]}, b"12345", "add up to"),
+    ({"op": "predict", "items": [{"kind": "pickle", "n": 1}]}, b"x", "unknown kind"),
+    ({"op": "predict", "items": [{**PIX, "n": 47}]}, b"x" * 47, "declares 47 bytes"),
+    ({"op": "predict", "items": [{**PIX, "shape": [4, 4, -3], "n": 48}]}, b"x" * 48, "shape must be"),
+    ({"op": "predict", "items": [{**PIX, "shape": [4.0, 4, 3], "n": 48}]}, b"x" * 48, "shape must be"),
+    ({"op": "predict", "items": [{**PIX, "size": [30], "n": 48}]}, b"x" * 48, "size must be"),
+    ({"op": "predict", "items": [{**PIX, "size": [0, 50], "n": 48}]}, b"x" * 48, "size must be"),
+    ({"op": "predict", "items": [{"kind": "tensor", "dtype": "float32", "shape": [1, 3, 2, 2], "n": 47}]},
+     b"x" * 47, "declares 47 bytes for float32"),
+    ({"op": "predict", "items": [{"kind": "tensor", "dtype": "S100", "shape": [1], "n": 100}]},
+     b"x" * 100, "unknown dtype"),
+])
+def test_wire_forged_headers_are_one_line_input_errors(meta, payload, message):
+    with pytest.raises(InputError, match=message) as info:
+        codec.unpack_wire(frame(meta, payload))
+    assert "\n" not in str(info.value) and not isinstance(info.value, PayloadTooLarge)
+
+
+def test_wire_header_size_is_bounded(limits):
+    limits(max_items=2)
+    padded = {"op": "predict", "items": [{"kind": "image", "n": 1}], "pad": "x" * 3000}
+    with pytest.raises(InputError, match="header of"):
+        codec.unpack_wire(frame(padded, b"x"))
+    # a header length pointing past the body
+    with pytest.raises(InputError, match="header of"):
+        codec.unpack_wire(codec.WIRE_MAGIC + (1000).to_bytes(4, "big") + b"{}")
+
+
+def test_wire_forged_sizes_are_413_before_any_allocation(limits):
+    """A frame of a few bytes that declares a 100000 x 100000 image (the mask it would be upsampled
+    to is 40 GB of floats), too many items, or more pixels than a request may cost."""
+    limits(max_items=3, max_image_pixels=10_000, max_request_pixels=25_000)
+    huge = {**PIX, "size": [100_000, 100_000], "n": 48}
+    with pytest.raises(PayloadTooLarge, match="100000x100000 image; the limit is 0.01 MP"):
+        codec.unpack_wire(frame({"op": "predict", "items": [huge]}, b"x" * 48))
+    tile = {"kind": "tensor", "dtype": "float32", "shape": [1, 3, 200, 200], "n": 480_000}
+    with pytest.raises(PayloadTooLarge, match="200x200 tensors"):
+        codec.unpack_wire(frame({"op": "predict", "items": [tile]}, b"\0" * 480_000))
+    many = [{"kind": "image", "n": 1}] * 4
+    with pytest.raises(PayloadTooLarge, match="4 items in one request; the limit is 3"):
+        codec.unpack_wire(frame({"op": "predict", "items": many}, b"x" * 4))
+    rows = {"kind": "tensor", "dtype": "float32", "shape": [4, 3, 8, 8], "n": 4 * 3 * 64 * 4}
+    with pytest.raises(PayloadTooLarge, match="4 images in one request; the limit is 3"):
+        codec.unpack_wire(frame({"op": "predict", "items": [rows]}, b"\0" * rows["n"]))
+    three = [{**PIX, "size": [100, 100], "n": 48}] * 3
+    with pytest.raises(PayloadTooLarge, match="request declares 0.03 MP; the limit is 0.025 MP"):
+        codec.unpack_wire(frame({"op": "predict", "items": three}, b"x" * 144))
+    two = three[:2]
+    op, items = codec.unpack_wire(frame({"op": "predict", "items": two}, b"x" * 96))
+    assert op == "predict" and [len(p) for _, p in items] == [48, 48]
+
+
 # ---------------------------------------------------------------------------- packaging bits
 
 
@@ -155,34 +240,8 @@ def test_write_config_and_snapshot_merge(tmp_path):
     assert snap["modelCount"] == 2 and set(snap["models"]) == {"a", "b"}
     assert props["inference_address"].startswith("http://127.0.0.1:")
     assert props["management_address"].startswith("http://127.0.0.1:")
-    assert props["grpc_inference_address"] == "127.0.0.1"
-    assert props["metrics_mode"] == "prometheus" and props["enable_envvars_config"] == "true"
+    assert props["metrics_mode"] == "prometheus"
     assert props["install_py_dep_per_model"] == "false" and props["load_models"] == "all"
-
-
-def test_effective_config_overrides_ports(tmp_path):
-    from fissure.serving.package import read_properties, write_config
-    from fissure.serving.server import ServeOptions, effective_config
-
-    cfg = write_config(tmp_path / "c.properties", {})
-    opts = ServeOptions(model_store=tmp_path, config=cfg, ts_inference_port=1111, ts_management_port=2222,
-                        ts_metrics_port=3333, ts_grpc_inference_port=4444, ts_grpc_management_port=5555)
-    props = read_properties(effective_config(opts, tmp_path))
-    assert props["inference_address"] == "http://127.0.0.1:1111"
-    assert props["management_address"] == "http://127.0.0.1:2222"
-    assert props["metrics_address"] == "http://0.0.0.0:3333"
-    assert (props["grpc_inference_port"], props["grpc_management_port"]) == ("4444", "5555")
-    assert props["model_store"] == str(tmp_path.resolve())
-
-
-def test_missing_java_is_one_clear_line(monkeypatch):
-    from fissure.errors import FissureError
-    from fissure.serving import server
-
-    monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(FissureError, match="TorchServe needs Java 17: apt-get install openjdk-17-jre-headless"):
-        server.find_java()
 
 
 # ---------------------------------------------------------------------------- runtime (in-process)
@@ -281,18 +340,13 @@ def _bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def test_port_in_use_is_one_clear_line(tmp_path):
-    import socket
-
-    from fissure.errors import FissureError
-    from fissure.serving.server import ServeOptions, TorchServe
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        busy = s.getsockname()[1]
-        ts = TorchServe(ServeOptions(model_store=tmp_path, http_port=0, grpc_port=0, ts_inference_port=busy,
-                                     ts_management_port=0, ts_metrics_port=0, ts_grpc_inference_port=0,
-                                     ts_grpc_management_port=0), tmp_path)
-        with pytest.raises(FissureError, match=f"port {busy} is already in use; pick another with --ts-inference-port"):
-            ts.check_ports()
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # pytest resets codec's filter
+def test_png_to_mask_keeps_the_pixel_limit(limits):
+    """A server's mask PNG is decoded within FISSURE_MAX_IMAGE_PIXELS too: a bomb header is
+    refused by Pillow's limit, a PNG just over the limit by the explicit check."""
+    with pytest.raises(PayloadTooLarge, match="decompression bomb"):
+        codec.png_to_mask(_bomb_png())
+    limits(max_image_pixels=1000)
+    with pytest.raises(PayloadTooLarge, match="40x40 is over the 0.001 MP limit"):
+        codec.png_to_mask(codec.mask_to_png(np.ones((40, 40), dtype=bool)))
+    assert codec.png_to_mask(codec.mask_to_png(np.ones((20, 40), dtype=bool))).all()

@@ -14,11 +14,16 @@ import binascii
 import io
 import json
 import struct
+import warnings
 
 import numpy as np
 from PIL import Image
 
-from fissure.errors import InputError
+from fissure.errors import InputError, PayloadTooLarge
+from fissure.settings import settings
+
+# Pillow only warns between its limit and twice that, sizes png_to_mask refuses itself: noise in logs.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # ---------------------------------------------------------------------------- base64
 
@@ -56,8 +61,18 @@ def mask_to_png(mask: np.ndarray) -> bytes:
 
 
 def png_to_mask(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("L")) > 127
+    """A mask or heatmap PNG (a server's answer) -> boolean [H, W], within the image pixel limit."""
+    limit = settings().max_image_pixels
+    Image.MAX_IMAGE_PIXELS = limit  # Pillow refuses over twice this while reading the header
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+            if img.width * img.height > limit:
+                raise PayloadTooLarge(f"PNG of {img.width}x{img.height} is over the "
+                                      f"{limit / 1e6:.3g} MP limit (FISSURE_MAX_IMAGE_PIXELS)")
+            return np.asarray(img.convert("L")) > 127
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge(f"PNG refused as a decompression bomb: over the {limit / 1e6:.3g} MP limit "
+                              "(FISSURE_MAX_IMAGE_PIXELS)") from None
 
 
 def rle_encode(mask: np.ndarray) -> dict:
@@ -152,6 +167,9 @@ def overlay(image: Image.Image, mask: np.ndarray, color=(255, 0, 0), alpha: floa
 #             | {"kind": "pixels", "n": len, "shape": [S, S, 3], "size": [h, w]}]}
 #   "pixels": an image the front already decoded and resized (fissure.preprocess.image_to_array,
 #   uint8); the worker only normalises it. "size" is the image's own size, for masks and heatmaps.
+#   The request carries the header WIRE_HEADER: <token>, the secret the serving supervisor puts in
+#   the environment (WIRE_TOKEN_ENV) of the front and of TorchServe; the handler refuses a frame
+#   without it, so that nobody else can hand the worker declared sizes.
 # handler -> front:  JSON {"results": [[result, ...] | {"error": msg, "status": code}, ...]}
 #   one entry per item; an image or pixels item yields one result, a tensor item N results.
 # The magic prefix lets the same handler also accept raw image bytes and plain JSON
@@ -159,7 +177,13 @@ def overlay(image: Image.Image, mask: np.ndarray, color=(255, 0, 0), alpha: floa
 
 WIRE_MAGIC = b"FSR1"
 WIRE_HEADER = "X-Fissure-Wire"
+WIRE_TOKEN_ENV = "FISSURE_WIRE_TOKEN"
 WIRE_CONTENT_TYPE = "application/x-fissure-wire"
+# Tensor dtypes a frame may declare (numpy names, as the front writes them), for the size check;
+# the worker itself runs FP32 only and refuses the others item by item.
+WIRE_DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                         "uint8", "uint16", "uint32", "uint64", "bool"})
+_HEADER_BYTES_PER_ITEM = 512  # a packed item's JSON is under 150 bytes
 
 
 def pack_wire(op: str, items: list[tuple[dict, bytes]]) -> bytes:
@@ -177,22 +201,96 @@ def is_wire(body) -> bool:
 
 
 def unpack_wire(body: bytes) -> tuple[str, list[tuple[dict, memoryview]]]:
-    """Inverse of :func:`pack_wire`; raises InputError on a malformed frame."""
+    """Inverse of :func:`pack_wire`, trusting no declared number.
+
+    The header's size, the item count (images plus tensor rows, ``FISSURE_MAX_ITEMS``), each
+    payload length (they must add up to the body exactly), shapes and element counts, and the
+    pixels the items will cost (``FISSURE_MAX_IMAGE_PIXELS`` each, ``FISSURE_MAX_REQUEST_PIXELS``
+    in all) are checked before anything is allocated. Raises InputError, or PayloadTooLarge for
+    a frame over the limits.
+    """
+    limits = settings()
     view = memoryview(body)
+    if len(view) < 8 or bytes(view[:4]) != WIRE_MAGIC:
+        raise InputError("malformed internal request: no frame header")
+    (hlen,) = struct.unpack("!I", view[4:8])
+    max_header = 1024 + _HEADER_BYTES_PER_ITEM * limits.max_items
+    if hlen > max_header or 8 + hlen > len(view):
+        raise InputError(f"malformed internal request: header of {hlen} bytes "
+                         f"(at most {min(max_header, len(view) - 8)})")
     try:
-        (hlen,) = struct.unpack("!I", view[4:8])
         meta = json.loads(bytes(view[8 : 8 + hlen]))
-        op = meta["op"]
-        offset = 8 + hlen
-        items = []
-        for info in meta["items"]:
-            n = int(info["n"])
-            if offset + n > len(view):
-                raise ValueError("payload shorter than declared")
-            items.append((info, view[offset : offset + n]))
-            offset += n
-    except (struct.error, ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:
         raise InputError(f"malformed internal request: {exc}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("items"), list) or not meta["items"]:
+        raise InputError('malformed internal request: "items" must be a non-empty list')
+    op = meta.get("op")
     if op not in ("predict", "explain"):
         raise InputError(f"unknown operation {op!r}")
+    infos = meta["items"]
+    if len(infos) > limits.max_items:
+        raise PayloadTooLarge(f"{len(infos)} items in one request; the limit is {limits.max_items} (FISSURE_MAX_ITEMS)")
+    images = pixels = 0
+    for i, info in enumerate(infos):
+        rows, cost = _check_item(i, info, limits.max_image_pixels)
+        images += rows
+        pixels += cost
+    if images > limits.max_items:
+        raise PayloadTooLarge(f"{images} images in one request; the limit is {limits.max_items} (FISSURE_MAX_ITEMS)")
+    if pixels > limits.max_request_pixels:
+        raise PayloadTooLarge(f"request declares {pixels / 1e6:.3g} MP; the limit is "
+                              f"{limits.max_request_pixels / 1e6:.3g} MP per request (FISSURE_MAX_REQUEST_PIXELS)")
+    offset = 8 + hlen
+    if offset + sum(info["n"] for info in infos) != len(view):
+        raise InputError(f"malformed internal request: payload lengths add up to "
+                         f"{sum(info['n'] for info in infos)} bytes, the body holds {len(view) - offset}")
+    items = []
+    for info in infos:
+        items.append((info, view[offset : offset + info["n"]]))
+        offset += info["n"]
     return op, items
+
+
+def _check_item(i: int, info, max_image_pixels: int) -> tuple[int, int]:
+    """(images, pixels) one declared item will cost; InputError/PayloadTooLarge if it lies or is too big."""
+    if not isinstance(info, dict):
+        raise InputError(f"malformed internal request: item {i} is not an object")
+    n, kind = info.get("n"), info.get("kind")
+    if not _is_int(n) or n < 0:
+        raise InputError(f"malformed internal request: item {i} has no byte count")
+    if kind == "image":  # encoded bytes: the decoder checks the size the image declares
+        return 1, 0
+    if kind not in ("pixels", "tensor"):
+        raise InputError(f"malformed internal request: item {i} has unknown kind {kind!r}")
+    shape = info.get("shape")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 4
+            or not all(_is_int(s) and 0 < s <= max_image_pixels for s in shape)):
+        raise InputError(f"malformed internal request: item {i} shape must be 1 to 4 positive integers")
+    count = 1
+    for s in shape:
+        count *= s
+    if kind == "pixels":
+        size = info.get("size")
+        if not isinstance(size, list) or len(size) != 2 or not all(_is_int(s) and s > 0 for s in size):
+            raise InputError(f"malformed internal request: item {i} size must be [height, width]")
+        if count != n:
+            raise InputError(f"malformed internal request: item {i} declares {n} bytes for shape {shape}")
+        cost = size[0] * size[1]
+        if cost > max_image_pixels:
+            raise PayloadTooLarge(f"item {i} declares a {size[0]}x{size[1]} image; the limit is "
+                                  f"{max_image_pixels / 1e6:.3g} MP (FISSURE_MAX_IMAGE_PIXELS)")
+        return 1, cost
+    dtype = info.get("dtype", "float32")
+    if dtype not in WIRE_DTYPES:
+        raise InputError(f"malformed internal request: item {i} has unknown dtype {dtype!r}")
+    if count * np.dtype(dtype).itemsize != n:
+        raise InputError(f"malformed internal request: item {i} declares {n} bytes for {dtype} {shape}")
+    rows, plane = (shape[0], shape[-2] * shape[-1]) if len(shape) == 4 else (1, 0)
+    if plane > max_image_pixels:
+        raise PayloadTooLarge(f"item {i} declares {shape[-2]}x{shape[-1]} tensors; the limit is "
+                              f"{max_image_pixels / 1e6:.3g} MP (FISSURE_MAX_IMAGE_PIXELS)")
+    return rows, rows * plane
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
