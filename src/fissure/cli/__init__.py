@@ -38,6 +38,13 @@ EXTRAS = dict.fromkeys(
      "aiohttp"),
     "serve",
 )
+# Commands that cannot run at all without an extra: checked before they start anything (TorchServe,
+# MLflow). Others import an extra only on some paths (`predict --protocol grpc`) and fail there.
+NEEDS = {"serve": "serve", "up": "serve", "package": "serve"}
+
+
+def _extra_error(command: str, extra: str, detail: str = "") -> FissureError:
+    return FissureError(f"fissure {command} needs the {extra} extra: pip install 'fissure[{extra}]'{detail}")
 
 
 def missing_extra(command: str, exc: ImportError) -> FissureError | None:
@@ -45,10 +52,9 @@ def missing_extra(command: str, exc: ImportError) -> FissureError | None:
     extra = EXTRAS.get((exc.name or "").split(".")[0])
     if extra is None:
         return None
-    message = f"fissure {command} needs the {extra} extra: pip install 'fissure[{extra}]'"
-    if not isinstance(exc, ModuleNotFoundError):  # installed, but not the version we pin
-        message += f" ({str(exc).splitlines()[0]})"
-    return FissureError(message)
+    # an ImportError that is not ModuleNotFoundError: installed, but not a version we support
+    detail = "" if isinstance(exc, ModuleNotFoundError) else f" ({str(exc).splitlines()[0]})"
+    return _extra_error(command, extra, detail)
 
 
 class LazyGroup(click.Group):
@@ -68,13 +74,20 @@ class LazyGroup(click.Group):
         except ImportError as exc:
             raise missing_extra(name, exc) or exc
 
-    def invoke(self, ctx):
-        # Every command (not its --help) reads the FISSURE_* settings before any work: a bad value
-        # is a usage error up front, not a failure halfway through a run.
-        if not set(ctx.help_option_names) & set(ctx.args):
+    def resolve_command(self, ctx, args):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        # Before a command (not its --help) does any work: the FISSURE_* settings (a bad value is a
+        # usage error up front, not a failure halfway through a run) and the extra it needs.
+        if cmd is not None and not ctx.resilient_parsing and not set(ctx.help_option_names) & set(rest):
             from fissure.settings import reload_settings  # pydantic: kept off the --help path
 
             reload_settings()
+            extra = NEEDS.get(name)
+            if extra and any(importlib.util.find_spec(m) is None for m, e in EXTRAS.items() if e == extra):
+                raise _extra_error(name, extra)
+        return name, cmd, rest
+
+    def invoke(self, ctx):
         # Commands import their heavy dependencies when they run: an absent extra surfaces here.
         try:
             return super().invoke(ctx)
