@@ -19,10 +19,12 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from fissure.errors import DataError, InputError, PayloadTooLarge, UnsupportedMediaType
+from fissure.settings import settings
 
-# A 100-megapixel upload or a decompression bomb is refused before any pixel is decoded.
-MAX_IMAGE_PIXELS = int(os.environ.get("FISSURE_MAX_IMAGE_PIXELS", 40_000_000))
-ALLOWED_FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "MPO"}
+# Only these decoders ever parse a byte (Image.open(formats=...); multi-picture JPEGs, "MPO",
+# come through the JPEG decoder); a 100-megapixel upload or a decompression bomb is refused
+# from its header, before any pixel is decoded (open_image).
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
 # Modes we convert to RGB; anything else (float, HSV, LAB) is refused with a 415.
 _RGB_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La"}
 _WIDE_GRAY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -32,6 +34,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Never let PIL silently pad a truncated file with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow only warns between its limit and twice that, sizes open_image refuses itself: noise in logs.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# 16/32-bit gray is narrowed to 8 bits in blocks of this many pixels, so the temporaries stay small.
+_NARROW_BLOCK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -54,34 +60,48 @@ class PreprocessConfig:
         return cls(**data)
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode encoded image bytes into an RGB image, or raise a one-line InputError."""
+def open_image(data: bytes) -> Image.Image:
+    """Open encoded image bytes lazily: the header is parsed, no pixel is decoded yet.
+
+    Pillow's decompression-bomb limit is set from ``FISSURE_MAX_IMAGE_PIXELS`` on every call
+    (it is a process global; settings may be reloaded), and an image over it is refused with a
+    one-line PayloadTooLarge before decoding. Other failures are InputError/UnsupportedMediaType.
+    """
     if not data:
         raise InputError("empty image: the payload has zero bytes; send JPEG or PNG bytes")
+    limit = settings().max_image_pixels
+    Image.MAX_IMAGE_PIXELS = limit  # Pillow raises DecompressionBombError over twice this
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLarge(f"image refused as a decompression bomb: {exc}") from None
+        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge(f"image refused as a decompression bomb: its header declares over "
+                              f"{_mp(2 * limit)}; the limit is {_mp(limit)} (FISSURE_MAX_IMAGE_PIXELS)") from None
     except UnidentifiedImageError:
-        raise UnsupportedMediaType(
-            f"not an image: could not decode {len(data)} bytes as JPEG or PNG"
-        ) from None
+        raise UnsupportedMediaType(f"not an image: could not decode {len(data)} bytes as JPEG or PNG") from None
     except OSError as exc:  # PIL raises OSError for some malformed headers
         raise InputError(f"corrupt image header: {exc}") from None
-    if img.format not in ALLOWED_FORMATS:
-        raise UnsupportedMediaType(
-            f"unsupported image format {img.format}; send one of {sorted(ALLOWED_FORMATS)}"
-        )
     width, height = img.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise PayloadTooLarge(
-            f"image is {width}x{height} ({width * height / 1e6:.1f} MP); the limit is "
-            f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP (FISSURE_MAX_IMAGE_PIXELS)"
-        )
+    if width * height > limit:
+        img.close()
+        raise PayloadTooLarge(f"image refused as a decompression bomb: {width}x{height} "
+                              f"({_mp(width * height)}) is over the {_mp(limit)} limit (FISSURE_MAX_IMAGE_PIXELS)")
     if width < 1 or height < 1:
+        img.close()
         raise InputError(f"image has no pixels ({width}x{height})")
+    return img
+
+
+def _mp(pixels: int) -> str:
+    return f"{pixels / 1e6:.3g} MP"
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode encoded image bytes into an RGB image, or raise a one-line InputError."""
+    return finish_decode(open_image(data))
+
+
+def finish_decode(img: Image.Image) -> Image.Image:
+    """Decode the pixels of an image from :func:`open_image` and convert them to RGB."""
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as exc:
@@ -90,15 +110,12 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any supported mode (gray, palette, 16-bit gray, CMYK, alpha) to RGB."""
+    """Convert any supported mode (gray, palette, 16/32-bit gray, CMYK, alpha) to RGB."""
     mode = img.mode
     if mode == "RGB":
         return img
     if mode in _WIDE_GRAY_MODES:
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+        return narrow_gray(img).convert("RGB")
     if mode not in _RGB_MODES:
         raise UnsupportedMediaType(
             f"unsupported image mode {mode!r}; send 8/16-bit grayscale, RGB or RGBA"
@@ -109,6 +126,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def narrow_gray(img: Image.Image) -> Image.Image:
+    """16-bit (I;16*) or 32-bit (I) gray -> 8-bit "L": the top byte of 16-bit values (values
+    over 65535 saturate, negatives are 0), or the values as they are when none exceeds 255.
+
+    Integer shifts in blocks of rows: no float copy, and temporaries of one block only.
+    """
+    arr = np.asarray(img)  # uint16 or int32, one copy of the image's own bytes
+    wide = arr.max(initial=0) > 255
+    out = np.empty(arr.shape, dtype=np.uint8)
+    rows = max(1, _NARROW_BLOCK // max(1, arr.shape[1]))
+    for y in range(0, arr.shape[0], rows):
+        block = np.clip(arr[y : y + rows], 0, 65535 if wide else 255)
+        out[y : y + rows] = block >> 8 if wide else block
+    return Image.fromarray(out, mode="L")
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -126,10 +159,10 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a mask file as a boolean array; any nonzero pixel is a defect."""
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with open_image(path.read_bytes()) as img:
             img.load()
             arr = np.asarray(img.convert("L") if img.mode not in _WIDE_GRAY_MODES else img)
-    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+    except (InputError, OSError, SyntaxError) as exc:
         raise DataError(f"{path}: unreadable mask: {exc}") from None
     return arr > 0
 
@@ -188,8 +221,10 @@ def validate_tensor_batch(batch: torch.Tensor, cfg: PreprocessConfig) -> torch.T
         raise InputError(f"tensor shape must be [N,3,H,W], got {list(batch.shape)}")
     if batch.shape[0] < 1 or batch.shape[2] < 8 or batch.shape[3] < 8:
         raise InputError(f"tensor shape {list(batch.shape)} is too small (need N>=1, H,W>=8)")
-    if batch.shape[2] * batch.shape[3] > MAX_IMAGE_PIXELS:
-        raise PayloadTooLarge(f"tensor of {batch.shape[2]}x{batch.shape[3]} exceeds the pixel limit")
+    limit = settings().max_image_pixels
+    if batch.shape[2] * batch.shape[3] > limit:
+        raise PayloadTooLarge(f"tensor of {batch.shape[2]}x{batch.shape[3]} is over the {_mp(limit)} "
+                              "limit (FISSURE_MAX_IMAGE_PIXELS)")
     if not torch.isfinite(batch).all():
         raise InputError("tensor holds NaN or infinite values")
     if tuple(batch.shape[2:]) != (cfg.size, cfg.size):

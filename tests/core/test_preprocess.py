@@ -119,3 +119,84 @@ def test_normalize_matches_the_formula_and_is_channels_last():
     assert out.shape == (2, 3, 16, 16) and out.dtype == torch.float32
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert np.allclose(out.numpy(), ref, atol=1e-5)
+
+
+@pytest.fixture
+def limits(monkeypatch):
+    """Set FISSURE_* limits for one test (settings are cached: reload, and reload back after)."""
+    from fissure.settings import reload_settings
+
+    def set_limits(**values):
+        for key, value in values.items():
+            monkeypatch.setenv(f"FISSURE_{key.upper()}", str(value))
+        return reload_settings()
+
+    yield set_limits
+    monkeypatch.undo()
+    reload_settings()
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # pytest resets preprocess's filter
+def test_pixel_limit_comes_from_settings_and_is_set_in_pillow(limits):
+    """FISSURE_MAX_IMAGE_PIXELS (read through settings, so a reload takes effect) is Pillow's own
+    bomb limit on every decode, and an image between it and Pillow's 2x hard stop is refused too."""
+    limits(max_image_pixels=5000)
+    pp.decode_image(encode(Image.new("RGB", (30, 30))))
+    assert Image.MAX_IMAGE_PIXELS == 5000
+    limits(max_image_pixels=1000)
+    with pytest.raises(PayloadTooLarge) as first:
+        pp.decode_image(encode(Image.new("RGB", (40, 30))))
+    assert str(first.value) == ("image refused as a decompression bomb: 40x30 (0.0012 MP) is over the "
+                                "0.001 MP limit (FISSURE_MAX_IMAGE_PIXELS)")
+    assert Image.MAX_IMAGE_PIXELS == 1000
+    with pytest.raises(PayloadTooLarge, match="header declares over 0.002 MP; the limit is 0.001 MP"):
+        pp.decode_image(encode(Image.new("RGB", (100, 100))))
+    assert pp.decode_image(encode(Image.new("RGB", (25, 40)))).size == (25, 40)
+
+
+def test_mask_files_keep_the_pixel_limit(limits, tmp_path):
+    from fissure.errors import DataError
+
+    path = tmp_path / "m.png"
+    path.write_bytes(png_header_only(200_000, 200_000))
+    with pytest.raises(DataError, match="m.png: unreadable mask: image refused as a decompression bomb"):
+        pp.load_mask(path)
+
+
+def test_only_the_allowed_decoders_parse_a_byte():
+    gif = encode(Image.new("RGB", (8, 8)), "GIF")
+    with pytest.raises(UnsupportedMediaType, match="not an image"):
+        pp.decode_image(gif)
+
+
+def test_thirty_two_bit_gray_saturates_like_sixteen_bit():
+    arr = np.array([[-7, 0, 255, 256, 65535, 200_000]], dtype=np.int32)
+    out = np.asarray(pp.decode_image(encode(Image.fromarray(arr), "TIFF")))[..., 0]
+    assert out.tolist() == [[0, 0, 0, 1, 255, 255]]
+    narrow = np.array([[-7, 0, 17, 255]], dtype=np.int32)  # nothing over 255: kept as it is
+    assert np.asarray(pp.decode_image(encode(Image.fromarray(narrow), "TIFF")))[..., 0].tolist() == [[0, 0, 17, 255]]
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_wide_gray_is_narrowed_without_float_copies(mode):
+    """16/32-bit gray becomes 8-bit with integer shifts in blocks: the Python-side memory peak
+    stays under 2.5x the wide image's own bytes (a float64 copy alone is 4x or 8x them)."""
+    import tracemalloc
+
+    h, w = 1024, 1024
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        wide, fmt = rng.integers(0, 65536, (h, w), dtype=np.uint16), "PNG"
+    else:
+        wide, fmt = rng.integers(0, 70_000, (h, w)).astype(np.int32), "TIFF"
+    data = encode(Image.fromarray(wide), fmt)
+    assert Image.open(io.BytesIO(data)).mode == mode
+    tracemalloc.start()
+    try:
+        out = pp.decode_image(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * wide.nbytes, f"peak {peak / wide.nbytes:.1f}x the image's bytes"
+    expected = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
+    assert np.array_equal(np.asarray(out)[..., 0], expected)
