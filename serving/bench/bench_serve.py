@@ -2,6 +2,8 @@
 
     (a) raw      in-process loop: decode JPEG -> preprocess -> forward (batch 1), no server
     (b) fissure  `fissure serve` (KServe front -> TorchServe, dynamic batching) over v2 REST and gRPC
+    (b") fissure `fissure serve --runtime inprocess` (KServe front, the same model runtime in
+                 process, adaptive batching) over v2 REST and gRPC
     (c) kserve   kserve.ModelServer with a custom Model running torch in-process (v2 REST)
     (d) mlflow   `mlflow models serve` (pyfunc; the client sends the preprocessed tensor as JSON)
     (e) fastapi  a plain FastAPI + torch endpoint taking the JPEG bytes
@@ -304,17 +306,18 @@ def run(args) -> list[dict]:
         procs.append(proc)
         wait_http(ready_url, proc)
 
-    def fissure(batch_size: int, label: str, grpc: bool):
+    def fissure(batch_size: int, label: str, grpc: bool, runtime: str = "torchserve"):
         out = work / f"serving-b{batch_size}"
-        package(model_dir, out, name="crack-classifier", batch_size=batch_size,
-                max_batch_delay=args.max_batch_delay)
+        if not out.exists():
+            package(model_dir, out, name="crack-classifier", batch_size=batch_size,
+                    max_batch_delay=args.max_batch_delay)
         ports = [free_port() for _ in range(7)]
-        cmd = [str(BIN / "fissure"), "serve", "--model-store", str(out / "model-store"), "--config",
+        cmd = [str(BIN / "fissure"), "serve", "--runtime", runtime, "--model-store", str(out / "model-store"), "--config",
                str(out / "config" / "config.properties"), "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
                "--ts-inference-port", str(ports[2]), "--ts-management-port", str(ports[3]),
                "--ts-metrics-port", str(ports[4]), "--ts-grpc-inference-port", str(ports[5]),
-               "--ts-grpc-management-port", str(ports[6]), "--workdir", str(work / f"serve-b{batch_size}")]
-        spawn(cmd, f"fissure-b{batch_size}.log", f"http://127.0.0.1:{ports[0]}/v2/health/ready")
+               "--ts-grpc-management-port", str(ports[6]), "--workdir", str(work / f"serve-{runtime}-b{batch_size}")]
+        spawn(cmd, f"fissure-{runtime}-b{batch_size}.log", f"http://127.0.0.1:{ports[0]}/v2/health/ready")
         paths.append((f"{label} v2 REST", rest_caller(f"http://127.0.0.1:{ports[0]}/v2/models/crack-classifier/infer",
                                                       content=v2_body, headers={"Content-Type": "application/json"})))
         if grpc:
@@ -326,6 +329,8 @@ def run(args) -> list[dict]:
         # paths are compared under the same conditions, and rounds are pooled.
         if "fissure" in targets:
             fissure(args.batch_size, "(b) fissure", grpc=True)
+        if "inprocess" in targets:
+            fissure(args.batch_size, '(b") fissure in-process', grpc=True, runtime="inprocess")
         if "nobatch" in targets:  # the same server with dynamic batching off: what batching buys
             fissure(1, "(b') fissure, batch size 1,", grpc=False)
         if "kserve" in targets:
@@ -436,7 +441,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch/OMP threads in every server")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-batch-delay", type=int, default=2)
-    p.add_argument("--targets", default="raw,fissure,nobatch,kserve,mlflow,fastapi")
+    p.add_argument("--targets", default="raw,fissure,inprocess,nobatch,kserve,mlflow,fastapi")
     p.add_argument("--write", type=Path, default=None, help="put the table into this markdown file")
     args = p.parse_args()
     started = machine()

@@ -80,7 +80,8 @@ def effective_config(packaged: Path | None, ports: TorchServePorts, model_store:
         # loopback-only APIs, reached by the front alone; no run-time model (un)registration
         "disable_token_authorization": "true",
         "enable_model_api": "false",
-        "enable_envvars_config": "false",
+        # TS_* variables come from the pod spec (trusted), e.g. the chart's TS_NUMBER_OF_GPU
+        "enable_envvars_config": "true",
         "install_py_dep_per_model": "false",
     })
     path = workdir / "config.properties"
