@@ -121,40 +121,24 @@ def test_normalize_matches_the_formula_and_is_channels_last():
     assert np.allclose(out.numpy(), ref, atol=1e-5)
 
 
-@pytest.fixture
-def limits(monkeypatch):
-    """Set FISSURE_* limits for one test (settings are cached: reload, and reload back after)."""
-    from fissure.settings import reload_settings
-
-    def set_limits(**values):
-        for key, value in values.items():
-            monkeypatch.setenv(f"FISSURE_{key.upper()}", str(value))
-        return reload_settings()
-
-    yield set_limits
-    monkeypatch.undo()
-    reload_settings()
-
-
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # pytest resets preprocess's filter
-def test_pixel_limit_comes_from_settings_and_is_set_in_pillow(limits):
-    """FISSURE_MAX_IMAGE_PIXELS (read through settings, so a reload takes effect) is Pillow's own
-    bomb limit on every decode, and an image between it and Pillow's 2x hard stop is refused too."""
-    limits(max_image_pixels=5000)
+def test_pixel_limit_is_set_in_pillow_and_checked_below_its_hard_stop(monkeypatch):
+    """FISSURE_MAX_IMAGE_PIXELS (40 MP by default) becomes Pillow's own bomb limit on every decode,
+    which makes Pillow stop at twice that; an image between the two is refused from its header too."""
+    from fissure.settings import settings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 123)  # whatever another library left there
     pp.decode_image(encode(Image.new("RGB", (30, 30))))
-    assert Image.MAX_IMAGE_PIXELS == 5000
-    limits(max_image_pixels=1000)
-    with pytest.raises(PayloadTooLarge) as first:
-        pp.decode_image(encode(Image.new("RGB", (40, 30))))
-    assert str(first.value) == ("image refused as a decompression bomb: 40x30 (0.0012 MP) is over the "
-                                "0.001 MP limit (FISSURE_MAX_IMAGE_PIXELS)")
-    assert Image.MAX_IMAGE_PIXELS == 1000
-    with pytest.raises(PayloadTooLarge, match="header declares over 0.002 MP; the limit is 0.001 MP"):
-        pp.decode_image(encode(Image.new("RGB", (100, 100))))
-    assert pp.decode_image(encode(Image.new("RGB", (25, 40)))).size == (25, 40)
+    assert Image.MAX_IMAGE_PIXELS == settings().max_image_pixels == 40_000_000
+    with pytest.raises(PayloadTooLarge) as info:
+        pp.decode_image(png_header_only(7000, 6000))
+    assert str(info.value) == ("image refused as a decompression bomb: 7000x6000 (42 MP) is over the "
+                               "40 MP limit (FISSURE_MAX_IMAGE_PIXELS)")
+    with pytest.raises(PayloadTooLarge, match="header declares over 80 MP; the limit is 40 MP"):
+        pp.decode_image(png_header_only(10_000, 9_000))
 
 
-def test_mask_files_keep_the_pixel_limit(limits, tmp_path):
+def test_mask_files_keep_the_pixel_limit(tmp_path):
     from fissure.errors import DataError
 
     path = tmp_path / "m.png"

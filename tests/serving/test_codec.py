@@ -133,21 +133,6 @@ def test_wire_short_payload_is_input_error():
         codec.unpack_wire(body)
 
 
-@pytest.fixture
-def limits(monkeypatch):
-    """Set FISSURE_* limits for one test (settings are cached: reload, and reload back after)."""
-    from fissure.settings import reload_settings
-
-    def set_limits(**values):
-        for key, value in values.items():
-            monkeypatch.setenv(f"FISSURE_{key.upper()}", str(value))
-        return reload_settings()
-
-    yield set_limits
-    monkeypatch.undo()
-    reload_settings()
-
-
 def frame(meta, payload: bytes = b"") -> bytes:
     """A frame with any header at all, as a forger would write it."""
     header = json.dumps(meta).encode()
@@ -184,9 +169,8 @@ def test_wire_forged_headers_are_one_line_input_errors(meta, payload, message):
     assert "\n" not in str(info.value) and not isinstance(info.value, PayloadTooLarge)
 
 
-def test_wire_header_size_is_bounded(limits):
-    limits(max_items=2)
-    padded = {"op": "predict", "items": [{"kind": "image", "n": 1}], "pad": "x" * 3000}
+def test_wire_header_size_is_bounded():
+    padded = {"op": "predict", "items": [{"kind": "image", "n": 1}], "pad": "x" * 40_000}
     with pytest.raises(InputError, match="header of"):
         codec.unpack_wire(frame(padded, b"x"))
     # a header length pointing past the body
@@ -194,27 +178,26 @@ def test_wire_header_size_is_bounded(limits):
         codec.unpack_wire(codec.WIRE_MAGIC + (1000).to_bytes(4, "big") + b"{}")
 
 
-def test_wire_forged_sizes_are_413_before_any_allocation(limits):
-    """A frame of a few bytes that declares a 100000 x 100000 image (the mask it would be upsampled
-    to is 40 GB of floats), too many items, or more pixels than a request may cost."""
-    limits(max_items=3, max_image_pixels=10_000, max_request_pixels=25_000)
+def test_wire_forged_sizes_are_413_before_any_allocation():
+    """Frames of a few bytes that declare a 100000 x 100000 image (the mask it would be upsampled
+    to is 40 GB of floats), a 7000 x 7000 tensor, more items than a request may hold, or more pixels
+    than a request may cost (defaults: 40 MP an image, 64 images, 80 MP a request)."""
     huge = {**PIX, "size": [100_000, 100_000], "n": 48}
-    with pytest.raises(PayloadTooLarge, match="100000x100000 image; the limit is 0.01 MP"):
+    with pytest.raises(PayloadTooLarge, match="100000x100000 image; the limit is 40 MP"):
         codec.unpack_wire(frame({"op": "predict", "items": [huge]}, b"x" * 48))
-    tile = {"kind": "tensor", "dtype": "float32", "shape": [1, 3, 200, 200], "n": 480_000}
-    with pytest.raises(PayloadTooLarge, match="200x200 tensors"):
-        codec.unpack_wire(frame({"op": "predict", "items": [tile]}, b"\0" * 480_000))
-    many = [{"kind": "image", "n": 1}] * 4
-    with pytest.raises(PayloadTooLarge, match="4 items in one request; the limit is 3"):
-        codec.unpack_wire(frame({"op": "predict", "items": many}, b"x" * 4))
-    rows = {"kind": "tensor", "dtype": "float32", "shape": [4, 3, 8, 8], "n": 4 * 3 * 64 * 4}
-    with pytest.raises(PayloadTooLarge, match="4 images in one request; the limit is 3"):
+    tile = {"kind": "tensor", "dtype": "float32", "shape": [1, 3, 7000, 7000], "n": 3 * 7000 * 7000 * 4}
+    with pytest.raises(PayloadTooLarge, match="7000x7000 tensors"):
+        codec.unpack_wire(frame({"op": "predict", "items": [tile]}))
+    many = [{"kind": "image", "n": 1}] * 65
+    with pytest.raises(PayloadTooLarge, match="65 items in one request; the limit is 64"):
+        codec.unpack_wire(frame({"op": "predict", "items": many}, b"x" * 65))
+    rows = {"kind": "tensor", "dtype": "float32", "shape": [65, 3, 8, 8], "n": 65 * 3 * 64 * 4}
+    with pytest.raises(PayloadTooLarge, match="65 images in one request; the limit is 64"):
         codec.unpack_wire(frame({"op": "predict", "items": [rows]}, b"\0" * rows["n"]))
-    three = [{**PIX, "size": [100, 100], "n": 48}] * 3
-    with pytest.raises(PayloadTooLarge, match="request declares 0.03 MP; the limit is 0.025 MP"):
+    three = [{**PIX, "size": [6000, 6000], "n": 48}] * 3
+    with pytest.raises(PayloadTooLarge, match="request declares 108 MP; the limit is 80 MP"):
         codec.unpack_wire(frame({"op": "predict", "items": three}, b"x" * 144))
-    two = three[:2]
-    op, items = codec.unpack_wire(frame({"op": "predict", "items": two}, b"x" * 96))
+    op, items = codec.unpack_wire(frame({"op": "predict", "items": three[:2]}, b"x" * 96))
     assert op == "predict" and [len(p) for _, p in items] == [48, 48]
 
 
@@ -341,12 +324,10 @@ def _bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # pytest resets codec's filter
-def test_png_to_mask_keeps_the_pixel_limit(limits):
-    """A server's mask PNG is decoded within FISSURE_MAX_IMAGE_PIXELS too: a bomb header is
-    refused by Pillow's limit, a PNG just over the limit by the explicit check."""
-    with pytest.raises(PayloadTooLarge, match="decompression bomb"):
+def test_png_to_mask_keeps_the_pixel_limit():
+    """A server's mask PNG is decoded within FISSURE_MAX_IMAGE_PIXELS (40 MP) too: a bomb header
+    is refused by Pillow's own limit (twice ours), one just over ours by the explicit check."""
+    with pytest.raises(PayloadTooLarge, match="PNG refused as a decompression bomb"):
         codec.png_to_mask(_bomb_png())
-    limits(max_image_pixels=1000)
-    with pytest.raises(PayloadTooLarge, match="40x40 is over the 0.001 MP limit"):
-        codec.png_to_mask(codec.mask_to_png(np.ones((40, 40), dtype=bool)))
-    assert codec.png_to_mask(codec.mask_to_png(np.ones((20, 40), dtype=bool))).all()
+    with pytest.raises(PayloadTooLarge, match="PNG of 7000x6000 is over the 40 MP limit"):
+        codec.png_to_mask(_bomb_png(7000, 6000))

@@ -3,6 +3,10 @@
 The TorchServe handler (:mod:`fissure.serving.handler`) wraps a :class:`ModelRuntime`; so do
 the in-process baselines of the serving benchmark. Decoding goes through
 :mod:`fissure.preprocess`, the module training uses, so there is no train/serve skew.
+
+Every input is checked against the pixel limits (``FISSURE_MAX_IMAGE_PIXELS`` per image, and,
+with a :class:`PixelBudget`, ``FISSURE_MAX_REQUEST_PIXELS`` per request) before anything of its
+size is allocated: declared shapes and sizes are numbers a caller chose.
 """
 
 from __future__ import annotations
@@ -16,17 +20,15 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from fissure.errors import FissureError, InputError
+from fissure.errors import FissureError, InputError, PayloadTooLarge, status_of
 from fissure.models import build_model, preprocess_config
-from fissure.preprocess import decode_image, image_to_tensor, normalize, validate_tensor_batch
+from fissure.preprocess import finish_decode, image_to_tensor, normalize, open_image, validate_tensor_batch
 from fissure.serving import codec
+from fissure.settings import settings
 
 WEIGHTS_FILE = "weights.pt"
 SPEC_FILE = "spec.json"
 META_FILE = "fissure-model.json"
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-           "int32": torch.int32, "int64": torch.int64, "uint8": torch.uint8, "int8": torch.int8,
-           "int16": torch.int16, "bool": torch.bool}
 
 
 @dataclass
@@ -37,20 +39,50 @@ class Prepared:
     size: tuple[int, int]
 
 
+class OverBudget(PayloadTooLarge):
+    """The request as a whole is over a limit: it fails as one, not item by item."""
+
+
+class PixelBudget:
+    """Pixels one request may still cost (decoded images, upsampled masks): FISSURE_MAX_REQUEST_PIXELS."""
+
+    def __init__(self):
+        self.limit = settings().max_request_pixels
+        self.spent = 0
+
+    def spend(self, pixels: int) -> None:
+        self.spent += pixels
+        if self.spent > self.limit:
+            raise OverBudget(f"the images of this request add up to more than {self.limit / 1e6:.3g} MP, "
+                             "the limit per request (FISSURE_MAX_REQUEST_PIXELS)")
+
+
 def set_threads() -> int:
     """torch intra-op threads for a serving worker: FISSURE_TORCH_THREADS, else half the cores.
 
     The other half is for the protocol front and TorchServe's JVM; on a busy 2-core machine a
     second OpenMP thread made the forward pass ~50x slower (spinning against the front).
     """
-    n = int(os.environ.get("FISSURE_TORCH_THREADS") or 0) or max(1, (os.cpu_count() or 2) // 2)
-    torch.set_num_threads(max(1, n))
+    n = settings().torch_threads or max(1, (os.cpu_count() or 2) // 2)
+    torch.set_num_threads(n)
     return torch.get_num_threads()
 
 
+def device_for(gpu_id, cuda_available: bool) -> torch.device:
+    """The device a worker runs on: TorchServe's ``gpu_id`` when CUDA is there, else the CPU."""
+    if gpu_id is None or not cuda_available:
+        return torch.device("cpu")
+    return torch.device("cuda", int(gpu_id))
+
+
 class ModelRuntime:
-    def __init__(self, module: torch.nn.Module, spec: dict, meta: dict | None = None):
-        self.module = module.eval()
+    """One model ready to serve on ``device``: inputs are prepared on the CPU, moved for the
+    forward pass, and results come back as plain Python (CPU) values."""
+
+    def __init__(self, module: torch.nn.Module, spec: dict, meta: dict | None = None,
+                 device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.spec = spec
@@ -64,7 +96,7 @@ class ModelRuntime:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_dir(cls, model_dir: str | os.PathLike) -> "ModelRuntime":
+    def from_dir(cls, model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> "ModelRuntime":
         """Rebuild from a directory holding weights.pt, spec.json and fissure-model.json (a MAR)."""
         model_dir = Path(model_dir)
         spec = json.loads((model_dir / SPEC_FILE).read_text())
@@ -73,52 +105,74 @@ class ModelRuntime:
         module = build_model(spec)
         state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         module.load_state_dict(state)
-        return cls(module, spec, meta)
+        return cls(module, spec, meta, device=device)
 
     # ------------------------------------------------------------------ inputs
-    def prepare_image(self, data: bytes) -> Prepared:
-        img = decode_image(bytes(data))
+    def prepare_image(self, data: bytes, budget: PixelBudget | None = None) -> Prepared:
+        """Encoded image bytes -> an item; the size its header declares is checked (and spent
+        from ``budget``) before the pixels are decoded."""
+        img = open_image(bytes(data))
+        if budget is not None:
+            budget.spend(img.width * img.height)
+        img = finish_decode(img)
         return Prepared(image_to_tensor(img, self.cfg), (img.height, img.width))
 
-    def prepare_pixels(self, data: bytes, shape, size) -> Prepared:
-        """An image the front decoded and resized (uint8 [S, S, 3], see image_to_array)."""
-        expected = [self.cfg.size, self.cfg.size, 3]
-        if [int(s) for s in shape] != expected or len(data) != 3 * self.cfg.size ** 2:
-            raise InputError(f"pixels must be uint8 {expected}, got shape {list(shape)}")
-        pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(1, *expected)
-        return Prepared(normalize(pixels, self.cfg)[0], (int(size[0]), int(size[1])))
+    def prepare_pixels(self, data: bytes, shape, size, budget: PixelBudget | None = None) -> Prepared:
+        """An image the front decoded and resized (uint8 [S, S, 3], see image_to_array).
 
-    def prepare_tensor(self, data: bytes, shape, dtype: str = "float32") -> list[Prepared]:
-        """Raw little-endian tensor bytes with a shape -> validated, resized items."""
-        if dtype not in _DTYPES:
+        ``size`` [h, w] is the image's own size, which masks and heatmaps are upsampled to: it is
+        checked against the pixel limits before anything of that size exists.
+        """
+        expected = [self.cfg.size, self.cfg.size, 3]
+        if _ints(shape) != expected or len(data) != 3 * self.cfg.size ** 2:
+            raise InputError(f"pixels must be uint8 {expected}, got shape {shape!r} and {len(data)} bytes")
+        h, w = _image_size(size)
+        if budget is not None:
+            budget.spend(h * w)
+        pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(1, *expected)
+        return Prepared(normalize(pixels, self.cfg)[0], (h, w))
+
+    def prepare_tensor(self, data: bytes, shape, dtype: str = "float32",
+                       budget: PixelBudget | None = None) -> list[Prepared]:
+        """Raw little-endian FP32 bytes of shape [N, 3, H, W] -> validated, resized items.
+
+        The shape is checked against the data's length and the limits (N images of H x W
+        pixels each) before the bytes are copied.
+        """
+        if dtype != "float32":
             raise InputError(f"tensor dtype must be FP32, got {dtype}")
-        try:
-            shape = [int(s) for s in shape]
-            arr = np.frombuffer(bytes(data), dtype=np.dtype(dtype).newbyteorder("<"))
-            arr = arr.reshape(shape)
-        except (ValueError, TypeError) as exc:
-            raise InputError(f"tensor data does not match shape {shape}: {exc}") from None
-        tensor = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=True))
-        if tensor.ndim == 4:
-            sizes = [(int(tensor.shape[2]), int(tensor.shape[3]))] * int(tensor.shape[0])
-        else:
-            sizes = []
-        batch = validate_tensor_batch(tensor, self.cfg)
-        return [Prepared(t, s) for t, s in zip(batch, sizes)]
+        dims = _ints(shape)
+        if dims is None or len(dims) != 4 or dims[1] != 3 or min(dims) < 1:
+            raise InputError(f"tensor shape must be [N,3,H,W], got {dims if dims is not None else shape!r}")
+        n, _, h, w = dims
+        limits = settings()
+        if n > limits.max_items:
+            raise PayloadTooLarge(f"tensor of {n} images; the limit is {limits.max_items} per request (FISSURE_MAX_ITEMS)")
+        _image_size([h, w])
+        if n * 3 * h * w * 4 != len(data):
+            raise InputError(f"tensor data does not match shape {dims}: {len(data)} bytes for {n * 3 * h * w} floats")
+        if budget is not None:
+            budget.spend(n * h * w)
+        arr = np.frombuffer(data, dtype="<f4").reshape(dims).astype(np.float32)  # one native, writable copy
+        batch = validate_tensor_batch(torch.from_numpy(arr), self.cfg)
+        return [Prepared(t, (h, w)) for t in batch]
 
     # ------------------------------------------------------------------ predict
     def predict(self, items: list[Prepared]) -> list[dict]:
         if not items:
             return []
-        batch = torch.stack([p.tensor for p in items])
+        batch = self._batch(items)
         with torch.inference_mode():
             out = self.module(batch)
         if self.task == "classify":
             return self._classify(out, items)
         return self._segment(out, items)
 
+    def _batch(self, items: list[Prepared]) -> torch.Tensor:
+        return torch.stack([p.tensor for p in items]).to(self.device, non_blocking=True)
+
     def _classify(self, logits: torch.Tensor, items) -> list[dict]:
-        probs = torch.softmax(logits.float(), dim=1).numpy()
+        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
         names = self.classes or [str(i) for i in range(probs.shape[1])]
         results = []
         for row in probs:
@@ -136,7 +190,7 @@ class ModelRuntime:
         for p, item in zip(probs, items):
             if tuple(p.shape[-2:]) != item.size:
                 p = F.interpolate(p[None], size=item.size, mode="bilinear", align_corners=False)[0]
-            maps.append(p[0].numpy())
+            maps.append(p[0].cpu().numpy())
         return maps
 
     def _segment(self, logits: torch.Tensor, items) -> list[dict]:
@@ -157,7 +211,7 @@ class ModelRuntime:
         """Grad-CAM (classifier, on ``module.cam_layer``) or the probability map (segmenter)."""
         if not items:
             return []
-        batch = torch.stack([p.tensor for p in items])
+        batch = self._batch(items)
         if self.task != "classify":
             with torch.inference_mode():
                 maps = self._probability_maps(self.module(batch), items)
@@ -185,7 +239,7 @@ class ModelRuntime:
         for cam, item, t, p in zip(cams, items, target.tolist(), probs):
             cam = F.interpolate(cam[None], size=item.size, mode="bilinear", align_corners=False)[0, 0]
             top = float(cam.max())
-            cam = (cam / top if top > 0 else cam).numpy()
+            cam = (cam / top if top > 0 else cam).cpu().numpy()
             results.append({
                 "method": "grad-cam", "target": names[t], "score": round(float(p[t]), 6),
                 "heatmap_png": codec.b64encode(codec.heatmap_to_png(cam)), "summary": codec.summarize(cam),
@@ -193,9 +247,28 @@ class ModelRuntime:
         return results
 
 
-def error_result(exc: Exception) -> dict:
-    """One-line error entry for a failed item (no traceback text)."""
-    if isinstance(exc, FissureError):
-        return {"error": exc.message.splitlines()[0] if exc.message else type(exc).__name__,
-                "status": int(exc.http_status)}
-    return {"error": f"internal error: {type(exc).__name__}", "status": 500}
+def error_result(exc: BaseException) -> dict:
+    """One-line error entry for a failed item (no traceback text), status as errors.status_of maps it."""
+    status, _code, message = status_of(exc)
+    return {"error": message, "status": status}
+
+
+def _ints(values) -> list[int] | None:
+    """A shape as a list of ints, or None when it is not one (floats, bools, strings)."""
+    if not isinstance(values, (list, tuple)):
+        return None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
+        return None
+    return [int(v) for v in values]
+
+
+def _image_size(size) -> tuple[int, int]:
+    """A declared image size [h, w], checked against FISSURE_MAX_IMAGE_PIXELS."""
+    hw = _ints(size)
+    if hw is None or len(hw) != 2 or min(hw) < 1:
+        raise InputError(f"image size must be [height, width], got {size!r}")
+    limit = settings().max_image_pixels
+    if hw[0] * hw[1] > limit:
+        raise PayloadTooLarge(f"image size {hw[0]}x{hw[1]} is over the {limit / 1e6:.3g} MP limit "
+                              "(FISSURE_MAX_IMAGE_PIXELS)")
+    return hw[0], hw[1]
