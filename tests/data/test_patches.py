@@ -90,3 +90,27 @@ def test_patches_on_real_data(shared_datasets, tmp_path, name):
         stem, y, x = re.fullmatch(r"(.+)_y(\d+)_x(\d+)", f.stem).groups()
         item = next(i for i in items if i.image.stem == stem)
         assert load_mask(item.mask)[int(y):int(y) + 96, int(x):int(x) + 96].mean() >= 0.01
+
+
+@pytest.mark.parametrize("enabled", [True, None])
+def test_progress_lines_in_a_log_when_enabled(seg_set, tmp_path, capsys, enabled):
+    """Plain lines where stderr is not a terminal (a log, dvc repro) with progress=True; None
+    keeps quiet there (a bar on a terminal only)."""
+    extract_patches(seg_set, tmp_path, PatchSpec(size=64, stride=64), progress=enabled)
+    err = capsys.readouterr().err
+    label = re.findall(r"^label tiles: images (\d+)/12 elapsed \S+ eta \S+$", err, re.M)
+    write = re.findall(r"^write patches: images (\d+)/(\d+) elapsed \S+", err, re.M)
+    if enabled:
+        assert label[-1] == "12" and write and write[-1][0] == write[-1][1]
+    else:
+        assert err == ""
+
+
+def test_cli_patches_shows_progress_in_a_log(seg_set, tmp_path, capsys):
+    from fissure.cli import main
+
+    assert main(["data", "patches", "--data", str(seg_set), "--out", str(tmp_path), "--size", "64",
+                 "--stride", "64"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"^label tiles: images 12/12 elapsed", err, re.M) and "Traceback" not in err
+    assert re.search(r"^wrote \d+ crack and \d+ no_crack patches", err, re.M)

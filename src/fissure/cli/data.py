@@ -76,7 +76,7 @@ def patches_cmd(data_dir, out, size, stride, threshold, min_length, margin, bala
 
     spec = PatchSpec(size=size, stride=stride, threshold=threshold, min_length=min_length, margin=margin,
                      balance=balance, seed=seed, max_per_class=max_per_class)
-    counts = extract_patches(data_dir, out, spec)
+    counts = extract_patches(data_dir, out, spec, progress=True)
     _log(f"wrote {counts['crack']} crack and {counts['no_crack']} no_crack patches to {out}")
 
 

@@ -25,6 +25,7 @@ from scipy import ndimage
 from fissure.data.loaders import SegmentationItem, segmentation_items
 from fissure.errors import DataError
 from fissure.preprocess import load_image, load_mask
+from fissure.progress import iterate
 
 CLASSES = ("no_crack", "crack")
 _EIGHT = np.ones((3, 3), bool)
@@ -94,20 +95,16 @@ def label_mask(mask: np.ndarray, spec: PatchSpec) -> list[tuple[int, int, str]]:
     return out
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool | None):
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True,
-                disable=(not enabled) if enabled is not None else None)
-
-
 def select_patches(items: list[SegmentationItem], spec: PatchSpec,
                    progress: bool | None = None) -> dict[str, list[tuple[int, int, int]]]:
-    """(item index, y, x) of the tiles to write, per class, after balancing."""
+    """(item index, y, x) of the tiles to write, per class, after balancing.
+
+    ``progress`` as ``enabled`` of :class:`fissure.progress.Progress` (None: a bar on a terminal only).
+    """
     spec.check()
     chosen: dict[str, list[tuple[int, int, int]]] = {c: [] for c in CLASSES}
     too_small = 0
-    for i, item in enumerate(_progress(items, len(items), "label tiles", progress)):
+    for i, item in enumerate(iterate(items, "label tiles", len(items), unit="images", enabled=progress)):
         mask = load_mask(item.mask)
         if mask.ndim != 2:
             raise DataError(f"{item.mask}: a mask must be a single-channel image")
@@ -140,7 +137,11 @@ def select_patches(items: list[SegmentationItem], spec: PatchSpec,
 def extract_patches(data: str | os.PathLike | list[SegmentationItem], out: str | os.PathLike,
                     spec: PatchSpec = PatchSpec(), progress: bool | None = None,
                     prefix: str = "") -> dict[str, int]:
-    """Write ``OUT/crack/*.jpg`` and ``OUT/no_crack/*.jpg``; return the count per class."""
+    """Write ``OUT/crack/*.jpg`` and ``OUT/no_crack/*.jpg``; return the count per class.
+
+    ``progress`` as ``enabled`` of :class:`fissure.progress.Progress` (None: a bar on a terminal
+    only; True: plain lines too where stderr is not a terminal, e.g. a log).
+    """
     items = segmentation_items(data) if not isinstance(data, list) else data
     chosen = select_patches(items, spec, progress)
     out = Path(out)
@@ -151,7 +152,7 @@ def extract_patches(data: str | os.PathLike | list[SegmentationItem], out: str |
         for i, y, x in tiles:
             by_item.setdefault(i, []).append((y, x, label))
     s = spec.size
-    for i in _progress(sorted(by_item), len(by_item), "write patches", progress):
+    for i in iterate(sorted(by_item), "write patches", len(by_item), unit="images", enabled=progress):
         item = items[i]
         img = load_image(item.image)
         mask_shape = load_mask(item.mask).shape
