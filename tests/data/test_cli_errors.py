@@ -90,12 +90,18 @@ def test_no_prepare_section(capsys, tmp_path):
 
 def test_unknown_key(capsys, tmp_path):
     (tmp_path / "p.yaml").write_text("prepare:\n  cuont: 3\n")
-    _one_line_error(capsys, ["data", "prepare", "--params", str(tmp_path / "p.yaml")], "unknown keys")
+    _one_line_error(capsys, ["data", "prepare", "--params", str(tmp_path / "p.yaml")], "prepare.cuont: unknown key")
 
 
-def test_bad_fraction(capsys, tmp_path):
+def test_bad_fraction_in_params(capsys, tmp_path):
+    (tmp_path / "p.yaml").write_text("prepare:\n  val_fraction: 0.6\n  test_fraction: 0.5\n")
+    _one_line_error(capsys, ["data", "prepare", "--params", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "o")],
+                    "leave something to train on")
+
+
+def test_bad_fraction_options_are_a_usage_error(capsys, tmp_path):
     _one_line_error(capsys, ["data", "prepare", "--val-fraction", "0.6", "--test-fraction", "0.5",
-                             "--out", str(tmp_path / "o")], "leave something to train on")
+                             "--out", str(tmp_path / "o")], "leave something to train on", code=2)
 
 
 def test_bad_count(capsys, tmp_path):

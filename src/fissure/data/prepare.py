@@ -19,13 +19,13 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import yaml
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fissure.data import synth
 from fissure.data.loaders import (
@@ -36,53 +36,51 @@ from fissure.data.loaders import (
     segmentation_items,
 )
 from fissure.data.patches import PatchSpec, extract_patches
-from fissure.errors import DataError
+from fissure.errors import DataError, UsageError
 from fissure.preprocess import load_image, load_mask
 from fissure.progress import iterate
 
 SPLITS = ("train", "val", "test")
 
 
-@dataclass
-class PrepareParams:
-    """The ``prepare:`` section of params.yaml (see docs/data.md)."""
+class PrepareParams(BaseModel):
+    """The ``prepare:`` section of params.yaml (see docs/data.md); fields not given keep these defaults."""
 
-    source: list[str] = field(default_factory=lambda: ["synth"])
-    count: int = 400
-    seed: int = 0
-    size: int = 256
-    max_side: int = 512
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
+    # strict: YAML already gives typed values, so a string for a number is a mistake to report
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    source: list[str] = Field(default_factory=lambda: ["synth"])  # a single string is one source
+    count: int = Field(400, ge=0)  # synthetic images: at least 1 when source includes synth
+    seed: int = Field(0, ge=0)  # numpy's generators refuse negative seeds
+    size: int = Field(256, ge=32, le=4096)
+    max_side: int = Field(512, ge=32)
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.15, ge=0, lt=1)
     feedback: str | None = "data/feedback"
-    patch_size: int = 96
-    patch_stride: int = 80
-    patch_threshold: float = 0.01
-    patch_margin: int = 8
+    patch_size: int = Field(96, ge=8)
+    patch_stride: int = Field(80, ge=1)
+    patch_threshold: float = Field(0.01, gt=0, lt=1)
+    patch_margin: int = Field(8, ge=0)
     patch_balance: bool = True
-    patch_max_per_class: int | None = None
+    patch_max_per_class: int | None = Field(None, ge=1)
 
-    def __post_init__(self):
-        if isinstance(self.source, (str, os.PathLike)):
-            self.source = [str(self.source)]
-        self.source = [str(s) for s in (self.source or [])]
+    @field_validator("source", mode="before")
+    @classmethod
+    def _as_list(cls, value):
+        if isinstance(value, (str, os.PathLike)):
+            value = [value]
+        if isinstance(value, list):
+            value = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
+        return value
 
-    def check(self) -> "PrepareParams":
+    @model_validator(mode="after")
+    def _consistent(self) -> "PrepareParams":
         if not self.source:
-            raise DataError("prepare: source is empty; use 'synth' and/or folders with images/ and masks/")
+            raise ValueError("source is empty; use 'synth' and/or folders with images/ and masks/")
         if "synth" in self.source and self.count < 1:
-            raise DataError(f"prepare: count must be at least 1 when source includes synth (got {self.count})")
-        if not 32 <= self.size <= 4096:
-            raise DataError(f"prepare: size must be between 32 and 4096 (got {self.size})")
-        if self.max_side < 32:
-            raise DataError(f"prepare: max_side must be at least 32 (got {self.max_side})")
-        for key in ("val_fraction", "test_fraction"):
-            v = getattr(self, key)
-            if not 0 <= v < 1:
-                raise DataError(f"prepare: {key} must be in [0, 1) (got {v})")
+            raise ValueError(f"count must be at least 1 when source includes synth (got {self.count})")
         if self.val_fraction + self.test_fraction >= 1:
-            raise DataError("prepare: val_fraction + test_fraction must leave something to train on")
-        self.patch_spec(0).check()
+            raise ValueError("val_fraction + test_fraction must leave something to train on")
         return self
 
     def patch_spec(self, seed: int) -> PatchSpec:
@@ -91,24 +89,41 @@ class PrepareParams:
                          max_per_class=self.patch_max_per_class, strict_balance=False)
 
 
-KEYS = tuple(f.name for f in fields(PrepareParams))
+KEYS = tuple(PrepareParams.model_fields)
 
 
 def make_params(section: dict | None = None, **overrides) -> PrepareParams:
-    """Params from a ``prepare:`` mapping, with non-None overrides on top."""
+    """Params from a ``prepare:`` mapping, with non-None overrides on top.
+
+    A bad key or value in ``section`` raises :class:`DataError` (``prepare.count: ...``); a bad
+    override (a command-line option: ``max_side`` is ``--max-side``) raises :class:`UsageError`.
+    """
     data = dict(section or {})
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(data) - set(KEYS))
-    if unknown:
-        raise DataError(f"prepare: unknown keys {unknown}; known keys: {', '.join(KEYS)}")
+    params = _validated(data, "prepare")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return _validated({**data, **given}, None) if given else params
+
+
+def _validated(data: dict, where: str | None) -> PrepareParams:
+    """``data`` as PrepareParams; an error names ``where`` the values came from
+    (``params.yaml: prepare``, for a :class:`DataError`) or, when None, the command-line option."""
     try:
-        return PrepareParams(**data).check()
-    except TypeError as exc:
-        raise DataError(f"prepare: bad value: {exc}") from None
+        return PrepareParams(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(part) for part in err["loc"][:1])  # a source's index is noise: source
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key; known keys: {', '.join(KEYS)}"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        if where is None:
+            raise UsageError(f"--{key.replace('_', '-')}: {msg}" if key else msg) from None
+        raise DataError(f"{where}.{key}: {msg}" if key else f"{where}: {msg}") from None
 
 
 def load_params(path: str | os.PathLike) -> dict:
-    """The ``prepare:`` section of a YAML file."""
+    """The ``prepare:`` section of a YAML file, checked: a bad key or value is a :class:`DataError`
+    naming the file and the key (``params.yaml: prepare.count: Input should be a valid integer``)."""
     path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text())
@@ -127,6 +142,7 @@ def load_params(path: str | os.PathLike) -> dict:
         return {}
     if not isinstance(section, dict):
         raise DataError(f"{path}: 'prepare:' must be a mapping of keys ({', '.join(KEYS)})")
+    _validated(section, f"{path}: prepare")
     return section
 
 
@@ -210,7 +226,6 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
 
     ``progress`` as ``enabled`` of :class:`fissure.progress.Progress` (None: a bar on a terminal only).
     """
-    params.check()
     log = log or (lambda msg: None)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -284,9 +299,7 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
         if n == 0:  # e.g. val_fraction 0: no folder at all, so trainers split val off train
             shutil.rmtree(seg)
             continue
-        # extract_patches draws tqdm bars, which belong on a terminal only (None), never in a log
-        got = extract_patches(seg, cls_dir, params.patch_spec(params.seed * 1000 + i),
-                              progress=None if progress else False)
+        got = extract_patches(seg, cls_dir, params.patch_spec(params.seed * 1000 + i), progress=progress)
         log(f"patches: {split} {got['crack']} crack, {got['no_crack']} no_crack")
         if params.patch_balance and got["crack"] != got["no_crack"]:
             log(f"warning: {split} has {got['crack']} crack and {got['no_crack']} no_crack patches "
@@ -308,7 +321,7 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
     manifest = {
         "version": 1,
         "seed": params.seed,
-        "params": asdict(params),
+        "params": params.model_dump(),
         "sources": sources,
         "feedback": feedback_info,
         "counts": counts,
