@@ -195,7 +195,7 @@ def test_instances_each_form_and_a_bad_one_fails_alone(make_handler):
     preds = out["predictions"]
     assert [("label" in p) for p in preds] == [True] * 4 + [False, False]
     assert preds[4] == {"error": "not an image: could not decode 12 bytes as JPEG or PNG", "status": 415}
-    assert preds[5]["status"] == 400 and "each instance must be" in preds[5]["error"]
+    assert preds[5]["status"] == 400 and "instance must be" in preds[5]["error"]
 
 
 def test_instances_all_bad_takes_the_first_errors_status(make_handler):

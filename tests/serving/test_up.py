@@ -34,6 +34,13 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:port."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _listen_addresses(ports: set[int]) -> dict[int, str]:
     """The local address each of ``ports`` listens on, from the kernel's socket table (no traffic)."""
     found = {}

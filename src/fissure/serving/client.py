@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from urllib.parse import urlparse
 
 import httpx

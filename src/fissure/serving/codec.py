@@ -49,6 +49,25 @@ def b64decode(text: str | bytes, what: str = "input") -> bytes:
         raise InputError(f"{what} is not valid base64") from None
 
 
+def instance_bytes(inst, where: str) -> bytes:
+    """One v1 instance -> image bytes. The forms: ``{"b64": ...}`` (KServe), ``{"data": ...}``
+    (KServe's TorchServe samples), ``{"image": {"b64": ...}}`` or ``{"image": ...}`` (TF Serving
+    style), or a bare base64 string."""
+    if isinstance(inst, dict):
+        for key in ("b64", "data"):
+            if isinstance(inst.get(key), str):
+                return b64decode(inst[key], f"{where}.{key}")
+        image = inst.get("image")
+        if isinstance(image, dict) and "b64" in image:
+            return b64decode(image["b64"], f"{where}.image.b64")
+        if isinstance(image, str):
+            return b64decode(image, f"{where}.image")
+    elif isinstance(inst, str):
+        return b64decode(inst, where)
+    raise InputError(f'{where} must be {{"b64": "<base64 image>"}}, {{"data": "<base64 image>"}} '
+                     f'or {{"image": {{"b64": ...}}}}')
+
+
 # ---------------------------------------------------------------------------- masks
 
 

@@ -238,20 +238,8 @@ def _headers(context, idx, name: str) -> list[str]:
 
 
 def _instance_bytes(x):
-    """A native JSON instance -> image bytes (or an InputError to report per item)."""
+    """A native JSON instance -> image bytes (or the InputError, to report per item)."""
     try:
-        if isinstance(x, dict):
-            if "b64" in x:
-                return codec.b64decode(x["b64"], "b64")
-            if isinstance(x.get("image"), dict) and "b64" in x["image"]:
-                return codec.b64decode(x["image"]["b64"], "image.b64")
-            if isinstance(x.get("image"), str):
-                return codec.b64decode(x["image"], "image")
-            if isinstance(x.get("data"), str):
-                return codec.b64decode(x["data"], "data")
-            raise InputError('each instance must be {"b64": "<base64 image>"} or {"image": {"b64": ...}}')
-        if isinstance(x, str):
-            return codec.b64decode(x, "instance")
-        raise InputError('each instance must be {"b64": "<base64 image>"}')
+        return codec.instance_bytes(x, "instance")
     except InputError as exc:
         return exc

@@ -168,18 +168,22 @@ async def _probe(backend, url: str, check) -> bool:
 
 def _serve_inprocess(opts: ServeOptions, mars: list[dict], workdir: Path) -> int:
     from fissure.serving.front.model import InProcessModel
-    from fissure.serving.runtime import ModelRuntime, set_threads
+    import torch
+
+    from fissure.serving.runtime import ModelRuntime, device_for, set_threads
 
     threads = set_threads()
+    device = device_for(0, torch.cuda.is_available())  # the pod's first GPU when it has one
     models = []
     for m in mars:
         model_dir = workdir / "models" / m["served_name"]
         _extract(m["path"], model_dir)
-        runtime = ModelRuntime.from_dir(model_dir)
+        runtime = ModelRuntime.from_dir(model_dir, device=device)
         model = InProcessModel(m["served_name"], m["meta"], m["spec"], runtime)
         model.ready = True
         models.append(model)
-    log.info("in-process runtime ready (%d torch threads): %s", threads, ", ".join(m.name for m in models))
+    log.info("in-process runtime ready on %s (%d torch threads): %s", device, threads,
+             ", ".join(m.name for m in models))
     return _run(_front(models, opts), None)
 
 

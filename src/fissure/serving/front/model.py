@@ -14,16 +14,13 @@ process through an :class:`AdaptiveBatcher`.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from PIL import Image
-
 from fissure.errors import FissureError, InputError, Unavailable
 from fissure.models import preprocess_config
-from fissure.preprocess import decode_image, image_to_array
+from fissure.preprocess import decode_image, image_to_array, open_image
 from fissure.serving import codec
 from fissure.serving.backend import Backend, ts_error
 from fissure.serving.front import kserve
@@ -171,11 +168,10 @@ def _declared_pixels(data: bytes) -> int:
     """Width x height from the image header; 0 when unreadable or over the per-image limit
     (decoding then fails that item alone, with its own one-line reason)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            n = int(img.width) * int(img.height)
-    except Exception:  # noqa: BLE001 - includes DecompressionBombError
+        with open_image(data) as img:
+            return int(img.width) * int(img.height)
+    except Exception:  # noqa: BLE001 - over the per-image limit, or not an image
         return 0
-    return n if n <= settings().max_image_pixels else 0
 
 
 def _merge(entries: list, answers: list) -> list[dict]:

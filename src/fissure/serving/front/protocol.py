@@ -58,25 +58,6 @@ class Limits:
 # ---------------------------------------------------------------------------- v1
 
 
-def instance_bytes(inst, where: str) -> bytes:
-    """One v1 instance -> image bytes. The forms: ``{"b64": ...}`` (KServe), ``{"data": ...}``
-    (KServe's TorchServe samples), ``{"image": {"b64": ...}}`` or ``{"image": ...}`` (TF Serving
-    style), or a bare base64 string."""
-    if isinstance(inst, dict):
-        for key in ("b64", "data"):
-            if isinstance(inst.get(key), str):
-                return codec.b64decode(inst[key], f"{where}.{key}")
-        image = inst.get("image")
-        if isinstance(image, dict) and "b64" in image:
-            return codec.b64decode(image["b64"], f"{where}.image.b64")
-        if isinstance(image, str):
-            return codec.b64decode(image, f"{where}.image")
-    elif isinstance(inst, str):
-        return codec.b64decode(inst, where)
-    raise InputError(f'{where} must be {{"b64": "<base64 image>"}}, {{"data": "<base64 image>"}} '
-                     f'or {{"image": {{"b64": ...}}}}')
-
-
 def v1_entries(payload, limits: Limits) -> list:
     """A decoded v1 body (dict, or raw bytes for non-JSON content) -> entries."""
     if isinstance(payload, (bytes, bytearray)):
@@ -90,7 +71,7 @@ def v1_entries(payload, limits: Limits) -> list:
     entries = []
     for i, inst in enumerate(instances):
         try:
-            entries.append(({"kind": "image"}, instance_bytes(inst, f"instances[{i}]")))
+            entries.append(({"kind": "image"}, codec.instance_bytes(inst, f"instances[{i}]")))
         except InputError as exc:
             entries.append(_error_entry(exc))
     return entries
