@@ -1,8 +1,8 @@
-# Serving: the local stack (MLflow + TorchServe behind the KServe protocol front).
+# Serving: the local stack (MLflow + the models behind the KServe protocol front).
 # Included by the Makefile (-include mk/*.mk); VENV, STAMP and PATH come from there.
-#   make up [DETACH=1] [HOST=0.0.0.0] [RUNTIME=inprocess]
+#   make up [DETACH=1] [HOST=0.0.0.0] [RUNTIME=torchserve]
 #                        train if needed (dvc repro), package both champions, serve them
-#                        (loopback unless HOST is given; TorchServe unless RUNTIME is given)
+#                        (loopback unless HOST is given; the in-process runtime unless RUNTIME=torchserve)
 #   make down            stop a detached stack
 
 .PHONY: up down java
@@ -16,7 +16,7 @@ java: ## make sure Java 17 is there for TorchServe (installs it with apt-get whe
 		echo "TorchServe needs Java 17: apt-get install openjdk-17-jre-headless (or brew install openjdk@17), then run make up again" >&2; exit 1; \
 	fi
 
-up: venv $(if $(filter inprocess,$(RUNTIME)),,java) ## start the local stack: trains if needed, then serves both models (DETACH=1 background, HOST=, RUNTIME=)
+up: venv $(if $(filter torchserve,$(RUNTIME)),java) ## start the local stack: trains if needed, then serves both models (DETACH=1 background, HOST=, RUNTIME=)
 	$(VENV)/bin/fissure up $(if $(DETACH),--detach) $(if $(HOST),--host $(HOST)) $(if $(RUNTIME),--runtime $(RUNTIME))
 
 down: venv ## stop the local stack started with make up DETACH=1

@@ -64,8 +64,10 @@ class Settings(BaseSettings):
     serve_workdir: Path | None = Field(None, description="TorchServe logs and temp files of `fissure serve`")
 
     # serving: runtime, binding, limits
+    # inprocess by default: measured faster at every load (docs/benchmarks.md) and needs no Java;
+    # torchserve runs the MAR's handler in TorchServe workers (the chart's default ServingRuntime)
     runtime: Literal["torchserve", "inprocess"] = Field(
-        "torchserve", description="model runtime behind the KServe front")
+        "inprocess", description="model runtime behind the KServe front")
     host: str = Field(LOOPBACK, description="address the public ports bind to")
     max_image_pixels: int = Field(40_000_000, gt=0, description="largest image, in pixels (decompression bombs)")
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest request body at the front")

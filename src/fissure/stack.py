@@ -46,7 +46,7 @@ class StackOptions:
     grpc_port: int = PORTS["inference_grpc"]
     mlflow_port: int = PORTS["mlflow"]
     host: str = LOOPBACK
-    runtime: str = "torchserve"
+    runtime: str = "inprocess"
     batch_size: int = 8
     max_batch_delay: int = 10
     ready_timeout: float = 600.0

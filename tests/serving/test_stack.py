@@ -34,7 +34,7 @@ def test_procfile_runs_mlflow_and_serve_on_loopback_with_torchserve_by_default(t
     assert "server --backend-store-uri sqlite:///" in mlflow and "--port 15000" in mlflow
     assert "--host 127.0.0.1" in mlflow
     assert " serve --model-store " in serve and "--http-port 18080" in serve and "--grpc-port 18081" in serve
-    assert "--host 127.0.0.1" in serve and "--runtime torchserve" in serve
+    assert "--host 127.0.0.1" in serve and "--runtime inprocess" in serve
 
 
 def test_procfile_passes_the_chosen_host_and_runtime(tmp_path):
@@ -58,7 +58,7 @@ def test_procfile_serve_line_is_accepted_by_fissure_serve(tmp_path):
 def test_banner_shows_the_bound_host_and_no_warning_on_loopback():
     from fissure.stack import StackOptions, banner
 
-    text = banner(StackOptions())
+    text = banner(StackOptions(runtime="torchserve"))
     assert "http://127.0.0.1:8080" in text and "http://127.0.0.1:8082/metrics" in text
     assert "WARNING" not in text
 
@@ -284,7 +284,7 @@ def test_plain_progress_prints_changes_and_every_five_seconds():
 def test_readiness_waits_for_each_models_torchserve_workers_and_the_front():
     from fissure.stack import StackOptions, readiness_checks
 
-    ts = [c.what for c in readiness_checks(StackOptions(host="0.0.0.0"))]
+    ts = [c.what for c in readiness_checks(StackOptions(runtime="torchserve", host="0.0.0.0"))]
     assert ts == ["MLflow", "TorchServe workers of crack-classifier", "TorchServe workers of crack-segmenter",
                   "the inference front"]
     inproc = readiness_checks(StackOptions(runtime="inprocess", host="0.0.0.0", http_port=18080))

@@ -71,12 +71,11 @@ def test_up_trains_packages_serves_and_down_stops_everything(pipeline_copy, imag
         assert "WARNING: listening on" not in out  # loopback: nothing to warn about
         # the detached wait said what it waited for, and when each part came up
         assert "   waiting for " in out
-        for part in ("MLflow", "TorchServe workers of crack-classifier", "TorchServe workers of crack-segmenter",
-                     "the inference front"):
+        for part in ("MLflow", "the inference front"):  # the default runtime: in-process
             assert f">> {part} ready (" in out, part
         # bound to loopback only, as printed
-        listening = _listen_addresses({http, grpc, mlflow, ts_met})
-        assert listening == {p: "127.0.0.1" for p in (http, grpc, mlflow, ts_met)}, listening
+        listening = _listen_addresses({http, grpc, mlflow})
+        assert listening == {p: "127.0.0.1" for p in (http, grpc, mlflow)}, listening
 
         assert httpx.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=10).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{mlflow}/health", timeout=10).status_code == 200

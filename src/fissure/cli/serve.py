@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import sys
+import typing
 from pathlib import Path
 
 import click
 
-from fissure.settings import PORTS, settings
+from fissure.settings import LOOPBACK, PORTS, Settings, settings
+
+RUNTIMES = typing.get_args(Settings.model_fields["runtime"].annotation)
 
 
 def _port(name: str, env: str, default: int, help: str | None = None):
@@ -21,12 +24,12 @@ def _port(name: str, env: str, default: int, help: str | None = None):
               help="Folder of .mar files (KServe layout: /mnt/models/model-store).")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
               help="TorchServe config.properties written by `fissure package`.")
-@click.option("--runtime", type=click.Choice(["torchserve", "inprocess"]), envvar="FISSURE_RUNTIME",
-              default="torchserve", show_default=True, show_envvar=True,
-              help="torchserve: the MAR's handler in TorchServe workers; inprocess: the same model "
-                   "runtime inside the front (no second hop).")
-@click.option("--host", envvar="FISSURE_HOST", default="127.0.0.1", show_default=True, show_envvar=True,
-              help="Address for REST, gRPC and TorchServe metrics; 0.0.0.0 opens them to the network.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
+              help="inprocess: the model runtime inside the front (no second hop, no Java); torchserve: "
+                   "the MAR's handler in TorchServe workers [env FISSURE_RUNTIME; default inprocess].")
+@click.option("--host", default=None, metavar="ADDRESS",
+              help="Address for REST, gRPC and TorchServe metrics; 0.0.0.0 opens them to the network "
+                   f"[env FISSURE_HOST; default {LOOPBACK}].")
 @_port("http-port", "FISSURE_HTTP_PORT", PORTS["inference_rest"])
 @_port("grpc-port", "FISSURE_GRPC_PORT", PORTS["inference_grpc"])
 @_port("ts-inference-port", "FISSURE_TS_INFERENCE_PORT", PORTS["torchserve_inference"], "TorchServe inference (loopback).")
@@ -45,9 +48,9 @@ def serve(model_store, config, runtime, host, http_port, grpc_port, ts_inference
     from fissure.serving.serve import ServeOptions, serve as run
     from fissure.serving.torchserve import TorchServePorts
 
-    settings()  # a bad FISSURE_* value fails here, in one line, before anything starts
     opts = ServeOptions(
-        model_store=model_store, config=config, runtime=runtime, host=host, http_port=http_port,
+        model_store=model_store, config=config, runtime=runtime or settings().runtime,
+        host=host or settings().host, http_port=http_port,
         grpc_port=grpc_port,
         ts_ports=TorchServePorts(inference=ts_inference_port, management=ts_management_port,
                                  metrics=ts_metrics_port, grpc_inference=ts_grpc_inference_port,

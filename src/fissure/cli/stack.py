@@ -18,7 +18,7 @@ RUNTIMES = typing.get_args(Settings.model_fields["runtime"].annotation)
               help=f"Address REST, gRPC, TorchServe metrics and MLflow listen on (env FISSURE_HOST; "
                    f"default {LOOPBACK}). 0.0.0.0 opens the stack to the network.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
-              help="Model runtime behind the KServe front (env FISSURE_RUNTIME; default torchserve).")
+              help="Model runtime behind the KServe front (env FISSURE_RUNTIME; default inprocess).")
 @click.option("--http-port", type=int, envvar="FISSURE_HTTP_PORT", default=PORTS["inference_rest"], show_default=True)
 @click.option("--grpc-port", type=int, envvar="FISSURE_GRPC_PORT", default=PORTS["inference_grpc"], show_default=True)
 @click.option("--mlflow-port", type=int, envvar="FISSURE_MLFLOW_PORT", default=PORTS["mlflow"], show_default=True)
