@@ -134,24 +134,9 @@ def package_champions(found: dict[str, dict], opts: StackOptions, echo=print) ->
 
 # The internal TorchServe ports and the variables `fissure serve` reads them from (settings()
 # has no fields for them).
-TS_PORT_VARS = {
-    "torchserve_inference": "FISSURE_TS_INFERENCE_PORT",
-    "torchserve_management": "FISSURE_TS_MANAGEMENT_PORT",
-    "torchserve_metrics": "FISSURE_TS_METRICS_PORT",
-    "torchserve_grpc_inference": "FISSURE_TS_GRPC_INFERENCE_PORT",
-    "torchserve_grpc_management": "FISSURE_TS_GRPC_MANAGEMENT_PORT",
-}
-
-
 def ts_port(key: str) -> int:
-    """An internal TorchServe port as `fissure serve` will use it (its variable, else PORTS)."""
-    var = TS_PORT_VARS[key]
-    value = os.environ.get(var)
-    if not value:
-        return PORTS[key]
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise ConfigError(f"{var}={value!r}: not a port number")
-    return int(value)
+    """An internal TorchServe port as `fissure serve` will use it (its FISSURE_TS_* setting)."""
+    return getattr(settings(), "ts_" + key.removeprefix("torchserve_") + "_port")
 
 
 def is_wildcard(host: str) -> bool:

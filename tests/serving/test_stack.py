@@ -93,7 +93,16 @@ def test_a_taken_port_is_found_on_the_chosen_host():
             check_ports(StackOptions(http_port=port, runtime="inprocess"))
 
 
-def test_torchserve_ports_are_checked_only_for_the_torchserve_runtime(monkeypatch):
+@pytest.fixture
+def fresh_settings():
+    """Settings re-read from the (monkeypatched) environment, and again after the test."""
+    from fissure.settings import reload_settings, settings
+
+    yield reload_settings
+    settings.cache_clear()
+
+
+def test_torchserve_ports_are_checked_only_for_the_torchserve_runtime(monkeypatch, fresh_settings):
     from fissure.stack import StackOptions, check_ports
 
     free = []
@@ -108,17 +117,19 @@ def test_torchserve_ports_are_checked_only_for_the_torchserve_runtime(monkeypatc
         s.bind(("127.0.0.1", 0))
         s.listen()
         monkeypatch.setenv("FISSURE_TS_MANAGEMENT_PORT", str(s.getsockname()[1]))
+        fresh_settings()
         opts = dict(http_port=free[0], grpc_port=free[1], mlflow_port=free[2])
         check_ports(StackOptions(runtime="inprocess", **opts))
         with pytest.raises(FissureError, match="TorchServe management"):
             check_ports(StackOptions(runtime="torchserve", **opts))
 
 
-def test_a_bad_torchserve_port_variable_is_one_line(monkeypatch):
+def test_a_bad_torchserve_port_variable_is_one_line(monkeypatch, fresh_settings):
     from fissure.stack import ts_port
 
     monkeypatch.setenv("FISSURE_TS_METRICS_PORT", "eighty")
-    with pytest.raises(ConfigError, match="FISSURE_TS_METRICS_PORT='eighty': not a port number"):
+    with pytest.raises(ConfigError, match="FISSURE_TS_METRICS_PORT='eighty': Input should be a valid integer"):
+        fresh_settings()
         ts_port("torchserve_metrics")
 
 

@@ -9,7 +9,6 @@ torch seeds from the loader's generator).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +18,13 @@ from torch.utils.data import Dataset
 
 from fissure.data import loaders
 from fissure.errors import DataError
+from fissure.settings import settings
 from fissure.preprocess import PreprocessConfig, image_to_array, load_image, load_mask, mask_to_tensor, normalize
 
 SPLITS = ("train", "val", "test")
 # Decoded pixels at the model's size stay in memory when a split fits in this budget: decoding
 # and resizing the same JPEGs every epoch took a sixth of a segmenter epoch on 2 cores.
-CACHE_MB = int(os.environ.get("FISSURE_DATA_CACHE_MB", 1024))
+CACHE_MB = settings().data_cache_mb
 
 
 class _Decoded:
