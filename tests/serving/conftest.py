@@ -150,6 +150,12 @@ def server(built_models) -> Server:
     yield from _serve(built_models, "torchserve", "torchserve")
 
 
+@pytest.fixture
+def own_inprocess_server(built_models) -> Server:
+    """A server of the test's own, for tests that stop it."""
+    yield from _serve(built_models, "inprocess-own", "inprocess")
+
+
 @pytest.fixture(scope="session")
 def inprocess_server(built_models) -> Server:
     """The same MARs on the in-process runtime (no TorchServe)."""

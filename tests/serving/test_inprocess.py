@@ -83,3 +83,29 @@ def test_no_torchserve_process(inprocess_server):
 
     tree = [psutil.Process(inprocess_server.proc.pid), *psutil.Process(inprocess_server.proc.pid).children(True)]
     assert not any("java" in " ".join(p.cmdline()) for p in tree)
+
+
+def test_sigterm_drains_requests_in_flight(own_inprocess_server, images):
+    """Readiness turns false and a request already running still gets its answer."""
+    import signal
+    import threading
+    import time
+
+    srv = own_inprocess_server
+    batch = [images.png(seed=s, w=512, h=512) for s in range(48)]
+    answer = {}
+
+    def slow():
+        answer["r"] = httpx.post(f"{srv.url}/v2/models/{SEG}/infer", json=_v2(batch), timeout=120)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    deadline = time.monotonic() + 30
+    while "fissure-batch requests=1 images=48" not in srv.log.read_text():  # the model is at work
+        assert time.monotonic() < deadline, "the batch never reached the model"
+        time.sleep(0.05)
+    srv.proc.send_signal(signal.SIGTERM)
+    t.join(120)
+    assert answer["r"].status_code == 200 and len(_outputs(answer["r"])["mask_png"]) == 48
+    assert srv.proc.wait(60) == 0
+    assert "draining for up to" in srv.log.read_text()

@@ -288,13 +288,13 @@ class FrontServer:
                                 timeout_graceful_shutdown=max(1, int(self.drain_seconds)),
                                 timeout_keep_alive=65, lifespan="off")
         rest = uvicorn.Server(config)
-        rest.install_signal_handlers = lambda: None  # uvicorn < 0.29
         grpc_server = await self._grpc()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        tasks = [asyncio.ensure_future(rest._serve()) if hasattr(rest, "_serve") else asyncio.ensure_future(rest.serve())]
+        # Server._serve: uvicorn's serve() without its signal capture; our handlers stop both servers.
+        tasks = [asyncio.ensure_future(rest._serve())]
         if self.background is not None:
             async def watched():
                 reason = await self.background()
@@ -307,6 +307,8 @@ class FrontServer:
                  self.host, self.grpc_port, ", ".join(m.name for m in self.models))
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait([tasks[0], stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not stop.is_set():  # REST stopped by itself (e.g. it could not bind)
+            self.exit_code = 1
         # Drain: readiness turns false at once, in-flight requests get drain_seconds.
         self.dataplane.draining = True
         log.info("draining for up to %.0fs", self.drain_seconds)
