@@ -33,6 +33,9 @@ from fissure.settings import settings
 from kserve.protocol.infer_type import InferRequest  # noqa: E402
 
 PLATFORM = "pytorch_torchserve"
+# Requests with up to this many pixels in all are decoded on the event loop (a 256 px JPEG
+# decodes in ~0.2 ms, the executor round trip cost ~0.3 ms at one client); larger ones in a thread.
+INLINE_DECODE_PIXELS = 300_000
 log = logging.getLogger("fissure.serve")
 
 
@@ -147,9 +150,13 @@ class FrontModel(kserve.Model):
         todo = [i for i, e in enumerate(entries) if isinstance(e, tuple) and e[0]["kind"] == "image"]
         if not todo:
             return entries
-        self.limits.check_pixels(sum(_declared_pixels(entries[i][1]) for i in todo))
-        loop = asyncio.get_running_loop()
-        done = await loop.run_in_executor(None, lambda: [self._pixels_entry(entries[i][1]) for i in todo])
+        pixels = sum(_declared_pixels(entries[i][1]) for i in todo)
+        self.limits.check_pixels(pixels)
+        if pixels <= INLINE_DECODE_PIXELS:  # a thread hop costs more than decoding a small image
+            done = [self._pixels_entry(entries[i][1]) for i in todo]
+        else:
+            loop = asyncio.get_running_loop()
+            done = await loop.run_in_executor(None, lambda: [self._pixels_entry(entries[i][1]) for i in todo])
         entries = list(entries)
         for i, entry in zip(todo, done):
             entries[i] = entry

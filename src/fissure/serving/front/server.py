@@ -192,19 +192,18 @@ def build_app(dataplane: FrontDataPlane, repository: ModelRepositoryExtension, r
                 raise InputError(f"malformed JSON: {exc}") from None
         return body
 
+    async def v1(call, model_name: str, request: Request) -> Response:
+        model(model_name)
+        result, _ = await call(model_name=model_name, request=await v1_body(request), headers=dict(request.headers))
+        return _json(result)
+
     @app.post("/v1/models/{model_name}:predict", include_in_schema=False)
     async def v1_predict(model_name: str, request: Request):
-        model(model_name)
-        result, _ = await dataplane.infer(model_name=model_name, request=await v1_body(request),
-                                          headers=dict(request.headers))
-        return _json(result)
+        return await v1(dataplane.infer, model_name, request)
 
     @app.post("/v1/models/{model_name}:explain", include_in_schema=False)
     async def v1_explain(model_name: str, request: Request):
-        model(model_name)
-        result, _ = await dataplane.explain(model_name=model_name, request=await v1_body(request),
-                                            headers=dict(request.headers))
-        return _json(result)
+        return await v1(dataplane.explain, model_name, request)
 
     @app.post("/v2/repository/models/{model_name}/load", include_in_schema=False)
     @app.post("/v2/repository/models/{model_name}/unload", include_in_schema=False)
