@@ -1,11 +1,9 @@
-"""Serving: TorchServe handlers, the KServe protocol front, packaging and the local stack.
+"""Serving: the KServe protocol front over two model runtimes, TorchServe handlers, packaging.
 
-Layout of the request path::
-
-    client --REST 8080 / gRPC 8081--> kserve.ModelServer front (fissure.serving.front: decode, resize)
-           --aiohttp keep-alive (fissure.serving.backend), internal wire format--> TorchServe 127.0.0.1:8083
-           --> handler (serving/handlers/fissure_handler.py -> fissure.serving.handler)
-           --> fissure.serving.runtime (normalise or decode, batch forward, postprocess)
-
-Pure helpers (RLE, boxes, PNG, the wire format) live in :mod:`fissure.serving.codec`.
+:mod:`.serve` is what ``fissure serve`` runs; :mod:`.front` speaks KServe v1/v2 (REST and gRPC);
+the models run in-process (:class:`.front.model.InProcessModel`) or in TorchServe workers
+(:mod:`.torchserve` supervises TorchServe, :mod:`.backend` is the front's client to it,
+:mod:`.handler` is the MARs' handler); both use :mod:`.runtime`. :mod:`.codec` holds the pure
+encodings and the internal frame, :mod:`.package` the MARs, :mod:`.client` ``fissure predict``.
+docs/serving.md draws the request path.
 """
