@@ -124,8 +124,8 @@ def test_default_render_has_every_part(rendered):
     assert ("StatefulSet", "fissure-minio") in kinds
     for kind in ("PodMonitor", "NetworkPolicy", "PodDisruptionBudget", "HTTPRoute", "GRPCRoute", "Pod"):
         assert kind in {k for k, _ in kinds}, f"no {kind} in the default render"
-    # the API/UI is a later issue: the chart must not deploy it yet
-    assert not [n for k, n in kinds if "api" in n.split("-")], kinds
+    for kind in ("Deployment", "Service", "HTTPRoute", "NetworkPolicy", "PodDisruptionBudget", "PodMonitor"):
+        assert (kind, "fissure-api") in kinds, f"no {kind} fissure-api in the default render"
 
 
 def test_profiles_switch_modes(rendered):
@@ -152,6 +152,9 @@ BAD_VALUES = [
     ("mlflow.pipPackages[0]=psycopg2-binary", "pipPackages"),
     ("networkPolicy.enabled=maybe", "networkPolicy/enabled"),
     ("serving.runtime=triton", "serving/runtime"),
+    ("api.blobs.url=/var/blobs", "api/blobs/url"),
+    ("api.database.name=Fissure-DB", "api/database/name"),
+    ("api.route.host=API_HOST", "api/route/host"),
 ]
 
 
@@ -179,6 +182,8 @@ TEMPLATE_FAILURES = [
     (["--set", "servingRuntime.shutdown.terminationGracePeriodSeconds=12"],
      "servingRuntime.shutdown.terminationGracePeriodSeconds (12) must be greater than "
      "preStopSleepSeconds (5) + drainSeconds (10)"),
+    (["--set", "api.database.name=mlflow"], "api.database.name (mlflow) is MLflow's database"),
+    (["--set", "api.blobs.url=s3://nowhere/blobs"], 'api.blobs.url is in bucket "nowhere", which is not in minio.buckets'),
 ]
 
 
@@ -255,7 +260,8 @@ def test_grpc_routes_carry_exactly_the_inference_methods(rendered):
 
 
 def test_rest_routes_expose_only_the_model_paths(rendered):
-    route = next(d for d in docs(rendered["default"]) if d["kind"] == "HTTPRoute")
+    route = next(d for d in docs(rendered["default"])
+                 if d["kind"] == "HTTPRoute" and d["metadata"]["name"] == "fissure-rest")
     paths = [m["path"]["value"] for r in route["spec"]["rules"] for m in r["matches"]]
     assert all(re.fullmatch(r"/v1/models/[a-z-]+(:predict|:explain)?|/v2/models/[a-z-]+", p) for p in paths), paths
     assert "/v1/models/crack-classifier:predict" in paths  # a PathPrefix would not match it
@@ -300,7 +306,8 @@ def test_route_timeout_outlasts_the_backend_timeout(rendered, profile):
             assert d["spec"]["predictor"]["timeout"] > backend
         elif d["kind"] == "HTTPRoute":
             for rule in d["spec"]["rules"]:
-                assert int(rule["timeouts"]["request"].removesuffix("s")) > backend
+                if rule.get("backendRefs"):  # a rule without one answers 404 at the gateway
+                    assert int(rule["timeouts"]["request"].removesuffix("s")) > backend
         elif d["kind"] == "Ingress":
             assert int(d["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > backend
 
@@ -311,7 +318,9 @@ def test_runtime_switch_moves_every_inference_service(tools):
     isvcs = [d for d in objs if d["kind"] == "InferenceService"]
     assert {d["spec"]["predictor"]["model"]["runtime"] for d in isvcs} == {"fissure-inprocess"}
     assert all(p["containerPort"] != 8082 for d in isvcs for p in d["spec"]["predictor"]["model"]["ports"])
-    scraped = {e["portNumber"] for d in objs if d["kind"] == "PodMonitor" for e in d["spec"]["podMetricsEndpoints"]}
+    scraped = {e["portNumber"] for d in objs if d["kind"] == "PodMonitor"
+               and "serving.kserve.io/inferenceservice" in d["spec"]["selector"]["matchLabels"]
+               for e in d["spec"]["podMetricsEndpoints"]}
     assert scraped == {8080}
 
 
@@ -320,6 +329,52 @@ def test_gpu_models_tell_torchserve_their_gpus(rendered):
            for d in docs(rendered["gpu-values"]) if d["kind"] == "InferenceService"}
     assert env["crack-segmenter"]["TS_NUMBER_OF_GPU"] == "1"
     assert "TS_NUMBER_OF_GPU" not in env["crack-classifier"]
+
+
+# ------------------------------------------------------------------------------ the API
+
+
+@pytest.mark.parametrize("profile", [None, *PROFILES], ids=profile_id)
+def test_api_is_wired_to_what_the_release_has(rendered, profile):
+    """In every profile that deploys it: `fissure api` on 8000 probed on /ping, an inference
+    URL that names a predictor Service of each model, a database URL that holds no password,
+    S3 credentials from Secrets, and a NetworkPolicy that lets it reach them."""
+    objs = docs(rendered[profile_id(profile)])
+    deployments = [d for d in objs if d["kind"] == "Deployment" and d["metadata"]["name"] == "fissure-api"]
+    if profile is not None and profile.stem == "knative-grpc-values":
+        assert not deployments  # no REST to call there
+        return
+    (dep,) = deployments
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["args"] == ["api", "--host", "0.0.0.0", "--port", "8000"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/ping", "port": "http"}, probe
+    env = {e["name"]: e for e in c["env"]}
+    isvcs = [d["metadata"]["name"] for d in objs if d["kind"] == "InferenceService"]
+    services = {f"{name}-predictor" for name in isvcs}  # the Services KServe creates
+    url = env["FISSURE_INFERENCE_URL"]["value"]
+    for name in isvcs:
+        host = url.format(model=name).removeprefix("http://").split(".")[0]
+        assert host in services, (url, name)
+    db = env["FISSURE_DATABASE_URL"]
+    if "value" in db:
+        userinfo = db["value"].split("://", 1)[1].split("@", 1)[0]
+        assert db["value"].startswith("postgresql+psycopg://") and ":" not in userinfo, db
+        assert "secretKeyRef" in env["PGPASSWORD"]["valueFrom"]
+    else:
+        assert "secretKeyRef" in db["valueFrom"]
+    assert env["FISSURE_BLOB_URL"]["value"].startswith("s3://")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert "secretKeyRef" in env[key]["valueFrom"], key
+    assert env["FISSURE_API_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    (svc,) = [d for d in objs if d["kind"] == "Service" and d["metadata"]["name"] == "fissure-api"]
+    assert svc["spec"]["ports"][0]["port"] == 8000
+    (policy,) = [d for d in objs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "fissure-api"]
+    assert policy["spec"]["ingress"][0]["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+    assert 53 in egress_ports and (8080 in egress_ports or 8012 in egress_ports), egress_ports
+    blobs_open = 9000 in egress_ports or 443 in egress_ports
+    assert blobs_open and (5432 in egress_ports), egress_ports
 
 
 # ------------------------------------------------------------------------------ security

@@ -224,3 +224,55 @@ Orderings the serving values must keep; fails with a message that names the valu
 {{- fail (printf "servingRuntime.shutdown.terminationGracePeriodSeconds (%d) must be greater than preStopSleepSeconds (%d) + drainSeconds (%d), or the kubelet kills pods mid-drain" (int $sd.terminationGracePeriodSeconds) (int $sd.preStopSleepSeconds) (int $sd.drainSeconds)) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* ---------------------------------------------------------------- the API (fissure api) */}}
+
+{{/* Name of the API's objects (Deployment, Service, route): <fullname>-api. */}}
+{{- define "fissure.api.name" -}}
+{{- include "fissure.componentName" (dict "ctx" . "component" "api") -}}
+{{- end -}}
+
+{{/*
+FISSURE_INFERENCE_URL: api.inference.url, or the predictors' in-cluster REST address. KServe
+names each predictor's Service <model>-predictor (port 80, REST, in both deployment modes),
+one per model, so the URL carries a {model} placeholder that the API's client fills with the
+model each request names.
+*/}}
+{{- define "fissure.api.inferenceUrl" -}}
+{{- if .Values.api.inference.url -}}
+{{- .Values.api.inference.url -}}
+{{- else -}}
+{{- printf "http://%s.%s.svc.cluster.local" (include "fissure.predictorService" "{model}") .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+FISSURE_DATABASE_URL without a password: libpq (psycopg) reads it from PGPASSWORD, which
+comes from the Secret, so any character in it is safe and nothing secret is in the manifest.
+*/}}
+{{- define "fissure.api.databaseUrl" -}}
+{{- printf "postgresql+psycopg://%s@%s:%s/%s" (include "fissure.postgresql.user" .) (include "fissure.postgresql.host" .) (include "fissure.postgresql.port" .) .Values.api.database.name -}}
+{{- end -}}
+
+{{/* Values the API needs to make sense together; fails with a message that names them. */}}
+{{- define "fissure.api.checkValues" -}}
+{{- $api := .Values.api -}}
+{{- if and (not $api.inference.url) (not (include "fissure.enabledModels" . | fromJsonArray)) -}}
+{{- fail "api.enabled is true but no model is enabled: enable a model or set api.inference.url" -}}
+{{- end -}}
+{{- if and (not $api.inference.url) (eq .Values.kserve.deploymentMode "Knative") (eq .Values.kserve.knativeProtocol "grpc") -}}
+{{- fail "the API calls the models over REST, but kserve.knativeProtocol=grpc serves gRPC only: set api.inference.url, or api.enabled=false" -}}
+{{- end -}}
+{{- if and (not $api.database.existingSecret) (eq $api.database.name (include "fissure.postgresql.database" .)) -}}
+{{- fail (printf "api.database.name (%s) is MLflow's database: the API needs its own (both keep an alembic_version table)" $api.database.name) -}}
+{{- end -}}
+{{- if le (int $api.shutdown.terminationGracePeriodSeconds) (int $api.shutdown.preStopSleepSeconds) -}}
+{{- fail (printf "api.shutdown.terminationGracePeriodSeconds (%d) must be greater than api.shutdown.preStopSleepSeconds (%d), or the kubelet kills the API before requests in flight finish" (int $api.shutdown.terminationGracePeriodSeconds) (int $api.shutdown.preStopSleepSeconds)) -}}
+{{- end -}}
+{{- if and .Values.minio.enabled (hasPrefix "s3://" $api.blobs.url) -}}
+{{- $bucket := (urlParse $api.blobs.url).host -}}
+{{- if not (has $bucket .Values.minio.buckets) -}}
+{{- fail (printf "api.blobs.url is in bucket %q, which is not in minio.buckets: add it there so it is created" $bucket) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
