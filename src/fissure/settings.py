@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fissure.errors import ConfigError
@@ -90,6 +90,30 @@ class Settings(BaseSettings):
     url: str = f"http://{LOOPBACK}:{PORTS['inference_rest']}"
     grpc_url: str = f"{LOOPBACK}:{PORTS['inference_grpc']}"
     grpc_authority: str | None = None
+
+    # ------------------------------------------------------------------ api (fissure api)
+    # The feedback API and its store (docs/feedback.md). None = embedded defaults under home.
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the feedback store (default: sqlite:///<home>/api.db)")
+    blob_url: str | None = Field(
+        None, description="fsspec URL of the content-addressed blobs (default: <home>/blobs; s3://bucket/prefix)")
+    inference_url: str = Field(f"http://{LOOPBACK}:{PORTS['inference_rest']}",
+                               description="the serving front (OIP v2 REST) the API predicts with; "
+                                           "'{model}' in it is replaced by the model's name")
+    api_host: str = Field(LOOPBACK, description="address `fissure api` binds to")
+    api_port: int = Field(PORTS["api"], gt=0, lt=65536)
+    api_max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest uploaded file (413 beyond)")
+    api_rate_limit: int = Field(600, gt=0, description="requests per token per minute (429 beyond)")
+    api_admin_token: SecretStr | None = Field(
+        None, description="admin token `fissure api` registers when the store has none (else it makes one)")
+    retrain_command: str = Field(
+        "fissure feedback export --out data/feedback && dvc repro",
+        description="shell command POST /retrain runs in the API's working directory")
+    # links the web UI shows when set
+    mlflow_url: str | None = None
+    prometheus_url: str | None = None
+    grafana_url: str | None = None
+    argo_url: str | None = None
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the feedback store; :meth:`fissure.api.store.Store.migrate` runs them."""
