@@ -30,17 +30,21 @@ COMMANDS = {
     "up": ("fissure.cli.stack", "up", "Start the local stack (serving, MLflow, ...)."),
     "down": ("fissure.cli.stack", "down", "Stop a detached local stack."),
     "predict": ("fissure.cli.predict", "predict", "Send an image to a running server and print the prediction."),
+    "api": ("fissure.cli.api", "api", "Serve the feedback API and web UI."),
+    "token": ("fissure.cli.api", "token", "Create API tokens."),
+    "feedback": ("fissure.cli.api", "feedback", "Export the feedback as training data."),
 }
 
 # Top-level import name -> the pyproject extra that installs it (keep in step with pyproject.toml).
 EXTRAS = dict.fromkeys(
     ("kserve", "ts", "model_archiver", "tritonclient", "grpc", "fastapi", "uvicorn", "honcho", "orjson",
-     "aiohttp"),
+     "aiohttp", "sqlalchemy", "alembic", "psycopg", "fsspec", "prometheus_client", "python_multipart",
+     "fastapi_offline"),
     "serve",
 )
 # Commands that cannot run at all without an extra: checked before they start anything (TorchServe,
 # MLflow). Others import an extra only on some paths (`predict --protocol grpc`) and fail there.
-NEEDS = {"serve": "serve", "up": "serve", "package": "serve"}
+NEEDS = {"serve": "serve", "up": "serve", "package": "serve", "api": "serve", "token": "serve", "feedback": "serve"}
 
 
 def _extra_error(command: str, extra: str, detail: str = "") -> FissureError:

@@ -1,0 +1,122 @@
+"""``fissure api`` (the feedback API and web UI), ``fissure token create``, ``fissure feedback export``."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import sys
+from pathlib import Path
+
+import click
+
+
+def _open_store():
+    from fissure.api.store import Store
+
+    store = Store()
+    store.migrate()
+    return store
+
+
+def _bootstrap_admin(store) -> None:
+    """The first start of a store without tokens: register FISSURE_API_ADMIN_TOKEN, or make one."""
+    from fissure.api.auth import create_token, hash_token
+    from fissure.settings import settings
+
+    given = settings().api_admin_token
+    if given is not None and given.get_secret_value().strip():
+        if store.add_first_token(hash_token(given.get_secret_value().strip()), "admin", "admin"):
+            click.echo("fissure api: registered the admin token from FISSURE_API_ADMIN_TOKEN", err=True)
+        return
+    made = create_token(store, "admin", "admin", only_if_none=True)
+    if made:
+        click.echo(f"admin token (shown once; `fissure token create` makes more): {made[0]}")
+
+
+def _check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            from fissure.errors import FissureError
+
+            why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+            raise FissureError(f"port {port} on {host} {why}") from None
+
+
+@click.command("api")
+@click.option("--host", default=None, help="Address to bind [env FISSURE_API_HOST; default 127.0.0.1].")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port [env FISSURE_API_PORT; default 8000].")
+def api(host, port):
+    """Serve the feedback API and web UI (OpenAPI at /docs).
+
+    Migrates the store (FISSURE_DATABASE_URL, default SQLite under .fissure/) and, when it holds
+    no token yet, creates an admin token and prints it once.
+    """
+    import uvicorn
+
+    from fissure.api.app import create_app
+    from fissure.settings import LOOPBACK, settings
+
+    cfg = settings()
+    host = host or cfg.api_host
+    port = port or cfg.api_port
+    _check_port(host, port)
+    store = _open_store()
+    _bootstrap_admin(store)
+    if host not in (LOOPBACK, "localhost", "::1"):
+        click.echo(f"fissure api: listening on {host}: reachable beyond this machine (tokens still required)",
+                   err=True)
+    click.echo(f"fissure api: http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/ "
+               f"(API docs at /docs)", err=True)
+    sys.stdout.flush()
+    uvicorn.run(create_app(cfg, store), host=host, port=port, log_level="warning",
+                access_log=cfg.access_log, timeout_graceful_shutdown=int(cfg.drain_seconds) or None)
+
+
+@click.group("token")
+def token():
+    """Manage API tokens."""
+
+
+@token.command("create")
+@click.option("--role", required=True, type=click.Choice(["viewer", "annotator", "admin"]),
+              help="viewer: predict and history; annotator: + feedback, export; admin: + retrain, tokens.")
+@click.option("--name", default=None,
+              help="Who uses it: feedback is recorded under this name [default: <role>-<random>].")
+def token_create(role, name):
+    """Create a token and print it (once: the store keeps only its hash)."""
+    from fissure.api.auth import create_token
+
+    value, row = create_token(_open_store(), role, name)
+    click.echo(value)
+    click.echo(f"role {row.role}, name {row.name!r}, id {row.id}", err=True)
+
+
+@click.group("feedback")
+def feedback():
+    """The feedback people gave through the API."""
+
+
+@feedback.command("export")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write (e.g. data/feedback, which `fissure data prepare` reads).")
+def feedback_export(out):
+    """Write the judged items in the dataset layouts `fissure data prepare` reads, with manifest.json.
+
+    Replaces a previous export's images/, masks/ and manifest.json in OUT; leaves anything else.
+    """
+    from fissure.api import export
+
+    if out.exists() and not out.is_dir():
+        from fissure.errors import UsageError
+
+        raise UsageError(f"--out {out}: not a folder")
+    manifest = export.write_folder(_open_store(), out)
+    counts = manifest["counts"]
+    classes = ", ".join(f"{k} {v}" for k, v in counts["classify"].items()) or "none"
+    click.echo(f"wrote {out}: {len(manifest['items'])} items (classify: {classes}; segment: {counts['segment']}), "
+               f"{counts['skipped']} skipped")
