@@ -285,6 +285,11 @@ def start():
 
 
 @pytest.fixture(scope="session")
+def new_port():
+    return free_port
+
+
+@pytest.fixture(scope="session")
 def serving(tmp_path_factory):
     """Two tiny models (tests/serving/_models.py) served by `fissure serve --runtime inprocess`."""
     base = tmp_path_factory.mktemp("api-serving")

@@ -111,10 +111,6 @@ def feedback_export(out):
     """
     from fissure.api import export
 
-    if out.exists() and not out.is_dir():
-        from fissure.errors import UsageError
-
-        raise UsageError(f"--out {out}: not a folder")
     manifest = export.write_folder(_open_store(), out)
     counts = manifest["counts"]
     classes = ", ".join(f"{k} {v}" for k, v in counts["classify"].items()) or "none"
