@@ -67,6 +67,7 @@
     maskCanvas.hidden = !segment;
     stage.classList.toggle("editable", segment);
     if (segment) {
+      $("show-boxes").checked = (P.output.boxes || []).length <= 25;  // dozens of boxes hide the image
       drawBoxes();
       await loadMask();
     }
@@ -77,6 +78,7 @@
       showHeat();
     }
     document.title = `${F.summary(P)} · fissure`;
+    $("view").dataset.ready = "1";  // every layer drawn (what a browser test waits for)
   }
 
   /** Size the stage to the image's aspect, as large as the column and the window allow. */
@@ -241,7 +243,11 @@
       for (const [k, v] of Object.entries({x: x0, y: y0, width: x1 - x0, height: y1 - y0, "data-box": i})) r.setAttribute(k, v);
       return r;
     }));
-    boxesSvg.hidden = !$("show-boxes").checked;
+    showBoxes();
+  }
+
+  function showBoxes() {
+    boxesSvg.toggleAttribute("hidden", !$("show-boxes").checked);  // an <svg> has no .hidden property
   }
 
   function highlight(i) {
@@ -250,7 +256,7 @@
 
   $("show-mask").addEventListener("change", showMask);
   $("mask-opacity").addEventListener("input", showMask);
-  $("show-boxes").addEventListener("change", () => { boxesSvg.hidden = !$("show-boxes").checked; });
+  $("show-boxes").addEventListener("change", showBoxes);
   $("show-heat").addEventListener("change", showHeat);
   $("heat-opacity").addEventListener("input", showHeat);
 
