@@ -45,6 +45,7 @@ class StackOptions:
     http_port: int = PORTS["inference_rest"]
     grpc_port: int = PORTS["inference_grpc"]
     mlflow_port: int = PORTS["mlflow"]
+    api_port: int = PORTS["api"]
     host: str = LOOPBACK
     runtime: str = "inprocess"
     batch_size: int = 8
@@ -164,7 +165,7 @@ def client_host(host: str) -> str:
 def stack_ports(opts: StackOptions) -> list[tuple[int, str, str]]:
     """(port, bind address, what) of every port the stack will open."""
     ports = [(opts.http_port, opts.host, "inference REST"), (opts.grpc_port, opts.host, "inference gRPC"),
-             (opts.mlflow_port, opts.host, "MLflow")]
+             (opts.mlflow_port, opts.host, "MLflow"), (opts.api_port, opts.host, "feedback API and UI")]
     if opts.runtime == "torchserve":
         ports += [(ts_port("torchserve_metrics"), opts.host, "TorchServe metrics"),
                   (ts_port("torchserve_inference"), LOOPBACK, "TorchServe inference"),
@@ -210,6 +211,7 @@ def procfile(opts: StackOptions, serving: Path) -> Path:
         f"--config {q(str(serving / 'config' / 'config.properties'))} --host {q(opts.host)} "
         f"--runtime {q(opts.runtime)} --http-port {opts.http_port} --grpc-port {opts.grpc_port} "
         f"--workdir {q(str(home / 'serve'))}",
+        f"api: exec {q(fissure)} api --host {q(opts.host)} --port {opts.api_port}",
     ]
     path = home / "Procfile"
     path.write_text("# written by `fissure up`; do not edit\n" + "\n".join(lines) + "\n")
@@ -227,6 +229,7 @@ fissure stack (runtime {opts.runtime})
   inference REST (KServe v1/v2)  http://{shown}:{opts.http_port}
   inference gRPC (KServe v2)     {shown}:{opts.grpc_port}
 {metrics}  MLflow                         http://{shown}:{opts.mlflow_port}
+  feedback UI and API            http://{shown}:{opts.api_port}/  (OpenAPI at /docs)
 {exposure_warning(opts.host)}
 try it (any JPEG/PNG):
   fissure predict image.jpg{url_flag}
@@ -408,6 +411,7 @@ def readiness_checks(opts: StackOptions) -> list[Check]:
         checks += [Check(f"TorchServe workers of {name}", f"{mgmt}/models/{name}", _workers_ready)
                    for name in MODEL_NAMES.values()]
     checks.append(Check("the inference front", f"http://{host}:{opts.http_port}/v2/health/ready"))
+    checks.append(Check("the feedback API", f"http://{host}:{opts.api_port}/ping"))
     return checks
 
 
@@ -518,9 +522,14 @@ def up(opts: StackOptions, detach: bool = False, echo=print, live: bool = False)
     honcho = [sys.executable, "-m", "honcho", "start", "-f", str(proc_path), "-d", str(repo_root()), "--no-prefix"]
     logs = state_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "PYTHONUNBUFFERED": "1"}
+    token = admin_token_once()
+    host = _url_host(client_host(opts.host))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "PYTHONUNBUFFERED": "1",
+           # the API calls the front and links to MLflow on this stack's ports
+           "FISSURE_INFERENCE_URL": f"http://{host}:{opts.http_port}", "FISSURE_MLFLOW_URL": f"http://{host}:{opts.mlflow_port}"}
+    token_line = f"\nadmin token for the UI and API (shown once; `fissure token create` makes more):\n  {token}\n" if token else ""
     if not detach:
-        echo(banner(opts) + "\nCtrl-C stops the stack.\n")
+        echo(banner(opts) + token_line + "\nCtrl-C stops the stack.\n")
         proc = subprocess.Popen(honcho[:-1], env=env)
         try:
             return proc.wait()
@@ -544,8 +553,19 @@ def up(opts: StackOptions, detach: bool = False, echo=print, live: bool = False)
         raise
     finally:
         report.close()
-    echo(banner(opts) + "\n`fissure down` (or `make down`) stops it.")
+    echo(banner(opts) + token_line + "\n`fissure down` (or `make down`) stops it.")
     return 0
+
+
+def admin_token_once() -> str | None:
+    """An admin token for a feedback store that has none yet (printed once by `up`), else None."""
+    from fissure.api.auth import create_token
+    from fissure.api.store import Store
+
+    store = Store()
+    store.migrate()
+    made = create_token(store, "admin", "admin", only_if_none=True)
+    return made[0] if made else None
 
 
 def down(timeout: float = 30.0, echo=print) -> int:

@@ -35,6 +35,8 @@ def test_procfile_runs_mlflow_and_serve_on_loopback_with_torchserve_by_default(t
     assert "--host 127.0.0.1" in mlflow
     assert " serve --model-store " in serve and "--http-port 18080" in serve and "--grpc-port 18081" in serve
     assert "--host 127.0.0.1" in serve and "--runtime inprocess" in serve
+    api = [line for line in path.read_text().splitlines() if line.startswith("api:")]
+    assert len(api) == 1 and " api --host 127.0.0.1 --port 8000" in api[0]
 
 
 def test_procfile_passes_the_chosen_host_and_runtime(tmp_path):
@@ -297,10 +299,11 @@ def test_readiness_waits_for_each_models_torchserve_workers_and_the_front():
 
     ts = [c.what for c in readiness_checks(StackOptions(runtime="torchserve", host="0.0.0.0"))]
     assert ts == ["MLflow", "TorchServe workers of crack-classifier", "TorchServe workers of crack-segmenter",
-                  "the inference front"]
+                  "the inference front", "the feedback API"]
     inproc = readiness_checks(StackOptions(runtime="inprocess", host="0.0.0.0", http_port=18080))
-    assert [c.what for c in inproc] == ["MLflow", "the inference front"]
-    assert inproc[-1].url == "http://127.0.0.1:18080/v2/health/ready"
+    assert [c.what for c in inproc] == ["MLflow", "the inference front", "the feedback API"]
+    assert inproc[-2].url == "http://127.0.0.1:18080/v2/health/ready"
+    assert inproc[-1].url == "http://127.0.0.1:8000/ping"
 
 
 def test_torchserve_workers_are_ready_only_when_all_are():

@@ -22,16 +22,18 @@ RUNTIMES = typing.get_args(Settings.model_fields["runtime"].annotation)
 @click.option("--http-port", type=int, envvar="FISSURE_HTTP_PORT", default=PORTS["inference_rest"], show_default=True)
 @click.option("--grpc-port", type=int, envvar="FISSURE_GRPC_PORT", default=PORTS["inference_grpc"], show_default=True)
 @click.option("--mlflow-port", type=int, envvar="FISSURE_MLFLOW_PORT", default=PORTS["mlflow"], show_default=True)
+@click.option("--api-port", type=int, envvar="FISSURE_API_PORT", default=PORTS["api"], show_default=True,
+              help="The feedback API and web UI.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="TorchServe batch size when packaging.")
 @click.option("--max-batch-delay", type=int, default=10, show_default=True, help="Milliseconds to fill a batch.")
-def up(detach, host, runtime, http_port, grpc_port, mlflow_port, batch_size, max_batch_delay):
-    """Train if needed (dvc repro), package both champions, serve them with MLflow alongside."""
+def up(detach, host, runtime, http_port, grpc_port, mlflow_port, api_port, batch_size, max_batch_delay):
+    """Train if needed (dvc repro), package both champions, serve them with MLflow and the feedback UI alongside."""
     from fissure.settings import settings
     from fissure.stack import StackOptions, up as run
 
     if host is not None and not host.strip():
         raise click.BadParameter("an address is needed (127.0.0.1, 0.0.0.0, ...)", param_hint="--host")
-    opts = StackOptions(http_port=http_port, grpc_port=grpc_port, mlflow_port=mlflow_port,
+    opts = StackOptions(http_port=http_port, grpc_port=grpc_port, mlflow_port=mlflow_port, api_port=api_port,
                         host=host or settings().host, runtime=runtime or settings().runtime,
                         batch_size=batch_size, max_batch_delay=max_batch_delay)
     code = run(opts, detach=detach, echo=click.echo, live=sys.stdout.isatty())
