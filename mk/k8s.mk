@@ -147,6 +147,7 @@ deploy: $(K8S_STAMPS)/helm-$(HELM_VERSION) ## [needs a cluster] create secrets i
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace \
 	  --set servingRuntime.image.tag=$(IMAGE_TAG) --set servingRuntime.image.pullPolicy=Never \
 	  --set route.host=$(GATEWAY_HOST) --set route.grpcHostSuffix=grpc.$(GATEWAY_HOST) \
+	  --set api.image.tag=$(IMAGE_TAG) --set api.image.pullPolicy=Never --set api.route.host=api.$(GATEWAY_HOST) \
 	  --wait --timeout 10m $(HELM_ARGS)
 	manifests/kind/upload-models.sh $(NAMESPACE) $(RELEASE)
 
