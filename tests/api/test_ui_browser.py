@@ -15,6 +15,7 @@ server down (503) and the API itself gone (network error).
 
 from __future__ import annotations
 
+import datetime
 import io
 import os
 import re
@@ -221,6 +222,9 @@ def test_upload_correct_mask_history_export(stack, page, shots, tmp_path):
     page.get_by_role("link", name="History").click()
     page.get_by_label("Model").select_option("crack-segmenter")
     page.get_by_label("Verdict").select_option("wrong")
+    today = datetime.date.today().isoformat()  # the browser's calendar day: same machine, same zone
+    page.get_by_label("From", exact=True).fill(today)
+    page.get_by_label("To", exact=True).fill(today)
     page.get_by_role("button", name="Filter").click()
     row = page.locator("#rows tr").first
     row.wait_for()
@@ -274,6 +278,31 @@ def test_classifier_label_by_keyboard(stack, page, shots, tmp_path):
     assert [f["verdict"] for f in fb] == ["correct"]
 
 
+def test_review_queue_least_certain_first(stack, page, shots):
+    """The queue lists what nobody judged, least certain first; judging from it moves to the next."""
+    for seed in (11, 12, 13):
+        r = httpx.post(stack.url + "/predict", headers={"Authorization": f"Bearer {stack.token}"},
+                       files={"file": ("c.png", crack_png(seed=seed), "image/png")}, data={"model": "crack-classifier"},
+                       timeout=60)
+        assert r.status_code == 201, r.text
+    login(page, stack)
+    page.get_by_role("link", name="Review queue").click()
+    page.get_by_label("Model").select_option("crack-classifier")
+    page.get_by_role("button", name="Show").click()
+    queue = [p["id"] for p in stack.get("/review-queue?model=crack-classifier&limit=50").json()["items"]]
+    assert len(queue) >= 3
+    expect(page.locator("#queue li")).to_have_count(len(queue))
+    expect(page.locator("#queue li a").first).to_have_attribute("href", re.compile(queue[0]))
+    snap(page, shots / "09-review-queue.png")
+
+    page.get_by_role("link", name="Start reviewing").click()
+    page.wait_for_url(re.compile(f"/p/{queue[0]}"))
+    page.wait_for_selector("#label")
+    page.keyboard.press("c")  # right: saved, and on to the next one
+    page.wait_for_url(re.compile(f"/p/{queue[1]}\\?queue=crack-classifier"))
+    assert [f["verdict"] for f in stack.get(f"/predictions/{queue[0]}").json()["feedback"]] == ["correct"]
+
+
 def test_messages_for_what_goes_wrong(stack, start, page, shots, tmp_path, tmp_path_factory):
     """A non-image (415), a wrong token (401), a viewer judging (403), the model server down (503),
     the API gone (network error): each one a sentence on the page, never a silent failure."""
@@ -287,14 +316,14 @@ def test_messages_for_what_goes_wrong(stack, start, page, shots, tmp_path, tmp_p
     alert = page.get_by_role("alert")
     alert.wait_for()
     assert "not an image" in alert.inner_text()
-    page.screenshot(path=shots / "09-not-an-image.png")
+    page.screenshot(path=shots / "10-not-an-image.png")
 
     page.get_by_label("API token").fill("fst_wrong")
     page.get_by_role("button", name="Save", exact=True).click()
     page.wait_for_selector(".token-state.bad")
     assert "token is missing, wrong or expired" in alert.inner_text()
     expect(page.get_by_label("API token")).to_be_focused()
-    page.screenshot(path=shots / "10-wrong-token.png")
+    page.screenshot(path=shots / "11-wrong-token.png")
 
     viewer = make_token(stack.env, "viewer", "visitor")
     login(page, stack, viewer)
@@ -303,7 +332,7 @@ def test_messages_for_what_goes_wrong(stack, start, page, shots, tmp_path, tmp_p
     page.keyboard.press("c")
     page.get_by_role("alert").wait_for()
     assert "role" in page.get_by_role("alert").inner_text()
-    page.screenshot(path=shots / "11-role-too-low.png")
+    page.screenshot(path=shots / "12-role-too-low.png")
 
     # an API whose model server is not there, and then the API itself gone
     down = start_api(start, tmp_path_factory.mktemp("ui-down"), f"http://127.0.0.1:{free_port()}")
@@ -312,12 +341,12 @@ def test_messages_for_what_goes_wrong(stack, start, page, shots, tmp_path, tmp_p
         page.set_input_files("#file", str(image))
         page.get_by_role("alert").wait_for()
         assert "model server is down" in page.get_by_role("alert").inner_text()
-        page.screenshot(path=shots / "12-model-server-down.png")
+        page.screenshot(path=shots / "13-model-server-down.png")
     finally:
         down.proc.stop()
     page.set_input_files("#file", str(image))
     expect(page.get_by_role("alert")).to_contain_text("cannot be reached")
-    page.screenshot(path=shots / "13-api-gone.png")
+    page.screenshot(path=shots / "14-api-gone.png")
 
 
 def test_pages_need_no_token_and_ship_a_strict_csp(stack):
