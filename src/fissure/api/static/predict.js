@@ -47,7 +47,7 @@
         card.removeAttribute("aria-busy");
         status.replaceWith(el("span", {class: "result-line"},
           el("a", {href: `${F.BASE}/p/${encodeURIComponent(p.id)}`}, F.summary(p)),
-          el("span", {class: "muted"}, ` ${p.model_name} v${p.model_version} · ${Math.round(p.latency_ms)} ms`)));
+          el("span", {class: "muted"}, `${p.model_name} v${p.model_version} · ${Math.round(p.latency_ms)} ms`)));
       } catch (err) {
         card.removeAttribute("aria-busy");
         card.classList.add("failed");
