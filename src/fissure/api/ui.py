@@ -6,10 +6,10 @@ so everything shown comes from the same endpoints a script would use. What the s
 is rendered here: the model list, the filters from the query string, the links to MLflow,
 Prometheus, Grafana and Argo (shown only when their ``FISSURE_*_URL`` is set).
 
-Static files are served by a route over a fixed list (no directory mount: FastAPI's
-``include_router`` drops mounts, and a fixed list cannot be walked out of). Every page carries
-a strict Content-Security-Policy: no inline script, no third-party origin, so a stored token
-cannot be read by anything the page did not ship.
+Static files are served by a route over the fixed list of files shipped beside this module
+(a list cannot be walked out of), each under a content-hash URL so browsers may keep it for
+good. Every page carries a strict Content-Security-Policy: no inline script, no third-party
+origin, so a stored token cannot be read by anything the page did not ship.
 """
 
 from __future__ import annotations
