@@ -141,10 +141,11 @@
       const hctx = heatCanvas.getContext("2d");
       const out = hctx.createImageData(W, H);
       const lut = Array.from({length: 256}, (_, v) => ramp(v));
+      // alpha grows faster than the value: where the model hardly looked, the image shows through
+      const alpha = Array.from({length: 256}, (_, v) => Math.round(255 * (v / 255) ** 1.5));
       for (let i = 0; i < src.length; i += 4) {
         const [r, g, b] = lut[src[i]];
-        // alpha follows the value: where the model did not look, the image shows through
-        out.data[i] = r; out.data[i + 1] = g; out.data[i + 2] = b; out.data[i + 3] = src[i];
+        out.data[i] = r; out.data[i + 1] = g; out.data[i + 2] = b; out.data[i + 3] = alpha[src[i]];
       }
       hctx.putImageData(out, 0, 0);
     } catch (err) {
