@@ -17,7 +17,7 @@ import tempfile
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
@@ -26,7 +26,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fissure import MODEL_NAMES, __version__
@@ -38,16 +38,26 @@ from fissure.api.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from fissure.api.retrain import Retrainer, log_tail
 from fissure.api.store import PredictionFilter, Store
 from fissure.errors import FissureError, InputError, UnsupportedMediaType, status_of
-from fissure.settings import Settings, settings as current_settings, state_dir
+from fissure.settings import Settings, settings as current_settings
 
 log = logging.getLogger("fissure.api")
 
 DEFAULT_MODEL = MODEL_NAMES["classify"]
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_NOTE = 4000
-TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+TRUE, FALSE = {"true"}, {"false", ""}  # a multipart boolean as the spec says: true or false
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 IMAGE_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff", "WEBP": "image/webp"}
+
+
+def _iso_only(value):
+    """Dates as ISO-8601 text only: pydantic would also read '0.5' as a Unix time."""
+    if isinstance(value, str) and not re.match(r"^\d{4}-\d{2}-\d{2}", value.strip()):
+        raise ValueError("expected an ISO-8601 date-time like 2026-01-31T12:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 # ---------------------------------------------------------------------------- response models
@@ -137,23 +147,24 @@ RATE_LIMITED = {429: {"model": ErrorOut, "headers": {"Retry-After": {
 IMAGE_TYPES = {t: {} for t in ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp")}
 
 
-def _form_body(properties: dict, required: list[str]) -> dict:
+def _form_body(properties: dict, required: list[str], encoding: dict) -> dict:
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "properties": properties, "required": required}}}}}
+        "type": "object", "properties": properties, "required": required}, "encoding": encoding}}}}
 
 
 PREDICT_BODY = _form_body({
     "file": {"type": "string", "format": "binary", "description": "the image (JPEG, PNG, BMP, TIFF, WebP)"},
-    "model": {"type": "string", "default": DEFAULT_MODEL, "description": "served model name"},
+    "model": {"type": "string", "default": DEFAULT_MODEL, "pattern": MODEL_NAME.pattern,
+              "description": "served model name"},
     "explain": {"type": "boolean", "default": False, "description": "also store the explanation heatmap"},
-}, ["file"])
+}, ["file"], {"file": {"contentType": ", ".join(IMAGE_TYPES)}})
 FEEDBACK_BODY = _form_body({
     "verdict": {"type": "string", "enum": ["correct", "wrong"]},
     "label": {"type": "string", "description": "the right class (classifier predictions)"},
     "note": {"type": "string", "maxLength": MAX_NOTE},
     "mask": {"type": "string", "format": "binary",
              "description": "the right mask (segmenter predictions): PNG of the image's size, 0/255"},
-}, ["verdict"])
+}, ["verdict"], {"mask": {"contentType": "image/png"}})
 
 
 # ---------------------------------------------------------------------------- the app
@@ -164,7 +175,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     store = store or Store(cfg.database_url, cfg.blob_url)
     metrics = Metrics()
     limiter = RateLimiter(cfg.api_rate_limit)
-    retrainer = Retrainer(store, cfg.retrain_command, state_dir() / "retrain")
+    retrainer = Retrainer(store, cfg.retrain_command, Path(cfg.home).resolve() / "retrain")
     max_upload = cfg.api_max_upload_bytes
 
     @asynccontextmanager
@@ -238,7 +249,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         upload = form.files.get("file")
         if upload is None:
             raise InputError("send the image as the form file 'file'")
-        model = form.fields.get("model") or DEFAULT_MODEL
+        model = form.fields.get("model", DEFAULT_MODEL)  # absent: the default; empty: not a name
         if not MODEL_NAME.match(model):
             raise InputError(f"not a model name: {model[:80]!r}")
         explain = _bool(form, "explain")
@@ -269,8 +280,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                          version: str | None = Query(None, max_length=64),
                          verdict: Literal["correct", "wrong", "none"] | None = None,
                          has_feedback: bool | None = None,
-                         since: datetime | None = Query(None, description="ISO-8601; naive means UTC"),
-                         until: datetime | None = Query(None, description="ISO-8601, exclusive"),
+                         since: IsoDateTime | None = Query(None, description="ISO-8601; naive means UTC"),
+                         until: IsoDateTime | None = Query(None, description="ISO-8601, exclusive"),
                          page: int = Query(1, ge=1, le=1_000_000), page_size: int = Query(20, ge=1, le=100)):
         filt = PredictionFilter(model=model, version=version, verdict=verdict, has_feedback=has_feedback,
                                 since=_utc(since), until=_utc(until))
