@@ -282,3 +282,24 @@ def test_unknown_routes_and_methods_are_one_line_json(client):
     assert r.status_code == 404 and r.json() == {"error": "no route GET /nope"}
     r = client.http.delete("/predictions")
     assert r.status_code == 405 and list(r.json()) == ["error"]
+
+
+def test_database_down_is_503(make_client, postgres, make_prediction):
+    import psycopg
+
+    c = make_client(database_url=postgres.new_database())
+    p = make_prediction(c.store)
+    assert c.get(f"/predictions/{p.id}").status_code == 200
+    db = c.store.engine.url.database
+    with psycopg.connect(f"host=127.0.0.1 port={postgres.port} user=postgres dbname=postgres",
+                         autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,))
+    try:
+        r = c.get(f"/predictions/{p.id}")
+        assert r.status_code == 503 and r.json()["error"].startswith("database unavailable at postgresql")
+        assert "Traceback" not in r.text
+    finally:
+        with psycopg.connect(f"host=127.0.0.1 port={postgres.port} user=postgres dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')

@@ -62,7 +62,7 @@ def test_api_registers_the_admin_token_it_is_given(env, tmp_path, start, new_por
 
 
 def test_help_everywhere(env):
-    for args in (["api"], ["token"], ["token", "create"], ["feedback"], ["feedback", "export"]):
+    for args in (["api"], ["token"], ["token", "create"], ["feedback"], ["feedback", "export"], ["feedback", "gc"]):
         r = run(env, *args, "--help")
         assert r.returncode == 0 and "Usage: fissure" in r.stdout, args
 
@@ -79,10 +79,15 @@ def test_bad_input_is_one_line(env, args, code, words):
     assert "Traceback" not in r.stderr
 
 
-def test_bad_database_url_is_one_line(env):
-    r = run({**env, "FISSURE_DATABASE_URL": "not a url"}, "token", "create", "--role", "viewer")
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
-    assert "FISSURE_DATABASE_URL" in r.stderr and "Traceback" not in r.stderr
+@pytest.mark.parametrize("var,value,code,words", [
+    ("FISSURE_DATABASE_URL", "not a url", 2, "FISSURE_DATABASE_URL"),
+    ("FISSURE_DATABASE_URL", "postgresql://fissure@127.0.0.1:1/fissure", 1, "database unavailable at postgresql"),
+    ("FISSURE_BLOB_URL", "nosuchprotocol://bucket/blobs", 2, "FISSURE_BLOB_URL"),
+])
+def test_bad_store_settings_are_one_line(env, var, value, code, words):
+    r = run({**env, var: value}, "token", "create", "--role", "viewer")
+    assert r.returncode == code and r.stderr.strip().count("\n") == 0, r.stderr
+    assert words in r.stderr and "Traceback" not in r.stderr
 
 
 def test_token_create_and_export(env, tmp_path):
@@ -101,6 +106,20 @@ def test_token_create_and_export(env, tmp_path):
     (tmp_path / "file").write_text("")
     r = run(env, "feedback", "export", "--out", str(tmp_path / "file"))
     assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_feedback_gc_removes_unreferenced_blobs(env, tmp_path, make_prediction):
+    from fissure.api.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'home' / 'api.db'}", str(tmp_path / "home" / "blobs"))
+    store.migrate()
+    kept = make_prediction(store)
+    orphan = store.blobs.put(b"left by a request that died before its row")
+    r = run(env, "feedback", "gc")
+    assert r.returncode == 0 and r.stdout.strip() == "removed 0 unreferenced blobs"  # within the grace period
+    r = run(env, "feedback", "gc", "--older-than", "0")
+    assert r.returncode == 0 and r.stdout.strip() == "removed 1 unreferenced blob"
+    assert not store.blobs.exists(orphan) and store.blobs.exists(kept.image_sha256)
 
 
 def test_api_port_in_use_is_one_line(env):

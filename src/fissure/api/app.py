@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, Field
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fissure import MODEL_NAMES, __version__
@@ -36,7 +37,7 @@ from fissure.api.forms import FORM_OVERHEAD, BodyLimit, Form, read_form
 from fissure.api.inference import InferenceClient, InferenceResult
 from fissure.api.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from fissure.api.retrain import Retrainer, log_tail
-from fissure.api.store import PredictionFilter, Store
+from fissure.api.store import PredictionFilter, Store, unavailable
 from fissure.errors import FissureError, InputError, UnsupportedMediaType, status_of
 from fissure.settings import Settings, settings as current_settings
 
@@ -511,6 +512,12 @@ def _error_handlers(app: FastAPI) -> None:
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
         return answer(400, f"{where}: {err.get('msg', 'invalid')}".splitlines()[0])
+
+    @app.exception_handler(OperationalError)
+    async def database_down(request: Request, exc: OperationalError):
+        err = unavailable(request.app.state.store.url, exc)
+        log.warning("%s %s -> 503: %s", request.method, request.url.path, err.message)
+        return answer(503, err.message)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):

@@ -23,7 +23,7 @@ from datetime import datetime
 
 import fsspec
 
-from fissure.errors import NotFoundError
+from fissure.errors import ConfigError, NotFoundError
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
@@ -43,7 +43,12 @@ class Blobs:
 
     def __init__(self, url: str | None = None):
         self.url = url or default_url()
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        except ImportError as exc:  # e.g. s3:// without s3fs
+            raise ConfigError(f"FISSURE_BLOB_URL={self.url!r}: {str(exc).splitlines()[0]}") from None
+        except ValueError as exc:
+            raise ConfigError(f"FISSURE_BLOB_URL={self.url!r}: {str(exc).splitlines()[0]}") from None
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         if self.local:
             os.makedirs(self.root, exist_ok=True)

@@ -24,11 +24,11 @@ from pathlib import Path
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator,
                         UniqueConstraint, create_engine, event, exists, func, select)
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
 
 from fissure.api.blobs import Blobs
-from fissure.errors import ConfigError, InputError, NotFoundError
+from fissure.errors import ConfigError, InputError, NotFoundError, Unavailable
 
 VERDICTS = ("correct", "wrong")
 RUN_STATES = ("queued", "running", "succeeded", "failed")
@@ -148,6 +148,14 @@ def default_url() -> str:
     return settings().database_url or f"sqlite:///{state_dir() / 'api.db'}"
 
 
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<not a URL>"
+
+
 def _engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -180,6 +188,11 @@ def _engine(url: str) -> Engine:
     return engine
 
 
+def unavailable(url: str, exc: Exception) -> Unavailable:
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return Unavailable(f"database unavailable at {safe_url(url)}: {reason[0] if reason else type(exc).__name__}")
+
+
 class Store:
     """The API's database and blobs. Thread-safe; one per process."""
 
@@ -201,9 +214,12 @@ class Store:
 
         cfg = Config()
         cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
-        with self._writer.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        try:
+            with self._writer.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except OperationalError as exc:
+            raise unavailable(self.url, exc) from None
 
     # ------------------------------------------------------------------ transactions
     @contextmanager

@@ -32,7 +32,7 @@ COMMANDS = {
     "predict": ("fissure.cli.predict", "predict", "Send an image to a running server and print the prediction."),
     "api": ("fissure.cli.api", "api", "Serve the feedback API and web UI."),
     "token": ("fissure.cli.api", "token", "Create API tokens."),
-    "feedback": ("fissure.cli.api", "feedback", "Export the feedback as training data."),
+    "feedback": ("fissure.cli.api", "feedback", "Export the feedback as training data; clean up its blobs."),
 }
 
 # Top-level import name -> the pyproject extra that installs it (keep in step with pyproject.toml).

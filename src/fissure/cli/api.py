@@ -116,3 +116,12 @@ def feedback_export(out):
     classes = ", ".join(f"{k} {v}" for k, v in counts["classify"].items()) or "none"
     click.echo(f"wrote {out}: {len(manifest['items'])} items (classify: {classes}; segment: {counts['segment']}), "
                f"{counts['skipped']} skipped")
+
+
+@feedback.command("gc")
+@click.option("--older-than", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="Seconds a blob must have been stored for: a request in flight writes its blobs first.")
+def feedback_gc(older_than):
+    """Delete stored blobs (images, masks, ...) that no prediction or feedback references."""
+    removed = _open_store().gc_blobs(older_than=older_than)
+    click.echo(f"removed {len(removed)} unreferenced blob{'s' if len(removed) != 1 else ''}")
