@@ -11,6 +11,7 @@ Every error is ``{"error": "<one line>"}`` with its status from :func:`fissure.e
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import tempfile
@@ -19,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import fastapi_offline
+import numpy as np
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +29,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from pydantic import BaseModel, BeforeValidator, Field
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -39,6 +43,7 @@ from fissure.api.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from fissure.api.retrain import Retrainer, log_tail
 from fissure.api.store import PredictionFilter, Store, unavailable
 from fissure.errors import FissureError, InputError, UnsupportedMediaType, status_of
+from fissure.serving import codec
 from fissure.settings import Settings, settings as current_settings
 
 log = logging.getLogger("fissure.api")
@@ -142,8 +147,8 @@ def _errors(*codes: int) -> dict:
     return {code: {"model": ErrorOut} for code in codes}
 
 
-AUTH_ERRORS = _errors(401, 403, 429)
-RATE_LIMITED = {429: {"model": ErrorOut, "headers": {"Retry-After": {
+# every route with a token: who may call, how often, and the store being reachable (503)
+AUTH_ERRORS = {**_errors(401, 403, 503), 429: {"model": ErrorOut, "headers": {"Retry-After": {
     "description": "seconds until this token may send again", "schema": {"type": "integer"}}}}}
 IMAGE_TYPES = {t: {} for t in ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp")}
 
@@ -224,7 +229,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 "feedback": [feedback_out(f) for f in p.feedback], "links": links(request, p)}
 
     # ------------------------------------------------------------------ open routes
-    docs_static = Path(__import__("fastapi_offline").__file__).parent / "static"
+    docs_static = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI's files, no CDN
     app.mount("/docs/static", StaticFiles(directory=docs_static), name="docs-static")
 
     @app.get("/docs", include_in_schema=False)
@@ -262,20 +267,18 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 
     @app.post("/predict", tags=["predictions"], status_code=201, response_model=PredictionOut,
               summary="Predict with a served model and store the prediction",
-              openapi_extra=PREDICT_BODY, responses={**AUTH_ERRORS, **RATE_LIMITED,
-                                                     **_errors(400, 404, 413, 415, 502, 503)})
+              openapi_extra=PREDICT_BODY, responses={**AUTH_ERRORS, **_errors(400, 404, 413, 415, 502)})
     async def predict(request: Request, who: Principal = viewer):
         return await predict_and_store(request, who, None)
 
     @app.post("/save-for-retrain", tags=["predictions"], status_code=201, response_model=PredictionOut,
               summary="As /predict, flagged 'unsatisfactory' (the seed designs' alias)",
-              openapi_extra=PREDICT_BODY, responses={**AUTH_ERRORS, **RATE_LIMITED,
-                                                     **_errors(400, 404, 413, 415, 502, 503)})
+              openapi_extra=PREDICT_BODY, responses={**AUTH_ERRORS, **_errors(400, 404, 413, 415, 502)})
     async def save_for_retrain(request: Request, who: Principal = viewer):
         return await predict_and_store(request, who, "unsatisfactory")
 
     @app.get("/predictions", tags=["predictions"], response_model=PredictionPage,
-             summary="Stored predictions, newest first", responses={**AUTH_ERRORS, **RATE_LIMITED, **_errors(400)})
+             summary="Stored predictions, newest first", responses={**AUTH_ERRORS, **_errors(400)})
     def list_predictions(request: Request, who: Principal = viewer,
                          model: str | None = Query(None, max_length=128),
                          version: str | None = Query(None, max_length=64),
@@ -291,13 +294,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 "page_size": page_size}
 
     @app.get("/predictions/{prediction_id}", tags=["predictions"], response_model=PredictionOut,
-             summary="One prediction with its feedback", responses={**AUTH_ERRORS, **RATE_LIMITED, **_errors(404)})
+             summary="One prediction with its feedback", responses={**AUTH_ERRORS, **_errors(404)})
     def get_prediction(request: Request, prediction_id: str, who: Principal = viewer):
         return prediction_out(request, store.get_prediction(prediction_id))
 
     def blob_route(kind: str, what: str):
         @app.get(f"/predictions/{{prediction_id}}/{kind}", tags=["predictions"], response_class=Response,
-                 summary=what, responses={200: {"content": IMAGE_TYPES}, **AUTH_ERRORS, **RATE_LIMITED,
+                 summary=what, responses={200: {"content": IMAGE_TYPES}, **AUTH_ERRORS,
                                           **_errors(404)})
         def blob(prediction_id: str, who: Principal = viewer):
             p = store.get_prediction(prediction_id)
@@ -319,7 +322,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     @app.post("/predictions/{prediction_id}/feedback", tags=["feedback"], response_model=FeedbackOut,
               summary="Judge a prediction (one row per prediction and user: a resubmission updates it)",
               openapi_extra=FEEDBACK_BODY,
-              responses={**AUTH_ERRORS, **RATE_LIMITED, **_errors(400, 404, 413, 415)})
+              responses={**AUTH_ERRORS, **_errors(400, 404, 413, 415)})
     async def give_feedback(request: Request, prediction_id: str, who: Principal = annotator):
         pred = await run_in_threadpool(store.get_prediction, prediction_id)
         form = await read_form(request, max_upload)
@@ -329,7 +332,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 
     @app.get("/feedback/{feedback_id}/mask", tags=["feedback"], response_class=Response,
              summary="The corrected mask a feedback carries (0/255 PNG)",
-             responses={200: {"content": {"image/png": {}}}, **AUTH_ERRORS, **RATE_LIMITED, **_errors(404)})
+             responses={200: {"content": {"image/png": {}}}, **AUTH_ERRORS, **_errors(404)})
     def feedback_mask(feedback_id: str, who: Principal = viewer):
         fb = store.get_feedback(feedback_id)
         if not fb.mask_sha256:
@@ -338,14 +341,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 
     @app.get("/review-queue", tags=["feedback"], response_model=Queue,
              summary="Predictions nobody judged yet, most uncertain first",
-             responses={**AUTH_ERRORS, **RATE_LIMITED, **_errors(400)})
+             responses={**AUTH_ERRORS, **_errors(400)})
     def review_queue(request: Request, who: Principal = viewer, model: str | None = Query(None, max_length=128),
                      limit: int = Query(20, ge=1, le=100)):
         return {"items": [prediction_out(request, p) for p in store.review_queue(model, limit)]}
 
     @app.get("/feedback/export", tags=["feedback"], response_class=StreamingResponse,
              summary="The judged items as a zip in the layouts `fissure data prepare` reads (deterministic)",
-             responses={200: {"content": {"application/zip": {}}}, **AUTH_ERRORS, **RATE_LIMITED})
+             responses={200: {"content": {"application/zip": {}}}, **AUTH_ERRORS})
     async def export_zip(who: Principal = annotator):
         spool = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)
         await run_in_threadpool(export.write_zip, store, spool)
@@ -362,20 +365,20 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     # ------------------------------------------------------------------ admin
     @app.post("/retrain", tags=["admin"], status_code=202, response_model=RetrainQueued,
               summary="Queue a retraining run (export + dvc repro, in the background)",
-              responses={**AUTH_ERRORS, **RATE_LIMITED})
+              responses={**AUTH_ERRORS})
     def retrain(who: Principal = admin):
         run = retrainer.submit(who.name)
         return {"id": run.id, "state": run.state}
 
     @app.get("/retrain/{run_id}", tags=["admin"], response_model=RetrainOut, summary="A retraining run's state",
-             responses={**AUTH_ERRORS, **RATE_LIMITED, **_errors(404)})
+             responses={**AUTH_ERRORS, **_errors(404)})
     def retrain_state(run_id: str, who: Principal = admin):
         run = store.get_run(run_id)
         return {"id": run.id, "state": run.state, "exit_code": run.exit_code, "log_tail": log_tail(run.log_path),
                 "started_at": run.started_at, "finished_at": run.finished_at}
 
     @app.post("/tokens", tags=["admin"], status_code=201, response_model=TokenOut, summary="Create a token",
-              responses={**AUTH_ERRORS, **RATE_LIMITED, **_errors(400)})
+              responses={**AUTH_ERRORS, **_errors(400)})
     def new_token(body: TokenIn, who: Principal = admin):
         token, row = create_token(store, body.role, body.name)
         return {"token": token, "role": row.role, "name": row.name, "id": row.id}
@@ -409,7 +412,7 @@ def _bool(form: Form, name: str) -> bool:
 
 def _image_info(data: bytes) -> tuple[tuple[int, int], str]:
     """(height, width) and media type of an upload, from its header (415 when not an image)."""
-    from fissure.preprocess import open_image
+    from fissure.preprocess import open_image  # imports torch: on the first upload, not at start
 
     with open_image(data) as img:
         return (img.height, img.width), IMAGE_MIME.get(img.format, "application/octet-stream")
@@ -418,13 +421,7 @@ def _image_info(data: bytes) -> tuple[tuple[int, int], str]:
 def _store_prediction(store: Store, who: Principal, image: bytes, media_type: str, size: tuple[int, int],
                       result: InferenceResult, flag: str | None):
     """Blobs first (image, mask, heatmap, overlay), then the row, in one transaction."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from fissure.preprocess import decode_image
-    from fissure.serving import codec
+    from fissure.preprocess import decode_image  # imports torch: on the first upload, not at start
 
     image_sha = store.blobs.put(image)
     mask_sha = store.blobs.put(result.mask_png) if result.mask_png else None
@@ -449,8 +446,6 @@ def _store_prediction(store: Store, who: Principal, image: bytes, media_type: st
 
 
 def _store_feedback(store: Store, who: Principal, pred, form: Form):
-    from fissure.serving import codec
-
     verdict = form.fields.get("verdict", "").strip()
     if verdict not in ("correct", "wrong"):
         raise InputError(f"verdict must be correct or wrong; got {verdict[:40]!r}")
