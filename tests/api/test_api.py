@@ -74,6 +74,8 @@ def test_upload_over_the_limit_is_413(make_client, images):
 
     r = c.post("/predict", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=x"})
     assert r.status_code == 413
+    r = c.post("/tokens", role="admin", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["error"]
 
 
 @pytest.mark.parametrize("files,data,status,words", [
@@ -256,6 +258,35 @@ def test_retrain_failure_and_queue(make_client):
     for run_id in ids:
         run = _wait_run(c, run_id)
         assert run["state"] == "failed" and run["exit_code"] == 3 and "failing" in run["log_tail"]
+
+
+def test_stopping_the_api_stops_its_run_and_the_next_start_fails_it(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from fissure.api.app import create_app
+    from fissure.api.auth import create_token
+    from fissure.api.store import Store
+    from fissure.settings import Settings
+
+    cfg = Settings(database_url=f"sqlite:///{tmp_path / 'api.db'}", blob_url=str(tmp_path / "blobs"),
+                   home=tmp_path / "home", retrain_command=f"echo started; sleep 60; touch {tmp_path / 'x'}")
+    store = Store(cfg.database_url, cfg.blob_url)
+    store.migrate()
+    auth = {"Authorization": f"Bearer {create_token(store, 'admin', 'a')[0]}"}
+    with TestClient(create_app(cfg, store)) as tc:
+        running = tc.post("/retrain", headers=auth).json()["id"]
+        queued = tc.post("/retrain", headers=auth).json()["id"]
+        deadline = time.monotonic() + 30
+        while tc.get(f"/retrain/{running}", headers=auth).json()["state"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    # the API stopped: its command was stopped with it, within the grace period, not after 60 s
+    assert store.get_run(running).state == "failed" and store.get_run(running).exit_code == -15
+    assert store.get_run(queued).state == "queued" and not (tmp_path / "x").exists()
+    with TestClient(create_app(cfg, store)) as tc:
+        again = tc.get(f"/retrain/{queued}", headers=auth).json()
+        assert again["state"] == "failed" and "stopped while this run was queued" in again["log_tail"]
+    store.close()
 
 
 def test_default_retrain_command_is_export_then_dvc_repro():

@@ -314,7 +314,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         blob.__name__ = f"prediction_{kind}"
 
     blob_route("image", "The uploaded image, as sent")
-    blob_route("overlay", "The prediction drawn over the image (PNG; the image itself for a classifier without heatmap)")
+    blob_route("overlay", "The prediction drawn over the image (PNG; a classifier's without heatmap: the image)")
     blob_route("mask", "The predicted mask, 0/255 PNG (segmenter)")
     blob_route("heatmap", "The explanation heatmap, 8-bit PNG (classifier with explain; segmenter: p(crack))")
 

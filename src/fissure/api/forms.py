@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from starlette.exceptions import HTTPException
+
 from fissure.errors import InputError, PayloadTooLarge, UnsupportedMediaType, status_of
 
 FORM_OVERHEAD = 1024 * 1024  # multipart framing and the text fields, on top of the files
@@ -118,7 +120,8 @@ async def read_form(request, max_file_bytes: int) -> Form:
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:
-        raise InputError(f"malformed multipart body: {str(exc).splitlines()[0] if str(exc) else 'parse error'}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else "parse error"
+        raise InputError(f"malformed multipart body: {reason}") from None
     return collector.form
 
 
@@ -158,7 +161,9 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise PayloadTooLarge(f"request body is over the {self.limit}-byte limit")
+                    # an HTTPException: FastAPI re-raises it from its own body reading (JSON bodies),
+                    # where any other error would become a 400
+                    raise HTTPException(413, f"request body is over the {self.limit}-byte limit")
             return message
 
         return await self.app(scope, limited_receive, send)

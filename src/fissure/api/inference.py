@@ -110,7 +110,8 @@ class InferenceClient:
         meta = await self.metadata(model)
         task = (meta.get("parameters") or {}).get("task")
         if task not in ("classify", "segment"):
-            raise ServerError(f"model {model!r} at {self.base(model)} reports no known task ({task!r})", http_status=502)
+            raise ServerError(f"model {model!r} at {self.base(model)} reports no known task ({task!r})",
+                              http_status=502)
         calls = [self._infer(model, image, explain=False)]
         if explain or task == "segment":
             calls.append(self._infer(model, image, explain=True))
@@ -150,7 +151,7 @@ def _fill(result: InferenceResult, out: dict, explained: dict | None) -> None:
         probs = [float(p) for p in out["probabilities"]]
         names = result.classes if len(result.classes) == len(probs) else [str(i) for i in range(len(probs))]
         result.output = {"label": out["label"][0], "score": float(out["score"][0]),
-                         "probabilities": dict(zip(names, probs))}
+                         "probabilities": dict(zip(names, probs, strict=True))}
     else:
         result.output = {"crack_ratio": float(out["crack_ratio"][0]), "boxes": json.loads(out["boxes"][0]),
                          "mask_rle": json.loads(out["mask_rle"][0])}

@@ -69,6 +69,8 @@ class Retrainer:
             self._run(run_id)
 
     def _run(self, run_id: str) -> None:
+        if self._closing:
+            return  # stays queued; the next start marks it failed
         run = self.store.get_run(run_id)
         env = dict(os.environ)
         # the default command runs `fissure` and `dvc`: those of this interpreter's environment

@@ -261,8 +261,8 @@ class Store:
     def add_prediction(self, **fields) -> Prediction:
         """Insert one prediction; its blobs must be stored already."""
         with self.write() as s:
-            row = Prediction(id=fields.pop("id", None) or new_id(), created_at=fields.pop("created_at", None) or utcnow(),
-                             feedback=[], **fields)
+            row = Prediction(id=fields.pop("id", None) or new_id(),
+                             created_at=fields.pop("created_at", None) or utcnow(), feedback=[], **fields)
             s.add(row)
         return row
 
@@ -274,7 +274,8 @@ class Store:
             raise NotFoundError(f"no prediction {prediction_id!r}")
         return row
 
-    def list_predictions(self, filt: PredictionFilter, page: int = 1, page_size: int = 20) -> tuple[list[Prediction], int]:
+    def list_predictions(self, filt: PredictionFilter, page: int = 1,
+                         page_size: int = 20) -> tuple[list[Prediction], int]:
         """Newest first; (items of the page, total matching)."""
         query = select(Prediction)
         if filt.model:
