@@ -304,7 +304,7 @@ def test_metrics_count_requests_predictions_feedback(client, make_prediction):
     assert 'fissure_api_requests_total{method="GET",route="/predictions",status="200"} 1.0' in text
     assert ('fissure_api_requests_total{method="GET",route="/predictions/{prediction_id}",status="404"} 1.0'
             in text)
-    assert 'fissure_api_request_seconds_count{method="GET",route="/predictions"} 1.0' in text
+    assert 'fissure_api_request_seconds_count{method="GET",route="/predictions",status="200"} 1.0' in text
     assert 'fissure_api_feedback_total{verdict="wrong"} 1.0' in text
 
 

@@ -1,6 +1,6 @@
 """The API's Prometheus metrics (prometheus-client), one registry per app.
 
-``fissure_api_requests_total{method,route,status}`` and ``fissure_api_request_seconds{method,route}``
+``fissure_api_requests_total{method,route,status}`` and ``fissure_api_request_seconds{method,route,status}``
 for every request (``route`` is the route's template, e.g. ``/predictions/{prediction_id}``, or
 ``unmatched``, so the label set stays small), ``fissure_api_predictions_total{model,version}`` and
 ``fissure_api_feedback_total{verdict}``.
@@ -20,8 +20,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter("fissure_api_requests", "HTTP requests by route and status",
                                 ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram("fissure_api_request_seconds", "HTTP request latency by route",
-                                 ["method", "route"], registry=self.registry,
+        self.latency = Histogram("fissure_api_request_seconds", "HTTP request latency by route and status",
+                                 ["method", "route", "status"], registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.predictions = Counter("fissure_api_predictions", "Predictions stored, by model and version",
                                    ["model", "version"], registry=self.registry)
@@ -57,4 +57,4 @@ class MetricsMiddleware:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope.get("method", "")
             self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(method, route, str(status)).observe(time.perf_counter() - start)
