@@ -6,6 +6,7 @@ on a store with a few predictions and feedback and the live serving front of tes
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,8 +24,10 @@ from fissure.settings import Settings
 pytestmark = pytest.mark.slow
 
 # The app exists before collection (schemathesis makes one test per operation from its spec), on a
-# temp folder of its own, removed after the module; the serving URL is set before its first request.
+# temp folder of its own, removed when the session ends (even if no test here ran); the serving URL
+# is set before its first request.
 HOME = Path(tempfile.mkdtemp(prefix="fissure-schema-"))
+atexit.register(shutil.rmtree, HOME, ignore_errors=True)
 CFG = Settings(home=HOME / "home", database_url=f"sqlite:///{HOME / 'api.db'}", blob_url=str(HOME / "blobs"),
                api_rate_limit=1_000_000, retrain_command="true")
 STORE = Store(CFG.database_url, CFG.blob_url)
@@ -50,7 +53,6 @@ def _stack(serving, make_prediction):
 
     shutdown_lifespans()
     STORE.close()
-    shutil.rmtree(HOME, ignore_errors=True)
 
 
 @schema.parametrize()
