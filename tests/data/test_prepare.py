@@ -101,6 +101,29 @@ def test_classification_feedback_goes_to_train(tmp_path):
     assert len(list((tmp_path / "out" / "classify" / "train" / "no_crack").glob("feedback-*.jpg"))) == 2
 
 
+def test_feedback_export_layout_both_tasks_and_gitkeep(tmp_path):
+    """`fissure feedback export`'s folder: images/ + masks/ and images/<class>/ together, a .gitkeep."""
+    fb = tmp_path / "fb"
+    write_dataset(fb, "segment", 3, seed=10, size=64)
+    write_dataset(fb / "images", "classify", 4, seed=1, size=64)
+    (fb / ".gitkeep").write_text("")
+    m = prepare(make_params(dict(SMALL, count=10, feedback=str(fb))), tmp_path / "out")
+    assert m["feedback"] == {"source": str(fb), "layout": "segment+classify", "items": 7}
+    out = tmp_path / "out"
+    assert len(list((out / "segment" / "train" / "images").glob("feedback-*.jpg"))) == 3
+    for name in ("crack", "no_crack"):
+        assert len(list((out / "classify" / "train" / name).glob("feedback-synth-1-*.jpg"))) == 2
+
+
+def test_feedback_folder_with_only_a_gitkeep_is_empty(tmp_path):
+    fb = tmp_path / "fb"
+    fb.mkdir()
+    (fb / ".gitkeep").write_text("")
+    logs = []
+    m = prepare(make_params(dict(SMALL, count=8, feedback=str(fb))), tmp_path / "out", log=logs.append)
+    assert m["feedback"] is None and any("is empty, skipped" in line for line in logs)
+
+
 def test_missing_feedback_is_logged_and_skipped(tmp_path):
     logs = []
     m = prepare(make_params(dict(SMALL, count=8, feedback=str(tmp_path / "none"))), tmp_path / "out",

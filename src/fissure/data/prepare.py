@@ -29,10 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fissure.data import synth
 from fissure.data.loaders import (
+    IMAGE_SUFFIXES,
     NEGATIVE_NAMES,
     SegmentationItem,
-    classification_set,
-    detect_task,
     segmentation_items,
 )
 from fissure.data.patches import PatchSpec, extract_patches
@@ -220,6 +219,24 @@ def content_hash(root: Path, paths: list[Path]) -> str:
 # --------------------------------------------------------------------------- main entry
 
 
+def _visible(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
+
+
+def _feedback_items(fb: Path) -> tuple[list[SegmentationItem], list[tuple[Path, str]]]:
+    """The feedback folder's items, in either layout or both (`fissure feedback export` writes both):
+    segmentation ``images/<id>`` + ``masks/<id>``; classification ``images/<class>/`` (or ``<class>/``)."""
+    images = fb / "images"
+    seg = segmentation_items(fb) if (fb / "masks").is_dir() and any(p.is_file() for p in _visible(images)) else []
+    class_root = images if images.is_dir() else fb
+    cls = [(p, "no_crack" if d.name.lower() in NEGATIVE_NAMES else "crack")
+           for d in sorted(_visible(class_root)) if d.is_dir() and d.name != "masks"
+           for p in sorted(d.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not seg and not cls:
+        raise DataError(f"{fb}: no feedback items (expected images/ + masks/, images/<class>/ or <class>/)")
+    return seg, cls
+
+
 def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None = None,
             log: Callable[[str], None] | None = None) -> dict:
     """Build OUT/segment, OUT/classify and OUT/manifest.json; return the manifest.
@@ -243,20 +260,17 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
             tag = _tag(src, taken)
             ids = [f"{tag}-{it.image.stem}" for it in items]
             plans.append(("real", tag, items, ids, src))
-    feedback_kind, feedback_items = None, None
+    feedback_seg, feedback_cls = [], []  # (image, mask) items; (image, "crack"|"no_crack")
     if params.feedback:
         fb = Path(params.feedback)
         if not fb.exists():
             log(f"feedback: {fb} not found, skipped")
-        elif fb.is_dir() and not any(fb.iterdir()):
+        elif not _visible(fb):  # a .gitkeep alone keeps the DVC dependency, holds no feedback
             log(f"feedback: {fb} is empty, skipped")
         else:
-            feedback_kind = detect_task(fb)
-            if feedback_kind == "segment":
-                feedback_items = segmentation_items(fb)
-            else:
-                feedback_items = classification_set(fb).items
-            log(f"feedback: {len(feedback_items)} {feedback_kind} items from {fb} (train split)")
+            feedback_seg, feedback_cls = _feedback_items(fb)
+            log(f"feedback: {len(feedback_seg)} segment and {len(feedback_cls)} classify items from {fb} "
+                "(train split)")
 
     for sub in ("segment", "classify"):
         if (out / sub).exists():
@@ -282,13 +296,14 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
         log(f"{src}: {len(ids)} images -> " + ", ".join(f"{s} {n}" for s, n in per_split.items()))
 
     feedback_info = None
-    if feedback_items is not None:
-        if feedback_kind == "segment":
-            root = out / "segment" / "train"
-            for item in feedback_items:
-                jpeg, mask = _ingest_real(item, params.max_side)
-                _write_pair(root, f"feedback-{item.image.stem}", jpeg, mask)
-        feedback_info = {"source": str(params.feedback), "layout": feedback_kind, "items": len(feedback_items)}
+    if feedback_seg or feedback_cls:
+        root = out / "segment" / "train"
+        for item in feedback_seg:
+            jpeg, mask = _ingest_real(item, params.max_side)
+            _write_pair(root, f"feedback-{item.image.stem}", jpeg, mask)
+        layout = "+".join(kind for kind, items in (("segment", feedback_seg), ("classify", feedback_cls)) if items)
+        feedback_info = {"source": str(params.feedback), "layout": layout,
+                         "items": len(feedback_seg) + len(feedback_cls)}
 
     counts: dict = {"segment": {}, "classify": {}}
     for i, split in enumerate(SPLITS):
@@ -305,12 +320,10 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
             log(f"warning: {split} has {got['crack']} crack and {got['no_crack']} no_crack patches "
                 "(one class had none to balance with; more images or smaller patches help)")
 
-    if feedback_kind == "classify":
-        classes = classification_set(params.feedback).classes
-        for path, label in feedback_items:
-            name = "no_crack" if classes[label].lower() in NEGATIVE_NAMES else "crack"
-            load_image(path).save(out / "classify" / "train" / name / f"feedback-{path.stem}.jpg",
-                                  format="JPEG", quality=95)
+    for path, name in feedback_cls:
+        (out / "classify" / "train" / name).mkdir(parents=True, exist_ok=True)
+        load_image(path).save(out / "classify" / "train" / name / f"feedback-{path.stem}.jpg",
+                              format="JPEG", quality=95)
 
     for split in SPLITS:
         counts["classify"][split] = {c: len(list((out / "classify" / split / c).iterdir()))

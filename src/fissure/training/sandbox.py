@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-PIPELINE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
+PIPELINE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "data/feedback/.gitkeep")
 DVC_FILES = ("config", ".gitignore")
 
 
@@ -19,6 +19,7 @@ def copy_pipeline(repo: Path, dst: Path, params: dict | None = None) -> Path:
     and commit it all in a new git repo."""
     dst.mkdir(parents=True)
     for name in PIPELINE_FILES:
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / name, dst / name)
     (dst / ".dvc").mkdir()
     for name in DVC_FILES:
