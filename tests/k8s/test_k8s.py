@@ -230,16 +230,20 @@ def _env(container) -> dict[str, str]:
 
 def _kserve_inference_methods() -> tuple[str, list[str]]:
     """The installed kserve's GRPCInferenceService and its methods, read from its generated
-    descriptor (the module file alone: importing the kserve package would start its app)."""
-    import importlib.util
-
-    pkg = Path(importlib.util.find_spec("kserve").origin).parent
-    spec = importlib.util.spec_from_file_location(
-        "_kserve_pb2", pkg / "protocol" / "grpc" / "grpc_predict_v2_pb2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    service = module.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    return service.full_name, [m.name for m in service.methods]
+    descriptor in a child process: loaded here, its `inference.*` symbols would clash with
+    tritonclient's in this process's protobuf pool (the serving tests use tritonclient)."""
+    code = """
+import importlib.util, json, pathlib
+pkg = pathlib.Path(importlib.util.find_spec("kserve").origin).parent
+spec = importlib.util.spec_from_file_location("_kserve_pb2", pkg / "protocol" / "grpc" / "grpc_predict_v2_pb2.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+service = module.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+print(json.dumps([service.full_name, [m.name for m in service.methods]]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    service, methods = json.loads(out.stdout)
+    return service, methods
 
 
 def test_grpc_routes_carry_exactly_the_inference_methods(rendered):

@@ -47,10 +47,6 @@ def predict(image, models, url, grpc_url, grpc_authority, protocol, explain, as_
 
 
 def _save(image, picture_b64, save_mask, save_overlay, several, name, codec):
-    import io
-
-    from PIL import Image
-
     from fissure.preprocess import decode_image
 
     png = codec.b64decode(picture_b64)
@@ -63,6 +59,7 @@ def _save(image, picture_b64, save_mask, save_overlay, several, name, codec):
         base = decode_image(image.read_bytes())
         import numpy as np
 
-        values = np.asarray(Image.open(io.BytesIO(png)).convert("L").resize(base.size), dtype=np.float32) / 255.0
+        # the server's PNG is decoded under the same pixel limit as any image
+        values = np.asarray(decode_image(png).convert("L").resize(base.size), dtype=np.float32) / 255.0
         codec.overlay(base, values).save(path)
         click.echo(f"wrote {path}")

@@ -23,6 +23,7 @@ import asyncio
 import gc
 import logging
 import secrets
+import signal
 import shutil
 import tempfile
 import threading
@@ -30,7 +31,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fissure.errors import FissureError, PermissionDenied, UsageError
+from fissure.errors import FissureError, PermissionDenied, Unavailable, UsageError
 from fissure.serving.package import discover
 from fissure.settings import LOOPBACK, settings
 from fissure.serving.torchserve import TorchServe, TorchServePorts, check_ports, find_java, ping_healthy, workers_ready
@@ -102,7 +103,6 @@ def _serve_torchserve(opts: ServeOptions, mars: list[dict], workdir: Path, publi
     check_ports(public + ts.port_checks())
     names = [m["served_name"] for m in mars]
     stop_requested = threading.Event()
-    import signal
 
     def early_stop(sig, _frame):
         stop_requested.set()
@@ -158,8 +158,6 @@ def _serve_torchserve(opts: ServeOptions, mars: list[dict], workdir: Path, publi
 
 
 async def _probe(backend, url: str, check) -> bool:
-    from fissure.errors import Unavailable
-
     try:
         return check(await backend.get(url))
     except Unavailable:
