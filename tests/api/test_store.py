@@ -1,7 +1,9 @@
-"""The store on SQLite and on a real PostgreSQL server (the `db_url` fixture runs each test on both)."""
+"""The store on SQLite and on a real PostgreSQL server (the `db_url` fixture runs each test on both);
+its blobs in a local folder and in a real MinIO server (the `blob_url` fixture)."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -9,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import inspect, text
 
+from fissure.api.blobs import Blobs
 from fissure.api.store import PredictionFilter, Store
 from fissure.errors import InputError, NotFoundError
 
@@ -135,7 +138,35 @@ def test_retrain_runs_and_recovery(store, tmp_path):
         store.get_run("nope")
 
 
-def test_gc_removes_only_unreferenced_blobs(store, make_prediction, images):
+@pytest.fixture
+def blob_store(db_url, blob_url):
+    """A store on each database with its blobs in a local folder and in MinIO (s3://)."""
+    s = Store(db_url, blob_url)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def test_blobs_put_get_exists_delete(blob_url, images):
+    blobs = Blobs(blob_url)
+    data = images.png(seed=3)
+    digest = blobs.put(data)
+    assert digest == hashlib.sha256(data).hexdigest() and blobs.put(data) == digest  # stored once
+    assert blobs.get(digest) == data and blobs.exists(digest)
+    assert blobs.path(digest).endswith(f"/{digest[:2]}/{digest}")
+    assert [name for name, _ in blobs.list()] == [digest]
+    assert 0 <= blobs.age(digest) < 60
+    blobs.delete(digest)
+    blobs.delete(digest)  # deleting a missing blob is no error
+    assert not blobs.exists(digest) and list(blobs.list()) == [] and blobs.age(digest) == 0
+    with pytest.raises(NotFoundError, match="is missing from"):
+        blobs.get(digest)
+    with pytest.raises(NotFoundError, match="not a blob name"):
+        blobs.get("../etc/passwd")
+
+
+def test_gc_removes_only_unreferenced_blobs(blob_store, make_prediction, images):
+    store = blob_store
     p = make_prediction(store, task="segment")
     corrected = store.blobs.put(images.mask(rows=slice(0, 3)))
     store.put_feedback(p.id, "ana", "wrong", mask_sha256=corrected)
