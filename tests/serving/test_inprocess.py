@@ -54,19 +54,34 @@ def test_grpc_and_explain(inprocess_server, png_bytes):
     assert r.status_code == 200 and r.json()["explanations"][0]["method"] == "grad-cam"
 
 
-def test_concurrent_requests_are_batched_and_keep_their_answers(inprocess_server, images):
+def test_requests_queued_while_the_model_is_busy_are_merged_and_keep_their_answers(inprocess_server, images):
+    """While one long call runs (48 masks of 512 px to encode), 12 small requests queue; the
+    batcher must merge them into its next call, and each still gets its own answer."""
+    import threading
+    import time
+
+    srv = inprocess_server
     pngs = [images.png(seed=s) for s in range(12)]
-    alone = [_outputs(inprocess_server.post(f"/v2/models/{SEG}/infer", json=_v2([p])))["mask_png"][0] for p in pngs]
+    alone = [_outputs(srv.post(f"/v2/models/{SEG}/infer", json=_v2([p])))["mask_png"][0] for p in pngs]
+    seen = len(srv.log.read_text().splitlines())
+    big = [images.png(seed=100 + s, w=512, h=512) for s in range(48)]
+    busy = threading.Thread(target=lambda: httpx.post(f"{srv.url}/v2/models/{SEG}/infer", json=_v2(big), timeout=120))
+    busy.start()
+    deadline = time.monotonic() + 30
+    while "images=48" not in "".join(srv.log.read_text().splitlines()[seen:]):  # the long call has started
+        assert time.monotonic() < deadline, "the long call never reached the model"
+        time.sleep(0.02)
 
     def one(p):
-        return _outputs(httpx.post(f"{inprocess_server.url}/v2/models/{SEG}/infer", json=_v2([p]), timeout=60))
+        return _outputs(httpx.post(f"{srv.url}/v2/models/{SEG}/infer", json=_v2([p]), timeout=60))
 
     with ThreadPoolExecutor(12) as pool:
         together = [o["mask_png"][0] for o in pool.map(one, pngs)]
+    busy.join(120)
     assert together == alone
-    sizes = [int(line.split("requests=")[1].split()[0]) for line in inprocess_server.log.read_text().splitlines()
+    sizes = [int(line.split("requests=")[1].split()[0]) for line in srv.log.read_text().splitlines()[seen:]
              if "fissure-batch requests=" in line]
-    assert max(sizes) > 1, "no two requests were ever merged into one model call"
+    assert max(sizes) > 1, f"no two requests were merged into one model call: {sizes}"
 
 
 def test_bad_item_fails_alone(inprocess_server, png_bytes):
