@@ -194,3 +194,19 @@ def test_blob_stored_again_is_fresh_again(store, images):
     assert store.blobs.put(data) == digest
     assert store.blobs.age(digest) < 60
     assert store.gc_blobs(older_than=3600) == []
+
+
+@pytest.mark.timeout(120)  # without the lock PostgreSQL's replicas could also block each other
+def test_replicas_migrating_a_new_database_at_once_all_succeed(db_url, tmp_path):
+    """Every API replica runs the migrations at start: on a new database they must queue, not race."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stores = [Store(db_url, str(tmp_path / "blobs")) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:
+            list(pool.map(lambda s: s.migrate(), stores))  # re-raises a replica's failure
+        with stores[0].engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+    finally:
+        for s in stores:
+            s.close()

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator,
-                        UniqueConstraint, create_engine, event, exists, func, select)
+                        UniqueConstraint, create_engine, event, exists, func, select, text)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
@@ -33,6 +33,7 @@ from fissure.errors import ConfigError, InputError, NotFoundError, Unavailable
 VERDICTS = ("correct", "wrong")
 RUN_STATES = ("queued", "running", "succeeded", "failed")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+MIGRATION_LOCK = 0x66697373  # PostgreSQL advisory lock key of Store.migrate ("fiss")
 
 
 def utcnow() -> datetime:
@@ -216,6 +217,10 @@ class Store:
         cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
         try:
             with self._writer.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    # replicas starting together on a new database: one migrates, the others wait
+                    # for its commit and find nothing left to do (SQLite's writer lock does the same)
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
         except OperationalError as exc:
