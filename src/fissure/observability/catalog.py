@@ -88,7 +88,9 @@ DRIFT_PSI = Metric("fissure_drift_psi", "gauge",
 DRIFT_WINDOW = Metric("fissure_drift_window_items", "gauge", "Images in the window the PSI is computed over", MV)
 
 # --------------------------------------------------------------------------- people (the API, from its store)
-FEEDBACK = Metric("fissure_feedback", "counter", "Judged predictions by verdict (correct|wrong), from the store",
+FEEDBACK = Metric("fissure_feedback", "counter",
+                  "Feedback verdicts (correct|wrong; one per prediction and user, a changed verdict moves), "
+                  "from the store",
                   MV + ("verdict",), source="api")
 DISAGREEMENT = Metric("fissure_feedback_disagreement_ratio", "gauge",
                       "wrong / judged over all stored feedback for a model version", MV, source="api")
@@ -112,6 +114,9 @@ API_REQUESTS = Metric("fissure_api_requests", "counter", "API HTTP requests by r
                       ("method", "route", "status"), source="api")
 API_LATENCY = Metric("fissure_api_request_seconds", "histogram", "API HTTP request latency by route and status",
                      ("method", "route", "status"), LATENCY_BUCKETS, source="api")
+API_PREDICTIONS = Metric("fissure_api_predictions", "counter",
+                         "Predictions this API process stored (POST /predict), by model and version",
+                         MV, source="api")
 
 # TorchServe's own (runtime=torchserve, port 8082): what 0.12 really exports in Prometheus mode
 # (checked against a running TorchServe: see docs/observability.md); labelled by its own names.
