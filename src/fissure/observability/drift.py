@@ -106,7 +106,7 @@ class FeatureProfile:
         counts = _bin_counts(edges, values)
         if counts.sum() == 0:
             raise ValueError("no finite values to profile")
-        return cls(edges, tuple(float(x) for x in counts / counts.sum()))
+        return cls(edges, tuple(round(float(x), 6) for x in counts / counts.sum()))  # short JSON
 
     def to_dict(self) -> dict:
         return {"edges": list(self.edges), "fractions": list(self.fractions)}

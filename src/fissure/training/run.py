@@ -11,8 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+import torch
+
 from fissure import MODEL_NAMES, __version__
 from fissure.errors import FissureError
+from fissure.models import preprocess_config
+from fissure.observability import drift
+from fissure.preprocess import image_to_array, load_image, normalize
 from fissure.training import metrics as M
 from fissure.training import plots, tracking
 from fissure.training.config import TrainConfig
@@ -86,8 +92,16 @@ def train(
         spec = result.spec
         mlflow.log_params({**tracking.flat_params("", params), **{f"split.{k}": v for k, v in sizes.items()},
                            "device": result.device, "threads": result.extra.get("threads")})
-        mlflow.log_dict(spec, "spec.json")
+        # The param is the architecture, for comparing runs; the profile is an artifact of its own.
         mlflow.log_param("spec", json.dumps(spec, sort_keys=True))
+        # What serving's drift gauges compare live traffic with: it rides in the spec (MLflow, MAR, front).
+        t0 = time.perf_counter()
+        profile = reference_profile(result.module, spec, splits.val, device=result.device,
+                                    batch_size=cfg.eval_batch_size or cfg.batch_size)
+        spec[drift.PROFILE_KEY] = profile.to_dict()
+        mlflow.log_dict(spec[drift.PROFILE_KEY], drift.PROFILE_ARTIFACT)
+        mlflow.log_dict(spec, "spec.json")
+        echo(f"reference profile of {profile.items} validation images in {time.perf_counter() - t0:.1f}s")
 
         # Final metrics: validation (best epoch, model size) and test (native resolution).
         val = clean(result.best_val)
@@ -161,6 +175,30 @@ def train(
          + (f"; saved to {out}" if out is not None else ""))
     return TrainOutcome(run_id, model_info.model_uri, val, test, registered, out, result.best_epoch,
                         len(result.history), report["seconds"], report)
+
+
+@torch.no_grad()
+def reference_profile(module, spec: dict, items, *, device="cpu", batch_size: int = 32) -> drift.Profile:
+    """The drift reference of a trained model: each item's input statistics at model size
+    (:func:`fissure.observability.drift.input_stats`) and the model's confidence on it as served
+    (classifier: top-class probability; segmenter: mean over pixels of max(p, 1-p))."""
+    pcfg = preprocess_config(spec)
+    module = module.to(device).eval()
+    samples: dict[str, list[float]] = {}
+    for start in range(0, len(items), max(batch_size, 1)):
+        pixels = []
+        for item in items[start : start + max(batch_size, 1)]:
+            img = load_image(item.image if hasattr(item, "image") else item[0])
+            pixels.append(image_to_array(img, pcfg))
+            for k, v in drift.input_stats(pixels[-1], (img.height, img.width)).items():
+                samples.setdefault(k, []).append(v)
+        out = module(normalize(torch.from_numpy(np.stack(pixels)), pcfg).to(device)).float()
+        if spec["task"] == "segment":
+            conf = drift.segmenter_confidence(torch.sigmoid(out).cpu().numpy())
+        else:
+            conf = drift.classifier_confidence(torch.softmax(out, dim=1).cpu().numpy())
+        samples.setdefault("confidence", []).extend(conf)
+    return drift.Profile.from_samples(samples)
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
