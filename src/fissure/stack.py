@@ -2,7 +2,8 @@
 
 ``up``: make sure both registered models have a ``champion`` (else run ``dvc repro``), package
 the champions into ``.fissure/serving/`` (again only when a champion's version changed), write
-the Procfile (MLflow server + ``fissure serve`` with the chosen host and runtime), print the
+the Procfile (MLflow server + ``fissure serve`` with the chosen host and runtime + the feedback
+API + Prometheus when installed, scraping them all: :mod:`fissure.observability.prometheus`), print the
 URLs and a curl example, then run honcho in the foreground (Ctrl-C stops everything) or
 detached (``--detach``: pid file ``.fissure/stack.pid``, logs in ``.fissure/logs/``, progress
 printed until the stack is ready; ``fissure down`` stops it).
@@ -13,6 +14,7 @@ launches processes: it imports nothing of the serving front.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -34,6 +36,7 @@ import psutil
 
 from fissure import MODEL_NAMES
 from fissure.errors import ConfigError, FissureError, NotFoundError, UsageError
+from fissure.observability import prometheus
 from fissure.settings import LOOPBACK, PORTS, artifact_root, settings, state_dir, tracking_uri
 
 CHAMPION = "champion"
@@ -46,11 +49,14 @@ class StackOptions:
     grpc_port: int = PORTS["inference_grpc"]
     mlflow_port: int = PORTS["mlflow"]
     api_port: int = PORTS["api"]
+    prometheus_port: int = PORTS["prometheus"]
     host: str = LOOPBACK
     runtime: str = "inprocess"
     batch_size: int = 8
     max_batch_delay: int = 10
     ready_timeout: float = 600.0
+    # run Prometheus (when it is installed: `up` turns this off, with a hint, when it is not)
+    prometheus: bool = True
 
 
 def repo_root() -> Path:
@@ -166,6 +172,8 @@ def stack_ports(opts: StackOptions) -> list[tuple[int, str, str]]:
     """(port, bind address, what) of every port the stack will open."""
     ports = [(opts.http_port, opts.host, "inference REST"), (opts.grpc_port, opts.host, "inference gRPC"),
              (opts.mlflow_port, opts.host, "MLflow"), (opts.api_port, opts.host, "feedback API and UI")]
+    if opts.prometheus:
+        ports.append((opts.prometheus_port, opts.host, "Prometheus"))
     if opts.runtime == "torchserve":
         ports += [(ts_port("torchserve_metrics"), opts.host, "TorchServe metrics"),
                   (ts_port("torchserve_inference"), LOOPBACK, "TorchServe inference"),
@@ -213,9 +221,50 @@ def procfile(opts: StackOptions, serving: Path) -> Path:
         f"--workdir {q(str(home / 'serve'))}",
         f"api: exec {q(fissure)} api --host {q(opts.host)} --port {opts.api_port}",
     ]
+    if opts.prometheus:
+        lines.append(prometheus_line(opts))
+        lines += grafana_lines(opts)
     path = home / "Procfile"
     path.write_text("# written by `fissure up`; do not edit\n" + "\n".join(lines) + "\n")
     return path
+
+
+def prometheus_url(opts: StackOptions) -> str:
+    return f"http://{_url_host(client_host(opts.host))}:{opts.prometheus_port}"
+
+
+def prometheus_line(opts: StackOptions) -> str:
+    """Prometheus's Procfile entry; writes its config (.fissure/prometheus.yml) from the stack's
+    targets, with the chart's rules. Storage: .fissure/prometheus/."""
+    home = state_dir()
+    binary = prometheus.find()
+    if binary is None:
+        raise FissureError(prometheus.INSTALL_HINT)
+    rules = prometheus.rules_file(repo_root())
+    config = prometheus.write_config(home / "prometheus.yml", prometheus.targets(opts), [rules] if rules else [])
+    return prometheus.procfile_line(binary, config, home / "prometheus",
+                                    f"{_url_host(opts.host)}:{opts.prometheus_port}")
+
+
+def with_prometheus(opts: StackOptions, echo=print) -> StackOptions:
+    """``opts`` as `up` runs them: without Prometheus, and one line saying how to add it, when it
+    is not installed."""
+    if opts.prometheus and prometheus.find() is None:
+        echo(f">> {prometheus.INSTALL_HINT}")
+        return dataclasses.replace(opts, prometheus=False)
+    return opts
+
+
+def grafana_lines(opts: StackOptions) -> list[str]:
+    """Grafana, where ``grafana-server`` is installed: provisioned with Prometheus and the chart's
+    dashboards by :func:`fissure.observability.grafana.provision` (on loopback, port 3000)."""
+    server = shutil.which("grafana-server")
+    if server is None:
+        return []
+    from fissure.observability import grafana
+
+    ini = grafana.provision(state_dir() / "grafana", prometheus_url(opts))
+    return [f"grafana: exec {shlex.quote(server)} --homepath /usr/share/grafana --config {shlex.quote(str(ini))}"]
 
 
 def banner(opts: StackOptions) -> str:
@@ -224,13 +273,14 @@ def banner(opts: StackOptions) -> str:
     url_flag = "" if rest == settings().url else f" --url {rest}"
     metrics = (f"  TorchServe metrics             http://{shown}:{ts_port('torchserve_metrics')}/metrics\n"
                if opts.runtime == "torchserve" else "")
+    prom = f"  Prometheus (5 s scrapes)       http://{shown}:{opts.prometheus_port}\n" if opts.prometheus else ""
     return f"""
 fissure stack (runtime {opts.runtime})
   inference REST (KServe v1/v2)  http://{shown}:{opts.http_port}
   inference gRPC (KServe v2)     {shown}:{opts.grpc_port}
 {metrics}  MLflow                         http://{shown}:{opts.mlflow_port}
   feedback UI and API            http://{shown}:{opts.api_port}/  (OpenAPI at /docs)
-{exposure_warning(opts.host)}
+{prom}{exposure_warning(opts.host)}
 try it (any JPEG/PNG):
   fissure predict image.jpg{url_flag}
   curl -s {rest}/v1/models/crack-classifier:predict -H 'Content-Type: application/json' \\
@@ -403,7 +453,8 @@ def _workers_ready(r: httpx.Response) -> bool:
 
 
 def readiness_checks(opts: StackOptions) -> list[Check]:
-    """MLflow, then (TorchServe runtime) each model's workers, then the inference front."""
+    """MLflow, then (TorchServe runtime) each model's workers, then the inference front, the
+    API and Prometheus."""
     host = _url_host(client_host(opts.host))
     checks = [Check("MLflow", f"http://{host}:{opts.mlflow_port}/health")]
     if opts.runtime == "torchserve":
@@ -412,6 +463,8 @@ def readiness_checks(opts: StackOptions) -> list[Check]:
                    for name in MODEL_NAMES.values()]
     checks.append(Check("the inference front", f"http://{host}:{opts.http_port}/v2/health/ready"))
     checks.append(Check("the feedback API", f"http://{host}:{opts.api_port}/ping"))
+    if opts.prometheus:
+        checks.append(Check("Prometheus", f"http://{host}:{opts.prometheus_port}/-/ready"))
     return checks
 
 
@@ -515,6 +568,7 @@ def up(opts: StackOptions, detach: bool = False, echo=print, live: bool = False)
         from fissure.serving.torchserve import find_java
 
         find_java()
+    opts = with_prometheus(opts, echo)
     check_ports(opts)
     found = ensure_champions(echo)
     serving = package_champions(found, opts, echo)
@@ -526,7 +580,8 @@ def up(opts: StackOptions, detach: bool = False, echo=print, live: bool = False)
     host = _url_host(client_host(opts.host))
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "PYTHONUNBUFFERED": "1",
            # the API calls the front and links to MLflow on this stack's ports
-           "FISSURE_INFERENCE_URL": f"http://{host}:{opts.http_port}", "FISSURE_MLFLOW_URL": f"http://{host}:{opts.mlflow_port}"}
+           "FISSURE_INFERENCE_URL": f"http://{host}:{opts.http_port}", "FISSURE_MLFLOW_URL": f"http://{host}:{opts.mlflow_port}",
+           **({"FISSURE_PROMETHEUS_URL": prometheus_url(opts)} if opts.prometheus else {})}
     token_line = f"\nadmin token for the UI and API (shown once; `fissure token create` makes more):\n  {token}\n" if token else ""
     if not detach:
         echo(banner(opts) + token_line + "\nCtrl-C stops the stack.\n")

@@ -299,8 +299,8 @@ def test_readiness_waits_for_each_models_torchserve_workers_and_the_front():
 
     ts = [c.what for c in readiness_checks(StackOptions(runtime="torchserve", host="0.0.0.0"))]
     assert ts == ["MLflow", "TorchServe workers of crack-classifier", "TorchServe workers of crack-segmenter",
-                  "the inference front", "the feedback API"]
-    inproc = readiness_checks(StackOptions(runtime="inprocess", host="0.0.0.0", http_port=18080))
+                  "the inference front", "the feedback API", "Prometheus"]
+    inproc = readiness_checks(StackOptions(runtime="inprocess", host="0.0.0.0", http_port=18080, prometheus=False))
     assert [c.what for c in inproc] == ["MLflow", "the inference front", "the feedback API"]
     assert inproc[-2].url == "http://127.0.0.1:18080/v2/health/ready"
     assert inproc[-1].url == "http://127.0.0.1:8000/ping"
