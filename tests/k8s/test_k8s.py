@@ -62,9 +62,14 @@ def run(cmd: list[str], ok: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+# Render for a cluster that has the Prometheus operator (its API decides whether the chart's
+# PodMonitors and PrometheusRule are rendered), as `make manifests` does.
+API_VERSIONS = ["--api-versions", "monitoring.coreos.com/v1"]
+
+
 def template_cmd(tools, *extra: str) -> list[str]:
     return [tools["HELM"], "template", "fissure", str(CHART), "--namespace", "fissure",
-            "--kube-version", tools["K8S_SCHEMA_VERSION"], *extra]
+            "--kube-version", tools["K8S_SCHEMA_VERSION"], *API_VERSIONS, *extra]
 
 
 def profile_id(path: Path | None) -> str:
@@ -155,6 +160,7 @@ BAD_VALUES = [
     ("api.blobs.url=/var/blobs", "api/blobs/url"),
     ("api.database.name=Fissure-DB", "api/database/name"),
     ("api.route.host=API_HOST", "api/route/host"),
+    ("monitoring.podMonitors.enabled=maybe", "monitoring/podMonitors/enabled"),
 ]
 
 
