@@ -221,8 +221,9 @@ def procfile(opts: StackOptions, serving: Path) -> Path:
         f"--workdir {q(str(home / 'serve'))}",
         f"api: exec {q(fissure)} api --host {q(opts.host)} --port {opts.api_port}",
     ]
-    if opts.prometheus:
-        lines.append(prometheus_line(opts))
+    prom = prometheus_line(opts) if opts.prometheus else None
+    if prom:
+        lines.append(prom)
         lines += grafana_lines(opts)
     path = home / "Procfile"
     path.write_text("# written by `fissure up`; do not edit\n" + "\n".join(lines) + "\n")
@@ -233,13 +234,14 @@ def prometheus_url(opts: StackOptions) -> str:
     return f"http://{_url_host(client_host(opts.host))}:{opts.prometheus_port}"
 
 
-def prometheus_line(opts: StackOptions) -> str:
-    """Prometheus's Procfile entry; writes its config (.fissure/prometheus.yml) from the stack's
-    targets, with the chart's rules. Storage: .fissure/prometheus/."""
+def prometheus_line(opts: StackOptions) -> str | None:
+    """Prometheus's Procfile entry (None when it is not installed: `up` has said so); writes its
+    config (.fissure/prometheus.yml) from the stack's targets, with the chart's rules. Storage:
+    .fissure/prometheus/."""
     home = state_dir()
     binary = prometheus.find()
     if binary is None:
-        raise FissureError(prometheus.INSTALL_HINT)
+        return None
     rules = prometheus.rules_file(repo_root())
     config = prometheus.write_config(home / "prometheus.yml", prometheus.targets(opts), [rules] if rules else [])
     return prometheus.procfile_line(binary, config, home / "prometheus",
