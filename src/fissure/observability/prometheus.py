@@ -95,10 +95,10 @@ def find() -> str | None:
 
 
 def command(binary: str, config_path: Path, storage: Path, listen: str, retention: str = RETENTION) -> list[str]:
-    """Prometheus's command line; ``listen`` is host:port (IPv6 hosts in brackets)."""
+    """Prometheus's command line; ``listen`` is host:port (IPv6 hosts in brackets). No lifecycle or
+    admin API: on a stack open to the network anyone could stop it or delete its data."""
     return [binary, f"--config.file={config_path}", f"--storage.tsdb.path={storage}",
-            f"--storage.tsdb.retention.time={retention}", f"--web.listen-address={listen}",
-            "--web.enable-lifecycle", "--log.level=warn"]
+            f"--storage.tsdb.retention.time={retention}", f"--web.listen-address={listen}", "--log.level=warn"]
 
 
 def procfile_line(binary: str, config_path: Path, storage: Path, listen: str) -> str:
