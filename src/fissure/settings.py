@@ -77,6 +77,9 @@ class Settings(BaseSettings):
         False, description="allow model load/unload over KServe's repository API (REST and gRPC)")
     backend_timeout: float = Field(50.0, gt=0, description="seconds for one call to TorchServe (under the route's 60 s)")
     drain_seconds: float = Field(10.0, ge=0, description="grace for in-flight requests on SIGTERM")
+    model_role: Literal["champion", "challenger"] = Field(
+        "champion", description="what the served versions are (fissure_model_info{role}); a canary's challenger says so")
+    drift_window: int = Field(500, ge=1, description="recent images per model the drift PSI is computed over")
 
     # serving: logs
     access_log: bool = False
