@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fissure.errors import FissureError, InputError, Unavailable
 from fissure.models import preprocess_config
+from fissure.observability.drift import input_stats
 from fissure.preprocess import decode_image, image_to_array, open_image
 from fissure.serving import codec
 from fissure.serving.backend import Backend, ts_error
@@ -47,12 +49,14 @@ class Work:
     op: str  # "predict" | "explain"
     entries: list
     results: list[dict] = field(default_factory=list)
+    stats: list | None = None  # per entry: drift.input_stats of a decoded image, else None
 
 
 class FrontModel(kserve.Model):
     """What both runtimes share: metadata, parsing, decoding and response shaping."""
 
     platform = PLATFORM
+    runtime_name = ""  # fissure_model_info{runtime}
 
     def __init__(self, served_name: str, meta: dict, spec: dict, limits: Limits | None = None):
         super().__init__(served_name)
@@ -65,6 +69,12 @@ class FrontModel(kserve.Model):
         self.version = str(meta.get("version") or "1")
         self.limits = limits or Limits.from_settings()
         self.ready = False
+        # champion unless FISSURE_MODEL_ROLE says otherwise; per model, so one front may serve both
+        self.role = settings().model_role
+        self.metrics = None  # a fissure.observability.serving.ModelMetrics once a server attaches one
+
+    def attach(self, metrics) -> None:
+        self.metrics = metrics
 
     # ------------------------------------------------------------------ metadata
     def get_input_types(self):
@@ -112,7 +122,8 @@ class FrontModel(kserve.Model):
             entries = v2_entries(payload, self.limits)
         else:
             op, entries = "predict", v1_entries(payload, self.limits)
-        return Work(payload, op, await self._decode(entries))
+        entries, stats = await self._decode(entries)
+        return Work(payload, op, entries, stats=stats)
 
     def validate(self, payload):
         return payload
@@ -121,6 +132,8 @@ class FrontModel(kserve.Model):
         good = [e for e in work.entries if isinstance(e, tuple)]
         answers = await self.run(work.op, good) if good else []
         work.results = _merge(work.entries, answers)
+        if self.metrics is not None and work.op == "predict":  # explanations are not predictions
+            self._observe(work, answers)
         errors = [r for r in work.results if "error" in r]
         if errors and len(errors) == len(work.results):  # nothing usable: the request fails
             raise FissureError(errors[0]["error"], errors[0].get("status", 400))
@@ -136,20 +149,35 @@ class FrontModel(kserve.Model):
                                work.op, work.results)
         return v1_response(self.name, self.version, work.op, work.results)
 
+    def _observe(self, work: Work, answers: list) -> None:
+        """Every predicted image's result and input statistics (model behaviour, drift)."""
+        it = iter(answers)
+        stats = work.stats or [None] * len(work.entries)
+        for entry, st in zip(work.entries, stats):
+            if isinstance(entry, dict):  # failed before the model
+                continue
+            answer = next(it)
+            if isinstance(answer, dict):  # the entry failed as a whole
+                continue
+            for result in answer:
+                if "error" not in result:
+                    self.metrics.prediction(result, st)
+
     # ------------------------------------------------------------------ the runtime's part
     async def run(self, op: str, entries: list[tuple[dict, bytes]]) -> list:
         """One answer per entry: a list of results (an image: one; a tensor: N) or an error dict."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ decoding
-    async def _decode(self, entries: list) -> list:
-        """Images -> "pixels" entries (uint8 [S, S, 3] + the image's own size), within the limits.
+    async def _decode(self, entries: list) -> tuple[list, list | None]:
+        """Images -> "pixels" entries (uint8 [S, S, 3] + the image's own size), within the limits,
+        and per entry the image's input statistics (None for tensors, errors, or without metrics).
 
         The request's pixel budget is checked from the image headers before anything is
         decoded, so a small body of highly compressed huge images costs no decoding time."""
         todo = [i for i, e in enumerate(entries) if isinstance(e, tuple) and e[0]["kind"] == "image"]
         if not todo:
-            return entries
+            return entries, None
         pixels = sum(_declared_pixels(entries[i][1]) for i in todo)
         self.limits.check_pixels(pixels)
         if pixels <= INLINE_DECODE_PIXELS:  # a thread hop costs more than decoding a small image
@@ -157,18 +185,22 @@ class FrontModel(kserve.Model):
         else:
             loop = asyncio.get_running_loop()
             done = await loop.run_in_executor(None, lambda: [self._pixels_entry(entries[i][1]) for i in todo])
-        entries = list(entries)
-        for i, entry in zip(todo, done):
-            entries[i] = entry
-        return entries
+        entries, stats = list(entries), [None] * len(entries)
+        for i, (entry, st) in zip(todo, done):
+            entries[i], stats[i] = entry, st
+        return entries, stats
 
     def _pixels_entry(self, data: bytes):
+        """(entry, input statistics or None): the statistics come from the model-size pixels
+        just made, so they cost no second pass over the full image."""
         try:
             img = decode_image(data)
             pixels = image_to_array(img, self.preprocess_config)
         except Exception as exc:  # noqa: BLE001 - a bad image fails alone, as in the worker
-            return error_result(exc)
-        return {"kind": "pixels", "shape": list(pixels.shape), "size": [img.height, img.width]}, pixels.tobytes()
+            return error_result(exc), None
+        stats = input_stats(pixels, (img.height, img.width)) if self.metrics is not None else None
+        entry = {"kind": "pixels", "shape": list(pixels.shape), "size": [img.height, img.width]}, pixels.tobytes()
+        return entry, stats
 
 
 def _declared_pixels(data: bytes) -> int:
@@ -200,6 +232,8 @@ def _merge(entries: list, answers: list) -> list[dict]:
 class TorchServeModel(FrontModel):
     """Forwards to TorchServe's worker, which runs the fissure handler (the MAR's)."""
 
+    runtime_name = "torchserve"
+
     def __init__(self, served_name: str, meta: dict, spec: dict, backend: Backend, wire_token: str,
                  limits: Limits | None = None):
         super().__init__(served_name, meta, spec, limits)
@@ -208,6 +242,8 @@ class TorchServeModel(FrontModel):
         self.headers = {"Content-Type": codec.WIRE_CONTENT_TYPE, codec.WIRE_HEADER: wire_token}
 
     async def run(self, op, entries):
+        if self.metrics is not None:  # items per call to TorchServe; its queue is ts_queue_latency_microseconds
+            self.metrics.model_call(sum(info["shape"][0] if info["kind"] == "tensor" else 1 for info, _ in entries))
         body = codec.pack_wire(op, entries)
         resp = await self.backend.post(f"/predictions/{self.name}", body, self.headers)
         try:
@@ -238,6 +274,7 @@ class AdaptiveBatcher:
         self.max_batch = max_batch
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{runtime.name}")
         self.log_batches = settings().log_batches
+        self.metrics = None  # ModelMetrics: batch size and queue time per call
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
 
@@ -246,7 +283,7 @@ class AdaptiveBatcher:
             self._queue = asyncio.Queue()
             self._worker = asyncio.get_running_loop().create_task(self._serve())
         fut = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((op, items, fut))
+        self._queue.put_nowait((op, items, fut, time.perf_counter()))
         return await fut
 
     async def _serve(self):
@@ -261,7 +298,10 @@ class AdaptiveBatcher:
                 group = [j for j in jobs if j[0] == op]
                 if not group:
                     continue
-                items = [item for _, its, _ in group for item in its]
+                items = [item for _, its, _, _ in group for item in its]
+                if self.metrics is not None:
+                    now = time.perf_counter()
+                    self.metrics.model_call(len(items), [now - t for *_, t in group])
                 if self.log_batches:
                     log.info("fissure-batch requests=%d images=%d", len(group), len(items))
                 fn = self.runtime.predict if op == "predict" else self.runtime.explain
@@ -270,7 +310,7 @@ class AdaptiveBatcher:
                 except Exception as exc:  # noqa: BLE001 - every waiting request gets the one-line error
                     results = [error_result(exc)] * len(items)
                 pos = 0
-                for _, its, fut in group:
+                for _, its, fut, _ in group:
                     if not fut.done():
                         fut.set_result(results[pos : pos + len(its)])
                     pos += len(its)
@@ -285,12 +325,17 @@ class InProcessModel(FrontModel):
     """The model runtime in the front's own process: no second hop, no TorchServe."""
 
     platform = "pytorch"
+    runtime_name = "inprocess"
 
     def __init__(self, served_name: str, meta: dict, spec: dict, runtime: ModelRuntime,
                  limits: Limits | None = None):
         super().__init__(served_name, meta, spec, limits)
         self.runtime = runtime
         self.batcher = AdaptiveBatcher(runtime)
+
+    def attach(self, metrics) -> None:
+        super().attach(metrics)
+        self.batcher.metrics = metrics
 
     async def close(self):
         self.batcher.close()

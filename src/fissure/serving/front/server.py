@@ -6,6 +6,9 @@ TorchServe's native ``/predictions`` proxy and the model repository API, which i
 (403 / PERMISSION_DENIED) unless ``FISSURE_ENABLE_REPOSITORY_API`` is set: an unauthenticated
 unload would take a model away until restart. Every error goes through
 :func:`fissure.errors.status_of`, the one mapping to HTTP and gRPC statuses.
+
+``GET /metrics`` on the REST port is the front's Prometheus exposition (as KServe's model
+server): the server's own registry, see :mod:`fissure.observability.serving`.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from fissure.errors import FissureError, InputError, NotFoundError, PayloadTooLarge, PermissionDenied, status_of
+from fissure.observability.serving import FrontMetrics, RequestMetrics, code_of
 import fissure.serving.front  # noqa: F401 - imports kserve safely first
 from fissure.serving.front.model import FrontModel
 from fissure.serving.front.protocol import Limits, parse_v2_rest
+from fissure.settings import settings
 
 from kserve import errors as kserve_errors  # noqa: E402
 from kserve.model_repository import ModelRepository  # noqa: E402
@@ -59,9 +65,10 @@ class FrontDataPlane(DataPlane):
 class FrontServicer(InferenceServicer):
     """kserve's v2 gRPC service with our error mapping, versions, and the repository switch."""
 
-    def __init__(self, data_plane, repository, repository_enabled: bool):
+    def __init__(self, data_plane, repository, repository_enabled: bool, metrics: FrontMetrics | None = None):
         super().__init__(data_plane, repository)
         self._repository_enabled = repository_enabled
+        self._metrics = metrics
 
     async def ModelMetadata(self, request, context):
         return await _guard(context, self._metadata, request)
@@ -72,7 +79,18 @@ class FrontServicer(InferenceServicer):
                                         inputs=m["inputs"], outputs=m["outputs"])
 
     async def ModelInfer(self, request, context):
-        return await _guard(context, lambda r: InferenceServicer.ModelInfer(self, r, context), request)
+        if self._metrics is None:
+            return await _guard(context, lambda r: InferenceServicer.ModelInfer(self, r, context), request)
+        call = self._metrics.begin(request.model_name, "grpc")
+        try:
+            response = await InferenceServicer.ModelInfer(self, request, context)
+        except BaseException as exc:
+            self._metrics.end(call, code_of(exc))  # the HTTP status its gRPC code maps from
+            if not isinstance(exc, Exception):
+                raise
+            await _abort(context, exc, request)
+        self._metrics.end(call, 200)
+        return response
 
     async def RepositoryModelLoad(self, request, context):
         return await _guard(context, self._repository(InferenceServicer.RepositoryModelLoad, context), request)
@@ -92,10 +110,14 @@ async def _guard(context, fn: Callable[..., Awaitable], request):
     try:
         return await fn(request)
     except Exception as exc:  # noqa: BLE001 - mapped to a status, never a traceback on the wire
-        http, code, message = status_of(exc)
-        if http >= 500 and not isinstance(exc, FissureError):
-            log.exception("gRPC %s failed", type(request).__name__)
-        await context.abort(getattr(grpc.StatusCode, code), message)
+        await _abort(context, exc, request)
+
+
+async def _abort(context, exc: Exception, request):
+    http, code, message = status_of(exc)
+    if http >= 500 and not isinstance(exc, FissureError):
+        log.error("gRPC %s failed", type(request).__name__, exc_info=exc)
+    await context.abort(getattr(grpc.StatusCode, code), message)
 
 
 def _error(exc: Exception) -> JSONResponse:
@@ -145,7 +167,8 @@ class BodyLimit:
 
 
 def build_app(dataplane: FrontDataPlane, repository: ModelRepositoryExtension, repository_enabled: bool,
-              proxy: Callable[[str, str, bytes, str], Awaitable[Response]] | None, limits: Limits) -> FastAPI:
+              proxy: Callable[[str, str, bytes, str], Awaitable[Response]] | None, limits: Limits,
+              metrics: FrontMetrics | None = None) -> FastAPI:
     app = FastAPI(title="fissure inference", docs_url=None, redoc_url=None)
 
     def model(name: str) -> FrontModel:
@@ -160,6 +183,11 @@ def build_app(dataplane: FrontDataPlane, repository: ModelRepositoryExtension, r
         if isinstance(result, bytes):
             return Response(content=result, headers=res_headers, media_type="application/octet-stream")
         return _json(result, res_headers)
+
+    if metrics is not None:
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus():
+            return Response(content=await metrics.render_async(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v2/models/{model_name}", include_in_schema=False)
     async def v2_metadata(model_name: str):
@@ -245,6 +273,8 @@ def build_app(dataplane: FrontDataPlane, repository: ModelRepositoryExtension, r
     register_v2_endpoints(app, dataplane, repository)
     app.add_api_route("/", dataplane.live, include_in_schema=False)
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    if metrics is not None:  # added last: outermost, so the body limit's refusals are counted too
+        app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 
 
@@ -267,7 +297,10 @@ class FrontServer:
         self.dataplane = FrontDataPlane(self.registry)
         self.repository = ModelRepositoryExtension(model_registry=self.registry)
         self.repository_enabled = repository_enabled
-        self.app = build_app(self.dataplane, self.repository, repository_enabled, proxy, self.limits)
+        self.metrics = FrontMetrics(drift_window=settings().drift_window, draining=lambda: self.dataplane.draining)
+        for m in models:
+            m.attach(self.metrics.add_model(m))
+        self.app = build_app(self.dataplane, self.repository, repository_enabled, proxy, self.limits, self.metrics)
         self.exit_code = 0
 
     async def _grpc(self) -> grpc.aio.Server:
@@ -276,7 +309,7 @@ class FrontServer:
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
         ])
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            FrontServicer(self.dataplane, self.repository, self.repository_enabled), server)
+            FrontServicer(self.dataplane, self.repository, self.repository_enabled, self.metrics), server)
         if server.add_insecure_port(f"{_grpc_host(self.host)}:{self.grpc_port}") == 0:
             raise FissureError(f"cannot listen on {self.host}:{self.grpc_port} (gRPC)")
         await server.start()
