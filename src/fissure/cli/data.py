@@ -142,3 +142,44 @@ def prepare_cmd(params_file, out, source, **overrides):
     t0 = time.perf_counter()
     manifest = prepare(params, out, progress=True, log=_log)
     _log(f"done in {time.perf_counter() - t0:.1f}s; counts: {json.dumps(manifest['counts'])}")
+
+
+_IMPORT_HELP = """Convert a public dataset layout in SRC into fissure's layouts in DST.
+
+\b
+Formats:
+  crackforest        image/*.jpg + groundTruth/*.mat (Segmentation 2 = crack), or masks
+                     already converted to PNG (gt/, masks/)  -> DST/images, DST/masks
+  deepcrack          train_img/ + train_lab/, test_img/ + test_lab/ (labels .png/.bmp,
+                     0/255 or 0/1)                          -> DST/<split>/images, masks
+  folder-of-classes  SRC/<class>/*, SRC/images/<class>/*, SRC/<split>/<class>/*, or the
+                     magnetic-tile set's MT_<Class>/Imgs/   -> DST/<class>/
+  images-masks       SRC/images + SRC/masks (or SRC/<split>/images + masks), paired by
+                     path and stem                          -> DST/images, DST/masks
+
+Images are checked and copied unchanged; masks become 0/255 PNGs. Re-running is idempotent
+(unchanged files are not rewritten; other files in DST, dotfiles aside, are removed). DST must
+be new, empty, or an earlier import (it holds import.json). The result is a
+source for `fissure data prepare` (params.yaml prepare.source) or `fissure train --data`.
+
+\b
+Example: fissure data import --format deepcrack ~/Downloads/DeepCrack data/deepcrack
+"""
+
+
+@data.command("import", help=_IMPORT_HELP)
+@click.option("--format", "fmt", type=click.Choice(["crackforest", "deepcrack", "folder-of-classes", "images-masks"]),
+              required=True, help="Layout of SRC.")
+@click.argument("src", type=click.Path(file_okay=True))
+@click.argument("dst", type=click.Path(file_okay=True))
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show progress (plain lines in a log or a pipe for 50 images or more).")
+def import_cmd(fmt, src, dst, progress):
+    from fissure.data.importers import import_dataset
+
+    t0 = time.perf_counter()
+    result = import_dataset(fmt, src, dst, progress=progress)
+    lines = result.summary()
+    lines[0] += f" in {time.perf_counter() - t0:.1f}s"
+    for line in lines:
+        _log(line)
