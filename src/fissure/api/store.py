@@ -1,4 +1,4 @@
-"""The feedback store: predictions, feedback, tokens and retrain runs (SQLAlchemy 2).
+"""The feedback store: predictions, feedback, tokens, retrain runs and pipeline events (SQLAlchemy 2).
 
 One :class:`Store` per process, over a SQLAlchemy URL (``FISSURE_DATABASE_URL``): SQLite
 under ``<home>/api.db`` by default (the embedded mode), PostgreSQL (``postgresql+psycopg://``)
@@ -9,10 +9,19 @@ in WAL mode with ``synchronous=FULL`` (a commit survives a crash of the process 
 machine) and write transactions start with ``BEGIN IMMEDIATE``, so concurrent writers queue on
 the lock (``busy_timeout``) instead of failing when one upgrades a read snapshot. Blobs are
 written before the row that references them (:mod:`fissure.api.blobs`).
+
+Pipeline events (:class:`PipelineEvent`) are what the retraining pipeline and the promotion
+controller record (``POST /pipeline/events`` or :func:`record_pipeline_event` in-process): the
+ends of retraining runs, gate decisions, canary steps, promotions and rollbacks. The API's
+``/metrics`` counts them and the feedback from the store (:meth:`Store.metric_counts`), so the
+numbers survive restarts and every replica reports the same.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator,
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator,
                         UniqueConstraint, create_engine, event, exists, func, select, text)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -34,6 +43,14 @@ VERDICTS = ("correct", "wrong")
 RUN_STATES = ("queued", "running", "succeeded", "failed")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATION_LOCK = 0x66697373  # PostgreSQL advisory lock key of Store.migrate ("fiss")
+
+# Pipeline events: the kinds, the results each kind takes, and the action label of a champion change.
+EVENT_KINDS = ("retrain", "gate", "canary", "promotion", "rollback")
+EVENT_RESULTS = {"retrain": ("succeeded", "failed"), "gate": ("passed", "failed"), "canary": ("passed", "failed")}
+CHAMPION_CHANGES = {"promotion": "promoted", "rollback": "rolled_back"}
+EVENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # model names and versions: label values
+MAX_EVENT_DETAILS = 16 * 1024  # bytes of JSON
+MAX_EVENT_TEXT = 4000
 
 
 def utcnow() -> datetime:
@@ -131,6 +148,43 @@ class RetrainRun(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PipelineEvent(Base):
+    """One step of the retraining pipeline, as its controller reported it.
+
+    ``version`` is the version under test (gate, canary); a promotion or rollback moves the
+    champion ``from_version`` -> ``to_version`` (a rollback's ``to_version`` is the version
+    that serves again). ``weight`` is a canary step's share of traffic, in percent.
+    """
+
+    __tablename__ = "pipeline_events"
+    __table_args__ = (Index("ix_pipeline_events_kind_model", "kind", "model"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # also the order
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(String(128))
+    version: Mapped[str | None] = mapped_column(String(64))
+    result: Mapped[str | None] = mapped_column(String(16))
+    weight: Mapped[float | None] = mapped_column(Float)
+    from_version: Mapped[str | None] = mapped_column(String(64))
+    to_version: Mapped[str | None] = mapped_column(String(64))
+    who: Mapped[str | None] = mapped_column(String(128))
+    why: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict | None] = mapped_column(JSON)
+    recorded_by: Mapped[str] = mapped_column(String(128))
+
+
+@dataclass(frozen=True)
+class MetricCounts:
+    """What the API's /metrics reads from the store, in one read transaction."""
+
+    feedback: list[tuple[str, str, str, int]]  # (model, version, verdict, count)
+    events: list[tuple[str, str | None, str | None, int]]  # (kind, model, result, count)
+    runs: list[tuple[str, int]]  # finished retrain_runs: (state, count)
+    last_canary: dict[str, PipelineEvent]  # per model, its newest canary step
+    last_change: dict[str, PipelineEvent]  # per model, its newest promotion or rollback
 
 
 @dataclass(frozen=True)
@@ -388,6 +442,49 @@ class Store:
                 pass  # the log's folder is gone: the state says enough
         return rows
 
+    # ------------------------------------------------------------------ pipeline events
+    def record_event(self, kind: str, recorded_by: str, **fields) -> PipelineEvent:
+        """Check and store one pipeline event (one transaction); InputError names what is wrong."""
+        row = PipelineEvent(kind=kind, recorded_by=recorded_by, created_at=utcnow(), **_checked_event(kind, fields))
+        with self.write() as s:
+            s.add(row)
+        return row
+
+    def list_events(self, model: str | None = None, kind: str | None = None, page: int = 1,
+                    page_size: int = 50) -> tuple[list[PipelineEvent], int]:
+        """Newest first; (items of the page, total matching)."""
+        query = select(PipelineEvent)
+        if model:
+            query = query.where(PipelineEvent.model == model)
+        if kind:
+            query = query.where(PipelineEvent.kind == kind)
+        with self.read() as s:
+            total = s.scalar(select(func.count()).select_from(query.subquery()))
+            items = list(s.scalars(query.order_by(PipelineEvent.id.desc())
+                                   .offset((page - 1) * page_size).limit(page_size)))
+        return items, total
+
+    def metric_counts(self) -> MetricCounts:
+        """Feedback by (model, version, verdict) and the pipeline's counts: a few GROUP BYs, one snapshot."""
+        def newest(s: Session, kinds) -> dict[str, PipelineEvent]:
+            ids = (select(func.max(PipelineEvent.id)).where(PipelineEvent.kind.in_(kinds))
+                   .group_by(PipelineEvent.model))
+            return {e.model: e for e in s.scalars(select(PipelineEvent).where(PipelineEvent.id.in_(ids)))}
+
+        with self.read() as s:
+            feedback = s.execute(select(Prediction.model_name, Prediction.model_version, Feedback.verdict,
+                                        func.count())
+                                 .join(Prediction, Prediction.id == Feedback.prediction_id)
+                                 .group_by(Prediction.model_name, Prediction.model_version, Feedback.verdict)).all()
+            events = s.execute(select(PipelineEvent.kind, PipelineEvent.model, PipelineEvent.result, func.count())
+                               .group_by(PipelineEvent.kind, PipelineEvent.model, PipelineEvent.result)).all()
+            runs = s.execute(select(RetrainRun.state, func.count())
+                             .where(RetrainRun.state.in_(EVENT_RESULTS["retrain"]))
+                             .group_by(RetrainRun.state)).all()
+            return MetricCounts(feedback=[tuple(r) for r in feedback], events=[tuple(r) for r in events],
+                                runs=[tuple(r) for r in runs], last_canary=newest(s, ("canary",)),
+                                last_change=newest(s, tuple(CHAMPION_CHANGES)))
+
     # ------------------------------------------------------------------ blobs
     def referenced_blobs(self) -> set[str]:
         with self.read() as s:
@@ -414,3 +511,97 @@ class Store:
                 removed.append(digest)
         self.blobs.remove_temporaries(older_than)
         return removed
+
+
+# ---------------------------------------------------------------------------- pipeline events
+
+def _name(fields: dict, key: str, required: bool) -> str | None:
+    value = fields.get(key)
+    if value is None:
+        if required:
+            raise InputError(f"{key} is required")
+        return None
+    if not isinstance(value, str) or not EVENT_NAME.fullmatch(value):
+        raise InputError(f"{key} must be 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit); "
+                         f"got {str(value)[:80]!r}")
+    return value
+
+
+def _text(fields: dict, key: str, limit: int) -> str | None:
+    value = fields.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or "\x00" in value or len(value) > limit or not _utf8(value):
+        raise InputError(f"{key} must be text of at most {limit} characters, without NUL")
+    return value.strip() or None
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")  # lone surrogates are valid JSON escapes but no database takes them
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _checked_event(kind: str, fields: dict) -> dict:
+    """The columns of a valid event of ``kind`` from ``fields`` (those the kind does not take must be absent)."""
+    if kind not in EVENT_KINDS:
+        raise InputError(f"kind must be one of {', '.join(EVENT_KINDS)}; got {str(kind)[:40]!r}")
+    allowed = {"retrain": {"model", "version", "result", "details"},
+               "gate": {"model", "version", "result", "details"},
+               "canary": {"model", "version", "result", "weight", "details"}}.get(
+        kind, {"model", "from_version", "to_version", "who", "why", "details"})
+    extra = sorted(k for k, v in fields.items() if v is not None and k not in allowed)
+    if extra:
+        raise InputError(f"a {kind} event takes no {', '.join(extra)}")
+    out: dict = {"model": _name(fields, "model", kind != "retrain"), "details": None}
+    if kind in EVENT_RESULTS:
+        out["version"] = _name(fields, "version", kind != "retrain")
+        result = fields.get("result")
+        if result not in EVENT_RESULTS[kind]:
+            raise InputError(f"a {kind} event's result is {' or '.join(EVENT_RESULTS[kind])}; got {str(result)[:40]!r}")
+        out["result"] = result
+    if kind == "canary":
+        weight = fields.get("weight")
+        if (not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight)
+                or not 0 <= weight <= 100):
+            raise InputError(f"a canary step's weight is the challenger's percent of traffic, 0-100; got {weight!r}")
+        out["weight"] = float(weight)
+    if kind in CHAMPION_CHANGES:
+        out["from_version"] = _name(fields, "from_version", False)
+        out["to_version"] = _name(fields, "to_version", True)
+        out["who"] = _text(fields, "who", 128)
+        out["why"] = _text(fields, "why", MAX_EVENT_TEXT)
+    details = fields.get("details")
+    if details is not None:
+        if not isinstance(details, dict):
+            raise InputError("details must be a JSON object")
+        try:
+            encoded = json.dumps(details, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+            raise InputError(f"details must be plain JSON (finite numbers, UTF-8 text): "
+                             f"{str(exc).splitlines()[0][:120]}") from None
+        if len(encoded) > MAX_EVENT_DETAILS:
+            raise InputError(f"details must be at most {MAX_EVENT_DETAILS} bytes of JSON")
+        out["details"] = details
+    return out
+
+
+def record_pipeline_event(kind: str, *, store: Store | None = None, recorded_by: str = "fissure",
+                          **fields) -> PipelineEvent:
+    """Record one pipeline event in-process (the promotion controller beside the API).
+
+    ``store``: an open :class:`Store`; None opens the one of ``FISSURE_DATABASE_URL`` (migrated)
+    for this call. Fields as ``POST /pipeline/events`` takes them, e.g.
+    ``record_pipeline_event("promotion", model="crack-classifier", from_version="3", to_version="4",
+    who="controller", why="canary passed 5 steps")``.
+    """
+    if store is not None:
+        return store.record_event(kind, recorded_by, **fields)
+    own = Store()
+    try:
+        own.migrate()
+        return own.record_event(kind, recorded_by, **fields)
+    finally:
+        own.close()
