@@ -2,7 +2,8 @@
 
 Routes (docs/feedback.md has the contract; OpenAPI at /docs and /openapi.json):
 /ping, /metrics, /predict, /save-for-retrain, /predictions[/{id}[/image|overlay|mask|heatmap|feedback]],
-/feedback/{id}/mask, /review-queue, /feedback/export, /retrain[/{id}], /tokens, and the UI's pages.
+/feedback/{id}/mask, /review-queue, /feedback/export, /retrain[/{id}], /tokens, /pipeline/events, and the
+UI's pages.
 
 Every error is ``{"error": "<one line>"}`` with its status from :func:`fissure.errors.status_of`
 (400 for a malformed request too, where FastAPI would say 422); a client's mistake is never a
@@ -18,7 +19,7 @@ import tempfile
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import fastapi_offline
 import numpy as np
@@ -30,21 +31,22 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fissure import MODEL_NAMES, __version__
 from fissure.api import export, ui
-from fissure.api.auth import ROLES, Principal, RateLimited, RateLimiter, Unauthenticated, authenticate, create_token
+from fissure.api.auth import (PIPELINE, ROLES, Principal, RateLimited, RateLimiter, Unauthenticated, authenticate,
+                               create_token)
 from fissure.api.forms import FORM_OVERHEAD, BodyLimit, Form, read_form
 from fissure.api.inference import InferenceClient, InferenceResult
 from fissure.api.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from fissure.api.retrain import Retrainer, log_tail
-from fissure.api.store import PredictionFilter, Store, unavailable
+from fissure.api.store import EVENT_KINDS, EVENT_NAME, MAX_EVENT_TEXT, PredictionFilter, Store, unavailable
 from fissure.errors import FissureError, InputError, UnsupportedMediaType, status_of
 from fissure.serving import codec
-from fissure.settings import Settings, settings as current_settings
+from fissure.settings import Settings, settings as current_settings, tracking_uri
 
 log = logging.getLogger("fissure.api")
 
@@ -120,7 +122,7 @@ class Queue(BaseModel):
 
 
 class TokenIn(BaseModel):
-    role: Literal["viewer", "annotator", "admin"]
+    role: Literal["viewer", "annotator", "admin", "pipeline"]
     name: str | None = Field(None, max_length=128)
 
 
@@ -141,6 +143,85 @@ class RetrainOut(RetrainQueued):
     log_tail: str
     started_at: datetime | None
     finished_at: datetime | None
+
+
+# pipeline events: one body per kind (the "kind" field picks it); the store checks them again
+EventName = Annotated[str, Field(pattern=EVENT_NAME.pattern, description="served model name")]
+EventVersion = Annotated[str, Field(pattern=EVENT_NAME.pattern, description="MLflow registered model version")]
+Details = Annotated[dict[str, Any] | None, Field(
+    None, description="free JSON object, at most 16 KiB: a gate's metrics and thresholds, a run's id and URL")]
+NoNul = r"^[^\x00]*$"
+
+
+class _EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetrainEventIn(_EventIn):
+    """A retraining run ended (the Argo workflow; runs of POST /retrain are counted from their own table)."""
+    kind: Literal["retrain"]
+    result: Literal["succeeded", "failed"]
+    model: EventName | None = None
+    version: EventVersion | None = Field(None, description="the version it registered, if any")
+    details: Details
+
+
+class GateEventIn(_EventIn):
+    """The offline gate decided on a candidate version."""
+    kind: Literal["gate"]
+    model: EventName
+    version: EventVersion
+    result: Literal["passed", "failed"]
+    details: Details
+
+
+class CanaryEventIn(_EventIn):
+    """A canary step: the challenger version served ``weight`` percent of traffic and passed or failed."""
+    kind: Literal["canary"]
+    model: EventName
+    version: EventVersion
+    weight: float = Field(ge=0, le=100, allow_inf_nan=False, description="challenger's share of traffic, percent")
+    result: Literal["passed", "failed"]
+    details: Details
+
+
+class ChampionChangeIn(_EventIn):
+    """The champion moved from ``from_version`` to ``to_version`` (promotion, or a rollback to the old one)."""
+    kind: Literal["promotion", "rollback"]
+    model: EventName
+    to_version: EventVersion = Field(description="the champion after this event")
+    from_version: EventVersion | None = Field(None, description="promotion: the old champion; "
+                                                                "rollback: the version rolled back")
+    who: str | None = Field(None, max_length=128, pattern=NoNul)
+    why: str | None = Field(None, max_length=MAX_EVENT_TEXT, pattern=NoNul)
+    details: Details
+
+
+PipelineEventIn = Annotated[Union[RetrainEventIn, GateEventIn, CanaryEventIn, ChampionChangeIn],
+                            Field(discriminator="kind")]
+
+
+class PipelineEventOut(BaseModel):
+    id: int
+    kind: Literal["retrain", "gate", "canary", "promotion", "rollback"]
+    created_at: datetime
+    model: str | None
+    version: str | None
+    result: str | None
+    weight: float | None
+    from_version: str | None
+    to_version: str | None
+    who: str | None
+    why: str | None
+    details: dict[str, Any] | None
+    recorded_by: str = Field(description="the name of the token that recorded it")
+
+
+class PipelineEventPage(BaseModel):
+    items: list[PipelineEventOut]
+    total: int
+    page: int
+    page_size: int
 
 
 def _errors(*codes: int) -> dict:
@@ -179,7 +260,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     """The API over ``store`` (default: from the settings); migrated and recovered at start-up."""
     cfg = settings or current_settings()
     store = store or Store(cfg.database_url, cfg.blob_url)
-    metrics = Metrics()
+    metrics = Metrics(store, tracking_uri=tracking_uri)
     limiter = RateLimiter(cfg.api_rate_limit)
     retrainer = Retrainer(store, cfg.retrain_command, Path(cfg.home).resolve() / "retrain")
     max_upload = cfg.api_max_upload_bytes
@@ -197,7 +278,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 
     app = FastAPI(title="fissure API", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Predictions, feedback and the retraining loop of fissure. Send "
-                              "`Authorization: Bearer <token>`; roles viewer < annotator < admin.")
+                              "`Authorization: Bearer <token>`; roles viewer < annotator < admin, and "
+                              "pipeline (pipeline events only).")
     app.state.settings, app.state.store, app.state.metrics = cfg, store, metrics
     app.add_middleware(BodyLimit, limit=max_upload + FORM_OVERHEAD)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -205,15 +287,16 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 
     bearer = HTTPBearer(auto_error=False, description="an API token (fissure token create)")
 
-    def role(required: str):
+    def role(*required: str):
         async def dependency(request: Request, _=Security(bearer)) -> Principal:
             who = await run_in_threadpool(authenticate, store, request.headers.get("authorization"))
             limiter.take(who.token_id)
-            who.require(required)
+            who.require(*required)
             return who
         return dependency
 
     viewer, annotator, admin = (Depends(role(r)) for r in ROLES)
+    pipeline_writer, pipeline_reader = Depends(role(PIPELINE)), Depends(role("viewer", PIPELINE))
 
     def links(request: Request, p) -> dict:
         base = f"{request.scope.get('root_path', '').rstrip('/')}/predictions/{p.id}"
@@ -327,7 +410,6 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         pred = await run_in_threadpool(store.get_prediction, prediction_id)
         form = await read_form(request, max_upload)
         row = await run_in_threadpool(_store_feedback, store, who, pred, form)
-        metrics.feedback.labels(row.verdict).inc()
         return feedback_out(row)
 
     @app.get("/feedback/{feedback_id}/mask", tags=["feedback"], response_class=Response,
@@ -383,6 +465,23 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         token, row = create_token(store, body.role, body.name)
         return {"token": token, "role": row.role, "name": row.name, "id": row.id}
 
+    # ------------------------------------------------------------------ pipeline
+    @app.post("/pipeline/events", tags=["pipeline"], status_code=201, response_model=PipelineEventOut,
+              summary="Record a pipeline event: a retraining run's end, a gate decision, a canary step, "
+                      "a promotion or a rollback (admin or pipeline token)",
+              responses={**AUTH_ERRORS, **_errors(400)})
+    def record_event(body: PipelineEventIn, who: Principal = pipeline_writer):
+        fields = body.model_dump(exclude={"kind"})
+        return event_out(store.record_event(body.kind, who.name, **fields))
+
+    @app.get("/pipeline/events", tags=["pipeline"], response_model=PipelineEventPage,
+             summary="Recorded pipeline events, newest first", responses={**AUTH_ERRORS, **_errors(400)})
+    def list_events(who: Principal = pipeline_reader, model: str | None = Query(None, max_length=128),
+                    kind: Literal[EVENT_KINDS] | None = None,
+                    page: int = Query(1, ge=1, le=1_000_000), page_size: int = Query(50, ge=1, le=200)):
+        items, total = store.list_events(model, kind, page, page_size)
+        return {"items": [event_out(e) for e in items], "total": total, "page": page, "page_size": page_size}
+
     app.include_router(ui.router)
     app.openapi = lambda: _openapi(app)
     return app
@@ -391,6 +490,12 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 def feedback_out(f) -> dict:
     return {"id": f.id, "prediction_id": f.prediction_id, "user": f.user, "verdict": f.verdict, "label": f.label,
             "mask_sha256": f.mask_sha256, "note": f.note, "created_at": f.created_at, "updated_at": f.updated_at}
+
+
+def event_out(e) -> dict:
+    return {"id": e.id, "kind": e.kind, "created_at": e.created_at, "model": e.model, "version": e.version,
+            "result": e.result, "weight": e.weight, "from_version": e.from_version, "to_version": e.to_version,
+            "who": e.who, "why": e.why, "details": e.details, "recorded_by": e.recorded_by}
 
 
 # ---------------------------------------------------------------------------- helpers

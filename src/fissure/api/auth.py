@@ -1,7 +1,9 @@
 """Bearer tokens with roles, and a per-token rate limit.
 
 Roles are ordered: viewer (predict, history) < annotator (+ feedback, export) < admin
-(+ retrain, tokens). A token is shown once when it is made; the store keeps only its sha256,
+(+ retrain, tokens, pipeline events). The ``pipeline`` role stands outside that order: a token
+for the retraining pipeline and the promotion controller, which may record and read pipeline
+events and nothing else. A token is shown once when it is made; the store keeps only its sha256,
 looked up by that hash and compared with :func:`hmac.compare_digest`. The token's name is
 the user feedback is recorded under (one feedback row per prediction and name), so a person's
 second token answers as the same user.
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 
 from fissure.errors import FissureError, InputError, PermissionDenied
 
-ROLES = ("viewer", "annotator", "admin")
+ROLES = ("viewer", "annotator", "admin")  # ordered: each may do what the ones before it may
+PIPELINE = "pipeline"  # outside the order: pipeline events only (admin may do that too)
+ALL_ROLES = ROLES + (PIPELINE,)
 TOKEN_PREFIX = "fst_"
 
 
@@ -50,14 +54,22 @@ class Principal:
     name: str
     role: str
 
-    def require(self, role: str) -> None:
-        if ROLES.index(self.role) < ROLES.index(role):
-            raise PermissionDenied(f"this needs the {role} role; the token {self.name!r} is {self.role}")
+    def allows(self, role: str) -> bool:
+        if self.role == "admin" or self.role == role:
+            return True
+        if PIPELINE in (self.role, role):
+            return False
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+    def require(self, *roles: str) -> None:
+        """Pass when the token has one of ``roles`` (or a role above one of them)."""
+        if not any(self.allows(r) for r in roles):
+            raise PermissionDenied(f"this needs the {' or '.join(roles)} role; the token {self.name!r} is {self.role}")
 
 
 def check_role(role: str) -> str:
-    if role not in ROLES:
-        raise InputError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
+    if role not in ALL_ROLES:
+        raise InputError(f"role must be one of {', '.join(ALL_ROLES)}; got {role!r}")
     return role
 
 
