@@ -21,7 +21,7 @@ def test_migrate_creates_the_schema_and_is_idempotent(store):
     names = set(inspect(store.engine).get_table_names())
     assert {"predictions", "feedback", "tokens", "retrain_runs", "alembic_version"} <= names
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
     uniques = inspect(store.engine).get_unique_constraints("feedback")
     assert any(set(u["column_names"]) == {"prediction_id", "user"} for u in uniques)
 
