@@ -306,7 +306,7 @@ def test_metrics_count_requests_predictions_feedback(client, make_prediction):
             in text)
     assert 'fissure_api_request_seconds_count{method="GET",route="/predictions",status="200"} 1.0' in text
     # feedback is counted from the store (tests/observability/test_api_metrics.py has the rest)
-    assert 'fissure_feedback_total{model="crack-classifier",version="1",verdict="wrong"} 1.0' in text
+    assert 'fissure_feedback_total{model="crack-classifier",verdict="wrong",version="1"} 1.0' in text
 
 
 def test_unknown_routes_and_methods_are_one_line_json(client):
