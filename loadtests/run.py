@@ -155,6 +155,27 @@ def preflight(rest: str, api: str, scenarios: list[str]) -> None:
             raise RunError(f"{what} is not ready at {url}; start the stack (`make up DETACH=1`) or pass its URL")
 
 
+def warm_up(rest: str, api: str, token: str, scenarios: list[str], models: list[str], image: bytes) -> None:
+    """One request per model to the front and through the API before the clock starts: first
+    calls load what processes load lazily (torch in the API, the models' first batch), which is
+    start-up, not load. Errors are left for the run to report."""
+    import base64
+
+    import httpx
+
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(image).decode()]}]}
+    with httpx.Client(timeout=300) as client:
+        for model in models:
+            try:
+                if {"v1", "v2", "grpc"} & set(scenarios):
+                    client.post(f"{rest}/v2/models/{model}/infer", json=body)
+                if "api" in scenarios:
+                    client.post(f"{api}/predict", files={"file": ("warm-up.jpg", image, "image/jpeg")},
+                                data={"model": model}, headers={"Authorization": f"Bearer {token}"})
+            except httpx.HTTPError:
+                pass
+
+
 # --------------------------------------------------------------------------- the run
 def _pump(stream, log_path: Path, echo_lines: bool) -> None:
     with open(log_path, "ab") as log:
@@ -202,7 +223,9 @@ def run(opts: Options, echo=print) -> Result:
         sizes = config.selected_sizes() if not opts.sizes else [config.SIZE_BY_NAME[s] for s in opts.sizes]
     except (KeyError, ValueError) as exc:
         raise RunError(f"sizes: {exc}; known: {list(config.SIZE_BY_NAME)}") from None
-    images.prepare(sizes, opts.shift, echo=echo)  # here, not in Locust's process: its clock would count it
+    prepared = images.prepare(sizes, opts.shift, echo=echo)  # here, not in Locust's process: its clock would count it
+    warm_up(rest, api, token, opts.scenarios, opts.models or list(config.MODELS),
+            prepared[min(sizes, key=lambda s: s.width * s.height).name][0].read_bytes())
     env.update({config.ENV_REST: rest, config.ENV_GRPC: grpc, config.ENV_API: api, config.ENV_TOKEN: token,
                 config.ENV_SHIFT: opts.shift})
     if opts.models:
