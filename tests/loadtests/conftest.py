@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # `loadtests` lives at the top of the checkout (`pytest` alone does not add it)
+    sys.path.insert(0, str(REPO))
 
 
 def _helpers(name: str, path: Path):
