@@ -249,6 +249,8 @@ def test_posting_pipeline_events_needs_the_pipeline_or_admin_role(apps):
     ({"kind": "canary", "model": CLS, "version": "4", "weight": 150, "result": "passed"}, "weight"),
     ({"kind": "canary", "model": CLS, "version": "4", "weight": -1, "result": "passed"}, "weight"),
     ({"kind": "canary", "model": CLS, "version": "4", "result": "passed"}, "weight"),
+    ({"kind": "canary", "model": CLS, "version": "4", "weight": True, "result": "passed"}, "weight"),
+    ({"kind": "gate", "model": CLS, "version": 4, "result": "passed"}, "version"),
     ({"kind": "gate", "model": "crack classifier!", "version": "4", "result": "passed"}, "model"),
     ({"kind": "gate", "model": CLS, "version": "", "result": "passed"}, "version"),
     ({"kind": "promotion", "model": CLS}, "to_version"),
@@ -374,6 +376,12 @@ def test_the_endpoints_are_in_the_openapi_spec(apps):
     assert {p["name"] for p in get["parameters"]} >= {"model", "kind", "page", "page_size"}
     roles = spec["components"]["schemas"]["TokenIn"]["properties"]["role"]["enum"]
     assert "pipeline" in roles
+
+
+def test_a_method_the_path_lacks_is_405_naming_both_methods(apps):
+    r = apps.start().http.request("OPTIONS", "/pipeline/events")
+    assert r.status_code == 405 and list(r.json()) == ["error"]
+    assert set(r.headers["allow"].split(", ")) == {"GET", "POST"}
 
 
 # ---------------------------------------------------------------------------- the champion, from MLflow

@@ -34,6 +34,7 @@ from PIL import Image
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from fissure import MODEL_NAMES, __version__
 from fissure.api import export, ui
@@ -154,7 +155,8 @@ NoNul = r"^[^\x00]*$"
 
 
 class _EventIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON's types as the schema says them (no true for a weight, no 4 for a version)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RetrainEventIn(_EventIn):
@@ -605,7 +607,15 @@ def _error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
-        return answer(exc.status_code, message.splitlines()[0] if message else "error", exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette's Allow names only the first route of the path; a path with a route per
+            # method (/pipeline/events: GET and POST) must name them all
+            allowed = {m for route in request.app.router.routes if getattr(route, "methods", None)
+                       and route.matches(request.scope)[0] != Match.NONE for m in route.methods}
+            if allowed:
+                headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
+        return answer(exc.status_code, message.splitlines()[0] if message else "error", headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
