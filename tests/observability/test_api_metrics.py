@@ -13,7 +13,6 @@ import importlib.util
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
