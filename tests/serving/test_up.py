@@ -55,12 +55,13 @@ def _run(args, cwd, env, timeout=120):
 
 
 def test_up_trains_packages_serves_and_down_stops_everything(pipeline_copy, images, tmp_path):
-    http, grpc, mlflow, api, ts_inf, ts_mgmt, ts_met, ts_g1, ts_g2 = _free_ports(9)
+    http, grpc, mlflow, api, prom, ts_inf, ts_mgmt, ts_met, ts_g1, ts_g2 = _free_ports(10)
     env = dict(os.environ, FISSURE_THREADS="1", FISSURE_TS_INFERENCE_PORT=str(ts_inf),
                FISSURE_TS_MANAGEMENT_PORT=str(ts_mgmt), FISSURE_TS_METRICS_PORT=str(ts_met),
                FISSURE_TS_GRPC_INFERENCE_PORT=str(ts_g1), FISSURE_TS_GRPC_MANAGEMENT_PORT=str(ts_g2),
                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--mlflow-port", str(mlflow), "--api-port", str(api)]
+    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--mlflow-port", str(mlflow), "--api-port", str(api),
+             "--prometheus-port", str(prom)]
     try:
         up = _run(["up", "--detach", *ports], pipeline_copy, env, timeout=900)
         out = up.stdout + up.stderr
@@ -71,11 +72,11 @@ def test_up_trains_packages_serves_and_down_stops_everything(pipeline_copy, imag
         assert "WARNING: listening on" not in out  # loopback: nothing to warn about
         # the detached wait said what it waited for, and when each part came up
         assert "   waiting for " in out
-        for part in ("MLflow", "the inference front", "the feedback API"):  # the default runtime: in-process
+        for part in ("MLflow", "the inference front", "the feedback API", "Prometheus"):  # the default runtime: in-process
             assert f">> {part} ready (" in out, part
         # bound to loopback only, as printed
-        listening = _listen_addresses({http, grpc, mlflow, api})
-        assert listening == {p: "127.0.0.1" for p in (http, grpc, mlflow, api)}, listening
+        listening = _listen_addresses({http, grpc, mlflow, api, prom})
+        assert listening == {p: "127.0.0.1" for p in (http, grpc, mlflow, api, prom)}, listening
         # the feedback UI, with the admin token printed once, predicting through this stack's front
         assert f"http://127.0.0.1:{api}/" in out and "admin token for the UI and API (shown once" in out
         token = out.split("(shown once; `fissure token create` makes more):")[1].split()[0]
@@ -108,6 +109,6 @@ def test_up_trains_packages_serves_and_down_stops_everything(pipeline_copy, imag
     finally:
         down = _run(["down"], pipeline_copy, env, timeout=120)
     assert down.returncode == 0 and "stopped the stack" in down.stdout, down.stdout + down.stderr
-    for port in (http, grpc, mlflow, api, ts_inf, ts_mgmt, ts_met):
+    for port in (http, grpc, mlflow, api, prom, ts_inf, ts_mgmt, ts_met):
         assert not _listening(port), f"port {port} still open after fissure down"
     assert "no detached stack is running" in _run(["down"], pipeline_copy, env).stdout

@@ -74,9 +74,14 @@ def config(scrape: list[Target], rule_files: list[Path] = (), scrape_interval: s
 
 
 def rules_file(root: Path) -> Path | None:
-    """The chart's rule file in a checkout, None when this is not one."""
-    path = root / RULES_FILE
-    return path if path.is_file() else None
+    """The chart's rule file: the project's at ``root``, else that of the checkout fissure is
+    installed from (editable installs: a pipeline copied elsewhere keeps its rules); None when
+    neither has one (a wheel without the chart: Prometheus then only scrapes)."""
+    for base in (root, Path(__file__).resolve().parents[3]):
+        path = base / RULES_FILE
+        if path.is_file():
+            return path
+    return None
 
 
 def write_config(path: Path, scrape: list[Target], rule_files: list[Path] = (), **intervals) -> Path:
