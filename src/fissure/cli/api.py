@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from fissure.api.auth import ALL_ROLES  # light: the choice list stays the API's
+
 
 def _open_store():
     from fissure.api.store import Store
@@ -83,8 +85,9 @@ def token():
 
 
 @token.command("create")
-@click.option("--role", required=True, type=click.Choice(["viewer", "annotator", "admin"]),
-              help="viewer: predict and history; annotator: + feedback, export; admin: + retrain, tokens.")
+@click.option("--role", required=True, type=click.Choice(ALL_ROLES),
+              help="viewer: predict and history; annotator: + feedback, export; admin: + retrain, tokens, "
+                   "pipeline events; pipeline: pipeline events only (for the retraining pipeline).")
 @click.option("--name", default=None,
               help="Who uses it: feedback is recorded under this name [default: <role>-<random>].")
 def token_create(role, name):
