@@ -52,12 +52,16 @@ kubectl create namespace argo --dry-run=client -o yaml | kubectl apply -f -
 kubectl apply --server-side -n argo -f "https://github.com/argoproj/argo-workflows/releases/download/$ARGO_WORKFLOWS_VERSION/install.yaml"
 kubectl -n argo rollout status deploy --timeout=300s
 
-echo ">> kube-prometheus-stack $KUBE_PROMETHEUS_STACK_VERSION (selects every PodMonitor)"
+echo ">> kube-prometheus-stack $KUBE_PROMETHEUS_STACK_VERSION (selects every PodMonitor; Grafana loads fissure's dashboards)"
+# The fissure chart's dashboard ConfigMaps (label grafana_dashboard: "1") live in the release's
+# namespace, not in monitoring: the Grafana sidecar must search every namespace to find them.
 "$helm" upgrade --install kube-prometheus-stack kube-prometheus-stack \
   --repo https://prometheus-community.github.io/helm-charts --version "$KUBE_PROMETHEUS_STACK_VERSION" \
   --namespace monitoring --create-namespace \
   --set prometheus.prometheusSpec.podMonitorSelectorNilUsesHelmValues=false \
   --set prometheus.prometheusSpec.serviceMonitorSelectorNilUsesHelmValues=false \
+  --set grafana.sidecar.dashboards.enabled=true \
+  --set grafana.sidecar.dashboards.searchNamespace=ALL \
   --set alertmanager.enabled=false --wait --timeout 10m
 
 echo ">> kind cluster '$cluster' is ready: next 'make images deploy e2e-kind'"
