@@ -26,11 +26,6 @@ rules-check: prometheus ## promtool check rules + promtool test rules (a unit te
 	$(PROMTOOL) check rules $(PROMETHEUS_RULES)
 	$(PROMTOOL) test rules $(PROMETHEUS_RULE_TESTS)
 
-# The chart renders its PodMonitors and PrometheusRule when the cluster serves the Prometheus
-# operator's API (monitoring.podMonitors.enabled: auto): `make manifests` and `make k8s-check`
-# (mk/k8s.mk) render for such a cluster, as tests/k8s/test_k8s.py does.
-HELM_TEMPLATE += --api-versions monitoring.coreos.com/v1
-
 # `make up` runs Prometheus when it is there: installed first where that is possible (root with
 # apt-get), otherwise `fissure up` says how and starts the stack without it.
 prometheus-if-root:
