@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,16 @@ def _isolated_state(tmp_path, monkeypatch):
     """Every test gets its own .fissure/ and MLflow store; nothing leaks into the checkout."""
     home = tmp_path / "fissure-home"
     monkeypatch.setenv("FISSURE_HOME", str(home))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home}/mlflow.db")
+    uri = f"sqlite:///{home}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("GIT_PYTHON_REFRESH", "quiet")
     monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        # an earlier test's mlflow.set_tracking_uri (fissure.training.tracking) outlives its
+        # environment: without this, MlflowClient() would keep writing to that test's store
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
     yield
 
 

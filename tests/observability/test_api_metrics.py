@@ -389,7 +389,8 @@ def _register(model: str, versions: int, champion: str | None, tmp_path: Path) -
     """Versions of a registered model in the MLflow registry MLFLOW_TRACKING_URI names."""
     from mlflow import MlflowClient
 
-    client = MlflowClient()
+    uri = os.environ["MLFLOW_TRACKING_URI"]  # named: mlflow's process-wide URI may be another test's
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model(model)
     (tmp_path / "model").mkdir(exist_ok=True)
     for _ in range(versions):
