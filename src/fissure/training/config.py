@@ -29,6 +29,9 @@ class TrainConfig(BaseModel):
     model_config = _STRICT
 
     seed: int = Field(0, ge=0)
+    # scratch: new weights; champion: fine-tune from the registered champion's weights (same
+    # architecture required; without a champion it trains from scratch and says so)
+    init: Literal["scratch", "champion"] = "scratch"
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
