@@ -213,8 +213,9 @@ def tensor_to_image(tensor: torch.Tensor, cfg: PreprocessConfig) -> Image.Image:
     return Image.fromarray(np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
-def validate_tensor_batch(batch: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
-    """Check a caller-supplied FP32 tensor [N, 3, H, W]; resize to the model's size."""
+def validate_tensor_batch(batch: torch.Tensor, cfg: PreprocessConfig, resize: bool = True) -> torch.Tensor:
+    """Check a caller-supplied FP32 tensor [N, 3, H, W]; resize to the model's size (unless
+    ``resize`` is False: native-resolution tiling keeps the caller's size)."""
     if batch.dtype != torch.float32:
         raise InputError(f"tensor dtype must be FP32, got {str(batch.dtype).replace('torch.', '')}")
     if batch.ndim != 4 or batch.shape[1] != 3:
@@ -227,7 +228,7 @@ def validate_tensor_batch(batch: torch.Tensor, cfg: PreprocessConfig) -> torch.T
                               "limit (FISSURE_MAX_IMAGE_PIXELS)")
     if not torch.isfinite(batch).all():
         raise InputError("tensor holds NaN or infinite values")
-    if tuple(batch.shape[2:]) != (cfg.size, cfg.size):
+    if resize and tuple(batch.shape[2:]) != (cfg.size, cfg.size):
         batch = torch.nn.functional.interpolate(
             batch, size=(cfg.size, cfg.size), mode="bilinear", align_corners=False
         )
