@@ -12,6 +12,11 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = (REPO_ROOT.parent / "shared" / "datasets").resolve()
 
+# `kube_apiserver`: a real etcd + kube-apiserver v1.34 for the session, for any test folder
+# (tests/cluster/kube_cluster.py says what it runs and how to use it).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "cluster"))
+from kube_cluster import kube_apiserver  # noqa: E402,F401
+
 
 @pytest.fixture(autouse=True)
 def _isolated_state(tmp_path, monkeypatch):
