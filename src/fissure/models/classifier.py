@@ -60,3 +60,25 @@ class CrackClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
+
+
+class EncoderClassifier(nn.Module):
+    """A pretrained backbone (:mod:`fissure.models.encoders`): its pooled 1280-wide embedding,
+    dropout and a new linear layer for ``num_classes``.
+
+    ``pretrained`` loads the ImageNet weights when the model is built (training starts there);
+    loaders of a saved model pass ``pretrained=False``. ``cam_layer`` is the last block (stride 32).
+    """
+
+    def __init__(self, num_classes: int = 2, encoder: str = "efficientnet-lite0", pretrained: bool = True,
+                 dropout: float = 0.2):
+        super().__init__()
+        from fissure.models.encoders import build_encoder
+
+        if num_classes < 2:
+            raise ValueError("num_classes must be >= 2")
+        self.backbone = build_encoder(encoder, pretrained, num_classes=num_classes, dropout=dropout)
+        self.cam_layer = self.backbone._blocks[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)

@@ -233,3 +233,17 @@ def efficientnet_lite0(pretrained: bool = True, *, num_classes: int = 1000, weig
             state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         model.load_state_dict(state, strict=keep_fc)
     return model
+
+
+# --------------------------------------------------------------------------- registry
+
+# What a model spec may name as its ``encoder``: the builder and the input normalisation its
+# weights were trained with (the spec carries the latter, so serving preprocesses the same).
+ENCODERS = {"efficientnet-lite0": efficientnet_lite0}
+ENCODER_NORMALIZATION = {"efficientnet-lite0": (INPUT_MEAN, INPUT_STD)}
+
+
+def build_encoder(name: str, pretrained: bool, **kwargs) -> EfficientNetLite0:
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; known: {sorted(ENCODERS)}")
+    return ENCODERS[name](pretrained, **kwargs)

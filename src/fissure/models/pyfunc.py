@@ -47,7 +47,7 @@ def read(folder: str | Path, map_location: str = "cpu", where: str | None = None
     where = where or str(folder)
     try:
         spec = json.loads((folder / SPEC_FILE).read_text())
-        module = build_model(spec)
+        module = build_model(spec, pretrained=False)  # the state dict holds every weight
         state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         module.load_state_dict(state)
     except FileNotFoundError as exc:

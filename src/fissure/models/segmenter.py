@@ -103,3 +103,67 @@ class AttentionUNet(nn.Module):
             return logits
         heads = self.aux_heads if self.aux_heads is not None else []
         return logits, [head(feature) for head, feature in zip(heads, coarse)]
+
+
+def _crop_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` cut to ``like``'s height and width: an encoder map at stride s is ceil(H/s) wide, so
+    twice the next coarser one can be a pixel larger; TensorFlow-style padding puts that pixel
+    bottom/right, which is where it is cut."""
+    return x[..., : like.shape[-2], : like.shape[-1]]
+
+
+class EncoderAttentionUNet(nn.Module):
+    """A pretrained encoder (:mod:`fissure.models.encoders`) under the attention-gated decoder.
+
+    The encoder gives maps at strides 2..32; a small full-resolution block on the input adds a
+    stride-1 skip (thin cracks are one or two pixels wide, finer than any encoder map). The
+    decoder climbs from stride 32 to 1 with the same pieces as :class:`AttentionUNet`: 2x2
+    transposed conv, an :class:`AttentionGate` on the skip, a :func:`conv_block` of width
+    ``base * stride``. Any input size works (the output has the input's size).
+
+    ``pretrained`` loads the encoder's ImageNet weights when the model is built (training starts
+    there); a saved model's state dict holds every weight, so loaders pass ``pretrained=False``.
+    ``deep_supervision``: heads on the decoder levels at strides 16, 8, 4, 2 (coarsest first).
+    """
+
+    def __init__(self, encoder: str = "efficientnet-lite0", pretrained: bool = True, base: int = 8,
+                 norm: str = "group", deep_supervision: bool = False):
+        super().__init__()
+        from fissure.models.encoders import build_encoder
+
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.encoder = build_encoder(encoder, pretrained)
+        # the ImageNet head (1280-channel conv, classifier) is not used for segmentation
+        for name in ("_conv_head", "_bn1", "_dropout", "_fc"):
+            delattr(self.encoder, name)
+        skip_channels = (base, *self.encoder.feature_channels[:-1])  # strides 1, 2, 4, 8, 16
+        widths = [base * 2**i for i in range(len(skip_channels))]
+        self.stem = conv_block(3, base, norm)
+        cin = self.encoder.feature_channels[-1]
+        ups, gates, decoders = [], [], []
+        for skip, width in zip(reversed(skip_channels), reversed(widths)):
+            ups.append(nn.ConvTranspose2d(cin, width, 2, 2))
+            gates.append(AttentionGate(width, skip, max(min(width, skip) // 2, 1), norm))
+            decoders.append(conv_block(skip + width, width, norm))
+            cin = width
+        self.ups, self.gates, self.decoders = nn.ModuleList(ups), nn.ModuleList(gates), nn.ModuleList(decoders)
+        self.head = nn.Conv2d(base, 1, 1)
+        self.aux_heads = (
+            nn.ModuleList(nn.Conv2d(w, 1, 1) for w in reversed(widths[1:])) if deep_supervision else None
+        )
+
+    def forward(self, x: torch.Tensor, aux: bool = False):
+        skips = [self.stem(x), *self.encoder.features(x)]
+        x = skips.pop()
+        coarse = []
+        for up, gate, dec in zip(self.ups, self.gates, self.decoders):
+            skip = skips.pop()
+            g = _crop_to(up(x), skip)
+            x = dec(torch.cat([gate(g, skip), g], dim=1))
+            coarse.append(x)
+        logits = self.head(x)
+        if not aux:
+            return logits
+        heads = self.aux_heads if self.aux_heads is not None else []
+        return logits, [head(feature) for head, feature in zip(heads, coarse)]

@@ -66,23 +66,33 @@ class TrainConfig(BaseModel):
         return self.model_dump()
 
 
+# ``encoder``: a pretrained backbone from fissure.models.encoders, or none (the from-scratch model)
+Encoder = Literal["none", "efficientnet-lite0"]
+
+
 class ClassifierArch(BaseModel):
-    """``train_classifier.model``: the arguments of :class:`fissure.models.classifier.CrackClassifier`."""
+    """``train_classifier.model``: the arguments of :class:`fissure.models.classifier.CrackClassifier`
+    (``encoder: none``), or of :class:`~fissure.models.classifier.EncoderClassifier`."""
 
     model_config = _STRICT
 
-    width: int = Field(16, ge=1)
-    blocks: int = Field(1, ge=1)
+    encoder: Encoder = "none"
+    pretrained: bool = True  # with an encoder: start from its ImageNet weights
+    width: int = Field(16, ge=1)  # from scratch only
+    blocks: int = Field(1, ge=1)  # from scratch only
     dropout: float = Field(0.1, ge=0, lt=1)
 
 
 class SegmenterArch(BaseModel):
-    """``train_segmenter.model``: the arguments of :class:`fissure.models.segmenter.AttentionUNet`."""
+    """``train_segmenter.model``: the arguments of :class:`fissure.models.segmenter.AttentionUNet`
+    (``encoder: none``), or of :class:`~fissure.models.segmenter.EncoderAttentionUNet`."""
 
     model_config = _STRICT
 
-    base: int = Field(16, ge=1)
-    depth: int = Field(4, ge=1)
+    encoder: Encoder = "none"
+    pretrained: bool = True  # with an encoder: start from its ImageNet weights
+    base: int = Field(16, ge=1)  # decoder width at full resolution (doubling per level)
+    depth: int = Field(4, ge=1)  # from scratch only (an encoder fixes five levels)
     norm: Literal["batch", "group"] = "batch"  # segmenter.NORMS
     deep_supervision: bool = False
 
