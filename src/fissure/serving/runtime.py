@@ -4,6 +4,10 @@ The TorchServe handler (:mod:`fissure.serving.handler`) wraps a :class:`ModelRun
 the in-process baselines of the serving benchmark. Decoding goes through
 :mod:`fissure.preprocess`, the module training uses, so there is no train/serve skew.
 
+Models whose spec says ``tiling.mode: tile`` see images at their own resolution (up to the
+tiling budget) in overlapping tiles (:mod:`fissure.models.tiling`); the others see the whole
+image resized to the model's size, as before.
+
 Every input is checked against the pixel limits (``FISSURE_MAX_IMAGE_PIXELS`` per image, and,
 with a :class:`PixelBudget`, ``FISSURE_MAX_REQUEST_PIXELS`` per request) before anything of its
 size is allocated: declared shapes and sizes are numbers a caller chose.
@@ -18,11 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from fissure.errors import FissureError, InputError, PayloadTooLarge, status_of
 from fissure.models import build_model, preprocess_config
-from fissure.preprocess import finish_decode, image_to_tensor, normalize, open_image, validate_tensor_batch
+from fissure.models import tiling as T
+from fissure.preprocess import (finish_decode, image_to_array, image_to_tensor, normalize, open_image,
+                                validate_tensor_batch)
 from fissure.serving import codec
 from fissure.settings import settings
 
@@ -33,10 +40,16 @@ META_FILE = "fissure-model.json"
 
 @dataclass
 class Prepared:
-    """One image ready for the model: normalised tensor [3, S, S] and the caller's size (h, w)."""
+    """One image ready for the model: normalised tensor [3, S, S] and the caller's size (h, w).
 
-    tensor: torch.Tensor
+    With tiling, ``native`` holds the image at its working size (uint8 [H', W', 3] pixels, or a
+    caller's float [3, H', W'] tensor), normalised tile by tile; ``tensor`` is then only there
+    for a classifier's whole-image label (None for a segmenter).
+    """
+
+    tensor: torch.Tensor | None
     size: tuple[int, int]
+    native: torch.Tensor | None = None
 
 
 class OverBudget(PayloadTooLarge):
@@ -90,6 +103,7 @@ class ModelRuntime:
         self.task = spec["task"]
         self.classes = list(spec.get("classes") or [])
         self.cfg = preprocess_config(spec)
+        self.tiling = T.tiling_config(spec)
         self.threshold = float(spec.get("threshold", 0.5))
         self.name = self.meta.get("name") or spec.get("name") or self.task
         self.version = str(self.meta.get("version") or "1")
@@ -115,22 +129,41 @@ class ModelRuntime:
         if budget is not None:
             budget.spend(img.width * img.height)
         img = finish_decode(img)
+        if self.tiling.tiles:
+            return self._tiled(torch.from_numpy(T.to_pixels(img, self.tiling)), (img.height, img.width), img)
         return Prepared(image_to_tensor(img, self.cfg), (img.height, img.width))
 
+    def _tiled(self, native: torch.Tensor, size: tuple[int, int], img=None) -> Prepared:
+        """A tiling item; a classifier also gets the whole image at model size for its label
+        (from the decoded image when there is one: the same pixels as without tiling)."""
+        whole = None
+        if self.task == "classify":
+            if native.dtype == torch.uint8:
+                arr = image_to_array(img if img is not None else Image.fromarray(native.numpy()), self.cfg)
+                whole = normalize(torch.from_numpy(arr)[None], self.cfg)[0]
+            else:
+                whole = F.interpolate(native[None], size=(self.cfg.size, self.cfg.size), mode="bilinear",
+                                      align_corners=False)[0]
+        return Prepared(whole, size, native)
+
     def prepare_pixels(self, data: bytes, shape, size, budget: PixelBudget | None = None) -> Prepared:
-        """An image the front decoded and resized (uint8 [S, S, 3], see image_to_array).
+        """An image the front decoded and resized (uint8 [S, S, 3], see image_to_array; with
+        tiling, uint8 [H', W', 3] at the working size of tiling.model_pixels).
 
         ``size`` [h, w] is the image's own size, which masks and heatmaps are upsampled to: it is
         checked against the pixel limits before anything of that size exists.
         """
-        expected = [self.cfg.size, self.cfg.size, 3]
-        if _ints(shape) != expected or len(data) != 3 * self.cfg.size ** 2:
-            raise InputError(f"pixels must be uint8 {expected}, got shape {shape!r} and {len(data)} bytes")
         h, w = _image_size(size)
+        hw = T.working_size(h, w, self.tiling) if self.tiling.tiles else (self.cfg.size, self.cfg.size)
+        expected = [*hw, 3]
+        if _ints(shape) != expected or len(data) != 3 * hw[0] * hw[1]:
+            raise InputError(f"pixels must be uint8 {expected}, got shape {shape!r} and {len(data)} bytes")
         if budget is not None:
             budget.spend(h * w)
-        pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(1, *expected)
-        return Prepared(normalize(pixels, self.cfg)[0], (h, w))
+        pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(*expected)
+        if self.tiling.tiles:
+            return self._tiled(pixels, (h, w))
+        return Prepared(normalize(pixels[None], self.cfg)[0], (h, w))
 
     def prepare_tensor(self, data: bytes, shape, dtype: str = "float32",
                        budget: PixelBudget | None = None) -> list[Prepared]:
@@ -154,26 +187,42 @@ class ModelRuntime:
         if budget is not None:
             budget.spend(n * h * w)
         arr = np.frombuffer(data, dtype="<f4").reshape(dims).astype(np.float32)  # one native, writable copy
-        batch = validate_tensor_batch(torch.from_numpy(arr), self.cfg)
-        return [Prepared(t, (h, w)) for t in batch]
+        batch = validate_tensor_batch(torch.from_numpy(arr), self.cfg, resize=not self.tiling.tiles)
+        if not self.tiling.tiles:
+            return [Prepared(t, (h, w)) for t in batch]
+        wh = T.working_size(h, w, self.tiling)
+        if wh != (h, w):
+            batch = F.interpolate(batch, size=wh, mode="bilinear", align_corners=False, antialias=True)
+        return [self._tiled(t, (h, w)) for t in batch]
 
     # ------------------------------------------------------------------ predict
     def predict(self, items: list[Prepared]) -> list[dict]:
         if not items:
             return []
+        if self.tiling.tiles and self.task != "classify":
+            with torch.inference_mode():
+                return [self._segment_result(*self._tiled_map(item)) for item in items]
         batch = self._batch(items)
         with torch.inference_mode():
             out = self.module(batch)
         if self.task == "classify":
-            return self._classify(out, items)
+            results = self._classify(out, items)
+            if self.tiling.tiles:
+                with torch.inference_mode():
+                    for result, item in zip(results, items):
+                        result["tile_map"] = self._tile_map(item)
+            return results
         return self._segment(out, items)
 
     def _batch(self, items: list[Prepared]) -> torch.Tensor:
         return torch.stack([p.tensor for p in items]).to(self.device, non_blocking=True)
 
+    def _names(self, n: int) -> list[str]:
+        return self.classes or [str(i) for i in range(n)]
+
     def _classify(self, logits: torch.Tensor, items) -> list[dict]:
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-        names = self.classes or [str(i) for i in range(probs.shape[1])]
+        names = self._names(probs.shape[1])
         results = []
         for row in probs:
             k = int(row.argmax())
@@ -199,30 +248,71 @@ class ModelRuntime:
         # confidence: mean over pixels of max(p, 1 - p), at model size as the training profile's
         # (drift.segmenter_confidence), so a 12 MP mask costs no extra pass
         confidence = torch.maximum(probs, 1 - probs).flatten(1).mean(1).tolist()
-        results = []
-        for prob, conf in zip(self._probability_maps(logits, items, probs), confidence):
-            mask = prob >= self.threshold
-            results.append({
-                "size": [int(mask.shape[0]), int(mask.shape[1])],
-                "crack_ratio": round(float(mask.mean()), 6),
-                "confidence": round(float(conf), 6),
-                "boxes": codec.mask_boxes(mask),
-                "mask_rle": codec.rle_encode(mask),
-                "mask_png": codec.b64encode(codec.mask_to_png(mask)),
-            })
-        return results
+        return [self._segment_result(prob, conf)
+                for prob, conf in zip(self._probability_maps(logits, items, probs), confidence)]
+
+    def _segment_result(self, prob: np.ndarray, confidence: float, tiling: dict | None = None) -> dict:
+        mask = prob >= self.threshold
+        result = {
+            "size": [int(mask.shape[0]), int(mask.shape[1])],
+            "crack_ratio": round(float(mask.mean()), 6),
+            "confidence": round(float(confidence), 6),
+            "boxes": codec.mask_boxes(mask),
+            "mask_rle": codec.rle_encode(mask),
+            "mask_png": codec.b64encode(codec.mask_to_png(mask)),
+        }
+        if tiling is not None:
+            result["tiling"] = tiling
+        return result
+
+    # ------------------------------------------------------------------ tiling
+    def _tiled_map(self, item: Prepared) -> tuple[np.ndarray, float, dict]:
+        """(crack probabilities at the image's own size, confidence, how it was tiled).
+
+        Confidence here is over the tiled map, at the working size: with tiling there is no
+        model-size map (the drift profile's was made at model size; see docs/serving.md)."""
+        working = T.image_hw(item.native)
+        prob, n = T.segment_probabilities(self.module, item.native, self.cfg, self.tiling, device=self.device)
+        confidence = float(torch.maximum(prob, 1 - prob).mean())
+        if working != tuple(item.size):
+            prob = F.interpolate(prob[None, None], size=item.size, mode="bilinear", align_corners=False)[0, 0]
+        return prob.cpu().numpy(), confidence, T.describe(self.tiling, item.size, working, n)
+
+    def _tile_map(self, item: Prepared) -> dict:
+        """A classifier's class probabilities per tile, with each tile's place in original pixels."""
+        working = T.image_hw(item.native)
+        grid = T.predict_grid(lambda x: torch.softmax(self.module(x).float(), dim=1), item.native, self.cfg,
+                              self.tiling, self.device).numpy()
+        names = self._names(grid.shape[-1])
+        sy, sx = item.size[0] / working[0], item.size[1] / working[1]
+        tile_map = {
+            **T.describe(self.tiling, item.size, working, grid.shape[0] * grid.shape[1]),
+            "grid": [int(grid.shape[0]), int(grid.shape[1])],
+            "y": [round(y * sy) for y in T.tile_positions(working[0], self.tiling.tile, self.tiling.stride)],
+            "x": [round(x * sx) for x in T.tile_positions(working[1], self.tiling.tile, self.tiling.stride)],
+            "tile_px": [min(item.size[0], round(self.tiling.tile * sy)), min(item.size[1], round(self.tiling.tile * sx))],
+            "classes": names,
+            "labels": [[names[int(k)] for k in row] for row in grid.argmax(-1)],
+            "probabilities": np.round(grid, 4).tolist(),
+        }
+        if "crack" in names:
+            tile_map["crack"] = np.round(grid[..., names.index("crack")], 4).tolist()
+        return tile_map
 
     # ------------------------------------------------------------------ explain
     def explain(self, items: list[Prepared]) -> list[dict]:
         """Grad-CAM (classifier, on ``module.cam_layer``) or the probability map (segmenter)."""
         if not items:
             return []
-        batch = self._batch(items)
         if self.task != "classify":
             with torch.inference_mode():
-                maps = self._probability_maps(self.module(batch), items)
+                if self.tiling.tiles:
+                    maps = [self._tiled_map(item)[0] for item in items]
+                else:
+                    maps = self._probability_maps(self.module(self._batch(items)), items)
             return [{"method": "probability-map", "heatmap_png": codec.b64encode(codec.heatmap_to_png(m)),
                      "summary": codec.summarize(m)} for m in maps]
+        batch = self._batch(items)
         layer = getattr(self.module, "cam_layer", None)
         if layer is None:
             raise FissureError("this classifier has no cam_layer to explain")

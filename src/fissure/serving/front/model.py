@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from fissure.errors import FissureError, InputError, Unavailable
 from fissure.models import preprocess_config
+from fissure.models.tiling import model_pixels, tiling_config
 from fissure.observability.drift import input_stats
 from fissure.preprocess import decode_image, image_to_array, open_image
 from fissure.serving import codec
@@ -66,6 +67,7 @@ class FrontModel(kserve.Model):
         self.classes = list(spec.get("classes") or [])
         self.preprocess_config = preprocess_config(spec)
         self.size = self.preprocess_config.size
+        self.tiling = tiling_config(spec)  # tile: images go to the model at their own resolution
         self.version = str(meta.get("version") or "1")
         self.limits = limits or Limits.from_settings()
         self.ready = False
@@ -89,7 +91,7 @@ class FrontModel(kserve.Model):
                 {"name": "label", "datatype": "BYTES", "shape": [-1]},
                 {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self.classes)]},
                 {"name": "score", "datatype": "FP32", "shape": [-1]},
-            ]
+            ] + ([{"name": "tile_map", "datatype": "BYTES", "shape": [-1]}] if self.tiling.tiles else [])
         return [
             {"name": "mask_png", "datatype": "BYTES", "shape": [-1]},
             {"name": "mask_rle", "datatype": "BYTES", "shape": [-1]},
@@ -195,10 +197,13 @@ class FrontModel(kserve.Model):
         just made, so they cost no second pass over the full image."""
         try:
             img = decode_image(data)
-            pixels = image_to_array(img, self.preprocess_config)
+            pixels = model_pixels(img, self.preprocess_config, self.tiling)
         except Exception as exc:  # noqa: BLE001 - a bad image fails alone, as in the worker
             return error_result(exc), None
-        stats = input_stats(pixels, (img.height, img.width)) if self.metrics is not None else None
+        stats = None
+        if self.metrics is not None:  # at model size, as the training profile's (also when tiling)
+            small = image_to_array(img, self.preprocess_config) if self.tiling.tiles else pixels
+            stats = input_stats(small, (img.height, img.width))
         entry = {"kind": "pixels", "shape": list(pixels.shape), "size": [img.height, img.width]}, pixels.tobytes()
         return entry, stats
 

@@ -192,6 +192,8 @@ def v2_response(request: InferRequest, model_name: str, version: str, task: str,
         outputs = [_out("label", [n], "BYTES", [r["label"] if good else "" for r, good in zip(results, ok)]),
                    _out("probabilities", [n, c], "FP32", [p for row in probs for p in row]),
                    _out("score", [n], "FP32", floats("score"))]
+        if any(good and "tile_map" in r for r, good in zip(results, ok)):  # tiling classifiers (large photos)
+            outputs.append(_out("tile_map", [n], "BYTES", js(lambda r: r.get("tile_map"))))
     else:
         outputs = [_out("mask_png", [n], "BYTES", png("mask_png")),
                    _out("mask_rle", [n], "BYTES", js(lambda r: r["mask_rle"])),
