@@ -123,7 +123,12 @@ k8s-check: k8s-tools k8s-schemas ## offline Kubernetes checks: lint, template, u
 	  || { echo "manifests/rendered/fissure.yaml is stale: run 'make manifests'" >&2; exit 1; }; \
 	echo ">> k8s-check: all green"
 
-manifests: $(K8S_STAMPS)/helm-$(HELM_VERSION) ## regenerate manifests/rendered/ (helm template, default values)
+# Targets that run helm depend on the binary, not only on its version stamp: a stamp left
+# behind by a deleted ~/.cache/fissure/bin/helm must not let them run without it.
+$(HELM): | $(K8S_STAMPS)/helm-$(HELM_VERSION)
+	@test -x $@ || { rm -f $(K8S_STAMPS)/helm-*; $(MAKE) --no-print-directory $(K8S_STAMPS)/helm-$(HELM_VERSION); }
+
+manifests: $(K8S_STAMPS)/helm-$(HELM_VERSION) $(HELM) ## regenerate manifests/rendered/ (helm template, default values)
 	@mkdir -p manifests/rendered
 	@$(RENDERED_CMD) > manifests/rendered/fissure.yaml
 	@echo ">> wrote manifests/rendered/fissure.yaml"
@@ -135,8 +140,8 @@ IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' $
 IMAGE_PREFIX ?= ghcr.io/fissure
 GATEWAY_HOST ?= fissure.localtest.me
 
-kind-up: ## [needs Docker] kind cluster + cert-manager, KServe v0.20, Argo, Prometheus, Gateway
-	HELM=$${HELM:-helm} manifests/kind/up.sh $(KIND_CLUSTER)
+kind-up: $(STAMP) $(HELM) ## [needs Docker] kind cluster + cert-manager, KServe v0.20, Argo, Prometheus, Gateway
+	HELM=$(HELM) manifests/kind/up.sh $(KIND_CLUSTER)
 
 images: ## [needs Docker] build the serving, training and API images and load them into kind
 	docker build -f serving/Dockerfile -t $(IMAGE_PREFIX)/fissure-serving:$(IMAGE_TAG) .
@@ -145,7 +150,7 @@ images: ## [needs Docker] build the serving, training and API images and load th
 	kind load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)/fissure-serving:$(IMAGE_TAG) \
 	  $(IMAGE_PREFIX)/fissure-training:$(IMAGE_TAG) $(IMAGE_PREFIX)/fissure-api:$(IMAGE_TAG)
 
-deploy: $(K8S_STAMPS)/helm-$(HELM_VERSION) ## [needs a cluster] create secrets if absent, upload models, helm upgrade --install
+deploy: $(K8S_STAMPS)/helm-$(HELM_VERSION) $(HELM) ## [needs a cluster] create secrets if absent, upload models, helm upgrade --install
 	manifests/kind/secrets.sh $(NAMESPACE)
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace \
 	  --set servingRuntime.image.tag=$(IMAGE_TAG) --set servingRuntime.image.pullPolicy=Never \
@@ -154,7 +159,7 @@ deploy: $(K8S_STAMPS)/helm-$(HELM_VERSION) ## [needs a cluster] create secrets i
 	  --wait --timeout 10m $(HELM_ARGS)
 	manifests/kind/upload-models.sh $(NAMESPACE) $(RELEASE)
 
-e2e-kind: $(K8S_STAMPS)/helm-$(HELM_VERSION) ## [needs a cluster] helm test, then REST (curl) and gRPC (fissure predict) via the gateway
+e2e-kind: $(K8S_STAMPS)/helm-$(HELM_VERSION) $(HELM) ## [needs a cluster] helm test, then REST (curl) and gRPC (fissure predict) via the gateway
 	HELM=$(HELM) manifests/kind/e2e.sh $(NAMESPACE) $(RELEASE) $(GATEWAY_HOST)
 
 kind-down: ## [needs Docker] delete the kind cluster

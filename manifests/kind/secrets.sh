@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
-# Creates the Secrets the fissure chart references, once, with random passwords. Existing
-# Secrets are left alone (so upgrades keep their passwords). Nothing is written to disk.
+# Makes the release's namespace with Pod Security `restricted` enforced, and creates the Secrets
+# the fissure chart references, once, with random passwords. Existing Secrets are left alone
+# (so upgrades keep their passwords). Nothing is written to disk.
 set -euo pipefail
 ns="${1:-fissure}"
-kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f -
+# Server-side apply under our own field manager: re-running it (or anyone else applying the
+# namespace) keeps the labels; a client-side apply of a bare namespace used to drop them.
+kubectl apply --server-side --field-manager=fissure-namespace -f - <<EOF_NS
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: $ns
+  labels:
+    # the restricted Pod Security Standard: the chart's pods, KServe's storage initializer and
+    # Argo's executor containers (manifests/kind/render-upstream.py) comply
+    pod-security.kubernetes.io/enforce: restricted
+    pod-security.kubernetes.io/enforce-version: latest
+    pod-security.kubernetes.io/warn: restricted
+    pod-security.kubernetes.io/warn-version: latest
+EOF_NS
 rand() { LC_ALL=C tr -dc 'A-Za-z0-9' </dev/urandom | head -c 32; }
 exists() { kubectl -n "$ns" get secret "$1" >/dev/null 2>&1; }
 

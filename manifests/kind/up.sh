@@ -6,12 +6,12 @@
 # machines (they have no Docker engine).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-# shellcheck source=versions.env
+# shellcheck source=manifests/kind/versions.env
 source "$here/versions.env"
 cluster="${1:-fissure}"
 helm="${HELM:-helm}"
 
-for tool in docker kind kubectl "$helm"; do
+for tool in docker kind kubectl curl "$helm"; do
   command -v "$tool" >/dev/null || { echo "kind-up: '$tool' is not installed" >&2; exit 1; }
 done
 
@@ -20,36 +20,58 @@ if ! kind get clusters | grep -qx "$cluster"; then
 fi
 kubectl config use-context "kind-$cluster"
 
+# Upstream manifests: the pinned copies in ../shared/k8s-upstream when present, else the release URLs.
+upstream_dir="$(cd "$here/../../.." && pwd)/shared/k8s-upstream"
+dl="$(mktemp -d)"; trap 'rm -rf "$dl"' EXIT
+upstream() {  # upstream LOCAL_SUBDIR FILE URL -> path of the file
+  if [ -f "$upstream_dir/$1/$2" ]; then echo "$upstream_dir/$1/$2"
+  else curl -fsSL -o "$dl/$1-$2" "$3" && echo "$dl/$1-$2"; fi
+}
+# Server-side apply, again after the CRDs it just created are established (custom resources
+# in the same file are refused until then) and while a webhook's endpoints come up.
+apply() {
+  local i
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    kubectl apply --server-side --field-manager=fissure-kind-up "$@" && return 0
+    echo ">> apply not complete yet (attempt $i): waiting for CRDs and webhooks" >&2
+    kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null || true
+    sleep 10
+  done
+  return 1
+}
+python="$here/../../.venv/bin/python"; [ -x "$python" ] || python=python3
+
 echo ">> cert-manager $CERT_MANAGER_VERSION"
-kubectl apply -f "https://github.com/cert-manager/cert-manager/releases/download/$CERT_MANAGER_VERSION/cert-manager.yaml"
+apply -f "https://github.com/cert-manager/cert-manager/releases/download/$CERT_MANAGER_VERSION/cert-manager.yaml"
 kubectl -n cert-manager rollout status deploy --timeout=300s
 
 echo ">> Gateway API $GATEWAY_API_VERSION (standard channel) + Envoy Gateway $ENVOY_GATEWAY_VERSION"
-kubectl apply --server-side -f "https://github.com/kubernetes-sigs/gateway-api/releases/download/$GATEWAY_API_VERSION/standard-install.yaml"
+apply -f "$(upstream "gateway-api-$GATEWAY_API_VERSION" standard-install.yaml \
+  "https://github.com/kubernetes-sigs/gateway-api/releases/download/$GATEWAY_API_VERSION/standard-install.yaml")"
 "$helm" upgrade --install eg oci://docker.io/envoyproxy/gateway-helm --version "$ENVOY_GATEWAY_VERSION" \
   --namespace envoy-gateway-system --create-namespace --skip-crds --wait --timeout 10m
-kubectl apply -f "$here/gateway.yaml"
+apply -f "$here/gateway.yaml"
 
-echo ">> KServe $KSERVE_VERSION (Standard mode, Gateway API)"
-kubectl apply --server-side -f "https://github.com/kserve/kserve/releases/download/$KSERVE_VERSION/kserve.yaml"
-kubectl -n kserve rollout status deploy/kserve-controller-manager --timeout=300s
-kubectl apply --server-side -f "https://github.com/kserve/kserve/releases/download/$KSERVE_VERSION/kserve-cluster-resources.yaml"
-# Standard mode by default; the fissure chart creates its own routes, so KServe need not.
-kubectl -n kserve get configmap inferenceservice-config -o json | python3 -c '
-import json, sys
-cm = json.load(sys.stdin)
-deploy = json.loads(cm["data"].get("deploy", "{}")); deploy["defaultDeploymentMode"] = "Standard"
-ingress = json.loads(cm["data"].get("ingress", "{}"))
-ingress.update({"enableGatewayApi": True, "kserveIngressGateway": "fissure-gateway/fissure-gateway",
-                "disableIngressCreation": True})
-cm["data"]["deploy"] = json.dumps(deploy); cm["data"]["ingress"] = json.dumps(ingress)
-json.dump(cm, sys.stdout)' | kubectl apply -f -
-kubectl -n kserve rollout restart deploy/kserve-controller-manager
-kubectl -n kserve rollout status deploy/kserve-controller-manager --timeout=300s
+echo ">> KServe $KSERVE_VERSION (Standard mode, Gateway API, restricted storage initializer)"
+# render-upstream.py adds the kserve Namespace and sets our inferenceservice-config and the
+# storage initializer's securityContext in the manifest itself: one apply, re-runnable.
+"$python" "$here/render-upstream.py" kserve --gateway fissure-gateway/fissure-gateway \
+  "$(upstream "kserve-$KSERVE_VERSION" kserve.yaml \
+     "https://github.com/kserve/kserve/releases/download/$KSERVE_VERSION/kserve.yaml")" > "$dl/kserve.yaml"
+apply -f "$dl/kserve.yaml"
+# Every controller, llmisvc-controller-manager included: it serves the webhook that validates
+# the LLMInferenceServiceConfigs in kserve-cluster-resources.yaml (apply() retries while its
+# endpoints and certificate come up).
+kubectl -n kserve rollout status deploy --timeout=300s
+apply -f "$(upstream "kserve-$KSERVE_VERSION" kserve-cluster-resources.yaml \
+  "https://github.com/kserve/kserve/releases/download/$KSERVE_VERSION/kserve-cluster-resources.yaml")"
 
-echo ">> Argo Workflows $ARGO_WORKFLOWS_VERSION"
-kubectl create namespace argo --dry-run=client -o yaml | kubectl apply -f -
-kubectl apply --server-side -n argo -f "https://github.com/argoproj/argo-workflows/releases/download/$ARGO_WORKFLOWS_VERSION/install.yaml"
+echo ">> Argo Workflows $ARGO_WORKFLOWS_VERSION (executor with a restricted securityContext)"
+kubectl get namespace argo >/dev/null 2>&1 || kubectl create namespace argo
+"$python" "$here/render-upstream.py" argo \
+  "$(upstream "argo-workflows-$ARGO_WORKFLOWS_VERSION" install.yaml \
+     "https://github.com/argoproj/argo-workflows/releases/download/$ARGO_WORKFLOWS_VERSION/install.yaml")" > "$dl/argo.yaml"
+apply -n argo -f "$dl/argo.yaml"
 kubectl -n argo rollout status deploy --timeout=300s
 
 echo ">> kube-prometheus-stack $KUBE_PROMETHEUS_STACK_VERSION (selects every PodMonitor; Grafana loads fissure's dashboards)"

@@ -4,6 +4,9 @@
 # already packaged under $FISSURE_KSERVE_DIR, and copies them into the
 # in-cluster MinIO at s3://fissure-models/<model>/champion (the chart's default storageUri),
 # using a short-lived pod with the MinIO client, then restarts the predictors.
+# The MinIO client image has no `tar`, so `kubectl cp` cannot copy into it: each file is
+# streamed through `kubectl exec -i ... mc pipe` instead, and the alias comes from the
+# MC_HOST_<alias> variable (no shell needed in the image).
 set -euo pipefail
 ns="${1:-fissure}"; release="${2:-fissure}"
 src="${FISSURE_KSERVE_DIR:-.fissure/kserve}"
@@ -16,14 +19,18 @@ done
 
 pod=fissure-upload-models
 kubectl -n "$ns" delete pod "$pod" --ignore-not-found >/dev/null
+# $(U) and $(P) are Kubernetes' own dependent-variable references, expanded by the kubelet
+# shellcheck disable=SC2016
 kubectl -n "$ns" run "$pod" --image "$mc_image" --restart=Never \
-  --overrides='{"spec":{"securityContext":{"runAsNonRoot":true,"runAsUser":1000,"seccompProfile":{"type":"RuntimeDefault"}},"containers":[{"name":"fissure-upload-models","image":"'"$mc_image"'","command":["sleep","600"],"securityContext":{"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}},"env":[{"name":"U","valueFrom":{"secretKeyRef":{"name":"fissure-minio","key":"root-user"}}},{"name":"P","valueFrom":{"secretKeyRef":{"name":"fissure-minio","key":"root-password"}}}]}]}}' >/dev/null
+  --overrides='{"spec":{"securityContext":{"runAsNonRoot":true,"runAsUser":1000,"seccompProfile":{"type":"RuntimeDefault"}},"containers":[{"name":"fissure-upload-models","image":"'"$mc_image"'","command":["sleep","600"],"securityContext":{"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}},"env":[{"name":"U","valueFrom":{"secretKeyRef":{"name":"fissure-minio","key":"root-user"}}},{"name":"P","valueFrom":{"secretKeyRef":{"name":"fissure-minio","key":"root-password"}}},{"name":"MC_HOST_m","value":"http://$(U):$(P)@'"$release"'-minio:9000"},{"name":"MC_CONFIG_DIR","value":"/tmp/mc"}]}]}}' >/dev/null
 trap 'kubectl -n "$ns" delete pod "$pod" --ignore-not-found --wait=false >/dev/null' EXIT
 kubectl -n "$ns" wait --for=condition=Ready "pod/$pod" --timeout=120s
-kubectl -n "$ns" exec "$pod" -- sh -c "mc --config-dir /tmp/mc alias set m http://$release-minio:9000 \"\$U\" \"\$P\" >/dev/null"
 for model in crack-classifier crack-segmenter; do
   [ -d "$src/$model" ] || { echo "upload-models: no $src/$model, skipped"; continue; }
-  kubectl -n "$ns" cp "$src/$model" "$pod:/tmp/$model"
-  kubectl -n "$ns" exec "$pod" -- mc --config-dir /tmp/mc mirror --overwrite "/tmp/$model" "m/fissure-models/$model/champion"
+  (cd "$src/$model" && find . -type f | sed 's|^\./||' | sort) | while IFS= read -r rel; do
+    echo ">> s3://fissure-models/$model/champion/$rel"
+    kubectl -n "$ns" exec -i "$pod" -- mc --config-dir /tmp/mc pipe "m/fissure-models/$model/champion/$rel" \
+      < "$src/$model/$rel" >/dev/null
+  done
   kubectl -n "$ns" rollout restart deploy -l "serving.kserve.io/inferenceservice=$model" || true
 done
