@@ -1,0 +1,166 @@
+"""Native-resolution serving: ModelRuntime (the in-process runtime's and the TorchServe handler's)
+and the front for models whose spec says ``tiling.mode: tile``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from fissure.errors import InputError
+from fissure.models import build_model, default_spec
+from fissure.models.tiling import grid_shape, model_pixels
+from fissure.preprocess import normalize
+from fissure.serving import codec
+from fissure.serving.front.model import InProcessModel
+from fissure.serving.front.protocol import parse_v2_rest
+from fissure.serving.runtime import ModelRuntime, OverBudget, PixelBudget
+
+
+class PointwiseSegmenter(nn.Module):
+    """Per-pixel logits: the tiled mask must equal the whole image's, pixel for pixel."""
+
+    def forward(self, x):
+        return (x[:, :1] - x[:, 2:3]) * 3.0
+
+
+def _photo(h=700, w=1000, seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    arr[h // 3 : h // 3 + 3] = (255, 0, 0)  # a thin line the pointwise model marks
+    return Image.fromarray(arr)
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _spec(task: str, **tiling) -> dict:
+    params = {"base": 8, "depth": 2, "size": 128} if task == "segment" else {"width": 8, "size": 128}
+    spec = default_spec(task, **params)
+    spec["tiling"] = {"mode": "tile", "overlap": 16, **tiling}
+    return spec
+
+
+def _mask(result) -> np.ndarray:
+    return codec.rle_decode(result["mask_rle"])
+
+
+def test_segmenter_mask_at_the_original_size_equals_the_whole_image_map():
+    spec = _spec("segment")
+    rt = ModelRuntime(PointwiseSegmenter(), spec)
+    img = _photo()
+    item = rt.prepare_image(_png(img), PixelBudget())
+    assert item.native.shape == (700, 1000, 3) and item.tensor is None
+    result = rt.predict([item])[0]
+    assert result["size"] == [700, 1000]
+    assert result["tiling"] == {"tile": 128, "overlap": 16, "tiles": 7 * 9, "scale": 1.0}
+    pixels = torch.from_numpy(np.asarray(img).copy())[None]
+    expected = (torch.sigmoid(PointwiseSegmenter()(normalize(pixels, rt.cfg)))[0, 0] >= rt.threshold).numpy()
+    mask = _mask(result)
+    assert mask.shape == (700, 1000)
+    assert (mask == expected).mean() > 0.9999  # float rounding at the threshold only
+    assert mask[700 // 3 + 1].mean() == 1.0  # the thin line survives at full resolution
+
+
+def test_front_pixels_and_tensor_paths_give_the_same_mask():
+    rt = ModelRuntime(PointwiseSegmenter(), _spec("segment"))
+    img = _photo(333, 517, seed=2)  # odd sizes
+    px = model_pixels(img, rt.cfg, rt.tiling)
+    assert px.shape == (333, 517, 3)
+    by_pixels = rt.predict([rt.prepare_pixels(px.tobytes(), list(px.shape), [333, 517])])[0]
+    by_image = rt.predict([rt.prepare_image(_png(img))])[0]
+    assert by_pixels["mask_rle"] == by_image["mask_rle"] and by_pixels["size"] == [333, 517]
+    t = normalize(torch.from_numpy(px.copy())[None], rt.cfg).contiguous().numpy().astype("<f4")
+    by_tensor = rt.predict(rt.prepare_tensor(t.tobytes(), list(t.shape)))[0]
+    assert by_tensor["size"] == [333, 517] and (_mask(by_tensor) == _mask(by_image)).mean() > 0.9999
+    with pytest.raises(InputError, match=r"pixels must be uint8 \[333, 517, 3\]"):
+        rt.prepare_pixels(bytes(128 * 128 * 3), [128, 128, 3], [333, 517])
+
+
+def test_over_the_tiling_budget_the_image_is_downscaled_first_and_the_result_says_so():
+    rt = ModelRuntime(PointwiseSegmenter(), _spec("segment", max_pixels=100_000))
+    img = _photo()
+    px = model_pixels(img, rt.cfg, rt.tiling)
+    assert px.shape[0] * px.shape[1] <= 100_000 and px.shape[:2] == (264, 377)
+    result = rt.predict([rt.prepare_pixels(px.tobytes(), list(px.shape), [700, 1000])])[0]
+    assert result["size"] == [700, 1000] and _mask(result).shape == (700, 1000)
+    assert result["tiling"]["downscaled_to"] == [264, 377] and result["tiling"]["scale"] < 0.4
+    assert "0.1 MP tiling budget" in result["tiling"]["note"]
+
+
+def test_the_request_pixel_budget_counts_original_pixels():
+    rt = ModelRuntime(PointwiseSegmenter(), _spec("segment"))
+    budget = PixelBudget()
+    budget.limit = 1_000_000
+    rt.prepare_image(_png(_photo()), budget)
+    with pytest.raises(OverBudget, match="FISSURE_MAX_REQUEST_PIXELS"):
+        rt.prepare_image(_png(_photo()), budget)
+
+
+def test_real_segmenter_tiles_a_1000x700_photo():
+    spec = _spec("segment")
+    torch.manual_seed(0)
+    rt = ModelRuntime(build_model(spec), spec)
+    result = rt.predict([rt.prepare_image(_png(_photo()))])[0]
+    assert result["size"] == [700, 1000] and _mask(result).shape == (700, 1000)
+    explained = rt.explain([rt.prepare_image(_png(_photo()))])[0]
+    assert explained["summary"]["size"] == [700, 1000]
+
+
+def test_classifier_keeps_its_label_and_adds_a_tile_map():
+    spec = _spec("classify")
+    torch.manual_seed(0)
+    module = build_model(spec)
+    tiled = ModelRuntime(module, spec)
+    plain = ModelRuntime(module, {k: v for k, v in spec.items() if k != "tiling"})
+    data = _png(_photo())
+    result = tiled.predict([tiled.prepare_image(data)])[0]
+    before = plain.predict([plain.prepare_image(data)])[0]
+    assert {k: result[k] for k in before} == before  # existing outputs unchanged
+    tm = result["tile_map"]
+    rows, cols = grid_shape(700, 1000, tiled.tiling)
+    assert tm["grid"] == [rows, cols] == [7, 9]
+    assert len(tm["y"]) == rows and len(tm["x"]) == cols and tm["y"][-1] + tm["tile_px"][0] == 700
+    assert np.asarray(tm["probabilities"]).shape == (rows, cols, 2)
+    assert np.asarray(tm["crack"]).shape == (rows, cols)
+    assert all(label in spec["classes"] for row in tm["labels"] for label in row)
+
+
+def test_front_v1_and_v2_responses_for_tiling_models():
+    seg = ModelRuntime(PointwiseSegmenter(), _spec("segment"))
+    spec_c = _spec("classify")
+    clf = ModelRuntime(build_model(spec_c), spec_c)
+    b64 = base64.b64encode(_png(_photo())).decode()
+
+    async def call(runtime, name, v2: bool):
+        front = InProcessModel(name, {"name": name, "version": "1"}, runtime.spec, runtime)
+        try:
+            if v2:
+                body = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                               "data": [b64]}]}).encode()
+                payload = parse_v2_rest(body, {}, name)
+            else:
+                payload = {"instances": [{"b64": b64}]}
+            work = await front.predict(await front.preprocess(payload))
+            return front, await front.postprocess(work)
+        finally:
+            await front.close()
+
+    _, v1 = asyncio.run(call(seg, "crack-segmenter", v2=False))
+    pred = v1["predictions"][0]
+    assert pred["size"] == [700, 1000] and pred["tiling"]["tiles"] == 63
+    front, v2 = asyncio.run(call(clf, "crack-classifier", v2=True))
+    outputs = {o.name: o for o in v2.outputs}
+    assert {o["name"] for o in front.get_output_types()} == set(outputs) == {
+        "label", "probabilities", "score", "tile_map"}
+    assert json.loads(outputs["tile_map"].data[0])["grid"] == [7, 9]
