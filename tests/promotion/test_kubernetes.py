@@ -365,6 +365,27 @@ def test_knative_canary_uses_canary_traffic_percent_and_promotes(knative, schema
     assert {r.path.split("?")[0].rsplit("/", 1)[1] for r in server.requests} == {MODEL}
 
 
+def test_promoting_the_old_champion_back_restores_it(gateway, knative, schemas):
+    """What the controller does when MLflow refused to move the alias after a promotion."""
+    for act, server, _ in (gateway, knative):
+        act.prepare(CHAMPION, CHALLENGER)
+        act.set_weight(MODEL, 50)
+        act.promote(CHALLENGER)
+        act.promote(CHAMPION)
+        assert isvc(server)["spec"]["predictor"]["model"]["storageUri"] == CHAMPION_URI
+        assert "canaryTrafficPercent" not in isvc(server)["spec"]["predictor"]
+        assert act.state(MODEL) == TrafficState("3", None, 0), act.name
+        assert_every_patch_valid(server, schemas)
+
+
+def test_actuators_take_the_cli_options(schemas, standard_render):
+    with standin(schemas, standard_render) as server, FakeControllers(server):
+        act = GatewayActuator(client=client_for(server.url), namespace=NS, release=None)
+        assert (act.settings.namespace, act.settings.release) == (NS, "fissure")
+        assert act.state(MODEL) == TrafficState(None, None, 0)
+        assert GatewayActuator(client=client_for(server.url), namespace="x", release="r").route(MODEL) == f"r-{MODEL}-canary"
+
+
 def test_knative_rollback_never_gives_a_starting_revision_traffic(knative, schemas):
     act, server, ctl = knative
     act.prepare(CHAMPION, CHALLENGER)

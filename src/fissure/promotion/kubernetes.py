@@ -235,8 +235,9 @@ class KnativeActuator:
 
     name = "kserve-knative"
 
-    def __init__(self, settings: KubeSettings | None = None, client=None):
-        self.settings = settings or KubeSettings()
+    def __init__(self, settings: KubeSettings | None = None, client=None, *,
+                 namespace: str | None = None, release: str | None = None):
+        self.settings = _settings(settings, namespace, release)
         self.kube = KubeObjects(self.settings, client)
 
     def _wait_ready(self, obj: dict) -> dict:
@@ -281,8 +282,14 @@ class KnativeActuator:
     def promote(self, challenger: ModelRef) -> None:
         isvc = self.kube.get(KSERVE, challenger.name)
         if challenger.storage_uri and _storage_uri(isvc) != challenger.storage_uri:
-            raise FissureError(f"InferenceService {self.kube.namespace}/{challenger.name} serves "
-                               f"{_storage_uri(isvc)}, not challenger {challenger.storage_uri}: nothing to promote")
+            # Not the latest revision (e.g. the controller putting the old champion back): make
+            # it the latest at 0 %, wait until it is ready, then give it everything.
+            self._wait_ready(self.kube.merge_patch(KSERVE, challenger.name, {
+                "metadata": {"annotations": {
+                    ANN_CHAMPION_URI: challenger.storage_uri, ANN_CHAMPION_VERSION: str(challenger.version),
+                    ANN_CHALLENGER_URI: None, ANN_CHALLENGER_VERSION: None}},
+                "spec": {"predictor": {"canaryTrafficPercent": 0, "model": {"storageUri": challenger.storage_uri}}},
+            }))
         # No canary percent: KServe sends 100 % to the latest (the challenger's) revision.
         patched = self.kube.merge_patch(KSERVE, challenger.name, {"spec": {"predictor": {"canaryTrafficPercent": None}}})
         self._wait_ready(patched)
@@ -306,6 +313,12 @@ class KnativeActuator:
         self._wait_ready(self.kube.merge_patch(KSERVE, model, {"spec": {"predictor": {"canaryTrafficPercent": None}}}))
 
 
+def _settings(settings: KubeSettings | None, namespace: str | None, release: str | None) -> KubeSettings:
+    settings = settings or KubeSettings()
+    changes = {k: v for k, v in (("namespace", namespace), ("release", release)) if v}
+    return settings.model_copy(update=changes) if changes else settings
+
+
 def _percent(percent: int) -> int:
     if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
         raise UsageError(f"canary percent must be an integer 0..100, got {percent!r}")
@@ -324,8 +337,9 @@ class GatewayActuator:
 
     name = "kserve-gateway"
 
-    def __init__(self, settings: KubeSettings | None = None, client=None):
-        self.settings = settings or KubeSettings()
+    def __init__(self, settings: KubeSettings | None = None, client=None, *,
+                 namespace: str | None = None, release: str | None = None):
+        self.settings = _settings(settings, namespace, release)
         self.kube = KubeObjects(self.settings, client)
 
     # names, as charts/fissure/templates/canary.yaml renders them
