@@ -218,7 +218,7 @@ def procfile(opts: StackOptions, serving: Path) -> Path:
         f"serve: exec {q(fissure)} serve --model-store {q(str(serving / 'model-store'))} "
         f"--config {q(str(serving / 'config' / 'config.properties'))} --host {q(opts.host)} "
         f"--runtime {q(opts.runtime)} --http-port {opts.http_port} --grpc-port {opts.grpc_port} "
-        f"--workdir {q(str(home / 'serve'))}",
+        f"--workdir {q(str(home / 'serve'))} --routing-file {q(str(routing_file()))}",
         f"api: exec {q(fissure)} api --host {q(opts.host)} --port {opts.api_port}",
     ]
     prom = prometheus_line(opts) if opts.prometheus else None
@@ -228,6 +228,24 @@ def procfile(opts: StackOptions, serving: Path) -> Path:
     path = home / "Procfile"
     path.write_text("# written by `fissure up`; do not edit\n" + "\n".join(lines) + "\n")
     return path
+
+
+def routing_file() -> Path:
+    """The canary routing the stack's front follows (fissure.serving.front.canary); `up` starts
+    without a canary, `fissure promote --actuator local` writes it."""
+    return state_dir() / "serving" / "routing.json"
+
+
+def urls_file() -> Path:
+    return state_dir() / "stack.json"
+
+
+def stack_urls() -> dict[str, str]:
+    """Where the running stack's parts answer (written by `up`), for clients such as `fissure promote`."""
+    try:
+        return json.loads(urls_file().read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def prometheus_url(opts: StackOptions) -> str:
@@ -574,6 +592,7 @@ def up(opts: StackOptions, detach: bool = False, echo=print, live: bool = False)
     check_ports(opts)
     found = ensure_champions(echo)
     serving = package_champions(found, opts, echo)
+    routing_file().unlink(missing_ok=True)  # a canary of an earlier stack is over: champions only
     proc_path = procfile(opts, serving)
     honcho = [sys.executable, "-m", "honcho", "start", "-f", str(proc_path), "-d", str(repo_root()), "--no-prefix"]
     logs = state_dir() / "logs"
@@ -584,6 +603,10 @@ def up(opts: StackOptions, detach: bool = False, echo=print, live: bool = False)
            # the API calls the front and links to MLflow on this stack's ports
            "FISSURE_INFERENCE_URL": f"http://{host}:{opts.http_port}", "FISSURE_MLFLOW_URL": f"http://{host}:{opts.mlflow_port}",
            **({"FISSURE_PROMETHEUS_URL": prometheus_url(opts)} if opts.prometheus else {})}
+    urls_file().write_text(json.dumps({
+        "inference_url": env["FISSURE_INFERENCE_URL"], "mlflow_url": env["FISSURE_MLFLOW_URL"],
+        "api_url": f"http://{host}:{opts.api_port}", "grpc_url": f"{host}:{opts.grpc_port}",
+        **({"prometheus_url": env["FISSURE_PROMETHEUS_URL"]} if opts.prometheus else {})}, indent=2) + "\n")
     token_line = f"\nadmin token for the UI and API (shown once; `fissure token create` makes more):\n  {token}\n" if token else ""
     if not detach:
         echo(banner(opts) + token_line + "\nCtrl-C stops the stack.\n")

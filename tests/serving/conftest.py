@@ -90,7 +90,7 @@ def built_models(tmp_path_factory) -> tuple[Path, dict, dict]:
     return base, json.loads(made.stdout.strip().splitlines()[-1]), env
 
 
-def _serve(built_models, name: str, runtime: str, extra_env: dict | None = None):
+def _serve(built_models, name: str, runtime: str, extra_env: dict | None = None, extra_args: tuple = ()):
     """Start `fissure serve` on free ports; yields a Server; stops it (and checks its exit) after."""
     base, models, env = built_models
     env = {**env, **(extra_env or {})}
@@ -103,7 +103,7 @@ def _serve(built_models, name: str, runtime: str, extra_env: dict | None = None)
            "--http-port", str(http), "--grpc-port", str(grpc), "--ts-inference-port", str(tsi),
            "--ts-management-port", str(tsm), "--ts-metrics-port", str(tsx),
            "--ts-grpc-inference-port", str(tsg1), "--ts-grpc-management-port", str(tsg2),
-           "--workdir", str(workdir)]
+           "--workdir", str(workdir), *extra_args]
     logf = open(log, "wb")
     proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     srv = Server(url=f"http://127.0.0.1:{http}", grpc=f"127.0.0.1:{grpc}",
@@ -154,6 +154,14 @@ def server(built_models) -> Server:
 def own_inprocess_server(built_models) -> Server:
     """A server of the test's own, for tests that stop it."""
     yield from _serve(built_models, "inprocess-own", "inprocess")
+
+
+@pytest.fixture(scope="module")
+def canary_server(built_models) -> Server:
+    """An in-process server of the module's own that follows a routing file (``<workdir>.routing.json``)."""
+    routing = built_models[0] / "canary-routing.json"
+    routing.unlink(missing_ok=True)
+    yield from _serve(built_models, "canary", "inprocess", extra_args=("--routing-file", str(routing)))
 
 
 @pytest.fixture(scope="session")

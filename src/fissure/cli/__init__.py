@@ -33,6 +33,9 @@ COMMANDS = {
     "api": ("fissure.cli.api", "api", "Serve the feedback API and web UI."),
     "token": ("fissure.cli.api", "token", "Create API tokens."),
     "feedback": ("fissure.cli.api", "feedback", "Export the feedback as training data; clean up its blobs."),
+    "retrain": ("fissure.cli.promote", "retrain", "Export feedback, dvc repro, gate the new challengers."),
+    "gate": ("fissure.cli.promote", "gate", "Judge a challenger offline against the champion."),
+    "promote": ("fissure.cli.promote", "promote", "Canary a challenger; promote or roll back on Prometheus evidence."),
 }
 
 # Top-level import name -> the pyproject extra that installs it (keep in step with pyproject.toml).

@@ -42,8 +42,13 @@ def _port(name: str, env: str, default: int, help: str | None = None):
 @click.option("--ready-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="Seconds to wait for TorchServe's workers.")
 @click.option("--model", "models", multiple=True, help="Serve only these MARs (by name); default all.")
+@click.option("--routing-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              envvar="FISSURE_ROUTING_FILE", show_envvar=True,
+              help="Canary routing (JSON) to follow: a challenger version beside each champion and its share "
+                   "of requests; written by `fissure promote --actuator local` (docs/retraining.md).")
 def serve(model_store, config, runtime, host, http_port, grpc_port, ts_inference_port, ts_management_port,
-          ts_metrics_port, ts_grpc_inference_port, ts_grpc_management_port, workdir, ready_timeout, models):
+          ts_metrics_port, ts_grpc_inference_port, ts_grpc_management_port, workdir, ready_timeout, models,
+          routing_file):
     """Serve the MARs of MODEL_STORE over KServe v1/v2 REST and gRPC (loopback unless --host)."""
     from fissure.serving.serve import ServeOptions, serve as run
     from fissure.serving.torchserve import TorchServePorts
@@ -55,7 +60,7 @@ def serve(model_store, config, runtime, host, http_port, grpc_port, ts_inference
         ts_ports=TorchServePorts(inference=ts_inference_port, management=ts_management_port,
                                  metrics=ts_metrics_port, grpc_inference=ts_grpc_inference_port,
                                  grpc_management=ts_grpc_management_port),
-        workdir=workdir, ready_timeout=ready_timeout, models=list(models),
+        workdir=workdir, ready_timeout=ready_timeout, models=list(models), routing_file=routing_file,
     )
     code = run(opts)
     if code:

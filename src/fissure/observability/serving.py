@@ -22,6 +22,7 @@ only when Prometheus scrapes.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -92,6 +93,10 @@ class _Requests:
         if latency is None:
             latency = self._latency[protocol] = self.front.latency.labels(*self.labels, protocol)
         latency.observe(seconds)
+
+
+# the request this task is answering: set by FrontMetrics.begin, read by retarget (a canary's pick)
+CURRENT_CALL: contextvars.ContextVar["Call | None"] = contextvars.ContextVar("fissure_current_call", default=None)
 
 
 class Call:
@@ -193,15 +198,45 @@ class FrontMetrics:
         self.confidence = instrument(catalog.CONFIDENCE, reg)
         self.area = instrument(catalog.CRACK_AREA, reg)
         self.inputs = {k: instrument(m, reg) for k, m in INPUT_FEATURES.items()}
-        self.models: dict[str, ModelMetrics] = {}
+        self.models: dict[str, ModelMetrics] = {}  # by name: the version requests count in first (champion)
+        self.versions: dict[tuple[str, str], ModelMetrics] = {}  # every served version, a canary's too
         self._unknown = _Requests(self, UNKNOWN_MODEL, "", inflight=False)
         reg.register(_ScrapeCollector(self))
         if process:  # process_resident_memory_bytes & co, for the soak's memory bound
             ProcessCollector(registry=reg)
 
-    def add_model(self, model) -> ModelMetrics:
-        mm = self.models[model.name] = ModelMetrics(self, model)
+    def add_model(self, model, primary: bool = True) -> ModelMetrics:
+        key = (model.name, str(model.version))
+        mm = self.versions.get(key)
+        if mm is None:
+            mm = self.versions[key] = ModelMetrics(self, model)
+        mm.model = model
+        if primary:
+            self.models[model.name] = mm
         return mm
+
+    def set_primary(self, model) -> None:
+        """``model`` (a served version) now answers its name's requests (a promotion)."""
+        model.attach(self.add_model(model, primary=True))
+
+    def remove_model(self, model) -> None:
+        """A retired version: its series stop being exported (Prometheus sees them go stale)."""
+        mm = self.versions.get((model.name, str(model.version)))
+        if mm is not None and mm.model is model and self.models.get(model.name) is not mm:
+            del self.versions[(model.name, str(model.version))]
+
+    def retarget(self, model) -> None:
+        """The request being answered goes to ``model`` (a canary picked another version than the
+        one :meth:`begin` counted it for): count it in that version's series."""
+        call = CURRENT_CALL.get()
+        mm = self.versions.get((model.name, str(model.version)))
+        if call is None or mm is None or call.ended or call.series is mm.requests:
+            return
+        if call.series.inflight is not None:
+            call.series.inflight.dec()
+        call.series = mm.requests
+        if call.series.inflight is not None:
+            call.series.inflight.inc()
 
     # ------------------------------------------------------------------ requests
     def begin(self, model_name: str, protocol: str) -> Call:
@@ -209,6 +244,7 @@ class FrontMetrics:
         call = Call(mm.requests if mm is not None else self._unknown, protocol)
         if call.series.inflight is not None:
             call.series.inflight.inc()
+        CURRENT_CALL.set(call)
         return call
 
     def end(self, call: Call, code: int) -> None:
@@ -238,7 +274,7 @@ class _ScrapeCollector:
         ready, info = family(catalog.READY), family(catalog.MODEL_INFO)
         psi, items = family(catalog.DRIFT_PSI), family(catalog.DRIFT_WINDOW)
         draining = self.front.draining()
-        for mm in list(self.front.models.values()):
+        for mm in list(self.front.versions.values()):
             m, lv = mm.model, [mm.name, mm.version]
             ready.add_metric(lv, 1.0 if getattr(m, "ready", False) and not draining else 0.0)
             meta = getattr(m, "meta", None) or {}

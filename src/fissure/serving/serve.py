@@ -52,6 +52,9 @@ class ServeOptions:
     workdir: Path | None = None
     ready_timeout: float = 300.0
     models: list[str] = field(default_factory=list)  # served names; empty = every MAR
+    # a canary's routing file (fissure.serving.front.canary; the local stack's promotion controller
+    # writes it): challengers are loaded with the in-process runtime, whichever serves the champions
+    routing_file: Path | None = None
 
 
 def serve(opts: ServeOptions) -> int:
@@ -83,12 +86,40 @@ def serve(opts: ServeOptions) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _front(models, opts: ServeOptions, **kw):
+def _front(models, opts: ServeOptions, workdir: Path, **kw):
     from fissure.serving.front.server import FrontServer
 
     s = settings()
+    loader = _inprocess_loader(workdir / "canary") if opts.routing_file is not None else None
     return FrontServer(models, opts.host, opts.http_port, opts.grpc_port,
-                       repository_enabled=s.enable_repository_api, drain_seconds=s.drain_seconds, **kw)
+                       repository_enabled=s.enable_repository_api, drain_seconds=s.drain_seconds,
+                       routing_file=opts.routing_file, loader=loader, **kw)
+
+
+def _inprocess_model(mar: dict, dest: Path, device):
+    from fissure.serving.front.model import InProcessModel
+    from fissure.serving.runtime import ModelRuntime
+
+    _extract(mar["path"], dest)
+    return InProcessModel(mar["served_name"], mar["meta"], mar["spec"], ModelRuntime.from_dir(dest, device=device))
+
+
+def _inprocess_loader(root: Path):
+    """``loader(name, mar)`` for a canary's versions: a checked MAR, in-process, on this pod's device."""
+    import torch
+
+    from fissure.serving.package import read_mar
+    from fissure.serving.runtime import device_for
+
+    device = device_for(0, torch.cuda.is_available())
+
+    def load(name: str, mar: Path):
+        found = {**read_mar(mar), "path": Path(mar)}
+        if found["served_name"] != name:
+            raise FissureError(f"{mar} serves {found['served_name']!r}, not {name!r}")
+        return _inprocess_model(found, root / f"{name}-v{found['meta'].get('version')}", device)
+
+    return load
 
 
 def _serve_torchserve(opts: ServeOptions, mars: list[dict], workdir: Path, public) -> int:
@@ -151,7 +182,7 @@ def _serve_torchserve(opts: ServeOptions, mars: list[dict], workdir: Path, publi
                     m.ready = healthy and await _probe(backend, f"{ts.management}/models/{m.name}", workers_ready)
                 await asyncio.sleep(HEALTH_PERIOD)
 
-        front = _front(models, opts, proxy=proxy, background=health)
+        front = _front(models, opts, workdir, proxy=proxy, background=health)
         return _run(front, backend)
     finally:
         ts.stop()
@@ -165,24 +196,20 @@ async def _probe(backend, url: str, check) -> bool:
 
 
 def _serve_inprocess(opts: ServeOptions, mars: list[dict], workdir: Path) -> int:
-    from fissure.serving.front.model import InProcessModel
     import torch
 
-    from fissure.serving.runtime import ModelRuntime, device_for, set_threads
+    from fissure.serving.runtime import device_for, set_threads
 
     threads = set_threads()
     device = device_for(0, torch.cuda.is_available())  # the pod's first GPU when it has one
     models = []
     for m in mars:
-        model_dir = workdir / "models" / m["served_name"]
-        _extract(m["path"], model_dir)
-        runtime = ModelRuntime.from_dir(model_dir, device=device)
-        model = InProcessModel(m["served_name"], m["meta"], m["spec"], runtime)
+        model = _inprocess_model(m, workdir / "models" / m["served_name"], device)
         model.ready = True
         models.append(model)
     log.info("in-process runtime ready on %s (%d torch threads): %s", device, threads,
              ", ".join(m.name for m in models))
-    return _run(_front(models, opts), None)
+    return _run(_front(models, opts, workdir), None)
 
 
 def _extract(mar: Path, dest: Path) -> None:

@@ -187,6 +187,7 @@ def fit(
     device: str | None = None,
     progress: bool | None = True,
     on_epoch: Callable[[EpochLog], None] | None = None,
+    init_state: dict | None = None,
 ) -> FitResult:
     """Train a model for ``task`` on ``splits``; returns the best-on-validation model.
 
@@ -199,7 +200,14 @@ def fit(
     dev = pick_device(device)
     spec = make_spec(task, cfg, splits.classes)
     pcfg = preprocess_config(spec)
-    module = build_model(spec).to(dev)
+    module = build_model(spec)
+    if init_state is not None:  # fine-tuning: start from these weights (same architecture)
+        try:
+            module.load_state_dict(init_state)
+        except RuntimeError as exc:
+            raise FissureError(f"cannot start from the given weights, the architecture differs "
+                               f"({str(exc).splitlines()[0]}); set init: scratch") from None
+    module = module.to(dev)
     amp = dev.type == "cuda"
 
     if task == "segment":

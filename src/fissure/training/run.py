@@ -73,6 +73,17 @@ def train(
         raise
 
     params = cfg.to_dict()
+    parent = tracking.champion_version(MODEL_NAMES[task])  # lineage: what this run may replace
+    init_state, init_from = None, "scratch"
+    if cfg.init == "champion":
+        if parent is None:
+            echo(f"init: champion, but {MODEL_NAMES[task]} has no champion yet: training from scratch")
+        else:
+            from fissure.models import io as model_io
+
+            init_state = model_io.load_model(f"models:/{MODEL_NAMES[task]}/{parent}").module.state_dict()
+            init_from = f"champion:v{parent}"
+            echo(f"fine-tuning from {MODEL_NAMES[task]} v{parent} (the champion)")
     tags = {
         "git.commit": tracking.git_commit(),
         "dvc.data_hash": tracking.data_hash(splits.roots["train"]),
@@ -80,6 +91,7 @@ def train(
         "fissure.task": task,
         "fissure.version": __version__,
         "data.path": str(data),
+        "init": init_from,
     }
     with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
         run_id = run.info.run_id
@@ -88,7 +100,7 @@ def train(
         def on_epoch(log: EpochLog):
             mlflow.log_metrics({k: v for k, v in log.row().items() if k != "epoch" and v is not None}, step=log.epoch)
 
-        result = fit(task, splits, cfg, device=device, progress=progress, on_epoch=on_epoch)
+        result = fit(task, splits, cfg, device=device, progress=progress, on_epoch=on_epoch, init_state=init_state)
         spec = result.spec
         mlflow.log_params({**tracking.flat_params("", params), **{f"split.{k}": v for k, v in sizes.items()},
                            "device": result.device, "threads": result.extra.get("threads")})
@@ -136,7 +148,10 @@ def train(
         from fissure.models import io
 
         model_info = io.log_model(result.module, spec)
-        registered = tracking.register(model_info.model_uri, task, run_id) if register else None
+        lineage = {"git.commit": tags["git.commit"], "dvc.data_hash": tags["dvc.data_hash"],
+                   "params.hash": tags["params.hash"], "parent.champion": parent or "none", "init": init_from,
+                   "feedback.items": str(tracking.feedback_items(data))}
+        registered = tracking.register(model_info.model_uri, task, run_id, lineage) if register else None
         if registered:
             mlflow.set_tag("registered.version", registered["version"])
             echo(f"registered {registered['name']} version {registered['version']} "

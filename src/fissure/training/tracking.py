@@ -134,8 +134,28 @@ def flat_params(prefix: str, value, out: dict | None = None) -> dict:
     return out
 
 
-def register(model_uri: str, task: str, run_id: str | None = None) -> dict:
-    """Register ``model_uri`` under the task's name; set ``challenger`` (and ``champion`` if none)."""
+def champion_version(name: str) -> str | None:
+    """The registered model's champion version, None when it has none (or is not registered)."""
+    mlflow = mlflow_client()
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def feedback_items(data: str | Path) -> int:
+    """Judged feedback items in the prepared data (``feedback`` of prepare's manifest.json), 0 if none."""
+    for path in (Path(data) / "manifest.json", Path(data).parent / "manifest.json"):
+        try:
+            return int((json.loads(path.read_text()).get("feedback") or {}).get("items", 0))
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+    return 0
+
+
+def register(model_uri: str, task: str, run_id: str | None = None, lineage: dict | None = None) -> dict:
+    """Register ``model_uri`` under the task's name; set ``challenger`` (and ``champion`` if none).
+    ``lineage``: tags of the version (data hash, git commit, params hash, parent champion, feedback items)."""
     mlflow = mlflow_client()
     client = mlflow.MlflowClient()
     name = MODEL_NAMES[task]
@@ -143,7 +163,7 @@ def register(model_uri: str, task: str, run_id: str | None = None) -> dict:
     import io as _io
 
     with contextlib.redirect_stderr(_io.StringIO()), contextlib.redirect_stdout(_io.StringIO()):
-        mv = mlflow.register_model(model_uri, name, tags={"fissure.task": task})  # prints otherwise
+        mv = mlflow.register_model(model_uri, name, tags={"fissure.task": task, **(lineage or {})})  # prints otherwise
     version = str(mv.version)
     client.set_registered_model_alias(name, CHALLENGER, version)
     aliases = [CHALLENGER]

@@ -27,6 +27,7 @@ from fissure.preprocess import decode_image, image_to_array, open_image
 from fissure.serving import codec
 from fissure.serving.backend import Backend, ts_error
 from fissure.serving.front import kserve
+from fissure.serving.front.canary import inject
 from fissure.serving.front.protocol import (
     Limits, v1_entries, v1_response, v2_entries, v2_response, wants_explanation,
 )
@@ -74,6 +75,7 @@ class FrontModel(kserve.Model):
         # champion unless FISSURE_MODEL_ROLE says otherwise; per model, so one front may serve both
         self.role = settings().model_role
         self.metrics = None  # a fissure.observability.serving.ModelMetrics once a server attaches one
+        self.fault = None  # a canary challenger's injected fault (serving.front.canary.Fault)
 
     def attach(self, metrics) -> None:
         self.metrics = metrics
@@ -119,6 +121,8 @@ class FrontModel(kserve.Model):
 
     # ------------------------------------------------------------------ kserve hooks
     async def preprocess(self, payload, headers=None) -> Work:
+        if self.fault is not None:
+            await inject(self.fault)
         if isinstance(payload, InferRequest):
             op = "explain" if wants_explanation(payload) else "predict"
             entries = v2_entries(payload, self.limits)

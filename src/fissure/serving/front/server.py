@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from fissure.errors import FissureError, InputError, NotFoundError, PayloadTooLarge, PermissionDenied, status_of
 from fissure.observability.serving import FrontMetrics, RequestMetrics, code_of
 import fissure.serving.front  # noqa: F401 - imports kserve safely first
+from fissure.serving.front.canary import PINNED_VERSION, TrafficSplit
 from fissure.serving.front.model import FrontModel
 from fissure.serving.front.protocol import Limits, parse_v2_rest
 from fissure.settings import settings
@@ -50,12 +51,31 @@ REPOSITORY_OFF = "the model repository API is disabled; set FISSURE_ENABLE_REPOS
 class FrontDataPlane(DataPlane):
     """kserve's data plane, with model versions in metadata and readiness that means serving."""
 
-    def __init__(self, model_registry: ModelRepository):
+    def __init__(self, model_registry: ModelRepository, split: TrafficSplit | None = None,
+                 metrics: FrontMetrics | None = None):
         super().__init__(model_registry)
         self.draining = False
+        self.split = split
+        self.metrics = metrics
+
+    async def get_model(self, name: str):
+        """The version that answers this request: the champion, or a canary's challenger for its share."""
+        model = self.split.pick(name) if self.split is not None else self._model_registry.get_model(name)
+        if model is None:
+            raise NotFoundError(f"model {name!r} is not served here")
+        if self.metrics is not None:
+            self.metrics.retarget(model)
+        return model
 
     async def model_metadata(self, model_name: str) -> dict:
-        return self.get_model_from_registry(model_name).metadata()
+        meta = self.get_model_from_registry(model_name).metadata()
+        if self.split is not None:
+            versions, percent = self.split.versions(model_name)
+            if len(versions) > 1:  # a canary: both versions, and the challenger's share
+                meta = {**meta, "versions": versions,
+                        "parameters": {**meta["parameters"], "canary_version": versions[1],
+                                       "canary_traffic_percent": percent}}
+        return meta
 
     async def ready(self) -> bool:
         models = self._model_registry.get_models().values()
@@ -79,6 +99,7 @@ class FrontServicer(InferenceServicer):
                                         inputs=m["inputs"], outputs=m["outputs"])
 
     async def ModelInfer(self, request, context):
+        PINNED_VERSION.set(request.model_version or None)
         if self._metrics is None:
             return await _guard(context, lambda r: InferenceServicer.ModelInfer(self, r, context), request)
         call = self._metrics.begin(request.model_name, "grpc")
@@ -191,14 +212,14 @@ def build_app(dataplane: FrontDataPlane, repository: ModelRepositoryExtension, r
 
     @app.get("/v2/models/{model_name}", include_in_schema=False)
     async def v2_metadata(model_name: str):
-        return model(model_name).metadata()
+        model(model_name)
+        return await dataplane.model_metadata(model_name)
 
     @app.post("/v2/models/{model_name}/infer", include_in_schema=False)
     @app.post("/v2/models/{model_name}/versions/{model_version}/infer", include_in_schema=False)
     async def v2_infer(model_name: str, request: Request, model_version: str | None = None):
-        m = model(model_name)
-        if model_version is not None and model_version != m.version:
-            raise NotFoundError(f"model {model_name!r} version {model_version!r} is not served (serving {m.version})")
+        model(model_name)
+        PINNED_VERSION.set(model_version)  # the canary's pick honours it (404 for a version not served)
         headers = dict(request.headers)
         infer_request = parse_v2_rest(await request.body(), headers, model_name)
         result, _ = await dataplane.infer(model_name=model_name, request=infer_request, headers=headers)
@@ -284,7 +305,8 @@ class FrontServer:
 
     def __init__(self, models: list[FrontModel], host: str, http_port: int, grpc_port: int, *,
                  repository_enabled: bool = False, limits: Limits | None = None, drain_seconds: float = 10.0,
-                 grpc_threads: int = 8, proxy=None, background: Callable[[], Awaitable[str | None]] | None = None):
+                 grpc_threads: int = 8, proxy=None, background: Callable[[], Awaitable[str | None]] | None = None,
+                 routing_file=None, loader: Callable | None = None):
         self.models = models
         self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
         self.limits = limits or Limits.from_settings()
@@ -294,12 +316,15 @@ class FrontServer:
         self.registry = ModelRepository()
         for m in models:
             self.registry.update(m)
-        self.dataplane = FrontDataPlane(self.registry)
-        self.repository = ModelRepositoryExtension(model_registry=self.registry)
-        self.repository_enabled = repository_enabled
         self.metrics = FrontMetrics(drift_window=settings().drift_window, draining=lambda: self.dataplane.draining)
         for m in models:
             m.attach(self.metrics.add_model(m))
+        # a canary beside the champions, when a routing file is given (the local stack) and models can be loaded
+        self.split = (TrafficSplit(self.registry, loader, routing_file, self.metrics)
+                      if routing_file is not None and loader is not None else None)
+        self.dataplane = FrontDataPlane(self.registry, self.split, self.metrics)
+        self.repository = ModelRepositoryExtension(model_registry=self.registry)
+        self.repository_enabled = repository_enabled
         self.app = build_app(self.dataplane, self.repository, repository_enabled, proxy, self.limits, self.metrics)
         self.exit_code = 0
 
@@ -335,6 +360,8 @@ class FrontServer:
                     self.exit_code = 1
                     stop.set()
             tasks.append(asyncio.ensure_future(watched()))
+        if self.split is not None:
+            tasks.append(asyncio.ensure_future(self.split.watch()))
         log.info("fissure front: REST http://%s:%d, gRPC %s:%d, models %s", self.host, self.http_port,
                  self.host, self.grpc_port, ", ".join(m.name for m in self.models))
         stopper = asyncio.ensure_future(stop.wait())
@@ -348,7 +375,9 @@ class FrontServer:
         await asyncio.gather(grpc_server.stop(self.drain_seconds), tasks[0], return_exceptions=True)
         for t in tasks[1:] + [stopper]:
             t.cancel()
-        for m in self.models:
+        serving = list(self.registry.get_models().values())
+        serving += list(self.split.challengers.values()) if self.split is not None else []
+        for m in serving:
             close = getattr(m, "close", None)
             if close is not None:
                 await close()
