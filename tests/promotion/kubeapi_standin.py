@@ -295,17 +295,36 @@ class StandInAPIServer:
         return Handler
 
 
+class StandInStore:
+    """FakeControllers' view of a StandInAPIServer: its objects, written directly."""
+
+    def __init__(self, server: StandInAPIServer):
+        self.server = server
+
+    def items(self) -> list[tuple[str, str, str, dict]]:
+        with self.server.lock:
+            return [(plural, ns, name, copy.deepcopy(obj)) for (plural, ns, name), obj in self.server.objects.items()]
+
+    def set_status(self, plural: str, namespace: str, name: str, status: dict) -> None:
+        self.server.set_status(plural, namespace, name, status)
+
+
 @dataclass
 class FakeControllers:
-    """Plays KServe and a Gateway controller on a StandInAPIServer's store (see module doc)."""
+    """Plays KServe and a Gateway controller: writes the status they would write, for the
+    generation each object has, through ``store`` (a StandInAPIServer, or a real API server's
+    status subresource)."""
 
-    server: StandInAPIServer
+    store: object  # StandInAPIServer, or anything with items() and set_status()
     knative: bool = False
     stuck: dict[str, str] = field(default_factory=dict)  # InferenceService name -> reason it fails
     no_gateway: bool = False  # no Gateway controller: routes never get a status
     revisions: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # name -> [(revision, storageUri)]
+    interval_s: float = 0.02
 
     def __post_init__(self):
+        if isinstance(self.store, StandInAPIServer):
+            self.store = StandInStore(self.store)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -319,28 +338,30 @@ class FakeControllers:
         self._thread.join(timeout=10)
 
     def _run(self):
-        while not self._stop.wait(0.02):
+        while not self._stop.wait(self.interval_s):
             self.step()
 
     def step(self) -> None:
-        with self.server.lock:
-            for (plural, ns, name), obj in list(self.server.objects.items()):
-                gen = obj["metadata"].get("generation", 1)
-                if plural == "inferenceservices":
-                    self._isvc(ns, name, obj, gen)
-                elif plural == "httproutes" and not self.no_gateway:
-                    self._route(ns, name, obj, gen)
+        for plural, ns, name, obj in self.store.items():
+            gen = obj["metadata"].get("generation", 1)
+            if plural == "inferenceservices":
+                status = self._isvc(name, obj, gen)
+            elif plural == "httproutes" and not self.no_gateway:
+                status = self._route(obj, gen)
+            else:
+                status = None
+            if status is not None:
+                self.store.set_status(plural, ns, name, status)
 
-    def _isvc(self, ns: str, name: str, obj: dict, gen: int) -> None:
+    def _isvc(self, name: str, obj: dict, gen: int) -> dict | None:
         status = obj.get("status") or {}
         if status.get("observedGeneration") == gen:
-            return
+            return None
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if name in self.stuck:
             cond = {"type": "Ready", "status": "False", "reason": self.stuck[name],
                     "message": "the predictor failed to load the model", "lastTransitionTime": now}
-            self.server.set_status("inferenceservices", ns, name, {"observedGeneration": gen, "conditions": [cond]})
-            return
+            return {"observedGeneration": gen, "conditions": [cond]}
         predictor = obj["spec"]["predictor"]
         uri = predictor["model"]["storageUri"]
         new = {"observedGeneration": gen, "conditions": [
@@ -355,25 +376,23 @@ class FakeControllers:
             pred = dict(status.get("components", {}).get("predictor", {}))
             pred.update(latestCreatedRevision=latest, latestReadyRevision=latest)
             percent = predictor.get("canaryTrafficPercent")
-            if percent is None or not pred.get("latestRolledoutRevision"):
-                pred["latestRolledoutRevision"] = latest
+            prev = pred.get("latestRolledoutRevision")
+            if percent is None or not prev or prev == latest:
+                pred["latestRolledoutRevision"] = latest if percent is None or not prev else prev
                 pred["traffic"] = [{"revisionName": latest, "latestRevision": True, "percent": 100}]
             else:
-                prev = pred["latestRolledoutRevision"]
                 pred["traffic"] = [{"revisionName": latest, "latestRevision": True, "percent": percent, "tag": "latest"},
                                    {"revisionName": prev, "latestRevision": False, "percent": 100 - percent, "tag": "prev"}]
-                if prev == latest:
-                    pred["traffic"] = [{"revisionName": latest, "latestRevision": True, "percent": 100}]
             new["components"] = {"predictor": pred}
-        self.server.set_status("inferenceservices", ns, name, new)
+        return new
 
-    def _route(self, ns: str, name: str, obj: dict, gen: int) -> None:
+    def _route(self, obj: dict, gen: int) -> dict | None:
         parents = (obj.get("status") or {}).get("parents") or []
         if parents and all(c.get("observedGeneration") == gen for p in parents for c in p["conditions"]):
-            return
+            return None
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         conds = [{"type": t, "status": "True", "reason": t, "message": "", "observedGeneration": gen,
                   "lastTransitionTime": now} for t in ("Accepted", "ResolvedRefs")]
-        self.server.set_status("httproutes", ns, name, {"parents": [
+        return {"parents": [
             {"parentRef": ref, "controllerName": "example.net/stand-in-gateway", "conditions": conds}
-            for ref in obj["spec"]["parentRefs"]]})
+            for ref in obj["spec"]["parentRefs"]]}
