@@ -121,7 +121,20 @@ def test_feedback_folder_with_only_a_gitkeep_is_empty(tmp_path):
     (fb / ".gitkeep").write_text("")
     logs = []
     m = prepare(make_params(dict(SMALL, count=8, feedback=str(fb))), tmp_path / "out", log=logs.append)
-    assert m["feedback"] is None and any("is empty, skipped" in line for line in logs)
+    assert m["feedback"] is None and any("holds no items, skipped" in line for line in logs)
+
+
+def test_an_export_of_no_judged_items_is_no_feedback(tmp_path):
+    """`fissure feedback export` on a store with nothing judged writes its manifest alone: the
+    default retrain command (export, then `dvc repro`) must still run."""
+    import json as _json
+
+    fb = tmp_path / "fb"
+    fb.mkdir()
+    (fb / "manifest.json").write_text(_json.dumps({"format": "fissure-feedback-export/1", "items": []}))
+    logs = []
+    m = prepare(make_params(dict(SMALL, count=8, feedback=str(fb))), tmp_path / "out", log=logs.append)
+    assert m["feedback"] is None and any("holds no items, skipped" in line for line in logs)
 
 
 def test_missing_feedback_is_logged_and_skipped(tmp_path):

@@ -265,8 +265,9 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
         fb = Path(params.feedback)
         if not fb.exists():
             log(f"feedback: {fb} not found, skipped")
-        elif not _visible(fb):  # a .gitkeep alone keeps the DVC dependency, holds no feedback
-            log(f"feedback: {fb} is empty, skipped")
+        elif not [p for p in _visible(fb) if p.name != "manifest.json"]:
+            # a .gitkeep alone keeps the DVC dependency; an export of no judged items is its manifest alone
+            log(f"feedback: {fb} holds no items, skipped")
         else:
             feedback_seg, feedback_cls = _feedback_items(fb)
             log(f"feedback: {len(feedback_seg)} segment and {len(feedback_cls)} classify items from {fb} "
