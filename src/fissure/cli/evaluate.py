@@ -21,7 +21,11 @@ from fissure import MODEL_NAMES
 @click.option("--device", default=None, help="cpu, cuda ... [default: cuda when available, else cpu]")
 @click.option("--batch-size", type=int, default=None, help="Inference batch size.")
 @click.option("--overlays", type=int, default=4, show_default=True, help="Sample overlays drawn with --plots (segment).")
-def evaluate(task, model, data, out, plots, device, batch_size, overlays):
+@click.option("--native/--resized", "native", default=None,
+              help="segment: score at each image's own resolution in overlapping tiles of the model's size "
+                   "(as served), or the whole image resized to it [default: as the model's spec says "
+                   "(tiling.mode), resized for models without one]. --batch-size then counts tiles.")
+def evaluate(task, model, data, out, plots, device, batch_size, overlays, native):
     """Evaluate a model on a dataset and write its metrics JSON.
 
     \b
@@ -37,8 +41,10 @@ def evaluate(task, model, data, out, plots, device, batch_size, overlays):
     """
     from fissure.training.evaluate import run_evaluation
 
-    report = run_evaluation(model, task, data, out, plots, device=device, batch_size=batch_size, overlays=overlays)
+    report = run_evaluation(model, task, data, out, plots, device=device, batch_size=batch_size, overlays=overlays,
+                            native=native)
     names = ("accuracy", "precision", "recall", "f1", "roc_auc") if task == "classify" else ("dice", "iou", "precision", "recall", "f1")
     summary = ", ".join(f"{k} {report[k]:.4f}" if report[k] is not None else f"{k} n/a" for k in names)
     click.echo(f"{report['model']}" + (f" v{report['model_version']}" if report["model_version"] else "")
-               + f" on {report['n_images']} images: {summary} -> {out}", err=True)
+               + f" on {report['n_images']} images" + (f" ({report['resolution']})" if "resolution" in report else "")
+               + f": {summary} -> {out}", err=True)

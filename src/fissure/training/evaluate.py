@@ -2,7 +2,9 @@
 
 Images of any size are accepted. Inputs go through the model's own preprocessing (resize to
 the spec's size); segmentation probabilities are resized back to each mask's native size, so
-the pixel metrics are those of the original resolution.
+the pixel metrics are those of the original resolution. With native-resolution tiling (the
+spec's ``tiling.mode: tile``, or ``native=True``) a segmenter sees each image at its own size in
+overlapping tiles, through the same code as serving (:mod:`fissure.models.tiling`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import torch
 from torch.nn import functional as F
 
 from fissure import MODEL_NAMES
-from fissure.errors import FissureError
+from fissure.errors import FissureError, UsageError
 from fissure.models import preprocess_config
+from fissure.models import tiling as T
 from fissure.preprocess import image_to_tensor, load_image, load_mask
 from fissure.progress import Progress
 from fissure.training import metrics as M
@@ -90,8 +93,12 @@ def evaluate_classifier(module, spec, items, *, batch_size=64, device="cpu", pro
 
 @torch.no_grad()
 def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overlays=4, threshold=None,
-                       progress=False) -> EvalResult:
-    """Pixel metrics at the native size of each mask, at ``threshold`` (default: the spec's, as served)."""
+                       progress=False, tiling: T.TilingConfig | None = None) -> EvalResult:
+    """Pixel metrics at the native size of each mask, at ``threshold`` (default: the spec's, as served).
+
+    ``tiling`` in tile mode: each image at its own resolution in tiles (``tiling.batch`` tiles a
+    forward pass), as served; otherwise the whole image at the model's size."""
+    tiled = tiling is not None and tiling.tiles
     threshold = float(spec.get("threshold", 0.5)) if threshold is None else threshold
     pcfg = preprocess_config(spec)
     module = module.to(device).eval()
@@ -102,13 +109,21 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
     with _progress("segment", items, progress) as bar:
         for chunk in _batches(items, batch_size):
             images = [load_image(it.image) for it in chunk]
-            x = torch.stack([image_to_tensor(img, pcfg) for img in images]).to(device)
-            probs = torch.sigmoid(module(x).float())
+            if tiled:
+                probs = [None] * len(images)
+            else:
+                x = torch.stack([image_to_tensor(img, pcfg) for img in images]).to(device)
+                probs = torch.sigmoid(module(x).float())
             for img, it, prob in zip(images, chunk, probs):
                 mask = load_mask(it.mask)
                 if mask.shape != (img.height, img.width):
                     raise FissureError(f"{it.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {img.width}x{img.height}")
-                native = F.interpolate(prob[None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+                if tiled:
+                    pixels = torch.from_numpy(T.to_pixels(img, tiling))
+                    native = T.segment_probabilities(module, pixels, pcfg, tiling, out_size=mask.shape,
+                                                     device=device)[0].cpu().numpy()
+                else:
+                    native = F.interpolate(prob[None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
                 counts.update(native, mask)
                 relaxed.update(native >= threshold, mask)
                 if index in want:
@@ -119,11 +134,16 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
     return EvalResult("segment", metrics, len(items), list(spec["classes"]), counts=counts, samples=samples)
 
 
-def evaluate_items(module, spec, items, *, device="cpu", batch_size=None, overlays=4, progress=False) -> EvalResult:
-    """``progress`` as in :class:`fissure.progress.Progress` (``enabled``)."""
+def evaluate_items(module, spec, items, *, device="cpu", batch_size=None, overlays=4, progress=False,
+                   native: bool | None = None) -> EvalResult:
+    """``progress`` as in :class:`fissure.progress.Progress` (``enabled``); ``native``: tile a
+    segmenter at each image's own resolution (None: as the spec says)."""
     if spec["task"] == "segment":
+        tiling = T.tiling_config(spec, native)
+        if tiling.tiles and batch_size:  # tiles per forward pass
+            tiling = tiling.model_copy(update={"batch": batch_size})
         return evaluate_segmenter(module, spec, items, batch_size=batch_size or 8, device=device, overlays=overlays,
-                                  progress=progress)
+                                  progress=progress, tiling=tiling)
     return evaluate_classifier(module, spec, items, batch_size=batch_size or 64, device=device, progress=progress)
 
 
@@ -140,13 +160,16 @@ def clean(metrics: dict) -> dict:
 
 def run_evaluation(model_uri: str, task: str, data: str | Path, out: str | Path, plots_dir=None,
                    *, device: str | None = None, batch_size: int | None = None, overlays: int = 4,
-                   progress: bool | None = True) -> dict:
+                   progress: bool | None = True, native: bool | None = None) -> dict:
     """Load ``model_uri``, check its task, evaluate on ``data`` (showing ``progress`` on stderr),
-    write ``out`` JSON (+ plots)."""
+    write ``out`` JSON (+ plots). ``native``: segment at native resolution in tiles (True), the
+    whole image resized (False), or as the model's spec says (None)."""
     from fissure.models import io
     from fissure.training.loop import pick_device, set_threads
     from fissure.training.tracking import quiet_mlflow
 
+    if native and task != "segment":
+        raise UsageError("--native applies to --task segment: a classifier's label is of the whole image")
     quiet_mlflow()
     set_threads()
     loaded = io.load_model(model_uri)
@@ -158,7 +181,7 @@ def run_evaluation(model_uri: str, task: str, data: str | Path, out: str | Path,
     items, _ = eval_items(task, data, loaded.spec["classes"] if task == "classify" else None)
     dev = pick_device(device)
     result = evaluate_items(loaded.module, loaded.spec, items, device=str(dev), batch_size=batch_size, overlays=overlays,
-                            progress=progress)
+                            progress=progress, native=native)
     names = M.CLASSIFICATION_METRICS if task == "classify" else (
         *M.SEGMENTATION_METRICS, *M.RELAXED_METRICS, "relaxed_tolerance_px")
     report = {k: result.metrics[k] for k in names}
@@ -171,6 +194,11 @@ def run_evaluation(model_uri: str, task: str, data: str | Path, out: str | Path,
         run_id=loaded.run_id,
         data=str(data),
     )
+    if task == "segment":
+        tiling = T.tiling_config(loaded.spec, native)
+        report["resolution"] = "native" if tiling.tiles else "resized"
+        if tiling.tiles:
+            report["tiling"] = {"tile": tiling.tile, "overlap": tiling.overlap, "max_pixels": tiling.max_pixels}
     report = clean(report)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
