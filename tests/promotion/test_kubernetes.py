@@ -309,7 +309,7 @@ def test_the_chart_role_covers_only_its_release(schemas, standard_render):
 
 def test_missing_objects_are_not_found(schemas, standard_render, knative_render):
     with standin(schemas, standard_render, rbac=False) as server, FakeControllers(server):
-        with pytest.raises(NotFoundError, match="HTTPRoute fissure/fissure-no-such-model-canary not found"):
+        with pytest.raises(NotFoundError, match="HTTPRoute fissure/fissure-no-such-model-canary not found.*canary.enabled"):
             GatewayActuator(settings(), client_for(server.url)).set_weight("no-such-model", 10)
     with standin(schemas, knative_render, rbac=False) as server, FakeControllers(server, knative=True):
         with pytest.raises(NotFoundError, match="InferenceService fissure/no-such-model not found"):

@@ -373,7 +373,7 @@ class GatewayActuator:
         """Weights (champion 100-percent, challenger percent) and fissure's annotations, in one
         JSON patch that first tests the backends it weights are still the ones it read."""
         name = self.route(model)
-        route = self.kube.get(GATEWAY, name)
+        route = self._route(model)
         champion, challenger = self._services(model)
         ops: list[dict[str, Any]] = []
         for i, c, k in self._weights(route, model):
@@ -395,8 +395,15 @@ class GatewayActuator:
         gen = patched["metadata"].get("generation", 0)
         self.kube.wait(GATEWAY, name, f"generation {gen} to be accepted by its Gateway(s)", route_not_accepted(gen))
 
+    def _route(self, model: str) -> dict:
+        try:
+            return self.kube.get(GATEWAY, self.route(model))
+        except NotFoundError as exc:
+            raise NotFoundError(f"{exc} (the chart renders it with canary.enabled and route.type gatewayAPI, "
+                                f"named after --release {self.settings.release})") from None
+
     def state(self, model: str) -> TrafficState:
-        route = self.kube.get(GATEWAY, self.route(model))
+        route = self._route(model)
         ann = _annotations(route)
         rules = self._weights(route, model)
         i, _c, k = rules[0]
@@ -430,7 +437,7 @@ class GatewayActuator:
 
     def set_weight(self, model: str, percent: int) -> None:
         percent = _percent(percent)
-        if percent and ANN_CHALLENGER_VERSION not in _annotations(self.kube.get(GATEWAY, self.route(model))):
+        if percent and ANN_CHALLENGER_VERSION not in _annotations(self._route(model)):
             raise FissureError(f"no challenger is prepared for {model} (HTTPRoute {self.route(model)} names "
                                f"none): prepare it before sending it {percent}%")
         self._set_route(model, percent, {})
