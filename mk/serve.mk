@@ -26,3 +26,7 @@ down: venv ## stop the local stack started with make up DETACH=1
 BENCH_ARGS ?=
 bench-serve: venv ## serving benchmark (raw torch, fissure REST+gRPC, kserve, mlflow serve, FastAPI) -> docs/benchmarks.md
 	$(VENV)/bin/python serving/bench/bench_serve.py --write docs/benchmarks.md $(BENCH_ARGS)
+
+.PHONY: bench-native
+bench-native: venv ## native-resolution cost: resized vs tiled, seconds per image and per megapixel on 2 threads -> docs/benchmarks.md
+	$(VENV)/bin/python serving/bench/bench_native.py --write docs/benchmarks.md $(BENCH_ARGS)

@@ -186,6 +186,8 @@ def overlay(image: Image.Image, mask: np.ndarray, color=(255, 0, 0), alpha: floa
 #             | {"kind": "pixels", "n": len, "shape": [S, S, 3], "size": [h, w]}]}
 #   "pixels": an image the front already decoded and resized (fissure.preprocess.image_to_array,
 #   uint8); the worker only normalises it. "size" is the image's own size, for masks and heatmaps.
+#   For a tiling model (spec tiling.mode tile) shape is [H', W', 3], the image at its working
+#   size (fissure.models.tiling.model_pixels).
 #   The request carries the header WIRE_HEADER: <token>, the secret the serving supervisor puts in
 #   the environment (WIRE_TOKEN_ENV) of the front and of TorchServe; the handler refuses a frame
 #   without it, so that nobody else can hand the worker declared sizes.
