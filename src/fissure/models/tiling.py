@@ -63,6 +63,8 @@ def tiling_config(spec: dict, native: bool | None = None) -> TilingConfig:
     overrides the mode (``fissure evaluate --native``), None keeps the spec's."""
     data = dict(spec.get("tiling") or {})
     data.setdefault("tile", PreprocessConfig.from_dict(spec.get("preprocess")).size)
+    # the default overlap must fit small models too (a 32-pixel classifier patch)
+    data.setdefault("overlap", min(TilingConfig.model_fields["overlap"].default, int(data["tile"]) // 4))
     if native is not None:
         data["mode"] = "tile" if native else "resize"
     try:
