@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from hera.workflows import DAG, Container, CronWorkflow, Parameter, Steps, Task, WorkflowTemplate
+from hera.workflows import DAG, Container, CronWorkflow, Parallel, Parameter, Steps, Task, WorkflowTemplate
 from hera.workflows import models as m
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,8 +59,8 @@ CHART_VALUES: dict[str, tuple[str, str]] = {
     "s3_secret_key": ("root-password", 'include "fissure.s3.secretKeyKey" $'),
     "db_secret": ("fissure-postgresql", 'include "fissure.postgresql.secretName" $'),
     "db_password_key": ("password", 'include "fissure.postgresql.passwordKey" $'),
-    "api_token_secret": ("fissure-api", ".Values.api.auth.existingSecret"),
-    "api_token_key": ("admin-token", ".Values.api.auth.adminTokenKey"),
+    "api_token_secret": ("fissure-pipeline-token", ".Values.argo.apiToken.existingSecret"),
+    "api_token_key": ("token", ".Values.argo.apiToken.key"),
     "workspace_size": ("20Gi", ".Values.argo.workspaceSize"),
     "schedule": ("0 3 * * 1", ".Values.argo.schedule"),
     "feedback_schedule": ("17 * * * *", ".Values.argo.feedbackTrigger.schedule"),
@@ -126,12 +126,12 @@ def _script(body: str) -> list[str]:
 
 def _container(name: str, script: str, *, env: list[m.EnvVar] = (), inputs=None, outputs=None,
                config_map: str | None = None, cpu: str = "500m", memory: str = "1Gi",
-               memory_limit: str = "4Gi", extra_mounts: list[m.VolumeMount] = ()) -> Container:
+               memory_limit: str = "4Gi", extra_mounts: list[m.VolumeMount] = (), working_dir: str = SRC) -> Container:
     return Container(
         name=name,
         image=_ph("image"),
         image_pull_policy="IfNotPresent",
-        working_dir=SRC,
+        working_dir=working_dir,
         command=["bash", "-euo", "pipefail", "-c"],
         args=_script(script),
         env=[*_base_env(), *env],
@@ -318,6 +318,24 @@ case "$rc" in
 esac
 """
 
+RECORD_SCRIPT = r"""
+# The run's end as a pipeline event in the API (fissure_retrain_runs_total); best effort.
+python - <<'PY'
+import os
+import httpx
+url, token, result = os.environ.get("FISSURE_API_URL"), os.environ.get("FISSURE_API_TOKEN"), os.environ["RESULT"]
+if not url or not token:
+    print(f"retrain {result}; not recorded in the API (no FISSURE_API_URL or FISSURE_API_TOKEN)")
+    raise SystemExit(0)
+try:
+    r = httpx.post(f"{url.rstrip('/')}/pipeline/events", json={"kind": "retrain", "result": result},
+                   headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    print(f"retrain {result}; recorded in the API: HTTP {r.status_code}")
+except httpx.HTTPError as exc:
+    print(f"retrain {result}; not recorded in the API: {exc}")
+PY
+"""
+
 ABORT_SCRIPT = r"""
 # The workflow did not succeed: roll back any canary in flight, the champion keeps serving 100 %.
 fissure promote --model "$MODEL" --abort --actuator "$ACTUATOR" --namespace "$NAMESPACE" --release "$FISSURE_RELEASE"
@@ -392,8 +410,14 @@ def retrain_template() -> WorkflowTemplate:
                                         m.Parameter(name="storage-uri")]),
             outputs=_out("outcome"),
         )
-        abort = _container("abort", ABORT_SCRIPT, env=[*model_env, *k8s_env],
+        # the exit handler's steps work outside the checkout: it may never have been made
+        abort = _container("abort", ABORT_SCRIPT, env=[*model_env, *k8s_env], working_dir="/tmp",
                            inputs=m.Inputs(parameters=[m.Parameter(name="model")]))
+        record = _container("record", RECORD_SCRIPT, working_dir="/tmp", cpu="100m", memory="256Mi",
+                            memory_limit="1Gi", env=[*_env(RESULT="{{inputs.parameters.result}}"),
+                                                     _secret("FISSURE_API_TOKEN", "api_token_secret", "api_token_key",
+                                                             optional=True)],
+                            inputs=m.Inputs(parameters=[m.Parameter(name="result")]))
 
         with DAG(name="release-model", inputs=[Parameter(name="model")]):
             g = gate(name="gate", arguments={"model": "{{inputs.parameters.model}}"})
@@ -413,11 +437,16 @@ def retrain_template() -> WorkflowTemplate:
             # a skipped task counts as done for `depends`, so the condition is repeated
             rel = Task(name="release", template="release-model", with_param=p % "models",
                        when="{{tasks.ingest.outputs.parameters.due}} == true", arguments={"model": "{{item}}"})
-            i >> t >> rel
+            done = record(name="record", when="{{tasks.ingest.outputs.parameters.due}} == true",
+                          arguments={"result": "succeeded"})
+            i >> t >> rel >> done
 
         with Steps(name="abort-canaries"):
-            abort(name="abort", when="{{workflow.status}} != Succeeded", with_param=p % "models",
-                  arguments={"model": "{{item}}"})
+            with Parallel():
+                abort(name="abort", when="{{workflow.status}} != Succeeded", with_param=p % "models",
+                      arguments={"model": "{{item}}"})
+                record(name="record-failure", when="{{workflow.status}} != Succeeded",
+                       arguments={"result": "failed"})
     return wt
 
 

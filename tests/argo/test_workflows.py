@@ -295,9 +295,17 @@ def test_retrain_runs_ingest_train_then_gate_package_promote_per_model():
 
     # the exit handler rolls back what is in flight, for each model, unless the run succeeded
     assert spec["onExit"] == "abort-canaries"
-    (step,) = [s for group in by["abort-canaries"]["steps"] for s in group]
-    assert step["when"] == "{{workflow.status}} != Succeeded" and step["withParam"] == "{{workflow.parameters.models}}"
+    (group,) = by["abort-canaries"]["steps"]
+    steps = {s["name"]: s for s in group}
+    assert all(s["when"] == "{{workflow.status}} != Succeeded" for s in group)
+    assert steps["abort"]["withParam"] == "{{workflow.parameters.models}}"
     assert "fissure promote" in by["abort"]["container"]["args"][0] and "--abort" in by["abort"]["container"]["args"][0]
+    # the run's end is recorded in the API: succeeded at the end of the DAG, failed from the exit handler
+    assert steps["record-failure"]["arguments"]["parameters"] == [{"name": "result", "value": "failed"}]
+    assert main["record"]["depends"] == "release" and main["record"]["when"] == due
+    assert main["record"]["arguments"]["parameters"] == [{"name": "result", "value": "succeeded"}]
+    # the exit handler's steps do not need the checkout, which a failed ingest never made
+    assert by["abort"]["container"]["workingDir"] == by["record"]["container"]["workingDir"] == "/tmp"
 
 
 @pytest.mark.parametrize("stem,min_feedback", [("fissure-retrain-weekly", "0"), ("fissure-retrain-feedback", "50")])
