@@ -90,3 +90,7 @@ def build_model(spec: dict, *, pretrained: bool | None = None) -> nn.Module:
 
 def preprocess_config(spec: dict) -> PreprocessConfig:
     return PreprocessConfig.from_dict(spec.get("preprocess"))
+
+
+# its sibling: how the model sees images larger than its input (native-resolution tiles or a resize)
+from fissure.models.tiling import TilingConfig, tiling_config  # noqa: E402,F401
