@@ -456,3 +456,36 @@ def test_an_unreachable_api_server_is_unavailable(tmp_path):
         "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "ml"}}]}))
     with pytest.raises(Unavailable, match=f"127.0.0.1:{port}"):
         submit.submit_retrain(kubeconfig=str(cfg))
+
+
+def _heredoc(script: str) -> str:
+    """The Python a step's script runs (`python - <<'PY' ... PY`)."""
+    return script.split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+
+
+@pytest.mark.parametrize("min_feedback,due", [(2, "true"), (3, "false")])
+def test_the_ingest_step_counts_feedback_since_the_newest_registered_version(tmp_path, min_feedback, due):
+    """The feedback trigger's count, against a real MLflow registry: items judged after the newest
+    version of any of the models are new; the run is due at min-feedback of them."""
+    from datetime import datetime, timedelta, timezone
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("crack-classifier")
+    client.create_model_version("crack-classifier", source=str(tmp_path / "model"))
+    now = datetime.now(timezone.utc)
+    (tmp_path / "data" / "feedback").mkdir(parents=True)
+    items = [{"path": "a.jpg", "judged_at": (now - timedelta(hours=1)).isoformat()},  # the last run had it
+             {"path": "b.jpg", "judged_at": (now + timedelta(hours=1)).isoformat()},
+             {"path": "c.jpg", "judged_at": (now + timedelta(hours=2)).replace(tzinfo=None).isoformat()}]
+    (tmp_path / "data" / "feedback" / "manifest.json").write_text(json.dumps({"items": items}))
+    script = next(t for t in templates(load(ARGO / "fissure-retrain.yaml")) if t["name"] == "ingest")["container"]["args"][0]
+    (tmp_path / "out").mkdir()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "OUT": str(tmp_path / "out"),
+           "MODELS": '["crack-classifier", "crack-segmenter"]', "MIN_FEEDBACK": str(min_feedback)}
+    proc = subprocess.run([sys.executable, "-c", _heredoc(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "new-feedback").read_text() == "2"
+    assert (tmp_path / "out" / "due").read_text() == due
