@@ -36,6 +36,20 @@ import fissure_workflows as fw  # noqa: E402
 from fissure.errors import FissureError, Unavailable, UsageError  # noqa: E402
 from fissure.promotion import argo as submit  # noqa: E402
 
+
+def _load(path: Path, name: str):
+    """tests/api/conftest.py as a module of its own: its MinIO fixture, reused here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+minio = _load(REPO / "tests" / "api" / "conftest.py", "_argo_api_conftest").minio
+
 pytestmark = pytest.mark.timeout(1800)
 
 FILES = sorted(ARGO.glob("*.yaml"))
@@ -489,3 +503,27 @@ def test_the_ingest_step_counts_feedback_since_the_newest_registered_version(tmp
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "new-feedback").read_text() == "2"
     assert (tmp_path / "out" / "due").read_text() == due
+
+
+@pytest.mark.slow
+def test_the_package_step_puts_the_mar_in_the_model_store(tmp_path, minio):
+    """The package step's copy to a real MinIO (the chart's model store); `fissure package` is
+    stood in by a script that writes KServe's TorchServe layout where --out says."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "fissure").write_text(
+        "#!/bin/bash\nwhile [ $# -gt 0 ]; do [ \"$1\" = --out ] && out=\"$2\"; shift; done\n"
+        "mkdir -p \"$out/model-store\" \"$out/config\"\necho mar > \"$out/model-store/$MODEL.mar\"\n"
+        "echo props > \"$out/config/config.properties\"\n")
+    (bin_dir / "fissure").chmod(0o755)
+    script = next(t for t in templates(load(ARGO / "fissure-retrain.yaml")) if t["name"] == "package")["container"]["args"][0]
+    env = {**os.environ, **minio.env, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "OUT": str(tmp_path / "out"), "MODEL": "crack-classifier", "VERSION": "7", "WORKDIR": str(tmp_path),
+           "FISSURE_MODEL_STORE": f"s3://{minio.bucket}/models"}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dest = f"s3://{minio.bucket}/models/crack-classifier/7"
+    assert (tmp_path / "out" / "storage-uri").read_text() == dest
+    fs = minio.fs()
+    assert fs.cat(f"{dest}/model-store/crack-classifier.mar") == b"mar\n"
+    assert fs.cat(f"{dest}/config/config.properties") == b"props\n"
