@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import yaml
+
+from fissure.errors import ServerError, Unavailable, UsageError
 
 if TYPE_CHECKING:
     from fissure.stack import StackOptions
@@ -168,3 +171,64 @@ def metric_names(expr: str) -> set[str]:
             continue  # a function or an aggregation
         names.add(text)
     return names
+
+
+# ---------------------------------------------------------------------------- queries
+
+
+@dataclass
+class Series:
+    labels: dict
+    t: list  # unix seconds
+    v: list  # floats (NaN where Prometheus had no sample)
+    name: str = ""
+
+
+class Prometheus:
+    """Prometheus's two query endpoints (those Grafana uses), over httpx, for the dashboard
+    pictures and the canary analysis: unreachable or failing -> :class:`Unavailable`, a query it
+    rejects (400/422) -> :class:`ServerError`; one line each."""
+
+    def __init__(self, url: str, timeout: float = 15.0):
+        if not re.match(r"^https?://[^/\s]+", url or ""):
+            raise UsageError(f"the Prometheus URL must be http(s)://host:port, not {url!r}")
+        self.url = url.rstrip("/")
+        self.client = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def close(self):
+        self.client.close()
+
+    def _get(self, path: str, params: dict):
+        try:
+            response = self.client.get(path, params=params)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"Prometheus at {self.url} is unreachable ({type(exc).__name__}: {exc})") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code != 200 or body.get("status") != "success":
+            error = body.get("error") or f"HTTP {response.status_code}"
+            if response.status_code in (400, 422):
+                raise ServerError(str(error).splitlines()[0])
+            raise Unavailable(f"Prometheus at {self.url} answered {path} with {error}".splitlines()[0])
+        return body["data"]
+
+    def check(self) -> None:
+        self._get("/api/v1/query", {"query": "1"})
+
+    def range(self, expr: str, start: float, end: float, step: float) -> list[Series]:
+        data = self._get("/api/v1/query_range", {"query": expr, "start": start, "end": end, "step": step})
+        out = []
+        for item in data.get("result") or []:
+            values = item.get("values") or []
+            out.append(Series(item.get("metric") or {}, [float(t) for t, _ in values], [float(v) for _, v in values]))
+        return out
+
+    def instant(self, expr: str, at: float) -> list[Series]:
+        data = self._get("/api/v1/query", {"query": expr, "time": at})
+        if data.get("resultType") == "scalar":
+            t, v = data["result"]
+            return [Series({}, [float(t)], [float(v)])]
+        return [Series(item.get("metric") or {}, [float(item["value"][0])], [float(item["value"][1])])
+                for item in data.get("result") or []]

@@ -14,11 +14,11 @@ import math
 import time
 from typing import Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from fissure.errors import Unavailable
+from fissure.errors import ServerError, Unavailable
 from fissure.observability import catalog
+from fissure.observability.prometheus import Prometheus
 
 Verdict = Literal["pass", "fail", "insufficient"]
 
@@ -71,24 +71,17 @@ def _selector(namespace: str, model: str, version: str, extra: str = "") -> str:
     return "{" + sel + (", " + extra if extra else "") + "}"
 
 
-class _Prometheus:
+class _Queries:
+    """Instant queries at one evaluation time, over :class:`fissure.observability.prometheus.Prometheus`."""
+
     def __init__(self, url: str, at: float, timeout: float):
-        self.url, self.at = url.rstrip("/"), at
-        self.client = httpx.Client(timeout=timeout)
+        self.prom, self.at = Prometheus(url, timeout), at
 
     def query(self, promql: str) -> list[tuple[dict, float]]:
         try:
-            r = self.client.get(f"{self.url}/api/v1/query", params={"query": promql, "time": self.at})
-        except httpx.HTTPError as e:
-            raise Unavailable(f"Prometheus at {self.url} is unreachable: {e}") from e
-        try:
-            body = r.json()
-        except ValueError:
-            body = {}
-        if r.status_code != 200 or body.get("status") != "success":
-            raise Unavailable(f"Prometheus at {self.url} refused a query ({r.status_code} "
-                              f"{body.get('errorType', '')}: {body.get('error', r.text[:200])}): {promql}")
-        return [(s["metric"], float(s["value"][1])) for s in body["data"]["result"]]
+            return [(s.labels, s.v[0]) for s in self.prom.instant(promql, self.at)]
+        except ServerError as exc:  # a rejected query stops the step like an outage: nothing to judge on
+            raise Unavailable(f"Prometheus at {self.prom.url} refused a query ({exc}): {promql}") from None
 
     def scalar(self, promql: str) -> float | None:
         found = self.query(promql)
@@ -121,7 +114,7 @@ def analyse(prometheus_url: str, model: str, champion_version: str, challenger_v
     """Judge one canary step; raises :class:`fissure.errors.Unavailable` when Prometheus is down
     or refuses a query (the controller then stops in a known state)."""
     policy = policy or StepPolicy()
-    prom = _Prometheus(prometheus_url, time.time() if at is None else at, timeout)
+    prom = _Queries(prometheus_url, time.time() if at is None else at, timeout)
     versions = {"champion": champion_version, "challenger": challenger_version}
     sel = {role: _selector(namespace, model, v) for role, v in versions.items()}
     w = f"[{window}]"
@@ -200,7 +193,7 @@ def analyse(prometheus_url: str, model: str, champion_version: str, challenger_v
                                 detail=f"wrong/judged champion {ratio['champion']:.3f}, "
                                        f"challenger {ratio['challenger']:.3f}", promql=q))
     finally:
-        prom.client.close()
+        prom.prom.close()
 
     if not enough:
         verdict: Verdict = "insufficient"
