@@ -52,7 +52,7 @@ minio = _load(REPO / "tests" / "api" / "conftest.py", "_argo_api_conftest").mini
 
 pytestmark = pytest.mark.timeout(1800)
 
-FILES = sorted(ARGO.glob("*.yaml"))
+FILES = sorted(p for p in ARGO.glob("*.yaml") if p.name != "rbac.yaml")  # the Argo objects
 SCRIPT_KINDS = ("container", "script")
 
 
@@ -132,6 +132,7 @@ def test_the_committed_yaml_is_what_the_python_exports():
     assert committed == set(files), f"YAML not produced by argo/fissure_workflows.py: {committed - set(files)}"
     assert {p.stem for p in FILES} == {"train-pipeline", "fissure-retrain", "fissure-retrain-weekly",
                                        "fissure-retrain-feedback"}
+    assert (ARGO / "rbac.yaml") in files
 
 
 def test_make_workflows_check_finds_a_stale_file(tmp_path):
@@ -421,6 +422,21 @@ def test_the_chart_leaves_out_the_cron_workflows_when_asked(tools):
         used |= read - {e["name"] for e in t["container"].get("env", [])}
     assert {"FISSURE_RELEASE", "FISSURE_MODEL_STORE"} <= used
     assert used <= set(data), f"the scripts read {used - set(data)}, which the ConfigMap does not set"
+
+
+def test_the_chart_rbac_is_in_step_with_argo_rbac(tools):
+    plain = {d["kind"]: d for d in yaml.safe_load_all((ARGO / "rbac.yaml").read_text())}
+    out = subprocess.run([tools["HELM"], "template", "fissure", str(CHART), "--namespace", "fissure", "--kube-version",
+                          "1.33.0", "--show-only", "templates/argo-rbac.yaml", "--set", "argo.enabled=true"],
+                         capture_output=True, text=True, check=True).stdout
+    chart = {d["kind"]: d for d in yaml.safe_load_all(out) if d}
+    assert chart["Role"]["rules"] == plain["Role"]["rules"] == fw.WORKFLOW_RULES
+    for kind in ("ServiceAccount", "Role", "RoleBinding"):
+        assert chart[kind]["metadata"]["name"] == plain[kind]["metadata"]["name"] == "fissure-workflow"
+    assert chart["RoleBinding"]["subjects"][0]["name"] == plain["RoleBinding"]["subjects"][0]["name"]
+    # the account the workflows run as
+    assert {spec_of(load(p)).get("serviceAccountName") for p in FILES if load(p)["kind"] == "WorkflowTemplate"} == \
+        {plain["ServiceAccount"]["metadata"]["name"]}
 
 
 # ------------------------------------------------------------------------------ fissure retrain --argo
