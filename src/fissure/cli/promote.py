@@ -192,13 +192,17 @@ def retrain(models, min_feedback, no_export, then_promote, argo, namespace, out,
     """Export feedback, `dvc repro`, gate each new challenger (and canary it with --promote).
 
     Exit 0 when every new challenger passed (or nothing was new), 3 when the gate refused one."""
-    models = list(models) or sorted(MODEL_NAMES.values())
     if argo:
         from fissure.promotion import argo as argo_submit
+        from fissure.promotion.controller import who
 
-        name = argo_submit.submit(namespace=namespace, parameters={"min-feedback": str(min_feedback)})
-        click.echo(f"submitted workflow {name} (argo get -n {namespace or 'default'} {name})")
+        given = {"models": list(models) or None, "min_feedback": min_feedback or None,
+                 "promote": True if then_promote else None}
+        name = argo_submit.submit_retrain(argo_submit.params_from(**{k: v for k, v in given.items() if v is not None}),
+                                          namespace=namespace, submitted_by=who())
+        click.echo(f"submitted workflow {name}: `argo get {name}` or the Argo UI show its steps and the gate's numbers")
         return
+    models = list(models) or sorted(MODEL_NAMES.values())
     from fissure.promotion.retrain import retrain as run
 
     policies = _policies(params)

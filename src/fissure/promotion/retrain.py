@@ -104,7 +104,7 @@ def gate(model: str, version: str | None, policy: GatePolicy, root: Path, gate_d
         mv = (client.get_model_version(model, str(version)) if version
               else client.get_model_version_by_alias(model, "challenger"))
     except Exception as exc:  # noqa: BLE001 - MLflow's not-found and connection errors alike
-        raise NotFoundError(f"{model} {'version ' + str(version) if version else '@challenger'}: "
+        raise NotFoundError(f"{model}{' version ' + str(version) if version else '@challenger'}: "
                             f"{str(exc).splitlines()[0]}") from None
     try:
         champ = str(client.get_model_version_by_alias(model, "champion").version)

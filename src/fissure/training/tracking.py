@@ -40,6 +40,8 @@ def mlflow_client():
     quiet_mlflow()
     import mlflow
 
+    quiet_mlflow()  # again: importing mlflow configures its loggers (INFO)
+
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
