@@ -4,8 +4,8 @@ Checked offline: the YAML is what argo/fissure_workflows.py exports; it is valid
 Argo Workflows v4.1.2 CRD schemas (../shared/crds), hera's models and `argo lint --offline`
 (the argo CLI mk/k8s.mk builds); no workflow parameter is pasted into script text; every
 container is restricted; the chart renders the same objects with the release's names. The
-Workflow that `fissure retrain --argo` submits is checked against the CRD schema, and created
-on a real kube-apiserver with the Argo CRDs (the `kube_apiserver` fixture).
+Workflow that `fissure retrain --argo` submits is checked against the CRD schema here, and created
+on a real kube-apiserver with the Argo CRDs in test_submit_cluster.py.
 """
 
 from __future__ import annotations
