@@ -17,6 +17,23 @@ import click
 from fissure import MODEL_NAMES
 
 REFUSED = 3
+
+
+class Duration(click.ParamType):
+    """Seconds, or a number with s, m or h (as Argo and Prometheus write them): 90, 90s, 5m, 1h."""
+
+    name = "duration"
+    UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        import re
+
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smh]?)\s*", str(value))
+        if not m or float(m.group(1)) <= 0:
+            self.fail(f"{value!r} is not a duration (e.g. 90, 90s, 5m, 1h)", param, ctx)
+        return float(m.group(1)) * self.UNITS[m.group(2)]
 ACTUATORS = ("local", "kserve-gateway", "kserve-knative")
 MODELS = click.Choice(sorted(MODEL_NAMES.values()))
 
@@ -124,10 +141,10 @@ def _actuator(kind: str, namespace: str | None, release: str | None, fault: tupl
 @click.option("--storage-root", envvar="FISSURE_MODEL_STORE_URI", default=None,
               help="Where packaged versions live for a cluster: <root>/<model>/<version> (e.g. s3://fissure-models).")
 @click.option("--steps", default=None, help="Comma-separated challenger shares, e.g. 10,50 [params canary.steps].")
-@click.option("--bake", "bake", type=click.FloatRange(min=1), default=None, help="Seconds per step [params].")
-@click.option("--poll", "poll", type=click.FloatRange(min=0.5), default=None, help="Seconds between checks [params].")
-@click.option("--max-wait", "max_wait", type=click.FloatRange(min=1), default=None,
-              help="Seconds a step may wait for enough traffic [params].")
+@click.option("--bake", "bake", type=Duration(), default=None, help="Time at each step, e.g. 300, 5m [params].")
+@click.option("--poll", "poll", type=Duration(), default=None, help="Time between evidence checks [params].")
+@click.option("--max-wait", "max_wait", type=Duration(), default=None,
+              help="How long a step may wait for enough traffic [params].")
 @click.option("--abort", is_flag=True, help="Roll back whatever canary of MODEL is in flight, then exit.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write the outcome as JSON.")
 @click.option("--fault-abort-percent", type=click.FloatRange(0, 100), default=0.0,
