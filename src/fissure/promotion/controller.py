@@ -166,6 +166,11 @@ class Events:
     def send(self, **event) -> None:
         if not self.url:
             return
+        if not self.token:  # the API refuses unauthenticated writes: say so once, not per event
+            self.echo(f"note: FISSURE_API_TOKEN (a pipeline token) is not set: events are not recorded in the API "
+                      f"at {self.url}")
+            self.url = None
+            return
         import httpx
 
         try:
