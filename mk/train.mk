@@ -9,3 +9,7 @@ bench-train: venv ## CPU images/s of both models (train step, inference) + wall 
 
 bench-realdata: venv ## train on synthetic + shared real sets, report Dice/F1 on held-back real images (~15 min CPU)
 	$(VENV)/bin/python training/bench_realdata.py --out reports/bench_realdata.md
+
+.PHONY: bench-promotion
+bench-promotion: venv ## minutes from `fissure retrain` to a promoted champion (default data and canary policy, Locust traffic) -> docs/benchmarks.md
+	$(VENV)/bin/python training/bench_promotion.py

@@ -51,7 +51,7 @@ class CanaryPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: list[int] = Field([10, 50], description="challenger's share at each step, percent; then promotion (100)")
-    bake_seconds: float = Field(300.0, gt=0, description="minimum time at each step before it can pass")
+    bake_seconds: float = Field(120.0, gt=0, description="minimum time at each step before it can pass")
     poll_seconds: float = Field(15.0, gt=0, description="how often the evidence is checked during a step")
     max_wait_seconds: float = Field(1800.0, gt=0, description="a step without enough traffic by then rolls back")
     analysis: StepPolicy = Field(default_factory=StepPolicy)
