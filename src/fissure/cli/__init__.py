@@ -41,13 +41,14 @@ COMMANDS = {
 # Top-level import name -> the pyproject extra that installs it (keep in step with pyproject.toml).
 EXTRAS = dict.fromkeys(
     ("kserve", "ts", "model_archiver", "tritonclient", "grpc", "fastapi", "uvicorn", "honcho", "orjson",
-     "aiohttp", "sqlalchemy", "alembic", "psycopg", "fsspec", "prometheus_client", "python_multipart",
+     "aiohttp", "sqlalchemy", "alembic", "psycopg", "fsspec", "prometheus_client", "python_multipart", "kubernetes",
      "fastapi_offline"),
     "serve",
 )
 # Commands that cannot run at all without an extra: checked before they start anything (TorchServe,
 # MLflow). Others import an extra only on some paths (`predict --protocol grpc`) and fail there.
-NEEDS = {"serve": "serve", "up": "serve", "package": "serve", "api": "serve", "token": "serve", "feedback": "serve"}
+NEEDS = {"serve": "serve", "up": "serve", "package": "serve", "api": "serve", "token": "serve", "feedback": "serve",
+         "promote": "serve", "retrain": "serve"}
 
 
 def _extra_error(command: str, extra: str, detail: str = "") -> FissureError:
