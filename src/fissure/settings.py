@@ -110,8 +110,9 @@ class Settings(BaseSettings):
     api_admin_token: SecretStr | None = Field(
         None, description="admin token `fissure api` registers when the store has none (else it makes one)")
     retrain_command: str = Field(
-        "fissure feedback export --out data/feedback && dvc repro",
-        description="shell command POST /retrain runs in the API's working directory")
+        "fissure retrain",
+        description="shell command POST /retrain runs in the API's working directory (feedback export, "
+                    "dvc repro, the gate; in a cluster the chart sets `fissure retrain --argo`)")
     # links the web UI shows when set
     mlflow_url: str | None = None
     prometheus_url: str | None = None

@@ -289,10 +289,11 @@ def test_stopping_the_api_stops_its_run_and_the_next_start_fails_it(tmp_path):
     store.close()
 
 
-def test_default_retrain_command_is_export_then_dvc_repro():
+def test_default_retrain_command_is_fissure_retrain():
+    """export + dvc repro + the gate (docs/retraining.md); exit 3 (refused) is kept as the run's code"""
     from fissure.settings import Settings
 
-    assert Settings().retrain_command == "fissure feedback export --out data/feedback && dvc repro"
+    assert Settings().retrain_command == "fissure retrain"
 
 
 def test_metrics_count_requests_predictions_feedback(client, make_prediction):

@@ -1,7 +1,7 @@
 """Retrain runs: ``POST /retrain`` queues one, a worker thread runs them one at a time.
 
-A run is ``FISSURE_RETRAIN_COMMAND`` (default: the feedback export into ``data/feedback``, then
-``dvc repro``) in a shell, in the API's working directory (the repository, for the default),
+A run is ``FISSURE_RETRAIN_COMMAND`` (default ``fissure retrain``: the feedback export into
+``data/feedback``, ``dvc repro``, the gate; ``fissure retrain --argo`` in a cluster) in a shell, in the API's working directory (the repository, for the default),
 as its own process group; its output goes to ``<home>/retrain/<id>.log``. The request only
 records the run and returns: the work is never inside it. States: queued -> running ->
 succeeded | failed (exit code kept). Runs that were queued or running when the API stopped are
