@@ -3,6 +3,7 @@ and the front for models whose spec says ``tiling.mode: tile``."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import subprocess
@@ -145,3 +146,43 @@ def test_front_v1_and_v2_responses_for_tiling_models():
     assert got["v1_size"] == [700, 1000] and got["v1_tiles"] == 63
     assert got["declared"] == got["outputs"] == ["label", "probabilities", "score", "tile_map"]
     assert got["tile_grid"] == [7, 9]
+
+
+def test_torchserve_handler_tiles_wire_pixels_and_raw_images(tmp_path, monkeypatch):
+    """The MAR's handler (TorchServe's real Context and request decoding, no Java): the front's
+    working-size pixels and a raw image both come back as masks at the image's own size."""
+    ts_context = pytest.importorskip("ts.context", reason="TorchServe is not installed (pip install -e .[serve])")
+    from ts.service import Service
+
+    from fissure.serving.handler import FissureHandler
+    from fissure.serving.runtime import META_FILE, SPEC_FILE, WEIGHTS_FILE
+
+    spec = _spec("segment")
+    torch.manual_seed(0)
+    torch.save(build_model(spec).state_dict(), tmp_path / WEIGHTS_FILE)
+    (tmp_path / SPEC_FILE).write_text(json.dumps(spec))
+    (tmp_path / META_FILE).write_text(json.dumps({"name": spec["name"], "version": "1"}))
+    monkeypatch.setenv(codec.WIRE_TOKEN_ENV, "tok")
+    threads = torch.get_num_threads()
+    context = ts_context.Context(spec["name"], str(tmp_path), {"model": {}}, 8, None, "0.12.0")
+    handler = FissureHandler()
+    handler.initialize(context)
+    try:
+        img = _photo(301, 413, seed=3)
+        px = model_pixels(img, handler.runtime.cfg, handler.runtime.tiling)
+        frame = codec.pack_wire("predict", [({"kind": "pixels", "shape": list(px.shape), "size": [301, 413]},
+                                             px.tobytes())])
+        reqs = [{"requestId": b"a", "parameters": [{"name": "body", "contentType": codec.WIRE_CONTENT_TYPE,
+                                                     "value": bytearray(frame)}],
+                 "headers": [{"name": codec.WIRE_HEADER.encode(), "value": b"tok"}]},
+                {"requestId": b"b", "parameters": [{"name": "body", "contentType": "application/octet-stream",
+                                                     "value": bytearray(_png(img))}], "headers": []}]
+        processors, data, ids = Service.retrieve_data_for_inference(reqs)
+        context.request_ids, context.request_processor = ids, processors
+        wired, raw = [json.loads(o) for o in handler.handle(data, context)]
+        wired = wired["results"][0][0]
+        assert wired["size"] == raw["size"] == [301, 413] and wired["tiling"]["tiles"] == 12
+        assert wired["mask_rle"] == raw["mask_rle"]
+    finally:
+        gc.unfreeze()  # initialize() froze the test process's objects: a worker's, not ours
+        torch.set_num_threads(threads)
