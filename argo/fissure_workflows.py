@@ -305,12 +305,16 @@ echo "packaged models:/$MODEL/$VERSION to $dest"
 
 PROMOTE_SCRIPT = r"""
 mkdir -p "$OUT"
-# FISSURE_CHALLENGER_STORAGE_URI: where the package step put the challenger's MAR (the KServe
-# actuators deploy the challenger from there)
-echo "canary of $MODEL version $VERSION from $FISSURE_CHALLENGER_STORAGE_URI, steps $STEPS, bake $BAKE"
+# FISSURE_CHALLENGER_STORAGE_URI: where the package step put the challenger's MAR, under
+# --storage-root (<root>/<model>/<version>), from where the KServe actuators deploy it
+echo "canary of $MODEL version $VERSION from $FISSURE_CHALLENGER_STORAGE_URI"
+policy=()   # empty parameters: the canary: policy of the checkout's params.yaml
+if [ -n "$STEPS" ]; then policy+=(--steps "$STEPS"); fi
+if [ -n "$BAKE" ]; then policy+=(--bake "$BAKE"); fi
 rc=0
 fissure promote --model "$MODEL" --challenger "$VERSION" --actuator "$ACTUATOR" \
-  --namespace "$NAMESPACE" --release "$FISSURE_RELEASE" --steps "$STEPS" --bake "$BAKE" || rc=$?
+  --namespace "$NAMESPACE" --release "$FISSURE_RELEASE" --prometheus "$FISSURE_PROMETHEUS_URL" \
+  --storage-root "$FISSURE_MODEL_STORE" --out "$OUT/promotion.json" "${policy[@]}" || rc=$?
 # 0 promoted, 3 rolled back by the canary's evidence (both outcomes); else an error, and the
 # exit handler rolls back what is left in flight.
 case "$rc" in
@@ -367,8 +371,10 @@ def retrain_template() -> WorkflowTemplate:
                       description="Run the canary promotion of a challenger that passed the gate."),
             Parameter(name="actuator", value=ACTUATORS[0], enum=ACTUATORS,
                       description="How the canary's share reaches the challenger: kserve-gateway (weighted HTTPRoute, Standard mode) or kserve-knative."),
-            Parameter(name="steps", value="10,50,100", description="Canary steps, percent of traffic."),
-            Parameter(name="bake", value="5m", description="Time at each step before its evidence is judged."),
+            Parameter(name="steps", value="",
+                      description="Canary steps, percent of traffic (e.g. 10,50,100); empty: params.yaml's canary policy."),
+            Parameter(name="bake", value="",
+                      description="Seconds at each step before its evidence is judged; empty: params.yaml's canary policy."),
         ],
         volume_claim_templates=[m.PersistentVolumeClaim(
             metadata=m.ObjectMeta(name="work"),

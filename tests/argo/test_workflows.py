@@ -444,14 +444,14 @@ def test_the_chart_rbac_is_in_step_with_argo_rbac(tools):
 
 def test_the_submitted_workflow_is_valid(schemas):
     params = submit.params_from(revision="v1.2", models=["crack-classifier"], min_feedback=20, promote=False,
-                                actuator="kserve-knative", steps=[5, 50, 100], bake="90s")
+                                actuator="kserve-knative", steps=[5, 50, 100], bake=90)
     doc = submit.workflow_manifest(params, submitted_by="ana")
     assert schema_errors(schemas, doc) == []
     from hera.workflows import models as m
     m.Workflow.model_validate(doc)
     args = {p["name"]: p["value"] for p in doc["spec"]["arguments"]["parameters"]}
     assert args == {"revision": "v1.2", "models": '["crack-classifier"]', "min-feedback": "20", "promote": "false",
-                    "actuator": "kserve-knative", "steps": "5,50,100", "bake": "90s"}
+                    "actuator": "kserve-knative", "steps": "5,50,100", "bake": "90"}
     template_params = {p["name"] for p in load(ARGO / "fissure-retrain.yaml")["spec"]["arguments"]["parameters"]}
     assert set(args) <= template_params
     assert "arguments" not in submit.workflow_manifest(submit.RetrainParams())["spec"]  # the template's defaults
@@ -459,7 +459,7 @@ def test_the_submitted_workflow_is_valid(schemas):
 
 @pytest.mark.parametrize("given,word", [
     ({"models": ["Crack Classifier"]}, "models"), ({"steps": [50, 10]}, "steps"), ({"steps": [0, 100]}, "steps"),
-    ({"bake": "5 minutes"}, "bake"), ({"actuator": "local"}, "actuator"), ({"revision": "{{x}}"}, "revision"),
+    ({"bake": "5 minutes"}, "bake"), ({"bake": 0.5}, "bake"), ({"actuator": "local"}, "actuator"), ({"revision": "{{x}}"}, "revision"),
     ({"min_feedback": -1}, "min_feedback"), ({"repo": "https://evil.example/x.git"}, "repo"),
 ])
 def test_bad_parameters_are_one_line_usage_errors(given, word):
@@ -543,3 +543,30 @@ def test_the_package_step_puts_the_mar_in_the_model_store(tmp_path, minio):
     fs = minio.fs()
     assert fs.cat(f"{dest}/model-store/crack-classifier.mar") == b"mar\n"
     assert fs.cat(f"{dest}/config/config.properties") == b"props\n"
+
+
+@pytest.mark.parametrize("steps,bake,rc,outcome", [("", "", 0, "promoted"), ("10,100", "30", 3, "rolled-back"),
+                                                   ("", "", 1, None)])
+def test_the_promote_step_calls_the_controller_with_the_parameters(tmp_path, steps, bake, rc, outcome):
+    """`fissure promote` is stood in by a script that records its arguments and exits rc."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "fissure").write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > "{tmp_path}/argv"\nexit {rc}\n')
+    (bin_dir / "fissure").chmod(0o755)
+    script = next(t for t in templates(load(ARGO / "fissure-retrain.yaml")) if t["name"] == "promote")["container"]["args"][0]
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
+           "MODEL": "crack-classifier", "VERSION": "7", "ACTUATOR": "kserve-gateway", "NAMESPACE": "ml",
+           "FISSURE_RELEASE": "lab", "FISSURE_PROMETHEUS_URL": "http://prom:9090", "FISSURE_MODEL_STORE": "s3://models",
+           "FISSURE_CHALLENGER_STORAGE_URI": "s3://models/crack-classifier/7", "STEPS": steps, "BAKE": bake}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
+    argv = (tmp_path / "argv").read_text().splitlines()
+    expected = ["promote", "--model", "crack-classifier", "--challenger", "7", "--actuator", "kserve-gateway",
+                "--namespace", "ml", "--release", "lab", "--prometheus", "http://prom:9090", "--storage-root", "s3://models",
+                "--out", str(tmp_path / "out" / "promotion.json")]
+    expected += (["--steps", steps] if steps else []) + (["--bake", bake] if bake else [])
+    assert argv == expected
+    if outcome is None:
+        assert proc.returncode == rc and not (tmp_path / "out" / "outcome").exists()
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "out" / "outcome").read_text() == outcome
