@@ -135,17 +135,18 @@ def test_the_committed_yaml_is_what_the_python_exports():
     assert (ARGO / "rbac.yaml") in files
 
 
-def test_make_workflows_check_finds_a_stale_file(tmp_path):
+def test_make_workflows_check_finds_a_stale_file(tmp_path, monkeypatch, capsys):
     assert subprocess.run(["make", "-s", "workflows-check"], cwd=REPO, capture_output=True).returncode == 0
-    path = ARGO / "fissure-retrain.yaml"
-    original = path.read_text()
-    try:
-        path.write_text(original.replace("concurrencyPolicy", "concurrencyPolicy") + "# edited by hand\n")
-        proc = subprocess.run([sys.executable, str(ARGO / "fissure_workflows.py"), "--check"], cwd=REPO,
-                              capture_output=True, text=True)
-        assert proc.returncode == 1 and "argo/fissure-retrain.yaml" in proc.stderr, proc.stderr
-    finally:
-        path.write_text(original)
+    # the same check on a copy (the shared checkout is never edited)
+    monkeypatch.setattr(fw, "REPO", tmp_path)
+    monkeypatch.setattr(fw, "PLAIN_DIR", tmp_path / "argo")
+    monkeypatch.setattr(fw, "CHART_DIR", tmp_path / "chart")
+    assert fw.main([]) == 0 and fw.main(["--check"]) == 0
+    path = tmp_path / "argo" / "fissure-retrain.yaml"
+    path.write_text(path.read_text() + "# edited by hand\n")
+    capsys.readouterr()
+    assert fw.main(["--check"]) == 1
+    assert "argo/fissure-retrain.yaml" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ validity
