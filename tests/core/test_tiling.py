@@ -118,3 +118,11 @@ def test_spec_defaults_to_resize_and_reads_tile_settings():
     spec["tiling"] = {"mode": "slices"}
     with pytest.raises(ConfigError, match="tiling.mode"):
         tiling_config(spec)
+
+
+def test_small_models_load_with_the_default_overlap():
+    """A 32-pixel model without tiling in its spec (the test pipeline's) must load and resize."""
+    spec = default_spec("classify", size=32)
+    cfg = tiling_config(spec)
+    assert not cfg.tiles and cfg.tile == 32 and cfg.overlap == 8
+    assert tiling_config(default_spec("segment")).overlap == 32
