@@ -66,7 +66,7 @@ i=0
 for b in "${bins[@]}"; do
   i=$((i + 1))
   echo ">> kubernetes $version: building $b ($i/${#bins[@]})"
-  CGO_ENABLED=0 $GO build -trimpath -ldflags "$ldflags" -o "$out/$b.tmp" "k8s.io/kubernetes/cmd/$b"
-  mv "$out/$b.tmp" "$out/$b"
+  CGO_ENABLED=0 $GO build -trimpath -ldflags "$ldflags" -o "$out/$b.tmp.$$" "k8s.io/kubernetes/cmd/$b"
+  mv "$out/$b.tmp.$$" "$out/$b"  # atomic: a concurrent reader never sees half a binary
 done
 echo ">> kubernetes $version: built ${bins[*]} into $out"
