@@ -374,7 +374,7 @@ def retrain_template() -> WorkflowTemplate:
             Parameter(name="steps", value="",
                       description="Canary steps, percent of traffic (e.g. 10,50,100); empty: params.yaml's canary policy."),
             Parameter(name="bake", value="",
-                      description="Seconds at each step before its evidence is judged; empty: params.yaml's canary policy."),
+                      description="Time at each step before its evidence is judged (300, 5m); empty: params.yaml's canary policy."),
         ],
         volume_claim_templates=[m.PersistentVolumeClaim(
             metadata=m.ObjectMeta(name="work"),

@@ -445,14 +445,14 @@ def test_the_chart_rbac_is_in_step_with_argo_rbac(tools):
 
 def test_the_submitted_workflow_is_valid(schemas):
     params = submit.params_from(revision="v1.2", models=["crack-classifier"], min_feedback=20, promote=False,
-                                actuator="kserve-knative", steps=[5, 50, 100], bake=90)
+                                actuator="kserve-knative", steps=[5, 50, 100], bake="5m")
     doc = submit.workflow_manifest(params, submitted_by="ana")
     assert schema_errors(schemas, doc) == []
     from hera.workflows import models as m
     m.Workflow.model_validate(doc)
     args = {p["name"]: p["value"] for p in doc["spec"]["arguments"]["parameters"]}
     assert args == {"revision": "v1.2", "models": '["crack-classifier"]', "min-feedback": "20", "promote": "false",
-                    "actuator": "kserve-knative", "steps": "5,50,100", "bake": "90"}
+                    "actuator": "kserve-knative", "steps": "5,50,100", "bake": "5m"}
     template_params = {p["name"] for p in load(ARGO / "fissure-retrain.yaml")["spec"]["arguments"]["parameters"]}
     assert set(args) <= template_params
     assert "arguments" not in submit.workflow_manifest(submit.RetrainParams())["spec"]  # the template's defaults
@@ -460,7 +460,7 @@ def test_the_submitted_workflow_is_valid(schemas):
 
 @pytest.mark.parametrize("given,word", [
     ({"models": ["Crack Classifier"]}, "models"), ({"steps": [50, 10]}, "steps"), ({"steps": [0, 100]}, "steps"),
-    ({"bake": "5 minutes"}, "bake"), ({"bake": 0.5}, "bake"), ({"actuator": "local"}, "actuator"), ({"revision": "{{x}}"}, "revision"),
+    ({"bake": "5 minutes"}, "bake"), ({"bake": "-5m"}, "bake"), ({"actuator": "local"}, "actuator"), ({"revision": "{{x}}"}, "revision"),
     ({"min_feedback": -1}, "min_feedback"), ({"repo": "https://evil.example/x.git"}, "repo"),
 ])
 def test_bad_parameters_are_one_line_usage_errors(given, word):
@@ -546,7 +546,7 @@ def test_the_package_step_puts_the_mar_in_the_model_store(tmp_path, minio):
     assert fs.cat(f"{dest}/config/config.properties") == b"props\n"
 
 
-@pytest.mark.parametrize("steps,bake,rc,outcome", [("", "", 0, "promoted"), ("10,100", "30", 3, "rolled-back"),
+@pytest.mark.parametrize("steps,bake,rc,outcome", [("", "", 0, "promoted"), ("10,100", "5m", 3, "rolled-back"),
                                                    ("", "", 1, None)])
 def test_the_promote_step_calls_the_controller_with_the_parameters(tmp_path, steps, bake, rc, outcome):
     """`fissure promote` is stood in by a script that records its arguments and exits rc."""

@@ -40,7 +40,7 @@ class RetrainParams(BaseModel):
     promote: bool | None = Field(None, description="run the canary promotion after a passed gate")
     actuator: Literal["kserve-gateway", "kserve-knative"] | None = None
     steps: list[int] | None = Field(None, min_length=1, description="canary steps, percent of traffic")
-    bake: float | None = Field(None, ge=1, description="seconds at each canary step")
+    bake: str | None = Field(None, pattern=r"^[0-9]+(\.[0-9]+)?(s|m|h)?$", description="time at each canary step: 300, 5m")
 
     @field_validator("models")
     @classmethod
@@ -68,7 +68,7 @@ class RetrainParams(BaseModel):
             "promote": None if self.promote is None else str(self.promote).lower(),
             "actuator": self.actuator,
             "steps": None if self.steps is None else ",".join(map(str, self.steps)),
-            "bake": None if self.bake is None else f"{self.bake:g}",
+            "bake": self.bake,
         }
         return [{"name": k, "value": v} for k, v in values.items() if v is not None]
 
