@@ -13,7 +13,7 @@ K8S_BINARIES := kube-apiserver kube-controller-manager kube-scheduler kubelet ku
 K8S_BINARIES_STAMP := $(K8S_RELEASE_BIN)/.built
 ETCD ?= $(shell command -v etcd 2>/dev/null || echo /usr/bin/etcd)
 
-.PHONY: k8s-binaries cluster-apt cluster-paths
+.PHONY: k8s-binaries cluster-apt cluster-paths cluster-node-apt cluster-up cluster-down
 
 k8s-binaries: $(K8S_BINARIES_STAMP) cluster-apt ## build Kubernetes $(K8S_VERSION) binaries (Go module proxy, ~7 min once) + etcd
 
@@ -45,3 +45,23 @@ cluster-paths: ## print the cluster tool paths as KEY=VALUE (tests/cluster reads
 	@echo K8S_BINARIES_STAMP=$(K8S_BINARIES_STAMP)
 	@echo ETCD=$(ETCD)
 
+# ---------------------------------------------------------------------------- single-node cluster
+CLUSTER_STATE ?= .fissure/cluster
+
+cluster-node-apt: ## make sure containerd, runc, the CNI plugins, iptables and conntrack are there (apt-get when root)
+	@missing=""; for p in containerd:containerd runc:runc iptables:iptables conntrack:conntrack; do \
+	  command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p#*:}"; done; \
+	test -x /usr/lib/cni/bridge || missing="$$missing containernetworking-plugins"; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo ">> installing$$missing (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+		echo "the cluster node needs:$$missing (apt-get install$$missing)" >&2; exit 1; \
+	fi
+
+cluster-up: k8s-binaries cluster-node-apt ## [root] single-node cluster on this machine (etcd, control plane, containerd, kubelet); state in .fissure/cluster
+	GO=$(GO) manifests/cluster/up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
+
+cluster-down: ## stop the single-node cluster and remove its state, /var/lib/kubelet and /var/log/pods
+	manifests/cluster/down.sh $(CLUSTER_STATE)

@@ -13,7 +13,8 @@ from kube_cluster import REPO
 
 KIND = REPO / "manifests" / "kind"
 PYTHON = REPO / ".venv" / "bin" / "python"
-SCRIPTS = sorted(KIND.glob("*.sh")) + [REPO / "mk" / "build-kubernetes.sh"]
+SCRIPTS = sorted(KIND.glob("*.sh")) + sorted((REPO / "manifests" / "cluster").glob("*.sh")) + [
+    REPO / "mk" / "build-kubernetes.sh"]
 
 
 def test_shell_scripts_pass_shellcheck():

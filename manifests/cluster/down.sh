@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# make cluster-down: stop what up.sh started (by the pids it recorded, newest first), then remove
+# what kubelet and containerd leave behind: pod sandboxes and their mounts, /var/lib/kubelet,
+# /var/log/pods, /var/log/containers, the CNI bridge, and the state directory.
+#
+# usage: down.sh [STATE_DIR]
+set -uo pipefail
+state="${1:-.fissure/cluster}"
+[ -d "$state" ] || { echo ">> cluster-down: nothing at $state"; exit 0; }
+state="$(cd "$state" && pwd)"
+log() { echo ">> cluster-down: $*"; }
+
+# Pods first, while containerd still runs: stop and remove every sandbox via the runtime.
+sock="$state/containerd/containerd.sock"
+if [ -S "$sock" ] && command -v ctr >/dev/null; then
+  ctr=(ctr --address "$sock" -n k8s.io)
+  for t in $("${ctr[@]}" tasks ls -q 2>/dev/null); do "${ctr[@]}" tasks kill -s SIGKILL "$t" >/dev/null 2>&1; done
+  sleep 1
+  for t in $("${ctr[@]}" tasks ls -q 2>/dev/null); do "${ctr[@]}" tasks delete -f "$t" >/dev/null 2>&1; done
+  for c in $("${ctr[@]}" containers ls -q 2>/dev/null); do "${ctr[@]}" containers delete "$c" >/dev/null 2>&1; done
+fi
+
+for name in kubelet kube-proxy containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do
+  pidfile="$state/pids/$name.pid"
+  [ -f "$pidfile" ] || continue
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -0 "$pid" 2>/dev/null && { log "$name did not stop: SIGKILL"; kill -KILL "$pid" 2>/dev/null; }
+  fi
+  rm -f "$pidfile"
+done
+# containerd-shim processes outlive containerd by design; they belong to this cluster when
+# their -address is our socket
+for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $sock" 2>/dev/null); do
+  log "stopping leftover shim (pid $pid)"; kill -KILL "$pid" 2>/dev/null
+done
+
+# Mounts kubelet and containerd made (volumes, sandboxes' shm, overlay rootfs), deepest first.
+unmount_under() {
+  local mounts m
+  mounts=$(awk -v p="$1" 'index($2, p) == 1 {print $2}' /proc/self/mounts | sort -r)
+  for m in $mounts; do umount -l "$m" 2>/dev/null || log "could not unmount $m"; done
+}
+for dir in /var/lib/kubelet "$state" /run/containerd/io.containerd.grpc.v1.cri /run/netns; do
+  unmount_under "$dir"
+done
+ip link delete fissure0 >/dev/null 2>&1 && log "removed the CNI bridge fissure0"
+for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do ip netns delete "$ns" 2>/dev/null; done
+rm -rf /var/lib/kubelet /var/log/pods /var/log/containers /var/lib/cni/networks/fissure /var/lib/cni/results/fissure-* /var/lib/cni/results/cni-loopback-*
+rm -rf "$state"
+log "done: processes stopped, /var/lib/kubelet, /var/log/pods and $state removed"

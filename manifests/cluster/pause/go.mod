@@ -1,0 +1,3 @@
+module fissure.local/pause
+
+go 1.22
