@@ -47,6 +47,33 @@ unmount_under() {
 for dir in /var/lib/kubelet "$state" /run/containerd/io.containerd.grpc.v1.cri /run/netns; do
   unmount_under "$dir"
 done
+# iptables: kube-proxy's chains, and what the CNI plugins added per pod (the sandboxes were
+# killed above, not torn down through CNI): the bridge plugin's masquerade rules (commented
+# `name: "fissure"`) and the firewall plugin's rules for the pod range.
+if [ -f "$state/bin-dir" ] && [ -x "$(cat "$state/bin-dir")/kube-proxy" ]; then
+  "$(cat "$state/bin-dir")/kube-proxy" --cleanup >/dev/null 2>&1 && log "removed kube-proxy's iptables rules"
+fi
+if command -v iptables-save >/dev/null; then
+  chains=$(iptables-save -t nat | sed -n 's/^-A POSTROUTING .*name: \\"fissure\\".* -j \(CNI-[0-9a-f]*\)$/\1/p' | sort -u)
+  iptables-save -t nat | grep -- '^-A POSTROUTING .*name: \\"fissure\\"' | sed 's/^-A/-D/' |
+    while IFS= read -r rule; do eval "iptables -t nat $rule"; done
+  for c in $chains; do iptables -t nat -F "$c" 2>/dev/null; iptables -t nat -X "$c" 2>/dev/null; done
+  iptables-save -t filter | grep -E -- '^-A CNI-FORWARD .*10\.244\.0\.' | sed 's/^-A/-D/' |
+    while IFS= read -r rule; do eval "iptables -t filter $rule"; done  # kubelet's own chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT), both families
+  for ipt in iptables ip6tables; do
+    command -v "$ipt-save" >/dev/null || continue
+    for table in filter nat mangle; do
+      "$ipt-save" -t "$table" 2>/dev/null | grep -E -- '^-A [A-Z]+ .*-j KUBE-' | sed 's/^-A/-D/' |
+        while IFS= read -r rule; do eval "$ipt -t $table $rule" 2>/dev/null; done
+      for c in $("$ipt-save" -t "$table" 2>/dev/null | sed -n 's/^:\(KUBE-[A-Z0-9-]*\) .*/\1/p'); do
+        "$ipt" -t "$table" -F "$c" 2>/dev/null
+      done
+      for c in $("$ipt-save" -t "$table" 2>/dev/null | sed -n 's/^:\(KUBE-[A-Z0-9-]*\) .*/\1/p'); do
+        "$ipt" -t "$table" -X "$c" 2>/dev/null
+      done
+    done
+  done
+fi
 ip link delete fissure0 >/dev/null 2>&1 && log "removed the CNI bridge fissure0"
 for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do ip netns delete "$ns" 2>/dev/null; done
 rm -rf /var/lib/kubelet /var/log/pods /var/log/containers /var/lib/cni/networks/fissure /var/lib/cni/results/fissure-* /var/lib/cni/results/cni-loopback-*

@@ -23,13 +23,14 @@ pod_cidr=10.244.0.0/24; service_cidr=10.96.0.0/16
 for tool in etcd containerd runc ctr openssl iptables; do
   command -v "$tool" >/dev/null || { echo "cluster-up: '$tool' is not installed: make cluster-node-apt" >&2; exit 1; }
 done
-for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
   [ -x "$bin/$b" ] || { echo "cluster-up: $bin/$b missing: make k8s-binaries" >&2; exit 1; }
 done
 cni_bin=/usr/lib/cni
 [ -x "$cni_bin/bridge" ] || { echo "cluster-up: CNI plugins missing in $cni_bin: make cluster-node-apt" >&2; exit 1; }
 
 mkdir -p "$state"/{pki,logs,pids,net.d,containerd,kubeconfigs}
+echo "$bin" > "$state/bin-dir"  # down.sh runs `kube-proxy --cleanup` from here
 log() { echo ">> cluster-up: $*"; }
 running() { [ -f "$state/pids/$1.pid" ] && kill -0 "$(cat "$state/pids/$1.pid")" 2>/dev/null; }
 start() {  # start NAME CMD...: in the background, once; log and pid under $state
@@ -212,6 +213,19 @@ start kubelet "$bin/kubelet" --config "$state/kubelet-config.yaml" \
   --node-ip "$host_ip" --v=1
 wait_for "node $node" 120 "${kubectl[@]}" get node "$node"
 wait_for "node $node Ready" 180 "${kubectl[@]}" wait --for=condition=Ready "node/$node" --timeout=5s
+# kube-proxy (iptables mode): Services' ClusterIPs. oomScoreAdj 0 and no conntrack sysctl
+# changes, for the same missing CAP_SYS_RESOURCE.
+cat > "$state/kube-proxy-config.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: "$state/kubeconfigs/kube-proxy"}
+mode: iptables
+clusterCIDR: "$pod_cidr"
+hostnameOverride: "$node"
+oomScoreAdj: 0
+conntrack: {maxPerCore: 0}
+EOF
+start kube-proxy "$bin/kube-proxy" --config "$state/kube-proxy-config.yaml"
 # pods are refused until kube-controller-manager has made the namespace's ServiceAccount
 wait_for "the default ServiceAccount" 120 "${kubectl[@]}" -n default get serviceaccount default
 log "cluster up: export KUBECONFIG=$state/kubeconfigs/admin"

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,16 @@ def test_single_node_cluster_runs_a_pod_and_cleans_up(tmp_path):
         # the API server reaches the kubelet (logs, exec go through it)
         logs = subprocess.run([*kubectl, "logs", "hello"], capture_output=True, text=True)
         assert logs.returncode == 0, logs.stderr
+        # kube-proxy routes the `kubernetes` Service's ClusterIP to the API server
+        ctx = ssl.create_default_context(cafile=str(state / "pki" / "ca.crt"))
+        deadline, version = time.monotonic() + 60, None
+        while version is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen("https://10.96.0.1/version", context=ctx, timeout=5) as r:
+                    version = json.load(r)
+            except OSError:
+                time.sleep(2)
+        assert version and version["gitVersion"] == paths["K8S_VERSION"]
     finally:
         down = subprocess.run(["bash", str(CLUSTER / "down.sh"), str(state)], cwd=REPO,
                               capture_output=True, text=True, timeout=300)
@@ -69,3 +81,5 @@ def test_single_node_cluster_runs_a_pod_and_cleans_up(tmp_path):
     mounts = Path("/proc/self/mounts").read_text()
     assert "/var/lib/kubelet" not in mounts and str(state) not in mounts
     assert not any(_in_use(p) for p in FIXED_PORTS), "a cluster process still listens"
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    assert "KUBE-" not in rules and 'name: \\"fissure\\"' not in rules, rules[-2000:]
