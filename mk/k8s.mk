@@ -156,6 +156,7 @@ deploy: $(K8S_STAMPS)/helm-$(HELM_VERSION) $(HELM) ## [needs a cluster] create s
 	  --set servingRuntime.image.tag=$(IMAGE_TAG) --set servingRuntime.image.pullPolicy=Never \
 	  --set route.host=$(GATEWAY_HOST) --set route.grpcHostSuffix=grpc.$(GATEWAY_HOST) \
 	  --set api.image.tag=$(IMAGE_TAG) --set api.image.pullPolicy=Never --set api.route.host=api.$(GATEWAY_HOST) \
+	  --set argo.enabled=true --set argo.image.tag=$(IMAGE_TAG) --set canary.enabled=true \
 	  --wait --timeout 10m $(HELM_ARGS)
 	manifests/kind/upload-models.sh $(NAMESPACE) $(RELEASE)
 

@@ -231,7 +231,7 @@ def procfile(opts: StackOptions, serving: Path) -> Path:
 
 
 def routing_file() -> Path:
-    """The canary routing the stack's front follows (fissure.serving.front.canary); `up` starts
+    """The canary routing the stack's front follows (fissure.serving.canary); `up` starts
     without a canary, `fissure promote --actuator local` writes it."""
     return state_dir() / "serving" / "routing.json"
 

@@ -17,7 +17,7 @@ import pytest
 
 from fissure.promotion.actuators import ModelRef
 from fissure.promotion.local import LocalActuator
-from fissure.serving.front.canary import Fault
+from fissure.serving.canary import Fault
 
 pytestmark = pytest.mark.slow
 CLF = "crack-classifier"
@@ -151,3 +151,35 @@ def test_a_broken_routing_file_or_challenger_leaves_the_champion_serving(canary_
     with pytest.raises(Exception, match="no challenger"):
         actuator.set_weight(CLF, 10)
     httpx.get(canary_server.url + "/v2/health/ready").raise_for_status()
+
+
+def test_prometheus_lost_mid_canary_rolls_back_and_says_so(canary_server, actuator, challenger, built_models,
+                                                           png_bytes):
+    """The controller with the real front and MLflow, but a Prometheus that is not there: the
+    first evidence check fails, the challenger is removed, the champion serves 100 %, the
+    aliases are untouched and the version says it was stopped."""
+    import mlflow
+
+    from fissure.errors import Unavailable
+    from fissure.promotion.controller import CanaryPolicy, Controller, Registry
+
+    import socket
+
+    champion = built_models[1]["classifier"]["version"]
+    client = mlflow.MlflowClient(tracking_uri=built_models[2]["MLFLOW_TRACKING_URI"])
+    client.set_model_version_tag(CLF, challenger, "gate", "passed")
+    client.set_registered_model_alias(CLF, "challenger", challenger)
+    with socket.socket() as sock:  # a port nobody listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    lines: list[str] = []
+    ctl = Controller(actuator, f"http://127.0.0.1:{closed}", CanaryPolicy(steps=[10], bake_seconds=1, poll_seconds=0.5),
+                     Registry(client), echo=lines.append)
+    with pytest.raises(Unavailable, match="unreachable"):
+        ctl.run(CLF)
+    st = actuator.state(CLF)
+    assert st.champion_version == champion and st.challenger_version is None
+    assert any("STOPPED" in line and f"champion v{champion} serves 100%" in line for line in lines), lines
+    assert client.get_model_version_by_alias(CLF, "champion").version == champion
+    assert client.get_model_version(CLF, challenger).tags["promotion"] == "stopped"
+    assert _versions(canary_server, png_bytes, 10) == Counter({champion: 10})

@@ -108,7 +108,7 @@ def gate(model, version, gate_data, feedback_data, out, params):
 def _actuator(kind: str, namespace: str | None, release: str | None, fault: tuple[float, float]):
     if kind == "local":
         from fissure.promotion.local import LocalActuator
-        from fissure.serving.front.canary import Fault
+        from fissure.serving.canary import Fault
         from fissure.settings import state_dir
         from fissure.stack import routing_file
 
@@ -214,7 +214,7 @@ def retrain(models, min_feedback, no_export, then_promote, argo, namespace, out,
         from fissure.promotion.controller import who
 
         given = {"models": list(models) or None, "min_feedback": min_feedback or None,
-                 "promote": True if then_promote else None}
+                 "promote": bool(then_promote)}  # as locally: the canary only with --promote
         name = argo_submit.submit_retrain(argo_submit.params_from(**{k: v for k, v in given.items() if v is not None}),
                                           namespace=namespace, submitted_by=who())
         click.echo(f"submitted workflow {name}: `argo get {name}` or the Argo UI show its steps and the gate's numbers")

@@ -1,5 +1,5 @@
 """The local stack's actuator: the front serves the challenger beside the champion and routes
-the share itself (:mod:`fissure.serving.front.canary`).
+the share itself (:mod:`fissure.serving.canary`).
 
 The actuator packages a version's MAR under ``.fissure/serving/canary/``, writes the front's
 routing file (atomically, under a lock) and waits until the front's OIP metadata shows the change:
@@ -20,7 +20,7 @@ import httpx
 
 from fissure.errors import FissureError, NotFoundError, Unavailable
 from fissure.promotion.actuators import ModelRef, TrafficState
-from fissure.serving.front.canary import Fault, Route, Routing, Served
+from fissure.serving.canary import Fault, Route, Routing, Served
 
 
 class LocalActuator:

@@ -52,7 +52,7 @@ class ServeOptions:
     workdir: Path | None = None
     ready_timeout: float = 300.0
     models: list[str] = field(default_factory=list)  # served names; empty = every MAR
-    # a canary's routing file (fissure.serving.front.canary; the local stack's promotion controller
+    # a canary's routing file (fissure.serving.canary; the local stack's promotion controller
     # writes it): challengers are loaded with the in-process runtime, whichever serves the champions
     routing_file: Path | None = None
 

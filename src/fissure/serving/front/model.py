@@ -27,7 +27,7 @@ from fissure.preprocess import decode_image, image_to_array, open_image
 from fissure.serving import codec
 from fissure.serving.backend import Backend, ts_error
 from fissure.serving.front import kserve
-from fissure.serving.front.canary import inject
+from fissure.serving.canary import inject
 from fissure.serving.front.protocol import (
     Limits, v1_entries, v1_response, v2_entries, v2_response, wants_explanation,
 )
@@ -75,7 +75,7 @@ class FrontModel(kserve.Model):
         # champion unless FISSURE_MODEL_ROLE says otherwise; per model, so one front may serve both
         self.role = settings().model_role
         self.metrics = None  # a fissure.observability.serving.ModelMetrics once a server attaches one
-        self.fault = None  # a canary challenger's injected fault (serving.front.canary.Fault)
+        self.fault = None  # a canary challenger's injected fault (serving.canary.Fault)
 
     def attach(self, metrics) -> None:
         self.metrics = metrics

@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from fissure.errors import FissureError, InputError, NotFoundError, PayloadTooLarge, PermissionDenied, status_of
 from fissure.observability.serving import FrontMetrics, RequestMetrics, code_of
 import fissure.serving.front  # noqa: F401 - imports kserve safely first
-from fissure.serving.front.canary import PINNED_VERSION, TrafficSplit
+from fissure.serving.canary import PINNED_VERSION, TrafficSplit
 from fissure.serving.front.model import FrontModel
 from fissure.serving.front.protocol import Limits, parse_v2_rest
 from fissure.settings import settings
