@@ -166,7 +166,8 @@ def test_prometheus_lost_mid_canary_rolls_back_and_says_so(canary_server, actuat
     import socket
 
     champion = built_models[1]["classifier"]["version"]
-    client = mlflow.MlflowClient(tracking_uri=built_models[2]["MLFLOW_TRACKING_URI"])
+    uri = built_models[2]["MLFLOW_TRACKING_URI"]
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.set_model_version_tag(CLF, challenger, "gate", "passed")
     client.set_registered_model_alias(CLF, "challenger", challenger)
     with socket.socket() as sock:  # a port nobody listens on once closed
@@ -180,6 +181,6 @@ def test_prometheus_lost_mid_canary_rolls_back_and_says_so(canary_server, actuat
     st = actuator.state(CLF)
     assert st.champion_version == champion and st.challenger_version is None
     assert any("STOPPED" in line and f"champion v{champion} serves 100%" in line for line in lines), lines
-    assert client.get_model_version_by_alias(CLF, "champion").version == champion
+    assert str(client.get_model_version_by_alias(CLF, "champion").version) == champion
     assert client.get_model_version(CLF, challenger).tags["promotion"] == "stopped"
     assert _versions(canary_server, png_bytes, 10) == Counter({champion: 10})
