@@ -116,7 +116,7 @@ class ModelRuntime:
         spec = json.loads((model_dir / SPEC_FILE).read_text())
         meta_path = model_dir / META_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        module = build_model(spec)
+        module = build_model(spec, pretrained=False)  # the weights file holds every weight
         state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         module.load_state_dict(state)
         return cls(module, spec, meta, device=device)
