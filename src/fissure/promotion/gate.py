@@ -2,8 +2,8 @@
 
 Checks (policy :class:`GatePolicy`, ``gate:`` in params.yaml):
 
-- ``gate_set``: the task's main metric (classifier F1, segmenter Dice) on a fixed gate set may
-  not drop more than ``tolerance`` below the champion's; with no champion, it must reach the
+- ``gate_set``: the task's metric (``metric``; classifier F1 and segmenter Dice by default, any
+  metric the evaluation reports, e.g. the threshold-free ``roc_auc``) on a fixed gate set may not drop more than ``tolerance`` below the champion's; with no champion, it must reach the
   policy's absolute ``floor``.
 - ``feedback``: on the new feedback items (when there are any, and a champion), the challenger
   must beat the champion by at least ``min_improvement``.
@@ -43,6 +43,8 @@ class GatePolicy(BaseModel):
     min_improvement: float = Field(0.0, description="gain over the champion required on the feedback set")
     floor: dict[str, float] = Field(default_factory=lambda: {"classify": 0.5, "segment": 0.3},
                                     description="main metric needed on the gate set when there is no champion")
+    metric: dict[str, str] = Field(default_factory=lambda: dict(MAIN_METRIC),
+                                   description="metric compared per task (any the evaluation reports, e.g. roc_auc)")
     latency_ms: float = Field(200.0, gt=0, description="budget, ms per image on CPU")
     size_mb: float = Field(100.0, gt=0, description="budget, MB of weights")
     latency_batches: int = Field(3, ge=1, description="timed batches (after one warm-up)")
@@ -99,7 +101,7 @@ class GateDecision:
         return out
 
 
-def _score(loaded, data, task: str, classes) -> tuple[float | None, int]:
+def _score(loaded, data, task: str, classes, metric: str) -> tuple[float | None, int]:
     from fissure.training.datasets import eval_items
     from fissure.training.evaluate import evaluate_items
 
@@ -107,7 +109,10 @@ def _score(loaded, data, task: str, classes) -> tuple[float | None, int]:
     if not items:
         return None, 0
     result = evaluate_items(loaded.module, loaded.spec, items, overlays=0, progress=False)
-    return float(result.metrics[MAIN_METRIC[task]]), len(items)
+    if result.metrics.get(metric) is None:
+        raise FissureError(f"gate metric {metric!r} is not reported for {task} on {data} "
+                           f"(reported: {', '.join(sorted(k for k, v in result.metrics.items() if v is not None))})")
+    return float(result.metrics[metric]), len(items)
 
 
 @torch.no_grad()
@@ -143,13 +148,13 @@ def run_gate(model_name: str, challenger_uri: str, champion_uri: str | None, gat
     if champion is not None and champion.task != task:
         raise FissureError(f"champion {champion_uri} is a {champion.task} model, "
                            f"challenger {challenger_uri} a {task} one")
-    metric = MAIN_METRIC[task]
+    metric = policy.metric.get(task, MAIN_METRIC[task])
     classes = challenger.spec["classes"] if task == "classify" else None
     decision = GateDecision(model_name, task, challenger_uri, champion_uri, challenger.version, challenger.run_id,
                             champion.version if champion else None)
 
     # gate set: no regression beyond the tolerance, or the floor when there is no champion
-    score, n = _score(challenger, gate_data, task, classes)
+    score, n = _score(challenger, gate_data, task, classes, metric)
     if not n:
         raise FissureError(f"gate set {gate_data} has no items")
     if champion is None:
@@ -159,7 +164,7 @@ def run_gate(model_name: str, challenger_uri: str, champion_uri: str | None, gat
                                      f"gate set {metric} {score:.4f} {'>=' if ok else '<'} floor {floor:.4f} "
                                      f"(no champion, {n} items)"))
     else:
-        base, _ = _score(champion, gate_data, task, classes)
+        base, _ = _score(champion, gate_data, task, classes, metric)
         limit = base - policy.tolerance
         ok = score >= limit
         decision.checks.append(Check("gate_set", ok, score, limit, base,
@@ -171,7 +176,7 @@ def run_gate(model_name: str, challenger_uri: str, champion_uri: str | None, gat
     # feedback: an improvement over the champion, when there are items to judge on
     # a missing or empty export is "no items"; a malformed one is an error
     if feedback_data is not None and any(f.is_file() for f in Path(feedback_data).rglob("*")):
-        fscore, fn = _score(challenger, feedback_data, task, classes)
+        fscore, fn = _score(challenger, feedback_data, task, classes, metric)
     else:
         fscore, fn = None, 0
     if not fn:
@@ -180,7 +185,7 @@ def run_gate(model_name: str, challenger_uri: str, champion_uri: str | None, gat
         decision.checks.append(Check("feedback", True, fscore, None, None,
                                      f"feedback {metric} {fscore:.4f} ({fn} items): no champion to improve on"))
     else:
-        fbase, _ = _score(champion, feedback_data, task, classes)
+        fbase, _ = _score(champion, feedback_data, task, classes, metric)
         gain = fscore - fbase
         ok = gain >= policy.min_improvement
         decision.checks.append(Check("feedback", ok, fscore, fbase + policy.min_improvement, fbase,
