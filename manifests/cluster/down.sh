@@ -54,7 +54,10 @@ if [ -f "$state/bin-dir" ] && [ -x "$(cat "$state/bin-dir")/kube-proxy" ]; then
   "$(cat "$state/bin-dir")/kube-proxy" --cleanup >/dev/null 2>&1 && log "removed kube-proxy's iptables rules"
 fi
 if command -v iptables-save >/dev/null; then
-  chains=$(iptables-save -t nat | sed -n 's/^-A POSTROUTING .*name: \\"fissure\\".* -j \(CNI-[0-9a-f]*\)$/\1/p' | sort -u)
+  # the chains POSTROUTING jumps to, and any whose own rules say fissure (a jump CNI removed
+  # while the chain stayed behind, e.g. after an interrupted run)
+  chains=$( (iptables-save -t nat | sed -n 's/^-A POSTROUTING .*name: \\"fissure\\".* -j \(CNI-[0-9a-f]*\)$/\1/p'
+             iptables-save -t nat | sed -n 's/^-A \(CNI-[0-9a-f]*\) .*name: \\"fissure\\".*/\1/p') | sort -u)
   iptables-save -t nat | grep -- '^-A POSTROUTING .*name: \\"fissure\\"' | sed 's/^-A/-D/' |
     while IFS= read -r rule; do eval "iptables -t nat $rule"; done
   for c in $chains; do iptables -t nat -F "$c" 2>/dev/null; iptables -t nat -X "$c" 2>/dev/null; done

@@ -17,6 +17,10 @@ import click
 from fissure import MODEL_NAMES
 
 REFUSED = 3
+# these commands fail in seconds, not after minutes of MLflow's HTTP retries, when a server is gone
+# (the controller then stops in a known state); dvc's training stages inherit it
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
 class Duration(click.ParamType):

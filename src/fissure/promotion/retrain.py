@@ -4,7 +4,8 @@
 
     fissure feedback export --out data/feedback    people's corrections join the dataset
     (enough new judged items since the last registered version? --min-feedback)
-    dvc pull / dvc repro / dvc push                 (pull and push when a DVC remote is configured)
+    dvc pull / dvc repro / dvc push                 (pull and push when a DVC remote is configured;
+                                                     only the asked models' stages when not both)
     for each model with a new registered version:   (the `challenger` alias; lineage tags on it)
         the offline gate against the champion       (fissure.promotion.gate; tags, MLflow numbers)
 
@@ -146,7 +147,12 @@ def retrain(root: Path, models: list[str], policy: GatePolicy, min_feedback: int
     remote = subprocess.run([dvc, "remote", "list"], cwd=root, capture_output=True, text=True).stdout.strip()
     if remote:
         _run([dvc, "pull", "--allow-missing"], root, echo, "dvc pull", check=False)  # a first run has nothing
-    _run([dvc, "repro"], root, echo, "`dvc repro`")
+    # only what the asked models need (prepare and their training stages); all of them: the whole
+    # pipeline, evaluation included
+    from fissure.stack import TRAIN_STAGE
+
+    targets = [] if set(models) >= set(TRAIN_STAGE) else [TRAIN_STAGE[m] for m in models]
+    _run([dvc, "repro", *targets], root, echo, "`dvc repro`")
     if remote:
         _run([dvc, "push"], root, echo, "dvc push")
     after = latest_versions(models)

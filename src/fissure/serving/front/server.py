@@ -60,7 +60,13 @@ class FrontDataPlane(DataPlane):
 
     async def get_model(self, name: str):
         """The version that answers this request: the champion, or a canary's challenger for its share."""
-        model = self.split.pick(name) if self.split is not None else self._model_registry.get_model(name)
+        if self.split is not None:
+            model = self.split.pick(name)
+        else:
+            model = self._model_registry.get_model(name)
+            pinned = PINNED_VERSION.get()
+            if model is not None and pinned is not None and pinned != model.version:
+                raise NotFoundError(f"model {name!r} version {pinned!r} is not served (serving {model.version})")
         if model is None:
             raise NotFoundError(f"model {name!r} is not served here")
         if self.metrics is not None:
