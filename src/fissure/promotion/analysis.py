@@ -34,7 +34,10 @@ class StepPolicy(BaseModel):
     max_latency_ratio: float = Field(1.25, ge=1, description="challenger quantile <= champion's x this + slack")
     latency_slack_seconds: float = Field(0.010, ge=0)
     max_class_shift: float = Field(0.1, ge=0, le=1, description="total-variation distance of the predicted labels")
-    max_confidence_shift: float = Field(0.1, ge=0, le=1,
+    # a classifier retrained on more data moved its confidence histogram by 0.43-0.48 from its
+    # champion's (make bench-promotion, docs/benchmarks.md): 0.1 rolled every such one back; 0.5
+    # still catches a collapse (all answers unsure, or all certain)
+    max_confidence_shift: float = Field(0.5, ge=0, le=1,
                                         description="total-variation distance of the confidence histograms")
     min_verdicts: int = Field(30, ge=1, description="feedback verdicts each version needs for the disagreement check")
     max_disagreement_increase: float = Field(0.05, ge=0, description="wrong/judged over the champion's, absolute")
