@@ -18,6 +18,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "cluster"))
 from kube_cluster import kube_apiserver  # noqa: E402,F401
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free right now (bound together, then released)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 @pytest.fixture(autouse=True)
 def _isolated_state(tmp_path, monkeypatch):
     """Every test gets its own .fissure/ and MLflow store; nothing leaks into the checkout."""

@@ -33,17 +33,8 @@ sys.path.insert(0, str(REPO))  # loadtests/ is a top-level folder of the checkou
 
 from loadtests.run import Options, run  # noqa: E402  (starts Locust in its own process)
 
+from ..conftest import free_ports
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Prom:
@@ -94,7 +85,7 @@ def _smoke(ports: dict, token: str, **kw):
 
 def test_dashboards_and_rules_have_data_and_drift_and_disagreement_move(pipeline_copy, tmp_path):
     names = ("http", "grpc", "mlflow", "api", "prom", "ts_inf", "ts_mgmt", "ts_met", "ts_g1", "ts_g2")
-    ports = dict(zip(names, _free_ports(len(names))))
+    ports = dict(zip(names, free_ports(len(names))))
     env = dict(os.environ, FISSURE_THREADS="1", FISSURE_TS_INFERENCE_PORT=str(ports["ts_inf"]),
                FISSURE_TS_MANAGEMENT_PORT=str(ports["ts_mgmt"]), FISSURE_TS_METRICS_PORT=str(ports["ts_met"]),
                FISSURE_TS_GRPC_INFERENCE_PORT=str(ports["ts_g1"]),

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ import httpx
 import pytest
 import yaml
 
-from ..conftest import REPO_ROOT, TINY_PARAMS
+from ..conftest import REPO_ROOT, TINY_PARAMS, free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # a stack, two trainings, two canaries
 
@@ -52,15 +51,6 @@ POLICY = {
                             "max_latency_ratio": 4.0, "latency_slack_seconds": 0.25}},
 }
 
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Traffic:
@@ -115,7 +105,7 @@ def stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("promotion-e2e")
     repo = copy_pipeline(REPO_ROOT, base / "repo", {**TINY_PARAMS, **LEARNS, **POLICY})
     names = ("http", "grpc", "mlflow", "api", "prom")
-    ports = dict(zip(names, _free_ports(len(names))))
+    ports = dict(zip(names, free_ports(len(names))))
     home = base / "home"
     env = dict(os.environ, FISSURE_HOME=str(home), MLFLOW_TRACKING_URI=f"sqlite:///{home}/mlflow.db",
                FISSURE_THREADS="1", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")

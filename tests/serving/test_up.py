@@ -18,20 +18,13 @@ import httpx
 import psutil
 import pytest
 
+from ..conftest import free_ports
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 FISSURE = str(BIN / "fissure")
 
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _listening(port: int) -> bool:
@@ -55,7 +48,7 @@ def _run(args, cwd, env, timeout=120):
 
 
 def test_up_trains_packages_serves_and_down_stops_everything(pipeline_copy, images, tmp_path):
-    http, grpc, mlflow, api, prom, ts_inf, ts_mgmt, ts_met, ts_g1, ts_g2 = _free_ports(10)
+    http, grpc, mlflow, api, prom, ts_inf, ts_mgmt, ts_met, ts_g1, ts_g2 = free_ports(10)
     env = dict(os.environ, FISSURE_THREADS="1", FISSURE_TS_INFERENCE_PORT=str(ts_inf),
                FISSURE_TS_MANAGEMENT_PORT=str(ts_mgmt), FISSURE_TS_METRICS_PORT=str(ts_met),
                FISSURE_TS_GRPC_INFERENCE_PORT=str(ts_g1), FISSURE_TS_GRPC_MANAGEMENT_PORT=str(ts_g2),
