@@ -95,36 +95,31 @@ def gate(model: str, version: str | None, policy: GatePolicy, root: Path, gate_d
          feedback_data: Path | None = None, echo: Callable[[str], object] = print) -> GateDecision:
     """Run the offline gate on ``model`` (version, else its ``challenger``) against its champion and
     record the decision in MLflow."""
-    from fissure.training.tracking import mlflow_client
+    from fissure.promotion.controller import CHALLENGER, CHAMPION, Registry
 
     if model not in TASK_OF:
         raise FissureError(f"unknown model {model!r}; choose one of {', '.join(TASK_OF)}")
     task = TASK_OF[model]
-    client = mlflow_client().MlflowClient()
+    registry = Registry()  # MLflow's not-found -> NotFoundError, its outages -> Unavailable
+    challenger = registry.ref(model, version=version) if version else registry.ref(model, CHALLENGER)
     try:
-        mv = (client.get_model_version(model, str(version)) if version
-              else client.get_model_version_by_alias(model, "challenger"))
-    except Exception as exc:  # noqa: BLE001 - MLflow's not-found and connection errors alike
-        raise NotFoundError(f"{model}{' version ' + str(version) if version else '@challenger'}: "
-                            f"{str(exc).splitlines()[0]}") from None
-    try:
-        champ = str(client.get_model_version_by_alias(model, "champion").version)
-    except Exception:  # noqa: BLE001 - no champion yet: the gate applies its floor
+        champ = registry.ref(model, CHAMPION).version
+    except NotFoundError:  # no champion yet: the gate applies its floor
         champ = None
-    if champ == str(mv.version):
+    if champ == challenger.version:
         champ = None  # the first version is both; it is judged against the floor
     gate_data = Path(gate_data) if gate_data else root / GATE_DATA[task]
     feedback_data = Path(feedback_data) if feedback_data else root / FEEDBACK_DATA[task]
     if not gate_data.is_dir():
         raise FissureError(f"gate set {gate_data} not found; run `dvc repro` (prepare) or pass --gate-data")
-    echo(f">> gate: {model} v{mv.version} vs " + (f"champion v{champ}" if champ else "the floor (no champion)")
+    echo(f">> gate: {model} v{challenger.version} vs " + (f"champion v{champ}" if champ else "the floor (no champion)")
          + f" on {gate_data}")
-    decision = run_gate(model, f"models:/{model}/{mv.version}", f"models:/{model}/{champ}" if champ else None,
+    decision = run_gate(model, challenger.uri, f"models:/{model}/{champ}" if champ else None,
                         gate_data, feedback_data if feedback_data.exists() else None, policy)
-    record(decision, client)
+    record(decision, registry.client)
     for c in decision.checks:
         echo(f"   {'ok  ' if c.passed else 'FAIL'} {c.name:<9} {c.reason}")
-    echo(f">> gate {'passed' if decision.passed else 'REFUSED'}: {model} v{mv.version}")
+    echo(f">> gate {'passed' if decision.passed else 'REFUSED'}: {model} v{challenger.version}")
     return decision
 
 
