@@ -25,7 +25,6 @@ saying what it left; when even the rollback fails it says which command finishes
 from __future__ import annotations
 
 import getpass
-import json
 import logging
 import os
 import socket
@@ -335,7 +334,3 @@ class Controller:
                          details={"actuator": self.actuator.name})
         return (f"rolled back challenger v{st.challenger_version} of {model} (it had {st.challenger_percent}%); "
                 f"champion v{st.champion_version} serves 100%")
-
-
-def summary(outcome: Outcome) -> str:
-    return json.dumps(outcome.to_dict(), indent=2)
