@@ -83,9 +83,10 @@ async def inject(fault: Fault | None, rng: Callable[[], float] = random.random) 
 class TrafficSplit:
     """Which version of a model answers a request. ``registry``: the front's kserve
     ModelRepository (it holds the champions); ``loader(name, mar)`` builds a FrontModel from a
-    MAR (blocking: it runs in a thread); ``metrics``: the front's FrontMetrics or None."""
+    MAR (blocking: it runs in a thread); ``path``: the routing file (None: champions only, and
+    explicit versions still checked); ``metrics``: the front's FrontMetrics or None."""
 
-    def __init__(self, registry, loader: Callable[[str, Path], object], path: Path | None,
+    def __init__(self, registry, loader: Callable[[str, Path], object] | None, path: Path | None,
                  metrics=None, rng: Callable[[], float] = random.random):
         self.registry = registry
         self.loader = loader
@@ -124,8 +125,6 @@ class TrafficSplit:
     # ------------------------------------------------------------------ the routing file
     async def watch(self) -> str | None:
         """Poll the routing file for as long as the front runs (a FrontServer background task)."""
-        if self.path is None:
-            await asyncio.Event().wait()
         while True:
             await self.refresh()
             await asyncio.sleep(POLL_SECONDS)

@@ -51,22 +51,16 @@ REPOSITORY_OFF = "the model repository API is disabled; set FISSURE_ENABLE_REPOS
 class FrontDataPlane(DataPlane):
     """kserve's data plane, with model versions in metadata and readiness that means serving."""
 
-    def __init__(self, model_registry: ModelRepository, split: TrafficSplit | None = None,
-                 metrics: FrontMetrics | None = None):
+    def __init__(self, model_registry: ModelRepository, split: TrafficSplit, metrics: FrontMetrics | None = None):
         super().__init__(model_registry)
         self.draining = False
         self.split = split
         self.metrics = metrics
 
     async def get_model(self, name: str):
-        """The version that answers this request: the champion, or a canary's challenger for its share."""
-        if self.split is not None:
-            model = self.split.pick(name)
-        else:
-            model = self._model_registry.get_model(name)
-            pinned = PINNED_VERSION.get()
-            if model is not None and pinned is not None and pinned != model.version:
-                raise NotFoundError(f"model {name!r} version {pinned!r} is not served (serving {model.version})")
+        """The version that answers this request: the champion, a canary's challenger for its share,
+        or the version the request named."""
+        model = self.split.pick(name)
         if model is None:
             raise NotFoundError(f"model {name!r} is not served here")
         if self.metrics is not None:
@@ -75,12 +69,11 @@ class FrontDataPlane(DataPlane):
 
     async def model_metadata(self, model_name: str) -> dict:
         meta = self.get_model_from_registry(model_name).metadata()
-        if self.split is not None:
-            versions, percent = self.split.versions(model_name)
-            if len(versions) > 1:  # a canary: both versions, and the challenger's share
-                meta = {**meta, "versions": versions,
-                        "parameters": {**meta["parameters"], "canary_version": versions[1],
-                                       "canary_traffic_percent": percent}}
+        versions, percent = self.split.versions(model_name)
+        if len(versions) > 1:  # a canary: both versions, and the challenger's share
+            meta = {**meta, "versions": versions,
+                    "parameters": {**meta["parameters"], "canary_version": versions[1],
+                                   "canary_traffic_percent": percent}}
         return meta
 
     async def ready(self) -> bool:
@@ -325,9 +318,9 @@ class FrontServer:
         self.metrics = FrontMetrics(drift_window=settings().drift_window, draining=lambda: self.dataplane.draining)
         for m in models:
             m.attach(self.metrics.add_model(m))
-        # a canary beside the champions, when a routing file is given (the local stack) and models can be loaded
-        self.split = (TrafficSplit(self.registry, loader, routing_file, self.metrics)
-                      if routing_file is not None and loader is not None else None)
+        # which version answers; a canary beside the champions only with a routing file (the local
+        # stack) and a loader for its models
+        self.split = TrafficSplit(self.registry, loader, routing_file if loader is not None else None, self.metrics)
         self.dataplane = FrontDataPlane(self.registry, self.split, self.metrics)
         self.repository = ModelRepositoryExtension(model_registry=self.registry)
         self.repository_enabled = repository_enabled
@@ -366,7 +359,7 @@ class FrontServer:
                     self.exit_code = 1
                     stop.set()
             tasks.append(asyncio.ensure_future(watched()))
-        if self.split is not None:
+        if self.split.path is not None:
             tasks.append(asyncio.ensure_future(self.split.watch()))
         log.info("fissure front: REST http://%s:%d, gRPC %s:%d, models %s", self.host, self.http_port,
                  self.host, self.grpc_port, ", ".join(m.name for m in self.models))
@@ -382,7 +375,7 @@ class FrontServer:
         for t in tasks[1:] + [stopper]:
             t.cancel()
         serving = list(self.registry.get_models().values())
-        serving += list(self.split.challengers.values()) if self.split is not None else []
+        serving += list(self.split.challengers.values())
         for m in serving:
             close = getattr(m, "close", None)
             if close is not None:
