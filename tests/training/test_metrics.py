@@ -49,6 +49,21 @@ def test_multiclass_is_macro_and_matches_sklearn():
     assert m["recall"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
     assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    per = M.per_class_metrics(y, pred, ["a", "b", "c"])
+    p, r, f, support = skm.precision_recall_fscore_support(y, pred)
+    for c, name in enumerate("abc"):
+        assert per[name] == pytest.approx({"precision": p[c], "recall": r[c], "f1": f[c], "support": support[c]})
+
+
+def test_balanced_accuracy_sees_a_rare_class_missed():
+    # 95 of one class right, the 5 of a rare class all wrong: accuracy hides it, balanced accuracy not
+    y = np.array([0] * 95 + [1] * 5)
+    probs = np.tile([0.9, 0.1], (100, 1))
+    m = M.classification_metrics(y, probs)
+    assert m["accuracy"] == pytest.approx(0.95)
+    assert m["balanced_accuracy"] == pytest.approx(0.5)
+    assert M.per_class_metrics(y, probs.argmax(1), ["free", "crack"])["crack"]["recall"] == 0.0
 
 
 def test_roc_auc_undefined_for_one_class():

@@ -108,7 +108,7 @@ def test_registry_versions_aliases_and_lineage(clf_data, tmp_path):
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(second.run_id, "plots")}
     assert {"plots/loss_curves.png", "plots/test_pr_curve.png", "plots/test_confusion_matrix.png"} <= artifacts
     saved = json.loads((tmp_path / "m2" / "metrics.json").read_text())
-    assert saved["registered_version"] == "2" and set(saved["test"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
+    assert saved["registered_version"] == "2" and set(saved["test"]) == {"accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc"}
 
     # load_model on every kind of URI
     champion = io.load_model("models:/crack-classifier@champion")
@@ -159,6 +159,10 @@ def test_evaluate_classifier_cli(clf_data, tmp_path):
     assert rc == 0 and {"accuracy", "precision", "recall", "f1", "roc_auc", "n_images"} <= set(report)
     assert report["model"] == "crack-classifier" and report["model_version"] == "1" and report["n_images"] == 32
     assert (tmp_path / "p" / "confusion.csv").read_text().startswith("actual,predicted")
+    # per class: the counts add up to the images, each class's support is its row of the confusion
+    counts = report["confusion"]["counts"]
+    assert report["confusion"]["classes"] == ["no_crack", "crack"] and sum(map(sum, counts)) == 32
+    assert [report["per_class"][c]["support"] for c in ("no_crack", "crack")] == [sum(row) for row in counts]
 
 
 @pytest.mark.parametrize(

@@ -185,6 +185,11 @@ def run_evaluation(model_uri: str, task: str, data: str | Path, out: str | Path,
     names = M.CLASSIFICATION_METRICS if task == "classify" else (
         *M.SEGMENTATION_METRICS, *M.RELAXED_METRICS, "relaxed_tolerance_px")
     report = {k: result.metrics[k] for k in names}
+    if task == "classify":  # which classes the macro averages hide (a rare defect class)
+        pred = result.probs.argmax(axis=1)
+        report["per_class"] = {c: clean(m) for c, m in M.per_class_metrics(result.y_true, pred, result.classes).items()}
+        report["confusion"] = {"classes": result.classes,
+                               "counts": M.confusion_matrix(result.y_true, pred, len(result.classes)).tolist()}
     report.update(
         n_images=result.n_images,
         task=task,

@@ -1,8 +1,9 @@
 """Metrics by their public names (the JSON written by ``fissure evaluate`` uses exactly these).
 
-Classification: ``accuracy, precision, recall, f1, roc_auc``. For two classes the positive
-class is index 1 (``crack``); for N classes precision/recall/F1/ROC-AUC are macro averages
-(one-vs-rest). Segmentation: ``dice, iou, precision, recall, f1`` of crack pixels, counted
+Classification: ``accuracy, balanced_accuracy, precision, recall, f1, roc_auc``. For two
+classes the positive class is index 1 (``crack``); for N classes precision/recall/F1/ROC-AUC
+are macro averages (one-vs-rest). ``balanced_accuracy`` is the mean recall over the classes
+present (robust to a rare defect class); :func:`per_class_metrics` gives each class's own. Segmentation: ``dice, iou, precision, recall, f1`` of crack pixels, counted
 over all pixels of the set (not averaged per image) at probability threshold 0.5.
 
 Everything is plain numpy so that the numbers are the same in training, evaluation and tests.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc")
 SEGMENTATION_METRICS = ("dice", "iou", "precision", "recall", "f1")
 RELAXED_METRICS = ("relaxed_precision", "relaxed_recall", "relaxed_f1")
 RELAXED_TOLERANCE = 2  # px, at the mask's native size
@@ -84,13 +85,26 @@ def classification_metrics(y_true, probs) -> dict:
         aucs = [binary_roc_auc(y_true == c, probs[:, c]) for c in range(num_classes)]
         aucs = [a for a in aucs if a is not None]
         auc = float(np.mean(aucs)) if aucs else None
+    present = cm.sum(axis=1) > 0
     return {
         "accuracy": _div(tp.sum(), len(y_true)),
+        "balanced_accuracy": float(rec[present].mean()) if present.any() else 0.0,
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1_score),
         "roc_auc": auc,
     }
+
+
+def per_class_metrics(y_true, y_pred, classes: list[str]) -> dict[str, dict]:
+    """Each class's precision, recall, F1 and support (true items), by class name."""
+    cm = confusion_matrix(y_true, y_pred, len(classes))
+    out = {}
+    for c, name in enumerate(classes):
+        tp, predicted, actual = float(cm[c, c]), float(cm[:, c].sum()), float(cm[c].sum())
+        p, r = _div(tp, predicted), _div(tp, actual)
+        out[name] = {"precision": p, "recall": r, "f1": _div(2 * p * r, p + r), "support": int(actual)}
+    return out
 
 
 @dataclass
