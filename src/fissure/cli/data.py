@@ -84,18 +84,20 @@ _PREPARE_HELP = """Build deterministic train/val/test splits for both models (th
 
 \b
 Writes OUT/segment/{train,val,test}/{images,masks},
-       OUT/classify/{train,val,test}/{crack,no_crack} (patches cut per split: no leakage),
-       OUT/manifest.json (counts, sources, seed, params, content hash).
+       OUT/classify/{train,val,test}/<class>/ (crack/no_crack patches cut per split, no
+         leakage; or the classes of class-folder sources, e.g. blowhole ... free),
+       OUT/manifest.json (counts, sources, classes, seed, params, content hash).
 
 \b
 Keys of the prepare: section of --params (options override them):
-  source           'synth' and/or folders with images/+masks/ (a list)   [synth]
+  source           sources, each a string or a mapping (see below);      [synth]
+                   --source replaces the list
   count            synthetic images                                      [400]
   seed             seed for synthesis, splits and balancing              [0]
   size             synthetic image side in pixels                        [256]
   max_side         real images larger than this are downscaled           [512]
-  val_fraction     fraction of each source for val                       [0.15]
-  test_fraction    fraction of each source for test                      [0.15]
+  val_fraction     fraction of a source for val (unless it sets its own) [0.15]
+  test_fraction    fraction of a source for test (unless it sets its own)[0.15]
   feedback         folder of user corrections (segmentation or
                    classification layout), added to train; skipped
                    with a log line when absent; null disables            [data/feedback]
@@ -106,6 +108,25 @@ Keys of the prepare: section of --params (options override them):
   patch_balance    balance crack/no_crack per split                      [true]
   patch_max_per_class  cap per class and split (null: none)              [null]
 
+\b
+Sources: 'synth' (synthetic images), a folder with images/ + masks/
+(segmentation), or a folder of classes, <class>/ or images/<class>/
+(classification; `fissure data import` makes these from public layouts).
+A mapping sets a source's own split:
+  source:
+    - synth
+    - path: data/my-survey                 # images/ + masks/
+      val_fraction: 0.1
+      test_fraction: 0.2
+    - path: ../shared/datasets/magnetic-tile/train   # images/<class>/
+    - {path: data/site-b, role: test}      # held back: all of it in test
+  keys: path, layout (auto|segment|classes), role (split|train|val|test),
+        val_fraction, test_fraction
+
+Class folders other than crack/no_crack make classify/ an N-class set of
+those classes (no patches are cut). Under dvc repro each folder must also
+be a dep of the prepare stage in dvc.yaml (a warning says when it is not).
+
 Example: fissure data prepare --params params.yaml --out data/prepared
 """
 
@@ -115,7 +136,8 @@ Example: fissure data prepare --params params.yaml --out data/prepared
               help="YAML file whose prepare: section holds the keys below.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default="data/prepared", show_default=True,
               help="Output folder (its segment/, classify/ and manifest.json are rewritten).")
-@click.option("--source", multiple=True, help="'synth' or a segmentation folder; repeat for several.")
+@click.option("--source", multiple=True,
+              help="'synth' or a folder (images/ + masks/, or class folders); repeat for several.")
 @click.option("--count", type=int)
 @click.option("--seed", type=int)
 @click.option("--size", type=int)
@@ -130,7 +152,7 @@ Example: fissure data prepare --params params.yaml --out data/prepared
 @click.option("--patch-balance/--no-patch-balance", default=None)
 @click.option("--patch-max-per-class", type=int)
 def prepare_cmd(params_file, out, source, **overrides):
-    from fissure.data.prepare import load_params, make_params, prepare
+    from fissure.data.prepare import dvc_dep_warnings, load_params, make_params, prepare
 
     section = load_params(params_file) if params_file else {}
     if source:
@@ -139,6 +161,8 @@ def prepare_cmd(params_file, out, source, **overrides):
         section = {**section, "feedback": None}
         overrides["feedback"] = None
     params = make_params(section, **overrides)
+    for line in dvc_dep_warnings(params):
+        _log(line)
     t0 = time.perf_counter()
     manifest = prepare(params, out, progress=True, log=_log)
     _log(f"done in {time.perf_counter() - t0:.1f}s; counts: {json.dumps(manifest['counts'])}")
@@ -160,7 +184,8 @@ Formats:
 Images are checked and copied unchanged; masks become 0/255 PNGs. Re-running is idempotent
 (unchanged files are not rewritten; other files in DST, dotfiles aside, are removed). DST must
 be new, empty, or an earlier import (it holds import.json). The result is a
-source for `fissure data prepare` (params.yaml prepare.source) or `fissure train --data`.
+source for `fissure data prepare` (params.yaml prepare.source; a folder-of-classes
+import makes an N-class classifier) or `fissure train --data`.
 
 \b
 Example: fissure data import --format deepcrack ~/Downloads/DeepCrack data/deepcrack

@@ -1,6 +1,7 @@
 """Dataset layouts users have, read into plain lists of files.
 
-- classification: ``ROOT/<class>/*.{jpg,png,...}`` (e.g. Positive/Negative folders)
+- classification: ``ROOT/<class>/*.{jpg,png,...}`` (e.g. Positive/Negative folders), or
+  ``ROOT/images/<class>/*`` (the shared magnetic-tile layout, masks/<class>/ beside it)
 - segmentation:   ``ROOT/images/<stem>.*`` + ``ROOT/masks/<stem>.*`` (any nonzero mask pixel
   is a defect)
 
@@ -81,6 +82,36 @@ def classification_set(root: str | Path, classes: list[str] | None = None) -> Cl
     if len(classes) < 2:
         raise DataError(f"{root}: found one class ({classes[0]}); need at least two")
     return ClassificationSet(classes=list(classes), items=items)
+
+
+def class_root(root: str | Path) -> Path | None:
+    """The folder holding the class folders of ``root``: ``root/images`` when it holds
+    ``<class>/`` subfolders and no image files (``images/<class>/``), else ``root`` itself when
+    it holds at least two visible subfolders with images and no ``images/`` + ``masks/`` pair;
+    None when ``root`` is not in a class-folder layout."""
+    root = Path(root)
+    images = root / "images"
+    if images.is_dir():
+        subdirs = [d for d in images.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        if subdirs and not _images_in(images):
+            return images
+        return None
+    if not root.is_dir():
+        return None
+    with_images = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and _images_in(d)]
+    return root if len(with_images) >= 2 else None
+
+
+def source_layout(root: str | Path) -> str:
+    """'segment' (``images/`` + ``masks/`` with image files) or 'classes' (:func:`class_root`);
+    anything else is a :class:`DataError` that says which layouts are read."""
+    root = _require_dir(Path(root))
+    if class_root(root) is not None:
+        return "classes"
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return "segment"
+    raise DataError(f"{root}: not a dataset folder: a segmentation set needs images/ and masks/ folders, "
+                    "a classification set <class>/ or images/<class>/ folders")
 
 
 def detect_task(root: str | Path) -> str:

@@ -3,13 +3,22 @@
 Output (everything under OUT is rewritten on each run; nothing else is touched)::
 
     OUT/segment/{train,val,test}/images/<id>.jpg + masks/<id>.png   (0/255)
-    OUT/classify/{train,val,test}/{crack,no_crack}/<id>_y<Y>_x<X>.jpg
+    OUT/classify/{train,val,test}/{crack,no_crack}/<id>_y<Y>_x<X>.jpg   (patches), or
+    OUT/classify/{train,val,test}/<class>/<id>.jpg   (class-folder sources: N classes)
     OUT/manifest.json   counts per split and class, sources, seed, params, content hash
 
-Classification patches are cut from the segmentation split they belong to, so a patch never
-shares an image with a patch or image of another split. Each source is split separately by
+Sources (``prepare.source``): ``synth``, folders in the segmentation layout (images/ + masks/)
+and folders of classes (``<class>/`` or ``images/<class>/``), each a string or a mapping with its
+own split fractions or role (:class:`SourceSpec`). Classification patches are cut from the
+segmentation split they belong to, so a patch never shares an image with a patch or image of
+another split; class-folder images are split per class. Each source is split separately by
 sorting its item ids on a seeded hash, so every source is represented in every split and
 adding images to a source moves few existing ones. Feedback (user corrections) goes to train.
+
+The classifier's classes follow from the sources: without class-folder sources, or when their
+folders are only ``crack`` and ``no_crack``, classify/ holds crack/no_crack (patches, plus those
+folders); otherwise classify/ holds the class folders' classes alone (an N-class defect
+classifier, e.g. the magnetic-tile set's blowhole ... free) and no patches are cut.
 """
 
 from __future__ import annotations
@@ -20,19 +29,24 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
+from typing import Annotated, Callable, Literal, Union
 
 import numpy as np
 import yaml
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from fissure.data import synth
 from fissure.data.loaders import (
     IMAGE_SUFFIXES,
     NEGATIVE_NAMES,
     SegmentationItem,
+    class_root,
+    classification_set,
     segmentation_items,
+    source_layout,
 )
 from fissure.data.patches import PatchSpec, extract_patches
 from fissure.errors import DataError, UsageError
@@ -42,13 +56,67 @@ from fissure.progress import iterate
 SPLITS = ("train", "val", "test")
 
 
+SYNTH = "synth"
+BINARY_CLASSES = ("crack", "no_crack")  # the patches' classes
+ROLES = ("split", "train", "val", "test")
+
+
+class SourceSpec(BaseModel):
+    """One entry of ``prepare.source`` in its mapping form (a plain string is ``{path: ...}``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    path: str = Field(min_length=1)  # 'synth' or a folder (relative to the working directory)
+    # auto: images/ + masks/ is a segmentation source, <class>/ or images/<class>/ a class-folder one
+    layout: Literal["auto", "segment", "classes"] = "auto"
+    # split: by the fractions; train/val/test: the whole source goes to that split (test: held back)
+    role: Literal["split", "train", "val", "test"] = "split"
+    val_fraction: float | None = Field(None, ge=0, lt=1)  # None: prepare.val_fraction
+    test_fraction: float | None = Field(None, ge=0, lt=1)  # None: prepare.test_fraction
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SourceSpec":
+        if self.role != "split" and (self.val_fraction is not None or self.test_fraction is not None):
+            raise ValueError(f"role {self.role} puts the whole source in {self.role}; "
+                             "val_fraction/test_fraction are for role: split")
+        if (self.val_fraction or 0) + (self.test_fraction or 0) >= 1:
+            raise ValueError("val_fraction + test_fraction must leave something to train on")
+        if self.path == SYNTH and self.layout == "classes":
+            raise ValueError("synth is a segmentation source (layout: segment or auto)")
+        return self
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source with the section's defaults filled in."""
+
+    path: str
+    layout: str  # auto | segment | classes (auto is resolved when the folder is read)
+    role: str
+    val_fraction: float
+    test_fraction: float
+
+    @property
+    def synth(self) -> bool:
+        return self.path == SYNTH
+
+
+def _source_kind(value) -> str:
+    return "mapping" if isinstance(value, (dict, SourceSpec)) else "folder"
+
+
+SourceItem = Annotated[Union[Annotated[str, Tag("folder")], Annotated[SourceSpec, Tag("mapping")]],
+                       Discriminator(_source_kind)]
+
+
 class PrepareParams(BaseModel):
     """The ``prepare:`` section of params.yaml (see docs/data.md); fields not given keep these defaults."""
 
     # strict: YAML already gives typed values, so a string for a number is a mistake to report
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    source: list[str] = Field(default_factory=lambda: ["synth"])  # a single string is one source
+    # a single string is one source; each entry a string or a SourceSpec mapping
+    source: list[SourceItem] = Field(default_factory=lambda: [SYNTH])
     count: int = Field(400, ge=0)  # synthetic images: at least 1 when source includes synth
     seed: int = Field(0, ge=0)  # numpy's generators refuse negative seeds
     size: int = Field(256, ge=32, le=4096)
@@ -66,7 +134,7 @@ class PrepareParams(BaseModel):
     @field_validator("source", mode="before")
     @classmethod
     def _as_list(cls, value):
-        if isinstance(value, (str, os.PathLike)):
+        if isinstance(value, (str, os.PathLike, dict)):
             value = [value]
         if isinstance(value, list):
             value = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
@@ -76,11 +144,34 @@ class PrepareParams(BaseModel):
     def _consistent(self) -> "PrepareParams":
         if not self.source:
             raise ValueError("source is empty; use 'synth' and/or folders with images/ and masks/")
-        if "synth" in self.source and self.count < 1:
+        sources = self.sources()
+        if any(s.synth for s in sources) and self.count < 1:
             raise ValueError(f"count must be at least 1 when source includes synth (got {self.count})")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must leave something to train on")
+        for i, s in enumerate(sources):
+            if s.role == "split" and s.val_fraction + s.test_fraction >= 1:
+                raise ValueError(f"source[{i}] ({s.path}): its val_fraction + test_fraction must leave "
+                                 "something to train on")
+        seen = set()
+        for s in sources:
+            if s.path in seen:
+                raise ValueError(f"source {s.path} is listed twice")
+            seen.add(s.path)
+        if all(s.role in ("val", "test") for s in sources):
+            raise ValueError("every source is held back (role: val or test); at least one must train")
         return self
+
+    def sources(self) -> list[Source]:
+        """Each source as a :class:`Source`, the section's fractions filling in what it leaves out."""
+        out = []
+        for item in self.source:
+            spec = SourceSpec(path=item) if isinstance(item, str) else item
+            out.append(Source(
+                path=spec.path, layout=spec.layout, role=spec.role,
+                val_fraction=self.val_fraction if spec.val_fraction is None else spec.val_fraction,
+                test_fraction=self.test_fraction if spec.test_fraction is None else spec.test_fraction))
+        return out
 
     def patch_spec(self, seed: int) -> PatchSpec:
         return PatchSpec(size=self.patch_size, stride=self.patch_stride, threshold=self.patch_threshold,
@@ -109,15 +200,30 @@ def _validated(data: dict, where: str | None) -> PrepareParams:
     try:
         return PrepareParams(**data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(part) for part in err["loc"][:1])  # a source's index is noise: source
+        errors = exc.errors()
+        # a typo'd key says more than the "Field required" it causes
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        key = _key_of(err["loc"])
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key; known keys: {', '.join(KEYS)}"
+            known = SourceSpec.model_fields if key.startswith("source[") else KEYS
+            msg = f"unknown key; known keys: {', '.join(known)}"
         else:
             msg = err["msg"].removeprefix("Value error, ")
         if where is None:
-            raise UsageError(f"--{key.replace('_', '-')}: {msg}" if key else msg) from None
+            option = key.split("[", 1)[0]
+            raise UsageError(f"--{option.replace('_', '-')}: {msg}" if key else msg) from None
         raise DataError(f"{where}.{key}: {msg}" if key else f"{where}: {msg}") from None
+
+
+def _key_of(loc: tuple) -> str:
+    """``('source', 1, 'mapping', 'val_fraction')`` -> ``source[1].val_fraction``; a plain source's
+    index is noise (``source``), and so are the union's tags (folder, mapping)."""
+    if not loc:
+        return ""
+    key, rest = str(loc[0]), [p for p in loc[1:] if p not in ("folder", "mapping")]
+    if key == "source" and len(loc) > 2 and loc[2] == "mapping":
+        return f"source[{rest[0]}]" + "".join(f".{p}" for p in rest[1:])
+    return key
 
 
 def load_params(path: str | os.PathLike) -> dict:
@@ -148,8 +254,11 @@ def load_params(path: str | os.PathLike) -> dict:
 # --------------------------------------------------------------------------- helpers
 
 
-def _split_of(ids: list[str], seed: int, val: float, test: float) -> dict[str, str]:
-    """Exact-fraction split of ids, ordered by a seeded hash (stable across machines)."""
+def _split_of(ids: list[str], seed: int, val: float, test: float, role: str = "split") -> dict[str, str]:
+    """Exact-fraction split of ids, ordered by a seeded hash (stable across machines); a role
+    other than ``split`` puts every id in that split."""
+    if role != "split":
+        return dict.fromkeys(ids, role)
     order = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
     n = len(order)
     n_test, n_val = round(n * test), round(n * val)
@@ -173,13 +282,15 @@ def _tag(path: str, taken: set[str]) -> str:
     return tag
 
 
-def _fit(img: Image.Image, mask: np.ndarray, max_side: int) -> tuple[Image.Image, np.ndarray]:
+def _fit(img: Image.Image, mask: np.ndarray | None, max_side: int) -> tuple[Image.Image, np.ndarray | None]:
     w, h = img.size
     if max(w, h) <= max_side:
         return img, mask
     scale = max_side / max(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     img = img.resize((nw, nh), Image.LANCZOS)
+    if mask is None:
+        return img, None
     # area-resize the mask and keep pixels at least 1/4 covered, so thin cracks survive
     m = Image.fromarray(mask.astype(np.uint8) * 255, "L").resize((nw, nh), Image.BOX)
     return img, np.asarray(m) >= 64
@@ -225,16 +336,77 @@ def _visible(folder: Path) -> list[Path]:
 
 def _feedback_items(fb: Path) -> tuple[list[SegmentationItem], list[tuple[Path, str]]]:
     """The feedback folder's items, in either layout or both (`fissure feedback export` writes both):
-    segmentation ``images/<id>`` + ``masks/<id>``; classification ``images/<class>/`` (or ``<class>/``)."""
+    segmentation ``images/<id>`` + ``masks/<id>``; classification ``images/<class>/`` (or ``<class>/``),
+    each with its class folder's name."""
     images = fb / "images"
     seg = segmentation_items(fb) if (fb / "masks").is_dir() and any(p.is_file() for p in _visible(images)) else []
-    class_root = images if images.is_dir() else fb
-    cls = [(p, "no_crack" if d.name.lower() in NEGATIVE_NAMES else "crack")
-           for d in sorted(_visible(class_root)) if d.is_dir() and d.name != "masks"
+    class_dir = images if images.is_dir() else fb
+    cls = [(p, d.name) for d in sorted(_visible(class_dir)) if d.is_dir() and d.name != "masks"
            for p in sorted(d.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if not seg and not cls:
         raise DataError(f"{fb}: no feedback items (expected images/ + masks/, images/<class>/ or <class>/)")
     return seg, cls
+
+
+@dataclass
+class _Plan:
+    source: Source
+    kind: str  # synth | segment | classes
+    tag: str
+    ids: list[str]
+    items: list = None  # SegmentationItem (segment) or (path, class name) (classes)
+
+
+def _plan(source: Source, params: PrepareParams, taken: set[str]) -> _Plan:
+    """What a source holds, read (not decoded) before anything is written: a bad folder fails fast."""
+    if source.synth:
+        return _Plan(source, "synth", SYNTH, [f"synth-{params.seed}-{i:06d}" for i in range(params.count)])
+    layout = source_layout(source.path) if source.layout == "auto" else source.layout
+    if layout == "segment":
+        items = segmentation_items(source.path)
+        tag = _tag(source.path, taken)
+        return _Plan(source, "segment", tag, [f"{tag}-{it.image.stem}" for it in items], items)
+    root = class_root(source.path)
+    if root is None:
+        raise DataError(f"{source.path}: layout classes needs <class>/ folders or images/<class>/ folders")
+    cset = classification_set(root)
+    tag = _tag(source.path, taken)
+    items = [(path, cset.classes[k]) for path, k in cset.items]
+    ids = [f"{tag}-{path.stem}" for path, _ in items]
+    dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    if dupes:
+        raise DataError(f"{source.path}: two images named {dupes[0].removeprefix(tag + '-')} in different "
+                        "class folders (an image belongs to one class)")
+    return _Plan(source, "classes", tag, ids, items)
+
+
+def _class_order(names) -> list[str]:
+    """Negative names first (index 0), then alphabetical, as :func:`classification_set` orders them."""
+    return sorted(set(names), key=lambda c: (c.lower() not in NEGATIVE_NAMES, c))
+
+
+def dvc_dep_warnings(params: PrepareParams, env: dict | None = None) -> list[str]:
+    """Under ``dvc repro`` (DVC sets DVC_ROOT and DVC_STAGE): the folder sources that dvc.yaml's
+    prepare stage does not list under ``deps``, so a change to their files would not re-run it."""
+    env = os.environ if env is None else env
+    root = env.get("DVC_ROOT")
+    if not root or not env.get("DVC_STAGE") or not (Path(root) / "dvc.yaml").is_file():
+        return []
+    try:
+        stages = yaml.safe_load((Path(root) / "dvc.yaml").read_text()).get("stages", {})
+        deps = stages[env["DVC_STAGE"].split(":")[-1]].get("deps", [])
+    except (yaml.YAMLError, AttributeError, KeyError, TypeError):
+        return []
+    listed = [(Path(root) / d).resolve() for d in deps if isinstance(d, str)]
+    warnings = []
+    for s in params.sources():
+        if s.synth:
+            continue
+        where = Path(s.path).resolve()
+        if not any(where == d or d in where.parents for d in listed):
+            warnings.append(f"warning: {s.path} is not among the deps of dvc.yaml's {env['DVC_STAGE']} stage: "
+                            "changes to its files will not re-run it (add the folder to its deps)")
+    return warnings
 
 
 def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None = None,
@@ -249,18 +421,13 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
         raise DataError(f"{out}: exists and is not a folder")
 
     # Resolve every source before writing anything, so a bad folder fails fast.
-    plans = []  # (kind, tag, payload, ids)
-    taken: set[str] = set()
-    for src in params.source:
-        if src == "synth":
-            ids = [f"synth-{params.seed}-{i:06d}" for i in range(params.count)]
-            plans.append(("synth", "synth", None, ids, src))
-        else:
-            items = segmentation_items(src)
-            tag = _tag(src, taken)
-            ids = [f"{tag}-{it.image.stem}" for it in items]
-            plans.append(("real", tag, items, ids, src))
-    feedback_seg, feedback_cls = [], []  # (image, mask) items; (image, "crack"|"no_crack")
+    taken: set[str] = {SYNTH}
+    plans = [_plan(source, params, taken) for source in params.sources()]
+    folder_classes = sorted({name for p in plans if p.kind == "classes" for _, name in p.items})
+    # crack/no_crack folders join the patches; any other class names make an N-class set of their own
+    patches = not folder_classes or set(folder_classes) <= set(BINARY_CLASSES)
+    classes = list(BINARY_CLASSES[::-1]) if patches else _class_order(folder_classes)
+    feedback_seg, feedback_cls = [], []  # (image, mask) items; (image, class)
     if params.feedback:
         fb = Path(params.feedback)
         if not fb.exists():
@@ -270,6 +437,13 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
             log(f"feedback: {fb} holds no items, skipped")
         else:
             feedback_seg, feedback_cls = _feedback_items(fb)
+            if patches:  # a binary model's corrections: any positive name is a crack
+                feedback_cls = [(p, "no_crack" if c.lower() in NEGATIVE_NAMES else "crack") for p, c in feedback_cls]
+            else:
+                other = sorted({c for _, c in feedback_cls if c not in classes})
+                if other:
+                    log(f"feedback: class folders {other} are not among the classes {classes}, skipped")
+                feedback_cls = [(p, c) for p, c in feedback_cls if c in classes]
             log(f"feedback: {len(feedback_seg)} segment and {len(feedback_cls)} classify items from {fb} "
                 "(train split)")
 
@@ -282,19 +456,39 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
             (out / "segment" / split / d).mkdir(parents=True, exist_ok=True)
 
     sources = []
-    for kind, tag, items, ids, src in plans:
-        split_of = _split_of(ids, params.seed, params.val_fraction, params.test_fraction)
-        for k, name in iterate(enumerate(ids), f"prepare {tag}", len(ids), unit="images", enabled=progress):
-            root = out / "segment" / split_of[name]
-            if kind == "synth":
+    for plan in plans:
+        src = plan.source
+        if plan.kind == "classes":  # stratified: each class split on its own
+            split_of = {}
+            for name in sorted({c for _, c in plan.items}):
+                ids = [i for i, (_, c) in zip(plan.ids, plan.items) if c == name]
+                split_of.update(_split_of(ids, params.seed, src.val_fraction, src.test_fraction, src.role))
+        else:
+            split_of = _split_of(plan.ids, params.seed, src.val_fraction, src.test_fraction, src.role)
+        for k, name in iterate(enumerate(plan.ids), f"prepare {plan.tag}", len(plan.ids), unit="images",
+                               enabled=progress):
+            if plan.kind == "synth":
                 sample = synth.render(synth.image_rng(params.seed, k), params.size)
-                _write_pair(root, name, sample.jpeg_bytes(), sample.mask)
+                _write_pair(out / "segment" / split_of[name], name, sample.jpeg_bytes(), sample.mask)
+            elif plan.kind == "segment":
+                jpeg, mask = _ingest_real(plan.items[k], params.max_side)
+                _write_pair(out / "segment" / split_of[name], name, jpeg, mask)
             else:
-                jpeg, mask = _ingest_real(items[k], params.max_side)
-                _write_pair(root, name, jpeg, mask)
+                path, cls = plan.items[k]
+                target = out / "classify" / split_of[name] / cls
+                target.mkdir(parents=True, exist_ok=True)
+                (target / f"{name}.jpg").write_bytes(_jpeg(_fit(load_image(path), None, params.max_side)[0]))
         per_split = {s: sum(1 for v in split_of.values() if v == s) for s in SPLITS}
-        sources.append({"source": src, "kind": kind, "images": len(ids), "splits": per_split})
-        log(f"{src}: {len(ids)} images -> " + ", ".join(f"{s} {n}" for s, n in per_split.items()))
+        info = {"source": src.path, "kind": "real" if plan.kind == "segment" else plan.kind,
+                "layout": "classes" if plan.kind == "classes" else "segment", "role": src.role,
+                "images": len(plan.ids), "splits": per_split}
+        if src.role == "split":
+            info.update(val_fraction=src.val_fraction, test_fraction=src.test_fraction)
+        if plan.kind == "classes":
+            info["classes"] = {c: sum(1 for _, n in plan.items if n == c) for c in _class_order(n for _, n in plan.items)}
+        sources.append(info)
+        role = "" if src.role == "split" else f" (role {src.role})"
+        log(f"{src.path}: {len(plan.ids)} images{role} -> " + ", ".join(f"{s} {n}" for s, n in per_split.items()))
 
     feedback_info = None
     if feedback_seg or feedback_cls:
@@ -307,19 +501,29 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
                          "items": len(feedback_seg) + len(feedback_cls)}
 
     counts: dict = {"segment": {}, "classify": {}}
+    seg_sources = any(p.kind != "classes" for p in plans)
+    if not patches and seg_sources:
+        log(f"classify: {len(classes)} classes from class folders ({', '.join(classes)}); no crack/no_crack "
+            "patches are cut from the segmentation sources")
     for i, split in enumerate(SPLITS):
         seg = out / "segment" / split
         n = len(list((seg / "images").iterdir()))
         counts["segment"][split] = n
-        cls_dir = out / "classify" / split
         if n == 0:  # e.g. val_fraction 0: no folder at all, so trainers split val off train
             shutil.rmtree(seg)
             continue
-        got = extract_patches(seg, cls_dir, params.patch_spec(params.seed * 1000 + i), progress=progress)
+        if not patches:
+            continue
+        got = extract_patches(seg, out / "classify" / split, params.patch_spec(params.seed * 1000 + i),
+                              progress=progress)
         log(f"patches: {split} {got['crack']} crack, {got['no_crack']} no_crack")
         if params.patch_balance and got["crack"] != got["no_crack"]:
             log(f"warning: {split} has {got['crack']} crack and {got['no_crack']} no_crack patches "
                 "(one class had none to balance with; more images or smaller patches help)")
+    if not seg_sources:
+        log("segment: no segmentation source (synth or images/ + masks/ folders): segment/ is empty")
+    if not any((out / "segment").iterdir()):
+        shutil.rmtree(out / "segment")
 
     for path, name in feedback_cls:
         (out / "classify" / "train" / name).mkdir(parents=True, exist_ok=True)
@@ -329,7 +533,11 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
     for split in SPLITS:
         counts["classify"][split] = {c: len(list((out / "classify" / split / c).iterdir()))
                                      if (out / "classify" / split / c).is_dir() else 0
-                                     for c in ("crack", "no_crack")}
+                                     for c in classes}
+    if not patches:
+        missing = [c for c in classes if counts["classify"]["train"][c] == 0]
+        if missing:
+            log(f"warning: no training images of {', '.join(missing)} (every class needs some in train)")
     files = [p for p in (out / "segment").rglob("*") if p.is_file()]
     files += [p for p in (out / "classify").rglob("*") if p.is_file()]
     manifest = {
@@ -338,6 +546,7 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
         "params": params.model_dump(),
         "sources": sources,
         "feedback": feedback_info,
+        "classify": {"classes": classes, "from": "patches" if patches else "class folders"},
         "counts": counts,
         "files": len(files),
         "content_hash": content_hash(out, files),
@@ -345,5 +554,6 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     seg_total = sum(counts["segment"].values())
     cls_total = sum(sum(v.values()) for v in counts["classify"].values())
-    log(f"prepared {seg_total} segmentation images and {cls_total} classification patches in {out}")
+    log(f"prepared {seg_total} segmentation images and {cls_total} classification "
+        f"{'patches' if patches else 'images'} in {out}")
     return manifest
