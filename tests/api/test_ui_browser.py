@@ -20,7 +20,6 @@ import io
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import zipfile
@@ -31,6 +30,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from ..conftest import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -46,9 +47,7 @@ if not CHROMIUM.exists():
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def crack_y(fx: float) -> float:

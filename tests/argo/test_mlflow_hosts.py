@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ..conftest import free_ports
+
 REPO = Path(__file__).resolve().parents[2]
 HELM = Path.home() / ".cache" / "fissure" / "bin" / "helm"
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def _allowed_hosts(release: str, namespace: str) -> str:

@@ -14,7 +14,6 @@ import json
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +36,8 @@ if str(REPO) not in sys.path:  # dashboards/ is a folder of the repository, not 
     sys.path.insert(0, str(REPO))
 
 import dashboards  # noqa: E402
+
+from ..conftest import free_ports
 
 UIDS = {"fissure-service", "fissure-model-health", "fissure-canary", "fissure-pipeline"}
 CLF, SEG = "crack-classifier", "crack-segmenter"
@@ -281,9 +282,7 @@ def test_provision_writes_datasource_dashboards_and_ini(tmp_path):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 LABEL_VALUES = {

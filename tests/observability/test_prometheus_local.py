@@ -23,19 +23,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from fissure.errors import FissureError
 from fissure.observability import catalog, prometheus
 
+from ..conftest import free_ports
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 def binary(name: str) -> str:
