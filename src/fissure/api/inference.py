@@ -7,7 +7,8 @@ the result shaped as the serving v1 result (``label``/``score``/``probabilities`
 (from the v2 model metadata's ``parameters``, cached per model and version) and an uncertainty
 in [0, 1] for the review queue (larger: less sure):
 
-* classifier: ``1 - |2 p - 1|`` with p the crack probability, i.e. ``|p - 0.5|`` smallest first;
+* classifier: ``1 - |2 p - 1|`` with p the crack probability (of an N-class defect model with one
+  negative class, the probability of any defect), i.e. ``|p - 0.5|`` smallest first;
 * segmenter: the mean of ``1 - |2 p - 1|`` over the predicted mask's boundary band (pixels
   within ``BOUNDARY_BAND`` px of its edge; the whole image when no crack is predicted), from
   the per-pixel crack probability that the segmenter's explain returns. So every segmenter
@@ -162,10 +163,15 @@ def _fill(result: InferenceResult, out: dict, explained: dict | None) -> None:
 
 
 def crack_probability(probabilities: dict[str, float]) -> float:
-    """p(crack) of a classifier result: the positive class of a binary model, else the top score."""
+    """p(crack) of a classifier result: the positive class of a binary model; for an N-class
+    defect model with one negative class (``free``, ``no_crack``, ...) p(any defect) = 1 - p(negative);
+    else the top score."""
     positives = [v for k, v in probabilities.items() if k.lower() not in NEGATIVE_NAMES]
     if len(probabilities) == 2 and len(positives) == 1:
         return float(positives[0])
+    negatives = [v for k, v in probabilities.items() if k.lower() in NEGATIVE_NAMES]
+    if len(probabilities) > 2 and len(negatives) == 1:
+        return float(1.0 - negatives[0])
     return max(probabilities.values(), default=0.0)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -130,6 +131,15 @@ def train(
             final["mask_threshold"] = spec["threshold"]
         if result.extra.get("val_dice_at_threshold") is not None:
             final["final_val_dice_at_threshold"] = result.extra["val_dice_at_threshold"]
+        by_class = {}
+        if task == "classify":  # what the macro averages hide: each class's own scores, the confusion
+            evals = {"val": evaluate_items(result.module, spec, splits.val, device=result.device)}
+            if test_eval is not None:
+                evals["test"] = test_eval
+            for split, ev in evals.items():
+                by_class[split] = class_report(ev)
+                final.update(class_metrics(by_class[split], f"{'final_val' if split == 'val' else split}_class"))
+                mlflow.log_dict(by_class[split], f"{split}_classes.json")
         mlflow.log_metrics(final)
 
         history = [h.row() for h in result.history]
@@ -175,6 +185,11 @@ def train(
     }
     if "threshold" in spec:
         report["threshold"] = spec["threshold"]
+    if by_class:
+        report["classes"] = list(spec["classes"])
+        for split, rep in by_class.items():
+            report[f"{split}_per_class"] = rep["per_class"]
+            report[f"{split}_confusion"] = rep["confusion"]
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -188,8 +203,34 @@ def train(
     echo(f"best epoch {result.best_epoch}/{len(result.history)}: val_{sel} {val.get(sel)}"
          + (f", test_{sel} {test.get(sel)}" if test else "") + f" in {report['seconds']}s"
          + (f"; saved to {out}" if out is not None else ""))
+    if by_class:
+        split = "test" if "test" in by_class else "val"
+        rep = by_class[split]
+        echo(f"{split} balanced accuracy {rep['balanced_accuracy']}; recall per class: "
+             + ", ".join(f"{c} {m['recall']:.3f} (n={m['support']})" for c, m in rep["per_class"].items()))
     return TrainOutcome(run_id, model_info.model_uri, val, test, registered, out, result.best_epoch,
                         len(result.history), report["seconds"], report)
+
+
+def class_report(ev) -> dict:
+    """A classifier's per-class precision/recall/F1/support and confusion counts
+    (``confusion[actual][predicted]``), by class name, from an evaluation's labels and probabilities."""
+    pred = ev.probs.argmax(axis=1)
+    per_class = {c: clean(m) for c, m in M.per_class_metrics(ev.y_true, pred, ev.classes).items()}
+    cm = M.confusion_matrix(ev.y_true, pred, len(ev.classes))
+    confusion = {a: {p: int(cm[i, j]) for j, p in enumerate(ev.classes)} for i, a in enumerate(ev.classes)}
+    return {"classes": list(ev.classes), "per_class": per_class, "confusion": confusion,
+            "balanced_accuracy": ev.metrics.get("balanced_accuracy")}
+
+
+def class_metrics(report: dict, prefix: str) -> dict:
+    """MLflow metrics of :func:`class_report`: ``<prefix>.<class>.{precision,recall,f1}`` (a class
+    name is made MLflow-safe)."""
+    out = {}
+    for name, m in report["per_class"].items():
+        safe = re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
+        out.update({f"{prefix}.{safe}.{k}": m[k] for k in ("precision", "recall", "f1") if m.get(k) is not None})
+    return out
 
 
 @torch.no_grad()
