@@ -122,8 +122,8 @@ def test_helm_lint_strict(tools, profile):
 def test_default_render_has_every_part(rendered):
     kinds = [(d["kind"], d["metadata"]["name"]) for d in docs(rendered["default"])]
     assert ("ServingRuntime", "fissure-torchserve") in kinds
-    assert ("InferenceService", "crack-classifier") in kinds
-    assert ("InferenceService", "crack-segmenter") in kinds
+    assert ("InferenceService", "fissure-crack-classifier") in kinds
+    assert ("InferenceService", "fissure-crack-segmenter") in kinds
     assert ("Deployment", "fissure-mlflow") in kinds
     assert ("StatefulSet", "fissure-postgresql") in kinds
     assert ("StatefulSet", "fissure-minio") in kinds
@@ -139,10 +139,10 @@ def test_profiles_switch_modes(rendered):
     assert {mode(d) for d in isvcs["default"]} == {"Standard"}
     assert {mode(d) for d in isvcs["knative-values"]} == {"Knative"}
     canary = {d["metadata"]["name"]: d["spec"]["predictor"].get("canaryTrafficPercent") for d in isvcs["knative-values"]}
-    assert canary == {"crack-classifier": 10, "crack-segmenter": None}
+    assert canary == {"fissure-crack-classifier": 10, "fissure-crack-segmenter": None}
     gpu = {d["metadata"]["name"]: d["spec"]["predictor"]["model"]["resources"]["limits"].get("nvidia.com/gpu")
            for d in isvcs["gpu-values"]}
-    assert gpu == {"crack-classifier": None, "crack-segmenter": 1}
+    assert gpu == {"fissure-crack-classifier": None, "fissure-crack-segmenter": 1}
     kinds = {d["kind"] for d in docs(rendered["external-values"])}
     assert "StatefulSet" not in kinds and "PodMonitor" not in kinds
     assert "Ingress" in {d["kind"] for d in docs(rendered["standard-values"])}
@@ -329,13 +329,13 @@ def test_runtime_switch_moves_every_inference_service(tools):
     assert {d["spec"]["predictor"]["model"]["runtime"] for d in isvcs} == {"fissure-inprocess"}
     assert all(p["containerPort"] != 8082 for d in isvcs for p in d["spec"]["predictor"]["model"]["ports"])
     scraped = {e["portNumber"] for d in objs if d["kind"] == "PodMonitor"
-               and "serving.kserve.io/inferenceservice" in d["spec"]["selector"]["matchLabels"]
+               and "serving.kserve.io/inferenceservice" in {e["key"] for e in d["spec"]["selector"].get("matchExpressions", [])}
                for e in d["spec"]["podMetricsEndpoints"]}
     assert scraped == {8080}
 
 
 def test_gpu_models_tell_torchserve_their_gpus(rendered):
-    env = {d["metadata"]["name"]: _env(d["spec"]["predictor"]["model"])
+    env = {d["metadata"]["labels"]["fissure.dev/model"]: _env(d["spec"]["predictor"]["model"])
            for d in docs(rendered["gpu-values"]) if d["kind"] == "InferenceService"}
     assert env["crack-segmenter"]["TS_NUMBER_OF_GPU"] == "1"
     assert "TS_NUMBER_OF_GPU" not in env["crack-classifier"]
@@ -360,12 +360,12 @@ def test_api_is_wired_to_what_the_release_has(rendered, profile):
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/ping", "port": "http"}, probe
     env = {e["name"]: e for e in c["env"]}
-    isvcs = [d["metadata"]["name"] for d in objs if d["kind"] == "InferenceService"]
-    services = {f"{name}-predictor" for name in isvcs}  # the Services KServe creates
+    isvcs = [d for d in objs if d["kind"] == "InferenceService"]
+    services = {f"{d['metadata']['name']}-predictor" for d in isvcs}  # the Services KServe creates
     url = env["FISSURE_INFERENCE_URL"]["value"]
-    for name in isvcs:
-        host = url.format(model=name).removeprefix("http://").split(".")[0]
-        assert host in services, (url, name)
+    for model in {d["metadata"]["labels"]["fissure.dev/model"] for d in isvcs}:  # {model}: the served name
+        host = url.format(model=model).removeprefix("http://").split(".")[0]
+        assert host in services, (url, model)
     db = env["FISSURE_DATABASE_URL"]
     if "value" in db:
         userinfo = db["value"].split("://", 1)[1].split("@", 1)[0]

@@ -38,6 +38,7 @@ SHARED = Path(os.environ.get("FISSURE_SHARED", REPO.parent / "shared"))
 KSERVE_CRD = SHARED / "crds" / "kserve-v0.20.0" / "serving.kserve.io_inferenceservices.yaml"
 GATEWAY_CRDS = SHARED / "k8s-upstream" / "gateway-api-v1.2.1" / "standard-install.yaml"
 NS, RELEASE, MODEL = "fissure", "fissure", "crack-classifier"
+ISVC = f"{RELEASE}-{MODEL}"  # the chart names a model's InferenceService after the release
 CHAMPION_URI = "s3://fissure-models/crack-classifier/champion"
 CHAMPION = ModelRef(MODEL, "3", storage_uri=CHAMPION_URI)
 CHALLENGER = ModelRef(MODEL, "4", run_id="r4", storage_uri="s3://fissure-models/crack-classifier/versions/4")
@@ -144,7 +145,7 @@ def knative(schemas, knative_render):
         yield KnativeActuator(settings(), client_for(server.url)), server, ctl
 
 
-def isvc(server, name=MODEL) -> dict:
+def isvc(server, name=ISVC) -> dict:
     return server.get("inferenceservices", NS, name)
 
 
@@ -174,8 +175,8 @@ def test_standin_refuses_what_the_api_server_refuses(gateway):
     """The stand-in's checks have teeth: an invalid object or a failed JSON patch test is a 422."""
     act, server, _ = gateway
     canary = f"{RELEASE}-{MODEL}-canary"
-    with pytest.raises(FissureError, match=r"InferenceService.serving.kserve.io \"crack-classifier\" is invalid"):
-        act.kube.merge_patch(KSERVE, MODEL, {"spec": {"predictor": {"canaryTrafficPercnt": 1}}})
+    with pytest.raises(FissureError, match=r"InferenceService.serving.kserve.io \"fissure-crack-classifier\" is invalid"):
+        act.kube.merge_patch(KSERVE, ISVC, {"spec": {"predictor": {"canaryTrafficPercnt": 1}}})
     with pytest.raises(FissureError, match="is invalid.*'10' is not of type 'integer'"):
         act.kube.json_patch(GATEWAY, canary, [{"op": "add", "path": "/spec/rules/0/backendRefs/0/weight", "value": "10"}])
     with pytest.raises(FissureError, match="testing value /spec/rules/0/backendRefs/0/name failed"):
@@ -218,7 +219,7 @@ def test_gateway_canary_moves_the_route_weights_and_promotes(gateway, schemas):
     assert_every_patch_valid(server, schemas)
     # only get and patch, and only on the chart's objects for this model (the Role allows nothing else)
     touched = {r.path.split("?")[0].rsplit("/", 1)[1] for r in server.requests}
-    assert touched == {MODEL, f"{RELEASE}-{MODEL}-challenger", f"{RELEASE}-{MODEL}-canary"}
+    assert touched == {ISVC, f"{RELEASE}-{MODEL}-challenger", f"{RELEASE}-{MODEL}-canary"}
     assert {r.method for r in server.requests} == {"GET", "PATCH"}
 
 
@@ -244,7 +245,7 @@ def test_gateway_rollback_undoes_a_promotion_stopped_half_way(gateway):
     act.prepare(CHAMPION, CHALLENGER)
     act.set_weight(MODEL, 50)
     # promote() died after re-pointing the champion, before the route: simulate that step
-    act.kube.merge_patch(KSERVE, MODEL, {"spec": {"predictor": {"model": {"storageUri": CHALLENGER.storage_uri}}}})
+    act.kube.merge_patch(KSERVE, ISVC, {"spec": {"predictor": {"model": {"storageUri": CHALLENGER.storage_uri}}}})
     act.rollback(MODEL)
     assert isvc(server)["spec"]["predictor"]["model"]["storageUri"] == CHAMPION_URI
     assert weights(server) == [100, 0]
@@ -312,7 +313,7 @@ def test_missing_objects_are_not_found(schemas, standard_render, knative_render)
         with pytest.raises(NotFoundError, match="HTTPRoute fissure/fissure-no-such-model-canary not found.*canary.enabled"):
             GatewayActuator(settings(), client_for(server.url)).set_weight("no-such-model", 10)
     with standin(schemas, knative_render, rbac=False) as server, FakeControllers(server, knative=True):
-        with pytest.raises(NotFoundError, match="InferenceService fissure/no-such-model not found"):
+        with pytest.raises(NotFoundError, match="InferenceService fissure/fissure-no-such-model not found"):
             KnativeActuator(settings(), client_for(server.url)).state("no-such-model")
 
 
@@ -348,8 +349,8 @@ def test_knative_canary_uses_canary_traffic_percent_and_promotes(knative, schema
     assert pred["canaryTrafficPercent"] == 0 and pred["model"]["storageUri"] == CHALLENGER.storage_uri
     assert isvc(server)["metadata"]["annotations"][ANN_CHAMPION_URI] == CHAMPION_URI
     status = isvc(server)["status"]["components"]["predictor"]
-    assert status["latestReadyRevision"] == f"{MODEL}-predictor-00002"
-    assert status["latestRolledoutRevision"] == f"{MODEL}-predictor-00001"
+    assert status["latestReadyRevision"] == f"{ISVC}-predictor-00002"
+    assert status["latestRolledoutRevision"] == f"{ISVC}-predictor-00001"
     assert act.state(MODEL) == TrafficState("3", "4", 0)
     for percent in (10, 50):
         act.set_weight(MODEL, percent)
@@ -358,11 +359,11 @@ def test_knative_canary_uses_canary_traffic_percent_and_promotes(knative, schema
     act.promote(CHALLENGER)
     assert "canaryTrafficPercent" not in _predictor(server)
     assert act.state(MODEL) == TrafficState("4", None, 0)
-    assert len(ctl.revisions[MODEL]) == 2  # promoting made no new revision
+    assert len(ctl.revisions[ISVC]) == 2  # promoting made no new revision
     act.rollback(MODEL)  # after a promotion there is nothing to roll back
     assert _predictor(server)["model"]["storageUri"] == CHALLENGER.storage_uri
     assert_every_patch_valid(server, schemas)
-    assert {r.path.split("?")[0].rsplit("/", 1)[1] for r in server.requests} == {MODEL}
+    assert {r.path.split("?")[0].rsplit("/", 1)[1] for r in server.requests} == {ISVC}
 
 
 def test_promoting_the_old_champion_back_restores_it(gateway, knative, schemas):
@@ -400,7 +401,7 @@ def test_knative_rollback_never_gives_a_starting_revision_traffic(knative, schem
     assert "canaryTrafficPercent" not in _predictor(server)
     assert _predictor(server)["model"]["storageUri"] == CHAMPION_URI
     assert act.state(MODEL) == TrafficState("3", None, 0)
-    assert [uri for _, uri in ctl.revisions[MODEL]] == [CHAMPION_URI, CHALLENGER.storage_uri, CHAMPION_URI]
+    assert [uri for _, uri in ctl.revisions[ISVC]] == [CHAMPION_URI, CHALLENGER.storage_uri, CHAMPION_URI]
     before = len(server.patches())
     act.rollback(MODEL)  # idempotent: nothing more to send
     assert len(server.patches()) == before

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from kubeapi_standin import FakeControllers  # noqa: E402
 from test_kubernetes import (CHALLENGER, CHAMPION, CHAMPION_URI, GATEWAY_CRDS, KNATIVE_SETS,  # noqa: E402
-                             KSERVE_CRD, MODEL, RELEASE, render, tools)  # noqa: F401 (fixture)
+                             ISVC, KSERVE_CRD, MODEL, RELEASE, render, tools)  # noqa: F401 (fixture)
 
 # the test server's certificate is made at its start; the fixture's kubeconfig skips TLS checks too
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800),
@@ -125,7 +125,7 @@ def test_gateway_canary_on_a_real_api_server(cluster, tools):
         act.set_weight(MODEL, 50)
         act.promote(CHALLENGER)
         assert act.state(MODEL) == TrafficState("4", None, 0)
-        champion = _get(admin, ns, "inferenceservices", MODEL)
+        champion = _get(admin, ns, "inferenceservices", ISVC)
         assert champion["spec"]["predictor"]["model"]["storageUri"] == CHALLENGER.storage_uri
         route = _get(admin, ns, "httproutes", f"{RELEASE}-{MODEL}-canary")
         assert [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]] == [100, 0]
@@ -147,11 +147,11 @@ def test_knative_canary_on_a_real_api_server(cluster, tools):
         act.set_weight(MODEL, 10)
         assert act.state(MODEL) == TrafficState("3", "4", 10)
         act.rollback(MODEL)
-        pred = _get(admin, ns, "inferenceservices", MODEL)["spec"]["predictor"]
+        pred = _get(admin, ns, "inferenceservices", ISVC)["spec"]["predictor"]
         assert "canaryTrafficPercent" not in pred and pred["model"]["storageUri"] == CHAMPION_URI
         act.prepare(CHAMPION, CHALLENGER)
         act.set_weight(MODEL, 50)
         act.promote(CHALLENGER)
         assert act.state(MODEL) == TrafficState("4", None, 0)
-        assert [uri for _, uri in ctl.revisions[MODEL]] == [
+        assert [uri for _, uri in ctl.revisions[ISVC]] == [
             CHAMPION_URI, CHALLENGER.storage_uri, CHAMPION_URI, CHALLENGER.storage_uri]

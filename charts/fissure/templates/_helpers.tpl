@@ -169,9 +169,14 @@ tag falls back to the chart's appVersion. Call with (dict "image" .Values.x.imag
 {{- toYaml .Values.containerSecurityContext -}}
 {{- end -}}
 
+{{/* Name of a ServingRuntime: servingRuntime.names.<runtime>, else <fullname>-<runtime>. Call with (dict "ctx" $ "runtime" "torchserve"). */}}
+{{- define "fissure.servingRuntimeNameOf" -}}
+{{- default (include "fissure.componentName" (dict "ctx" .ctx "component" .runtime)) (index .ctx.Values.servingRuntime.names .runtime) -}}
+{{- end -}}
+
 {{/* Name of the ServingRuntime the InferenceServices use (serving.runtime). */}}
 {{- define "fissure.servingRuntimeName" -}}
-{{- index .Values.servingRuntime.names .Values.serving.runtime -}}
+{{- include "fissure.servingRuntimeNameOf" (dict "ctx" . "runtime" .Values.serving.runtime) -}}
 {{- end -}}
 
 {{/* Metrics port of a runtime ("torchserve" or "inprocess"): TorchServe's, or the front's REST port. */}}
@@ -180,8 +185,9 @@ tag falls back to the chart's appVersion. Call with (dict "image" .Values.x.imag
 {{- end -}}
 
 {{/*
-A probe of the front's REST port. Call with (dict "path" "/v2/health/ready" "probe" <values>
-"exec" bool); exec runs the same HTTP check inside the container (the image has no curl).
+The handler of a probe of the front's REST port. Call with (dict "path" "/v2/health/ready"
+"probe" <values> "exec" bool); exec runs the same HTTP check inside the container (the image
+has no curl).
 */}}
 {{- define "fissure.probe" -}}
 {{- if .exec -}}
@@ -195,9 +201,6 @@ httpGet:
   path: {{ .path }}
   port: 8080
 {{- end }}
-periodSeconds: {{ .probe.periodSeconds }}
-timeoutSeconds: {{ .probe.timeoutSeconds }}
-failureThreshold: {{ .probe.failureThreshold }}
 {{- end -}}
 
 {{/*
@@ -234,15 +237,15 @@ Orderings the serving values must keep; fails with a message that names the valu
 
 {{/*
 FISSURE_INFERENCE_URL: api.inference.url, or the predictors' in-cluster REST address. KServe
-names each predictor's Service <model>-predictor (port 80, REST, in both deployment modes),
-one per model, so the URL carries a {model} placeholder that the API's client fills with the
-model each request names.
+names each predictor's Service <isvc>-predictor (port 80, REST, in both deployment modes), and
+the InferenceService of a model is <release>-<model>, so the URL carries a {model} placeholder
+that the API's client fills with the model each request names.
 */}}
 {{- define "fissure.api.inferenceUrl" -}}
 {{- if .Values.api.inference.url -}}
 {{- .Values.api.inference.url -}}
 {{- else -}}
-{{- printf "http://%s.%s.svc.cluster.local" (include "fissure.predictorService" "{model}") .Release.Namespace -}}
+{{- printf "http://%s.%s.svc.cluster.local" (include "fissure.predictorService" (printf "%s-{model}" .Release.Name)) .Release.Namespace -}}
 {{- end -}}
 {{- end -}}
 
@@ -275,4 +278,163 @@ comes from the Secret, so any character in it is safe and nothing secret is in t
 {{- fail (printf "api.blobs.url is in bucket %q, which is not in minio.buckets: add it there so it is created" $bucket) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- capabilities */}}
+
+{{/*
+"true" when helm asked a real API server for its APIs (install, upgrade, template --validate,
+Argo CD): discovery lists every Kind as <group/version>/<Kind>, so "v1/Service" is there.
+`helm template`'s offline set holds only group/versions (and what --api-versions adds).
+*/}}
+{{- define "fissure.capabilities.live" -}}
+{{- if .Capabilities.APIVersions.Has "v1/Service" -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when the cluster serves a Kind. Call with (dict "ctx" $ "api" "<group>/<version>/<Kind>").
+A live cluster must list the Kind itself (a group/version with only some of its CRDs installed is
+not enough); offline, `--api-versions <group>/<version>` (or .../<Kind>) says so.
+*/}}
+{{- define "fissure.hasAPI" -}}
+{{- $caps := .ctx.Capabilities.APIVersions -}}
+{{- if $caps.Has .api -}}true
+{{- else if and (not (include "fissure.capabilities.live" .ctx)) ($caps.Has (dir .api)) -}}true
+{{- end -}}
+{{- end -}}
+
+{{/*
+Fails, naming the missing CRD and the value that turns the feature off, when a live cluster
+does not serve a Kind the values ask for. Offline (`helm template` without --validate) there is
+no cluster to ask, so the object is rendered unchecked. Call with (dict "ctx" $ "api"
+"<group>/<version>/<Kind>" "from" "KServe v0.20" "off" "<the value that turns it off>").
+*/}}
+{{- define "fissure.requireAPI" -}}
+{{- if and (include "fissure.capabilities.live" .ctx) (not (include "fissure.hasAPI" .)) -}}
+{{- fail (printf "this cluster does not serve %s (%s): install the CRDs of %s, or set %s" (base .api) (dir .api) .from .off) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- names */}}
+
+{{/*
+Name of a model's (champion) InferenceService: <release>-<model>, so that two releases share a
+namespace. KServe names its predictor Service <isvc>-predictor. The name clients use in URLs
+(/v1/models/<model>:predict, /v2/models/<model>/infer) is the served model's, from its MAR,
+and stays <model>: the runtime never takes the InferenceService's name.
+Call with (dict "ctx" $ "model" <name>).
+*/}}
+{{- define "fissure.isvcName" -}}
+{{- $isvc := printf "%s-%s" .ctx.Release.Name .model -}}
+{{- if gt (len $isvc) 53 -}}
+{{- fail (printf "the InferenceService of %s would be named %s (%d characters); KServe's %s-predictor Service must fit 63: use a shorter release or model name" .model $isvc (len $isvc) $isvc) -}}
+{{- end -}}
+{{- $isvc -}}
+{{- end -}}
+
+{{- /* Names the promotion controller derives from --release (fissure.promotion.kubernetes). */}}
+{{- define "fissure.challengerName" -}}
+{{- printf "%s-%s-challenger" .ctx.Release.Name .model -}}
+{{- end -}}
+{{- define "fissure.canaryRouteName" -}}
+{{- printf "%s-%s-canary" .ctx.Release.Name .model -}}
+{{- end -}}
+
+{{/* A model's InferenceServices: its champion, and its challenger with canary.enabled in Standard mode (JSON list). Call with (dict "ctx" $ "model" <name>). */}}
+{{- define "fissure.modelIsvcs" -}}
+{{- $names := list (include "fissure.isvcName" .) -}}
+{{- if and .ctx.Values.canary.enabled (ne .ctx.Values.kserve.deploymentMode "Knative") -}}
+{{- $names = append $names (include "fissure.challengerName" .) -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
+
+{{/* Every InferenceService of the enabled models (JSON list). */}}
+{{- define "fissure.isvcNames" -}}
+{{- $names := list -}}
+{{- range $model := include "fissure.enabledModels" . | fromJsonArray -}}
+{{- $names = concat $names (include "fissure.modelIsvcs" (dict "ctx" $ "model" $model) | fromJsonArray) -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- workload knobs */}}
+
+{{/*
+Pod template metadata: the selector labels, then podLabels (which never replace them), and
+podAnnotations. Call with (dict "ctx" $ "component" "api" "v" .Values.api "annotations" <dict>).
+*/}}
+{{- define "fissure.podMetadata" -}}
+{{- $labels := merge (include "fissure.componentSelectorLabels" . | fromYaml) (deepCopy (default dict .v.podLabels)) -}}
+labels:
+  {{- toYaml $labels | nindent 2 }}
+{{- $annotations := merge (deepCopy (default dict .annotations)) (default dict .v.podAnnotations) }}
+{{- with $annotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Where a workload's pods run: priorityClassName, nodeSelector, affinity, tolerations and
+topologySpreadConstraints from its values block (affinity and topologySpreadConstraints go
+through tpl, so they can use {{ .Release.Name }}). Call with (dict "ctx" $ "v" .Values.api).
+*/}}
+{{- define "fissure.podScheduling" -}}
+{{- with .v.priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- with .v.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .v.affinity }}
+affinity:
+  {{- tpl (toYaml .) $.ctx | nindent 2 }}
+{{- end }}
+{{- with .v.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .v.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- tpl (toYaml .) $.ctx | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+A probe from its values ({enabled, initialDelaySeconds, periodSeconds, timeoutSeconds,
+failureThreshold}) and its handler (a YAML string); nothing when enabled is false.
+Call with (dict "name" "readinessProbe" "probe" <values> "handler" <yaml>).
+*/}}
+{{- define "fissure.probeWith" -}}
+{{- if ne (toString .probe.enabled) "false" }}
+{{ .name }}:
+  {{- .handler | nindent 2 }}
+  {{- with .probe.initialDelaySeconds }}
+  initialDelaySeconds: {{ . }}
+  {{- end }}
+  periodSeconds: {{ .probe.periodSeconds }}
+  timeoutSeconds: {{ .probe.timeoutSeconds }}
+  failureThreshold: {{ .probe.failureThreshold }}
+{{- end }}
+{{- end -}}
+
+{{- /* A model's REST paths for an HTTPRoute rule's matches: KServe v1 and Open Inference
+Protocol v2, and nothing else of the server (not /v2/repository/..., /metrics or /v2/health).
+v1 paths are Exact: a PathPrefix matches whole segments, so "/v1/models/<name>" would miss
+"/v1/models/<name>:predict". */}}
+{{- define "fissure.restMatches" -}}
+- path:
+    type: Exact
+    value: /v1/models/{{ . }}
+- path:
+    type: Exact
+    value: /v1/models/{{ . }}:predict
+- path:
+    type: Exact
+    value: /v1/models/{{ . }}:explain
+- path:
+    type: PathPrefix
+    value: /v2/models/{{ . }}
 {{- end -}}

@@ -4,9 +4,21 @@ Monitoring: the Prometheus operator's objects (PodMonitor, ServiceMonitor, Prome
 the Grafana dashboards' ConfigMaps. See values.yaml's `monitoring:` block.
 */}}
 
-{{/* Whether the cluster serves the Prometheus operator's API (helm template: --api-versions monitoring.coreos.com/v1). */}}
-{{- define "fissure.monitoring.hasApi" -}}
-{{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" -}}true{{- end -}}
+{{/*
+"true" when a monitoring object is rendered: enabled true (the cluster must serve its Kind:
+fissure.requireAPI fails otherwise), or auto and the cluster serves it (helm template: pass
+--api-versions monitoring.coreos.com/v1). Call with (dict "ctx" $ "enabled" <value> "kind"
+"PodMonitor" "value" "monitoring.podMonitors.enabled").
+*/}}
+{{- define "fissure.monitoring.wanted" -}}
+{{- $on := toString .enabled -}}
+{{- $api := printf "monitoring.coreos.com/v1/%s" .kind -}}
+{{- if eq $on "true" -}}
+{{- include "fissure.requireAPI" (dict "ctx" .ctx "api" $api "from" "the Prometheus operator" "off" (printf "%s=false (or auto: only when the cluster has it)" .value)) -}}
+true
+{{- else if and (eq $on "auto") (include "fissure.hasAPI" (dict "ctx" .ctx "api" $api)) -}}
+true
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -19,12 +31,17 @@ no ServiceMonitors asked for instead. Both true at once would scrape everything 
 {{- if and (eq $pm "true") $sm -}}
 {{- fail "monitoring.podMonitors.enabled and monitoring.serviceMonitors.enabled are both true: every target would be scraped twice; choose one" -}}
 {{- end -}}
-{{- if or (eq $pm "true") (and (eq $pm "auto") (not $sm) (include "fissure.monitoring.hasApi" .)) -}}true{{- end -}}
+{{- if not (and (eq $pm "auto") $sm) -}}
+{{- include "fissure.monitoring.wanted" (dict "ctx" . "enabled" $pm "kind" "PodMonitor" "value" "monitoring.podMonitors.enabled") -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "fissure.monitoring.serviceMonitors" -}}
+{{- include "fissure.monitoring.wanted" (dict "ctx" . "enabled" .Values.monitoring.serviceMonitors.enabled "kind" "ServiceMonitor" "value" "monitoring.serviceMonitors.enabled") -}}
 {{- end -}}
 
 {{- define "fissure.monitoring.prometheusRule" -}}
-{{- $on := toString .Values.monitoring.prometheusRule.enabled -}}
-{{- if or (eq $on "true") (and (eq $on "auto") (include "fissure.monitoring.hasApi" .)) -}}true{{- end -}}
+{{- include "fissure.monitoring.wanted" (dict "ctx" . "enabled" .Values.monitoring.prometheusRule.enabled "kind" "PrometheusRule" "value" "monitoring.prometheusRule.enabled") -}}
 {{- end -}}
 
 {{/* Labels of every monitoring object: the component's, `release` (kube-prometheus-stack's selector), extra ones. Call with (dict "ctx" $ "component" "serving"). */}}

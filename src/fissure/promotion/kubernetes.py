@@ -4,7 +4,8 @@ weighted Gateway API HTTPRoute over two InferenceServices (Standard mode, the ch
 Both talk to the API server with the ``kubernetes`` client and need only ``get`` and ``patch``
 on the objects the chart's ``promotion-rbac.yaml`` names. Names follow the chart:
 
-- champion InferenceService: ``<model>``, its predictor Service ``<model>-predictor``;
+- champion InferenceService: ``<release>-<model>``, its predictor Service ``<release>-<model>-predictor``
+  (release-prefixed, so two releases share a namespace; the served model name in URLs stays ``<model>``);
 - challenger InferenceService (Standard mode): ``<release>-<model>-challenger``;
 - weighted HTTPRoute (Standard mode): ``<release>-<model>-canary``.
 
@@ -240,13 +241,17 @@ class KnativeActuator:
         self.settings = _settings(settings, namespace, release)
         self.kube = KubeObjects(self.settings, client)
 
+    def isvc(self, model: str) -> str:
+        """The model's InferenceService, named after the release as the chart names it."""
+        return champion_isvc(self.settings, model)
+
     def _wait_ready(self, obj: dict) -> dict:
         name, gen = obj["metadata"]["name"], obj["metadata"].get("generation", 0)
         return self.kube.wait(KSERVE, name, f"to serve generation {gen} (Ready, latest revision ready)",
                               isvc_not_ready(gen, knative=True))
 
     def state(self, model: str) -> TrafficState:
-        isvc = self.kube.get(KSERVE, model)
+        isvc = self.kube.get(KSERVE, self.isvc(model))
         ann = _annotations(isvc)
         uri, champion_uri = _storage_uri(isvc), ann.get(ANN_CHAMPION_URI)
         percent = ((isvc.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent")
@@ -258,10 +263,10 @@ class KnativeActuator:
 
     def prepare(self, champion: ModelRef, challenger: ModelRef) -> None:
         uri = _need_uri(challenger, "challenger")
-        isvc = self.kube.get(KSERVE, champion.name)
+        isvc = self.kube.get(KSERVE, self.isvc(champion.name))
         champion_uri = champion.storage_uri or _annotations(isvc).get(ANN_CHAMPION_URI) or _storage_uri(isvc)
         # One patch: the new revision, 0 % for it, and what a rollback needs to know.
-        patched = self.kube.merge_patch(KSERVE, champion.name, {
+        patched = self.kube.merge_patch(KSERVE, self.isvc(champion.name), {
             "metadata": {"annotations": {
                 ANN_CHAMPION_URI: champion_uri, ANN_CHAMPION_VERSION: str(champion.version),
                 ANN_CHALLENGER_URI: uri, ANN_CHALLENGER_VERSION: str(challenger.version),
@@ -272,45 +277,50 @@ class KnativeActuator:
 
     def set_weight(self, model: str, percent: int) -> None:
         percent = _percent(percent)
-        isvc = self.kube.get(KSERVE, model)
+        isvc = self.kube.get(KSERVE, self.isvc(model))
         if _storage_uri(isvc) == _annotations(isvc).get(ANN_CHAMPION_URI) or ANN_CHAMPION_URI not in _annotations(isvc):
-            raise FissureError(f"InferenceService {self.kube.namespace}/{model} has no challenger revision "
+            raise FissureError(f"InferenceService {self.kube.namespace}/{self.isvc(model)} has no challenger revision "
                                f"to send {percent}% to: prepare it first")
-        patched = self.kube.merge_patch(KSERVE, model, {"spec": {"predictor": {"canaryTrafficPercent": percent}}})
+        patched = self.kube.merge_patch(KSERVE, self.isvc(model), {"spec": {"predictor": {"canaryTrafficPercent": percent}}})
         self._wait_ready(patched)
 
     def promote(self, challenger: ModelRef) -> None:
-        isvc = self.kube.get(KSERVE, challenger.name)
+        isvc = self.kube.get(KSERVE, self.isvc(challenger.name))
         if challenger.storage_uri and _storage_uri(isvc) != challenger.storage_uri:
             # Not the latest revision (e.g. the controller putting the old champion back): make
             # it the latest at 0 %, wait until it is ready, then give it everything.
-            self._wait_ready(self.kube.merge_patch(KSERVE, challenger.name, {
+            self._wait_ready(self.kube.merge_patch(KSERVE, self.isvc(challenger.name), {
                 "metadata": {"annotations": {
                     ANN_CHAMPION_URI: challenger.storage_uri, ANN_CHAMPION_VERSION: str(challenger.version),
                     ANN_CHALLENGER_URI: None, ANN_CHALLENGER_VERSION: None}},
                 "spec": {"predictor": {"canaryTrafficPercent": 0, "model": {"storageUri": challenger.storage_uri}}},
             }))
         # No canary percent: KServe sends 100 % to the latest (the challenger's) revision.
-        patched = self.kube.merge_patch(KSERVE, challenger.name, {"spec": {"predictor": {"canaryTrafficPercent": None}}})
+        patched = self.kube.merge_patch(KSERVE, self.isvc(challenger.name), {"spec": {"predictor": {"canaryTrafficPercent": None}}})
         self._wait_ready(patched)
 
     def rollback(self, model: str) -> None:
-        isvc = self.kube.get(KSERVE, model)
+        isvc = self.kube.get(KSERVE, self.isvc(model))
         champion_uri = _annotations(isvc).get(ANN_CHAMPION_URI)
         percent = ((isvc.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent")
         if percent is None:
             return  # no canary in flight: the champion (or a promoted challenger) has 100 %
         if champion_uri is None or _storage_uri(isvc) == champion_uri:
             # a canary percent with the champion's model as latest revision: drop it
-            self._wait_ready(self.kube.merge_patch(KSERVE, model, {"spec": {"predictor": {"canaryTrafficPercent": None}}}))
+            self._wait_ready(self.kube.merge_patch(KSERVE, self.isvc(model), {"spec": {"predictor": {"canaryTrafficPercent": None}}}))
             return
         # 1. 0 %: KServe routes everything to the revision last rolled out (the champion) at once.
         # 2. the champion's model as the latest revision, still at 0 %, and wait until it is ready;
         # 3. only then drop the percent, so that 100 % never lands on a revision still starting.
-        self.kube.merge_patch(KSERVE, model, {"spec": {"predictor": {"canaryTrafficPercent": 0}}})
-        self._wait_ready(self.kube.merge_patch(KSERVE, model, {
+        self.kube.merge_patch(KSERVE, self.isvc(model), {"spec": {"predictor": {"canaryTrafficPercent": 0}}})
+        self._wait_ready(self.kube.merge_patch(KSERVE, self.isvc(model), {
             "spec": {"predictor": {"canaryTrafficPercent": 0, "model": {"storageUri": champion_uri}}}}))
-        self._wait_ready(self.kube.merge_patch(KSERVE, model, {"spec": {"predictor": {"canaryTrafficPercent": None}}}))
+        self._wait_ready(self.kube.merge_patch(KSERVE, self.isvc(model), {"spec": {"predictor": {"canaryTrafficPercent": None}}}))
+
+
+def champion_isvc(settings: KubeSettings, model: str) -> str:
+    """A model's (champion) InferenceService: ``<release>-<model>``, as the chart names it."""
+    return f"{settings.release}-{model}"
 
 
 def _settings(settings: KubeSettings | None, namespace: str | None, release: str | None) -> KubeSettings:
@@ -343,6 +353,9 @@ class GatewayActuator:
         self.kube = KubeObjects(self.settings, client)
 
     # names, as charts/fissure/templates/canary.yaml renders them
+    def champion_isvc(self, model: str) -> str:
+        return champion_isvc(self.settings, model)
+
     def challenger_isvc(self, model: str) -> str:
         return f"{self.settings.release}-{model}-challenger"
 
@@ -350,7 +363,7 @@ class GatewayActuator:
         return f"{self.settings.release}-{model}-canary"
 
     def _services(self, model: str) -> tuple[str, str]:
-        return f"{model}-predictor", f"{self.challenger_isvc(model)}-predictor"
+        return f"{self.champion_isvc(model)}-predictor", f"{self.challenger_isvc(model)}-predictor"
 
     def _wait_isvc(self, obj: dict) -> dict:
         name, gen = obj["metadata"]["name"], obj["metadata"].get("generation", 0)
@@ -410,7 +423,7 @@ class GatewayActuator:
         percent = int(route["spec"]["rules"][i]["backendRefs"][k].get("weight", 1))
         champion_version = ann.get(ANN_CHAMPION_VERSION)
         if champion_version is None:
-            champion_version = _annotations(self.kube.get(KSERVE, model)).get(ANN_VERSION)
+            champion_version = _annotations(self.kube.get(KSERVE, self.champion_isvc(model))).get(ANN_VERSION)
         challenger_version = ann.get(ANN_CHALLENGER_VERSION)
         if challenger_version is None:
             return TrafficState(champion_version, None, percent)
@@ -427,7 +440,7 @@ class GatewayActuator:
             "spec": {"predictor": {"model": {"storageUri": uri}}},
         })
         self._wait_isvc(patched)
-        champion_isvc = self.kube.get(KSERVE, model)
+        champion_isvc = self.kube.get(KSERVE, self.champion_isvc(model))
         self._set_route(model, 0, {
             ANN_CHAMPION_VERSION: str(champion.version),
             ANN_CHAMPION_URI: champion.storage_uri or _storage_uri(champion_isvc),
@@ -447,7 +460,7 @@ class GatewayActuator:
         model = challenger.name
         # The champion's InferenceService takes the challenger's model (KServe rolls its pods),
         # then the champion's Service gets all traffic again; the challenger stays, idle.
-        patched = self.kube.merge_patch(KSERVE, model, {
+        patched = self.kube.merge_patch(KSERVE, self.champion_isvc(model), {
             "metadata": {"annotations": {ANN_VERSION: str(challenger.version)}},
             "spec": {"predictor": {"model": {"storageUri": uri}}},
         })
@@ -466,9 +479,9 @@ class GatewayActuator:
         if ANN_CHALLENGER_VERSION in ann and champion_uri:
             # A promotion that stopped half-way left the champion with the challenger's model:
             # give it its own model back before it takes all traffic again.
-            isvc = self.kube.get(KSERVE, model)
+            isvc = self.kube.get(KSERVE, self.champion_isvc(model))
             if _storage_uri(isvc) != champion_uri:
-                self._wait_isvc(self.kube.merge_patch(KSERVE, model, {
+                self._wait_isvc(self.kube.merge_patch(KSERVE, self.champion_isvc(model), {
                     "metadata": {"annotations": {ANN_VERSION: ann.get(ANN_CHAMPION_VERSION)}},
                     "spec": {"predictor": {"model": {"storageUri": champion_uri}}},
                 }))
