@@ -48,8 +48,8 @@ cluster-paths: ## print the cluster tool paths as KEY=VALUE (tests/cluster reads
 # ---------------------------------------------------------------------------- single-node cluster
 CLUSTER_STATE ?= .fissure/cluster
 
-cluster-node-apt: ## make sure containerd, runc, the CNI plugins, iptables and conntrack are there (apt-get when root)
-	@missing=""; for p in containerd:containerd runc:runc iptables:iptables conntrack:conntrack; do \
+cluster-node-apt: ## make sure containerd, runc, the CNI plugins, iptables, conntrack and mmdebstrap are there (apt-get when root)
+	@missing=""; for p in containerd:containerd runc:runc iptables:iptables conntrack:conntrack mmdebstrap:mmdebstrap; do \
 	  command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p#*:}"; done; \
 	test -x /usr/lib/cni/bridge || missing="$$missing containernetworking-plugins"; \
 	if [ -z "$$missing" ]; then :; \

@@ -7,12 +7,20 @@ conflict with (a client-side patch of `inferenceservice-config` made the next se
 apply of kserve.yaml fail).
 
   render-upstream.py kserve kserve.yaml [--gateway NS/NAME]   > kserve-install.yaml
+  render-upstream.py kserve kserve.yaml --controller-image IMG --webhook-certs DIR  (no cert-manager)
   render-upstream.py argo   install.yaml                      > argo-install.yaml
 
 kserve: prepends the `kserve` Namespace (the v0.20 release manifest has none); Standard
   deployment mode; Gateway API ingress with KServe's own route creation off (the fissure chart
   makes the routes); a Pod Security `restricted` securityContext on the default
   ClusterStorageContainer, so the storage initializer KServe injects is admitted.
+  With --controller-image (the single-node cluster of `make cluster-up`, where every image is
+  built locally): only KServe's main controller runs, from IMG with imagePullPolicy Never and
+  without its kube-rbac-proxy sidecar; the llmisvc and localmodel controllers and their webhook
+  configurations are dropped (their images are not built here). With --webhook-certs DIR
+  (ca.crt, tls.crt, tls.key: see manifests/cluster/kserve-up.sh): no cert-manager either, the
+  Certificates and the Issuer are dropped, the webhook's Secret is written from DIR and the
+  CA bundle set on the webhook configurations.
 argo: the same securityContext for the executor (init and wait containers) in
   workflow-controller-configmap.
 
@@ -22,6 +30,7 @@ Only the documents that change are parsed (the CRDs are ~100k lines); the rest p
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import re
 import sys
@@ -82,6 +91,63 @@ def _rewrite(text: str, edits: dict[tuple[str, str], object]) -> list[str]:
     return out
 
 
+CONTROLLER = "kserve-controller-manager"
+WEBHOOK_SERVICE = "kserve-webhook-server-service"
+WEBHOOK_SECRET = "kserve-webhook-server-cert"
+# what --controller-image drops: the controllers whose images are not built here, and their webhooks
+OTHER_CONTROLLERS = {("Deployment", "llmisvc-controller-manager"),
+                     ("Deployment", "kserve-localmodel-controller-manager"),
+                     ("DaemonSet", "kserve-localmodelnode-agent")}
+CERT_MANAGER_KINDS = {"Certificate", "Issuer"}
+
+
+def _kind_name(doc: str) -> tuple[str, str]:
+    kind = re.search(r"^kind: (\S+)\s*$", doc, re.M)
+    name = re.search(r"^  name: (\S+)\s*$", doc, re.M)
+    return (kind.group(1) if kind else "", name.group(1) if name else "")
+
+
+def _webhook_services(doc: str) -> set[str]:
+    return set(re.findall(r"^\s+service:\s*\n\s+name: (\S+)", doc, re.M))
+
+
+def kserve_local(docs: list[str], controller_image: str | None, certs: Path | None) -> list[str]:
+    """Keep only what runs on a cluster without registry or cert-manager (see the module doc)."""
+    out = []
+    ca = (certs / "ca.crt").read_bytes() if certs else None
+    for doc in docs:
+        kind, name = _kind_name(doc)
+        if controller_image:
+            if (kind, name) in OTHER_CONTROLLERS:
+                continue
+            if kind.endswith("WebhookConfiguration") and _webhook_services(doc) - {WEBHOOK_SERVICE}:
+                continue
+            if kind == "Deployment" and name == CONTROLLER:
+                obj = yaml.safe_load(doc)
+                spec = obj["spec"]["template"]["spec"]
+                spec["containers"] = [c for c in spec["containers"] if c["name"] == "manager"]
+                spec["containers"][0].update(image=controller_image, imagePullPolicy="Never")
+                doc = _dump(obj)
+        if certs:
+            if kind in CERT_MANAGER_KINDS and "cert-manager.io/" in doc:
+                continue
+            if kind.endswith("WebhookConfiguration") and WEBHOOK_SERVICE in _webhook_services(doc):
+                obj = yaml.safe_load(doc)
+                obj["metadata"].get("annotations", {}).pop("cert-manager.io/inject-ca-from", None)
+                for hook in obj["webhooks"]:
+                    hook["clientConfig"]["caBundle"] = base64.b64encode(ca).decode()
+                doc = _dump(obj)
+        out.append(doc)
+    if certs:
+        out.append(_dump({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": WEBHOOK_SECRET, "namespace": "kserve"},
+            "data": {"tls.crt": base64.b64encode((certs / "tls.crt").read_bytes()).decode(),
+                     "tls.key": base64.b64encode((certs / "tls.key").read_bytes()).decode(),
+                     "ca.crt": base64.b64encode(ca).decode()}}))
+    return out
+
+
 def kserve(text: str, gateway: str) -> list[str]:
     def config(cm: dict) -> None:
         data = cm["data"]
@@ -119,13 +185,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("manifest", type=Path, help="the upstream install manifest (a file)")
     parser.add_argument("--gateway", default="fissure-gateway/fissure-gateway",
                         help="KServe's Gateway as NAMESPACE/NAME (default: %(default)s)")
+    parser.add_argument("--controller-image", metavar="IMG",
+                        help="kserve: run only KServe's main controller, from IMG (pullPolicy Never)")
+    parser.add_argument("--webhook-certs", type=Path, metavar="DIR",
+                        help="kserve: the webhook's ca.crt, tls.crt and tls.key instead of cert-manager")
     args = parser.parse_args(argv)
     if not args.manifest.is_file():
         parser.error(f"no such file: {args.manifest}")
+    if args.which != "kserve" and (args.controller_image or args.webhook_certs):
+        parser.error("--controller-image and --webhook-certs are for kserve")
+    if args.webhook_certs:
+        missing = [f for f in ("ca.crt", "tls.crt", "tls.key") if not (args.webhook_certs / f).is_file()]
+        if missing:
+            parser.error(f"--webhook-certs {args.webhook_certs}: missing {', '.join(missing)}")
     if not re.fullmatch(r"[a-z0-9-]+/[a-z0-9-]+", args.gateway):
         parser.error(f"--gateway must be NAMESPACE/NAME, got {args.gateway!r}")
     text = args.manifest.read_text()
     docs = kserve(text, args.gateway) if args.which == "kserve" else argo(text)
+    if args.controller_image or args.webhook_certs:
+        docs = kserve_local(docs, args.controller_image, args.webhook_certs)
     sys.stdout.write("---\n".join(docs))
     return 0
 

@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# make cluster-images: the cluster's images, built here without a registry or a Docker daemon,
+# cached under CACHE/images by content hash, and imported into the single-node cluster's
+# containerd (k8s.io namespace) when it is up.
+#
+#   serving            ghcr.io/fissure/fissure-serving:TAG, serving/Dockerfile's recipe in three
+#                      layers: base (Debian bookworm by mmdebstrap: python3 3.11, OpenJDK 17, the
+#                      model-server user), deps (/opt/venv: the [serve] dependencies at the exact
+#                      versions of the host's .venv, installed by uv from its cache, torch from
+#                      PyPI) and app (fissure itself and serving/handlers). A change to src/ only
+#                      rebuilds the small app layer.
+#   kserve-controller  fissure.local/kserve-controller:KSERVE_VERSION, KServe's cmd/manager built
+#                      from its Go module (the module proxy, checksum-checked) as a static binary
+#                      in a one-file image (as upstream's distroless one, user 65532).
+#
+# usage: images.sh build|import|digest IMAGE...   (env: CACHE, TAG, KSERVE_VERSION, GO, CTR_ADDRESS)
+# `import` needs the cluster's containerd socket (CTR_ADDRESS, default .fissure/cluster/containerd/containerd.sock).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+cache="${CACHE:-$HOME/.cache/fissure}/images"
+tag="${TAG:-0.1.0}"
+kserve_version="${KSERVE_VERSION:-v0.20.0}"
+go="${GO:-go}"
+uv="${UV:-${CACHE:-$HOME/.cache/fissure}/bootstrap/bin/uv}"
+uv_cache="${UV_CACHE_DIR:-${CACHE:-$HOME/.cache/fissure}/uv}"
+venv_python="$repo/.venv/bin/python"
+ctr_address="${CTR_ADDRESS:-$repo/.fissure/cluster/containerd/containerd.sock}"
+suite=bookworm
+# serving/Dockerfile's runtime stage: python (the build stage's venv), OpenJDK 17 for TorchServe
+base_packages=python3,openjdk-17-jre-headless,ca-certificates
+# what serving/Dockerfile's final stage sets
+serving_env=(PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin FISSURE_HOST=0.0.0.0
+  PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/home/model-server FISSURE_SERVE_WORKDIR=/tmp/fissure-serve
+  LOG_LOCATION=/home/model-server/logs METRICS_LOCATION=/home/model-server/logs TEMP=/tmp)
+serving_entrypoint='["fissure"]'
+serving_cmd='["serve", "--model-store", "/mnt/models/model-store", "--config", "/mnt/models/config/config.properties"]'
+
+log() { echo ">> images: $*" >&2; }
+die() { echo "images: $*" >&2; exit 1; }
+sha() { sha256sum | cut -c1-16; }
+[ "$(id -u)" = 0 ] || die "needs root (mmdebstrap and chroot for the serving image, ctr for import)"
+
+# ---------------------------------------------------------------- serving: keys
+base_key() { printf '%s\n' "v1" "$suite" "$base_packages" "$(sed -n '/^serving_setup() {/,/^}/p' "$0")" | sha; }
+constraints() {  # the host venv's exact versions (what uv has cached), minus fissure itself
+  [ -x "$venv_python" ] || die "no $venv_python: make venv first (the image installs the same versions)"
+  "$uv" pip freeze -q -p "$venv_python" --exclude-editable | grep -v '^fissure[= @]'
+}
+deps_key() { { base_key; constraints; cat "$repo/pyproject.toml"; } | sha; }
+app_key() {
+  { deps_key; cd "$repo" && find pyproject.toml README.md src serving/handlers -type f \
+      ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum; } | sha
+}
+
+# ---------------------------------------------------------------- serving: layers
+serving_setup() {  # in the fresh rootfs $1: serving/Dockerfile's user and folders
+  chroot "$1" sh -ec '
+    groupadd --gid 1000 model-server
+    useradd --uid 1000 --gid 1000 --create-home --home-dir /home/model-server model-server
+    mkdir -p /home/model-server/logs /home/model-server/tmp /mnt/models /opt/venv
+    chown -R 1000:1000 /home/model-server /mnt/models
+    ln -sf python3 /usr/bin/python
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+    : > /etc/resolv.conf'
+}
+pack() {  # pack ROOTFS OUT.tar [PATH...]: an uncompressed layer, numeric owners
+  local root=$1 out=$2; shift 2
+  tar --numeric-owner --sort=name --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' \
+    --exclude='./run/*' --exclude='./tmp/*' -C "$root" -cf "$out.tmp" "$@" && mv "$out.tmp" "$out"
+}
+mounted=()
+cleanup() { local m; for m in "${mounted[@]}"; do umount "$m" 2>/dev/null || true; done; }
+trap cleanup EXIT
+in_chroot() {  # in_chroot ROOTFS CMD: with the uv cache, the host's CA bundle and uv mounted
+  local root=$1; shift
+  mkdir -p "$root/uvcache" "$root/src"; touch "$root/host-ca.crt" "$root/usr/local/bin/uv"
+  cp /etc/resolv.conf "$root/etc/resolv.conf"
+  mount --bind "$uv_cache" "$root/uvcache"; mounted+=("$root/uvcache")
+  mount --bind -o ro "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$root/host-ca.crt"; mounted+=("$root/host-ca.crt")
+  mount --bind -o ro "$uv" "$root/usr/local/bin/uv"; mounted+=("$root/usr/local/bin/uv")
+  # /dev/null and friends (the layers leave /dev empty: the runtime provides it) and /proc
+  mount --bind /dev "$root/dev"; mounted+=("$root/dev")
+  mount -t proc proc "$root/proc"; mounted+=("$root/proc")
+  local rc=0
+  chroot "$root" env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root UV_CACHE_DIR=/uvcache UV_LINK_MODE=copy \
+    SSL_CERT_FILE=/host-ca.crt UV_NO_PROGRESS=1 sh -ec "$*" || rc=$?
+  cleanup; mounted=()
+  : > "$root/etc/resolv.conf"
+  local m; for m in uvcache host-ca.crt usr/local/bin/uv dev proc; do
+    ! mountpoint -q "$root/$m" || die "could not unmount $root/$m"
+  done
+  rmdir "$root/uvcache"; rm -f "$root/host-ca.crt" "$root/usr/local/bin/uv"; rm -rf "$root/src"
+  return $rc
+}
+wipe_rootfs() {  # never rm -rf through a leftover bind mount (/dev, the uv cache)
+  local root=$1
+  if awk -v r="$root/" 'index($2 "/", r) == 1 {found = 1} END {exit !found}' /proc/self/mounts; then
+    die "something is still mounted under $root: unmount it first"
+  fi
+  rm -rf "$root" "$root.layers"
+}
+rootfs_with() {  # rootfs_with LAYER_KEYS...: the working rootfs holding these layers (and maybe an older app)
+  local want="$*" root="$cache/serving/rootfs" have
+  have=$(cat "$root.layers" 2>/dev/null || true)
+  if [ "$have" != "$want" ] && [ "${have% app-*}" != "$want" ]; then
+    log "unpacking layers $want into $root"
+    wipe_rootfs "$root"; mkdir -p "$root"
+    local k; for k in "$@"; do tar --numeric-owner -C "$root" -xf "$cache/serving/$k.tar"; done
+    echo "$want" > "$root.layers"
+  fi
+  echo "$root"
+}
+
+build_serving() {
+  local bk dk ak d="$cache/serving"; mkdir -p "$d"
+  bk=base-$(base_key); dk=deps-$(deps_key); ak=app-$(app_key)
+  if [ ! -f "$d/$bk.tar" ]; then
+    command -v mmdebstrap >/dev/null || die "mmdebstrap is missing: apt-get install mmdebstrap"
+    log "base layer $bk: Debian $suite + $base_packages (mmdebstrap, ~2 min)"
+    local root="$d/rootfs"; wipe_rootfs "$root"
+    nice -n 10 mmdebstrap --quiet --variant=minbase --include="$base_packages" "$suite" "$root" >&2
+    serving_setup "$root"
+    pack "$root" "$d/$bk.tar" .
+    echo "$bk" > "$root.layers"
+  fi
+  if [ ! -f "$d/$dk.tar" ]; then
+    local root; root=$(rootfs_with "$bk")
+    log "deps layer $dk: /opt/venv with the [serve] dependencies at the host venv's versions (uv, ~2 min warm)"
+    constraints > "$d/constraints.txt"
+    mkdir -p "$root/src" && cp "$repo/pyproject.toml" "$d/constraints.txt" "$root/src/"
+    in_chroot "$root" "uv venv -q --allow-existing -p /usr/bin/python3.11 /opt/venv && \
+      nice -n 10 uv pip install -q -p /opt/venv/bin/python -c /src/constraints.txt -r /src/pyproject.toml --extra serve"
+    pack "$root" "$d/$dk.tar" ./opt/venv
+    echo "$bk $dk" > "$root.layers"
+  fi
+  if [ ! -f "$d/$ak.tar" ]; then
+    local root; root=$(rootfs_with "$bk" "$dk")
+    log "app layer $ak: fissure and serving/handlers"
+    rm -rf "$root/home/model-server/handlers"
+    mkdir -p "$root/src"
+    (cd "$repo" && tar --exclude='__pycache__' --exclude='*.egg-info' -cf - pyproject.toml README.md src) | tar -C "$root/src" -xf -
+    local marker="$d/app.marker"; touch "$marker"; sleep 1
+    in_chroot "$root" "nice -n 10 uv pip install -q -p /opt/venv/bin/python --no-deps --reinstall-package fissure /src"
+    cp -r "$repo/serving/handlers" "$root/home/model-server/handlers"
+    find "$root/home/model-server/handlers" -name __pycache__ -prune -exec rm -rf {} +
+    chown -R 1000:1000 "$root/home/model-server/handlers"
+    # what the install added or changed (ctime: copying cannot fake it), directories included
+    (cd "$root" && find ./opt/venv ./home/model-server/handlers -cnewer "$marker" -print0 | sort -z) > "$d/app.list"
+    tar --numeric-owner --no-recursion --null -C "$root" -cf "$d/$ak.tar.tmp" -T "$d/app.list" && mv "$d/$ak.tar.tmp" "$d/$ak.tar"
+    echo "$bk $dk $ak" > "$root.layers"
+  fi
+  # keep only the current layers (a bump leaves the old ones behind otherwise)
+  find "$d" -maxdepth 1 -name '*.tar*' ! -name "$bk.tar*" ! -name "$dk.tar*" ! -name "$ak.tar*" -delete
+  echo "$d/$bk.tar $d/$dk.tar $d/$ak.tar" > "$d/layers"
+}
+serving_image_args() {
+  local l args=() layers
+  read -r -a layers < "$cache/serving/layers"
+  for l in "${layers[@]}"; do args+=(--layer "$l"); done
+  local e; for e in "${serving_env[@]}"; do args+=(--env "$e"); done
+  args+=(--entrypoint "$serving_entrypoint" --cmd "$serving_cmd" --user 1000:1000 --workdir /home/model-server)
+  printf '%s\n' "${args[@]}"
+}
+
+# ---------------------------------------------------------------- kserve-controller
+kserve_bin() { echo "${CACHE:-$HOME/.cache/fissure}/kserve/$kserve_version/manager"; }
+build_kserve_controller() {
+  local out; out=$(kserve_bin)
+  [ -x "$out" ] && return 0
+  log "building KServe $kserve_version's controller (cmd/manager) from its Go module (~10-20 min cold)"
+  local dir tmp
+  dir=$(cd "${TMPDIR:-/tmp}" && "$go" mod download -json "github.com/kserve/kserve@$kserve_version" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -n "$dir" ] || die "go mod download github.com/kserve/kserve@$kserve_version failed"
+  tmp=$(mktemp -d); cp -R "$dir/." "$tmp/"; chmod -R u+w "$tmp"
+  mkdir -p "$(dirname "$out")"
+  (cd "$tmp" && CGO_ENABLED=0 GOFLAGS=-mod=mod nice -n 10 "$go" build -trimpath -ldflags "-s -w" -o "$out.tmp" ./cmd/manager) \
+    || { rm -rf "$tmp"; die "go build of kserve $kserve_version cmd/manager failed"; }
+  rm -rf "$tmp"; mv "$out.tmp" "$out"
+}
+
+# ---------------------------------------------------------------- dispatch
+image_ref() {
+  case $1 in
+    serving) echo "ghcr.io/fissure/fissure-serving:$tag" ;;
+    kserve-controller) echo "fissure.local/kserve-controller:$kserve_version" ;;
+    *) die "unknown image '$1' (serving, kserve-controller)" ;;
+  esac
+}
+oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
+  local img=$1; shift; local args=()
+  case $img in
+    serving) mapfile -t args < <(serving_image_args) ;;
+    kserve-controller) args=(--file "$(kserve_bin):/manager" --entrypoint /manager --user 65532:65532) ;;
+  esac
+  python3 "$here/oci-image.py" --name "$(image_ref "$img")" "${args[@]}" "$@"
+}
+
+cmd=${1:-}; shift || true
+[ $# -gt 0 ] || set -- serving kserve-controller
+for img in "$@"; do image_ref "$img" >/dev/null; done
+case $cmd in
+  build)
+    for img in "$@"; do
+      case $img in serving) build_serving ;; kserve-controller) build_kserve_controller ;; esac
+      log "$(image_ref "$img") ready ($(oci "$img" --digest -))"
+    done ;;
+  digest)
+    for img in "$@"; do echo "$(image_ref "$img") $(oci "$img" --digest -)"; done ;;
+  import)
+    [ -S "$ctr_address" ] || die "no containerd at $ctr_address: make cluster-up first"
+    ctr=(ctr --address "$ctr_address" -n k8s.io)
+    for img in "$@"; do
+      ref=$(image_ref "$img"); want=$(oci "$img" --digest -)
+      have=$("${ctr[@]}" images ls "name==$ref" | awk 'NR > 1 {print $3}')
+      if [ "$have" = "$want" ]; then log "$ref already imported ($want)"; continue; fi
+      log "importing $ref ($want)"
+      oci "$img" - | "${ctr[@]}" images import - >&2
+    done ;;
+  *) die "usage: images.sh build|import|digest [serving] [kserve-controller]" ;;
+esac

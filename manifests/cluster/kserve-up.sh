@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# make cluster-kserve: KServe on the single-node cluster of `make cluster-up`, installed from the
+# pinned upstream manifest (../shared/k8s-upstream/kserve-VERSION/kserve.yaml) as up.sh installs it
+# on kind (render-upstream.py: kserve Namespace, Standard mode, Gateway API, restricted storage
+# initializer), with what this machine cannot pull replaced:
+#   - the controller: fissure.local/kserve-controller:VERSION, built by images.sh from KServe's Go
+#     module (only the main controller runs: llmisvc / localmodel need images not built here);
+#   - cert-manager: the webhook's certificate is made here (openssl: a CA and a serving
+#     certificate for kserve-webhook-server-service.kserve.svc, kept under STATE/kserve-pki),
+#     its Secret written and the CA bundle set on the webhook configurations by render-upstream.py.
+# Gateway API's CRDs (v1.2.1, standard) go in first: KServe's controller watches HTTPRoutes.
+# Re-runnable (one server-side apply under one field manager).
+#
+# usage: kserve-up.sh BIN_DIR [STATE_DIR]      (env: KSERVE_VERSION, GATEWAY_API_VERSION)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+bin="${1:?usage: kserve-up.sh BIN_DIR [STATE_DIR]}"
+state="$(cd "${2:-.fissure/cluster}" 2>/dev/null && pwd)" || { echo "kserve-up: no cluster state in ${2:-.fissure/cluster}: make cluster-up first" >&2; exit 1; }
+kserve_version="${KSERVE_VERSION:-v0.20.0}"
+gateway_api_version="${GATEWAY_API_VERSION:-v1.2.1}"
+image="fissure.local/kserve-controller:$kserve_version"
+kubectl=("$bin/kubectl" --kubeconfig "$state/kubeconfigs/admin")
+python="$repo/.venv/bin/python"; [ -x "$python" ] || python=python3
+log() { echo ">> kserve-up: $*"; }
+
+"${kubectl[@]}" get --raw /readyz >/dev/null 2>&1 || { echo "kserve-up: the cluster's API server does not answer: make cluster-up first" >&2; exit 1; }
+
+# Upstream manifests: the pinned copies in ../shared/k8s-upstream when present, else the release URLs.
+upstream_dir="$(cd "$repo/.." && pwd)/shared/k8s-upstream"
+dl="$(mktemp -d)"; trap 'rm -rf "$dl"' EXIT
+upstream() {  # upstream LOCAL_SUBDIR FILE URL -> path of the file
+  if [ -f "$upstream_dir/$1/$2" ]; then echo "$upstream_dir/$1/$2"
+  else curl -fsSL -o "$dl/$1-$2" "$3" && echo "$dl/$1-$2"; fi
+}
+apply() {  # server-side, again while CRDs become established and webhooks come up
+  local i
+  for i in $(seq 1 30); do
+    "${kubectl[@]}" apply --server-side --force-conflicts --field-manager=fissure-cluster-up "$@" >"$dl/apply.log" 2>&1 && return 0
+    [ "$i" = 1 ] && log "apply not complete yet: waiting for CRDs and webhooks ($(grep -m1 -i error "$dl/apply.log" | cut -c1-200))"
+    "${kubectl[@]}" wait --for=condition=Established crd --all --timeout=30s >/dev/null 2>&1 || true
+    sleep 5
+  done
+  cat "$dl/apply.log" >&2; return 1
+}
+
+log "importing $image"
+CTR_ADDRESS="$state/containerd/containerd.sock" "$here/images.sh" import kserve-controller
+
+log "Gateway API $gateway_api_version CRDs (standard channel)"
+apply -f "$(upstream "gateway-api-$gateway_api_version" standard-install.yaml \
+  "https://github.com/kubernetes-sigs/gateway-api/releases/download/$gateway_api_version/standard-install.yaml")"
+
+pki="$state/kserve-pki"
+if [ ! -f "$pki/tls.crt" ]; then
+  log "making the webhook's CA and serving certificate (no cert-manager)"
+  mkdir -p "$pki"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=fissure-kserve-webhook-ca" \
+    -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kserve-webhook-server-service.kserve.svc" \
+    -keyout "$pki/tls.key" -out "$pki/tls.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:kserve-webhook-server-service.kserve.svc,DNS:kserve-webhook-server-service.kserve.svc.cluster.local,DNS:kserve-webhook-server-service.kserve\nextendedKeyUsage=serverAuth\n' > "$pki/tls.ext"
+  openssl x509 -req -in "$pki/tls.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$pki/tls.ext" -out "$pki/tls.crt" 2>/dev/null
+  chmod 600 "$pki/"*.key
+fi
+
+log "KServe $kserve_version (Standard mode; controller $image; webhook certificate from $pki)"
+"$python" "$repo/manifests/kind/render-upstream.py" kserve \
+  "$(upstream "kserve-$kserve_version" kserve.yaml \
+     "https://github.com/kserve/kserve/releases/download/$kserve_version/kserve.yaml")" \
+  --controller-image "$image" --webhook-certs "$pki" > "$dl/kserve.yaml"
+apply -f "$dl/kserve.yaml"
+"${kubectl[@]}" -n kserve rollout status deploy/kserve-controller-manager --timeout=300s
+# the webhook answers: a server-side dry run of a ServingRuntime goes through it
+probe='{"apiVersion":"serving.kserve.io/v1alpha1","kind":"ServingRuntime","metadata":{"name":"fissure-webhook-probe","namespace":"default"},"spec":{"supportedModelFormats":[{"name":"x"}],"containers":[{"name":"kserve-container","image":"x"}]}}'
+for i in $(seq 1 60); do
+  if echo "$probe" | "${kubectl[@]}" apply --dry-run=server -f - >/dev/null 2>"$dl/probe.log"; then
+    log "KServe's controller and webhook are up"; exit 0
+  fi
+  sleep 2
+done
+echo "kserve-up: KServe's webhook does not answer: $(cat "$dl/probe.log")" >&2
+exit 1
