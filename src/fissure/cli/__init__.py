@@ -25,6 +25,7 @@ COMMANDS = {
     "data": ("fissure.cli.data", "data", "Synthesize, ingest and prepare datasets."),
     "train": ("fissure.cli.train", "train", "Train a model, log it to MLflow, optionally register it."),
     "evaluate": ("fissure.cli.evaluate", "evaluate", "Evaluate a model on a dataset; write metrics JSON."),
+    "model-card": ("fissure.cli.modelcard", "model_card", "Write the Markdown model card of a model version."),
     "package": ("fissure.cli.package", "package", "Package a registered model for TorchServe/KServe."),
     "serve": ("fissure.cli.serve", "serve", "Run TorchServe and the KServe protocol front (the container entrypoint)."),
     "up": ("fissure.cli.stack", "up", "Start the local stack (serving, MLflow, ...)."),

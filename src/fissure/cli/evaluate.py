@@ -21,18 +21,26 @@ from fissure import MODEL_NAMES
 @click.option("--device", default=None, help="cpu, cuda ... [default: cuda when available, else cpu]")
 @click.option("--batch-size", type=int, default=None, help="Inference batch size.")
 @click.option("--overlays", type=int, default=4, show_default=True, help="Sample overlays drawn with --plots (segment).")
+@click.option("--worst", type=click.IntRange(min=0), default=8, show_default=True,
+              help="How many of the worst predictions to list and draw with --plots (segment: lowest "
+                   "per-image Dice; classify: the most confident mistakes).")
 @click.option("--native/--resized", "native", default=None,
               help="segment: score at each image's own resolution in overlapping tiles of the model's size "
                    "(as served), or the whole image resized to it [default: as the model's spec says "
                    "(tiling.mode), resized for models without one]. --batch-size then counts tiles.")
-def evaluate(task, model, data, out, plots, device, batch_size, overlays, native):
+def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst, native):
     """Evaluate a model on a dataset and write its metrics JSON.
 
     \b
     Keys: classify -> accuracy, precision, recall, f1, roc_auc (positive class: crack)
           segment  -> dice, iou, precision, recall, f1 (crack pixels, threshold 0.5,
                       at each mask's native resolution)
-    plus n_images, task, model, model_version, model_uri, run_id, data.
+    plus n_images, task, model, model_version, model_uri, run_id, data, and where the
+    model fails: slices (segment: crack / no_crack, hard_negative[:kind], width:thin /
+    width:wide, size:...; classify: class:NAME), sources (per dataset), threshold_sweep
+    (the model's threshold and the best one), worst and weakest_slice.
+    With --plots also: threshold_sweep.csv/png, slices.csv/png, worst.png and worst/,
+    per_image.csv (segment) and quality.json.
 
     \b
     Example:
@@ -42,9 +50,13 @@ def evaluate(task, model, data, out, plots, device, batch_size, overlays, native
     from fissure.training.evaluate import run_evaluation
 
     report = run_evaluation(model, task, data, out, plots, device=device, batch_size=batch_size, overlays=overlays,
-                            native=native)
+                            native=native, worst=worst)
     names = ("accuracy", "precision", "recall", "f1", "roc_auc") if task == "classify" else ("dice", "iou", "precision", "recall", "f1")
     summary = ", ".join(f"{k} {report[k]:.4f}" if report[k] is not None else f"{k} n/a" for k in names)
     click.echo(f"{report['model']}" + (f" v{report['model_version']}" if report["model_version"] else "")
                + f" on {report['n_images']} images" + (f" ({report['resolution']})" if "resolution" in report else "")
                + f": {summary} -> {out}", err=True)
+    weakest = report.get("weakest_slice")
+    if weakest:
+        click.echo(f"weakest slice: {weakest['slice']} ({weakest['metric']} {weakest['value']})"
+                   + (f"; worst predictions in {plots}" if plots else ""), err=True)

@@ -5,10 +5,16 @@ the spec's size); segmentation probabilities are resized back to each mask's nat
 the pixel metrics are those of the original resolution. With native-resolution tiling (the
 spec's ``tiling.mode: tile``, or ``native=True``) a segmenter sees each image at its own size in
 overlapping tiles, through the same code as serving (:mod:`fissure.models.tiling`).
+
+Beyond the set's scores, :meth:`EvalResult.quality` says where the model fails: metrics per
+slice and per source (:mod:`fissure.training.slices`), a threshold sweep, and the worst
+predictions (segmenter: lowest per-image Dice; classifier: the most confident mistakes), which
+:meth:`EvalResult.write_plots` draws as a gallery.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 from dataclasses import dataclass, field
@@ -26,6 +32,7 @@ from fissure.preprocess import image_to_tensor, load_image, load_mask
 from fissure.progress import Progress
 from fissure.training import metrics as M
 from fissure.training import plots
+from fissure.training import slices as S
 from fissure.training.datasets import eval_items
 
 
@@ -39,9 +46,62 @@ class EvalResult:
     probs: np.ndarray | None = None
     counts: M.PixelCounts | None = None
     samples: list = field(default_factory=list)
+    threshold: float = 0.5
+    scores: list = field(default_factory=list)  # segment: ImageScore per image
+    worst: list = field(default_factory=list)  # segment: (ImageScore, rgb, truth, pred), worst first
+    paths: list = field(default_factory=list)  # classify: each image's path
+    sources: dict = field(default_factory=dict)  # classify: path folder -> SourceIndex
+    n_worst: int = 8
+
+    def quality(self) -> dict:
+        """``slices``, ``sources`` (per dataset), ``threshold_sweep`` (the model's threshold and
+        the best one), ``worst`` (the worst predictions), ``weakest_slice`` and, for the
+        segmenter, ``slice_definitions``: JSON-ready."""
+        if self.task == "segment":
+            slices, sources = S.segment_slices(self.scores)
+            at = self.counts.metrics()["dice"]
+            best_t, best = self.counts.best_threshold(0.0, 1.0)
+            sweep = {"threshold": self.threshold, "dice": at, "best_threshold": best_t, "best_dice": best}
+            worst = [{"image": s.name, "source": s.source, "dice": s.dice, "relaxed_f1": s.relaxed_f1,
+                      "truth_px": s.tp + s.fn, "false_px": s.fp, "missed_px": s.fn, "slices": s.slices}
+                     for s, *_ in self.worst]
+            out = {"slices": slices, "sources": sources, "threshold_sweep": sweep, "worst": worst,
+                   "weakest_slice": S.weakest_slice(slices), "slice_definitions": S.DEFINITIONS}
+        else:
+            pred = self.probs.argmax(axis=1)
+            per_class = M.per_class_metrics(self.y_true, pred, self.classes)
+            slices = {f"class:{c}": {"n_images": m["support"], **{k: v for k, v in m.items() if k != "support"}}
+                      for c, m in per_class.items()}
+            names = [Path(p).name for p in self.paths]
+            sources: dict = {}
+            for folder, index in self.sources.items():
+                idx = [i for i, p in enumerate(self.paths) if _class_root(p) == folder]
+                for src, m in S.classify_sources([names[i] for i in idx], self.y_true[idx], self.probs[idx], index).items():
+                    sources[src] = m  # one folder per evaluation: no clash
+            out = {"slices": slices, "sources": sources, "worst": self._confident_mistakes()}
+            if self.probs.shape[1] == 2:
+                rows = plots.score_sweep(self.y_true == 1, self.probs[:, 1])
+                best = max(rows, key=lambda r: (r["f1"], -abs(r["threshold"] - 0.5)))
+                out["threshold_sweep"] = {"threshold": 0.5, "f1": self.metrics["f1"],
+                                          "best_threshold": best["threshold"], "best_f1": best["f1"]}
+            weakest = min(((c, m["recall"]) for c, m in slices.items() if m["n_images"]), key=lambda cm: cm[1],
+                          default=None)
+            out["weakest_slice"] = {"slice": weakest[0], "metric": "recall", "value": weakest[1]} if weakest else None
+        return deep_clean(out)
+
+    def _confident_mistakes(self) -> list[dict]:
+        pred = self.probs.argmax(axis=1)
+        wrong = np.nonzero(pred != self.y_true)[0]
+        conf = self.probs[wrong, pred[wrong]]
+        order = wrong[np.argsort(-conf, kind="mergesort")][: self.n_worst]
+        return [{"image": Path(self.paths[i]).name, "true": self.classes[int(self.y_true[i])],
+                 "predicted": self.classes[int(pred[i])], "confidence": float(self.probs[i, pred[i]])} for i in order]
 
     def write_plots(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
-        """PR curve (CSV + PNG), confusion matrix (CSV for classification + PNG), overlays (segment)."""
+        """PR curve (CSV + PNG), confusion matrix (CSV for classification + PNG), overlays (segment),
+        threshold sweep (CSV + PNG), the worst predictions (``worst.png`` and ``worst/NN-<image>.png``),
+        scores per slice (``slices.csv`` + PNG), per image (segment: ``per_image.csv``) and
+        ``quality.json`` (the set's metrics and :meth:`quality`)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         files = []
@@ -55,6 +115,12 @@ class EvalResult:
             files.append(plots.write_pr_csv(out / f"{prefix}pr_curve.csv", p, r, t))
             files.append(plots.write_confusion_csv(out / f"{prefix}confusion.csv", self.y_true, pred, self.classes))
             files.append(plots.save(plots.confusion_figure(cm, self.classes, f"{name}: confusion"), out / f"{prefix}confusion_matrix.png"))
+            if self.probs.shape[1] == 2:
+                rows = plots.score_sweep(self.y_true == 1, self.probs[:, 1])
+                files.append(plots.write_rows_csv(out / f"{prefix}threshold_sweep.csv", rows))
+                files.append(plots.save(plots.sweep_figure(rows, 0.5, f"{name}: threshold sweep (P(crack))"),
+                                        out / f"{prefix}threshold_sweep.png"))
+            files += self._write_mistakes(out, prefix)
         else:
             p, r, t = self.counts.pr_curve()
             cm = np.array([[self.counts.tn, self.counts.fp], [self.counts.fn, self.counts.tp]])
@@ -62,8 +128,80 @@ class EvalResult:
             files.append(plots.save(plots.confusion_figure(cm, self.classes, f"{name}: pixels"), out / f"{prefix}confusion_matrix.png"))
             if self.samples:
                 files.append(plots.save(plots.overlays_figure(self.samples), out / f"{prefix}overlays.png"))
+            rows = plots.pixel_sweep(self.counts)
+            files.append(plots.write_rows_csv(out / f"{prefix}threshold_sweep.csv", rows))
+            files.append(plots.save(plots.sweep_figure(rows, self.threshold, f"{name}: threshold sweep (pixels)",
+                                                       fields=("precision", "recall", "f1")),
+                                    out / f"{prefix}threshold_sweep.png"))
+            files.append(plots.write_rows_csv(out / f"{prefix}per_image.csv", [s.row() for s in self.scores]))
+            files += self._write_worst(out, prefix)
         files.append(plots.save(plots.pr_figure(p, r, f"{name}: precision-recall"), out / f"{prefix}pr_curve.png"))
+        quality = self.quality()
+        slice_rows = [{"slice": k, **v} for k, v in {**quality["slices"],
+                                                    **{f"source:{k}": v for k, v in quality["sources"].items()}}.items()]
+        files.append(plots.write_rows_csv(out / f"{prefix}slices.csv", slice_rows, digits=6))
+        fields = ("dice", "relaxed_f1") if self.task == "segment" else ("f1", "recall")
+        if slice_rows:
+            files.append(plots.save(plots.slices_figure({r["slice"]: r for r in slice_rows}, f"{name}: by slice",
+                                                        fields=fields), out / f"{prefix}slices.png"))
+        quality_path = out / f"{prefix}quality.json"
+        quality_path.write_text(json.dumps({"task": self.task, "n_images": self.n_images,
+                                            "metrics": deep_clean(self.metrics), **quality}, indent=2) + "\n")
+        files.append(quality_path)
         return files
+
+    def _write_worst(self, out: Path, prefix: str) -> list[Path]:
+        """``worst.png`` (all, worst first) and ``worst/NN-<image>.png`` (one each)."""
+        folder = out / f"{prefix}worst"
+        if folder.is_dir():
+            for old in folder.glob("*.png"):
+                old.unlink()
+        if not self.worst:
+            return [plots.save(plots.message_figure("no images evaluated"), out / f"{prefix}worst.png")]
+        samples = [(rgb, truth, pred, f"{s.name} ({s.source}): dice {s.dice:.3f}, relaxed F1 {s.relaxed_f1:.3f}")
+                   for s, rgb, truth, pred in self.worst]
+        files = [plots.save(plots.overlays_figure(samples), out / f"{prefix}worst.png")]
+        for k, (sample, (score, *_)) in enumerate(zip(samples, self.worst), 1):
+            files.append(plots.save(plots.overlays_figure([sample]), folder / f"{k:02d}-{Path(score.name).stem}.png"))
+        return files
+
+    def _write_mistakes(self, out: Path, prefix: str) -> list[Path]:
+        """The classifier's most confident mistakes: ``worst.png`` and ``worst/NN-<image>.png``."""
+        folder = out / f"{prefix}worst"
+        if folder.is_dir():
+            for old in folder.glob("*.png"):
+                old.unlink()
+        mistakes = self._confident_mistakes()
+        if not mistakes:
+            return [plots.save(plots.message_figure("no mistakes on this set"), out / f"{prefix}worst.png")]
+        by_name = {Path(p).name: p for p in self.paths}
+        samples = [(np.asarray(load_image(by_name[m["image"]])),
+                    f"{m['image']}\ntrue {m['true']}, predicted {m['predicted']} ({m['confidence']:.2f})")
+                   for m in mistakes]
+        files = [plots.save(plots.patches_figure(samples), out / f"{prefix}worst.png")]
+        for k, sample in enumerate(samples, 1):
+            files.append(plots.save(plots.patches_figure([sample]),
+                                    folder / f"{k:02d}-{Path(mistakes[k - 1]['image']).stem}.png"))
+        return files
+
+
+def _class_root(path) -> str:
+    """DIR of DIR/<class>/<image>."""
+    return str(Path(path).parent.parent)
+
+
+def deep_clean(value):
+    """:func:`clean` through nested dicts and lists."""
+    if isinstance(value, dict):
+        return {k: deep_clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [deep_clean(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return None if math.isnan(v) else round(v, 6)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _progress(task: str, items, enabled: bool | None) -> Progress:
@@ -76,7 +214,7 @@ def _batches(seq, n):
 
 
 @torch.no_grad()
-def evaluate_classifier(module, spec, items, *, batch_size=64, device="cpu", progress=False) -> EvalResult:
+def evaluate_classifier(module, spec, items, *, batch_size=64, device="cpu", progress=False, worst=8) -> EvalResult:
     pcfg = preprocess_config(spec)
     module = module.to(device).eval()
     labels, probs = [], []
@@ -87,14 +225,17 @@ def evaluate_classifier(module, spec, items, *, batch_size=64, device="cpu", pro
             labels.extend(lbl for _, lbl in chunk)
             bar.advance(len(chunk))
     y_true, probs = np.asarray(labels, dtype=np.int64), np.concatenate(probs)
+    paths = [str(path) for path, _ in items]
+    sources = {folder: S.SourceIndex(folder) for folder in sorted({_class_root(p) for p in paths})}
     return EvalResult("classify", M.classification_metrics(y_true, probs), len(items), list(spec["classes"]),
-                      y_true=y_true, probs=probs)
+                      y_true=y_true, probs=probs, paths=paths, sources=sources, n_worst=worst)
 
 
 @torch.no_grad()
 def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overlays=4, threshold=None,
-                       progress=False, tiling: T.TilingConfig | None = None) -> EvalResult:
-    """Pixel metrics at the native size of each mask, at ``threshold`` (default: the spec's, as served).
+                       progress=False, tiling: T.TilingConfig | None = None, worst: int = 8) -> EvalResult:
+    """Pixel metrics at the native size of each mask, at ``threshold`` (default: the spec's, as served),
+    with each image's scores and slices, and the ``worst`` images of lowest Dice (most wrong pixels first among equals).
 
     ``tiling`` in tile mode: each image at its own resolution in tiles (``tiling.batch`` tiles a
     forward pass), as served; otherwise the whole image at the model's size."""
@@ -106,6 +247,7 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
     relaxed = M.RelaxedCounts()
     want = set(np.linspace(0, len(items) - 1, min(overlays, len(items))).round().astype(int).tolist()) if overlays else set()
     samples, index = [], 0
+    scores, heap, sources = [], [], {}
     with _progress("segment", items, progress) as bar:
         for chunk in _batches(items, batch_size):
             images = [load_image(it.image) for it in chunk]
@@ -125,26 +267,43 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
                 else:
                     native = F.interpolate(prob[None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
                 counts.update(native, mask)
-                relaxed.update(native >= threshold, mask)
+                pred = native >= threshold
+                folder = str(Path(it.image).parent.parent)
+                if folder not in sources:
+                    sources[folder] = S.SourceIndex(folder)
+                score = S.score_image(Path(it.image).name, sources[folder].source_of(it.image), pred, mask,
+                                      negatives=S.synth_negatives(it.image, mask.shape))
+                S.merge_relaxed(relaxed, score.relaxed)
+                scores.append(score)
+                key = (-score.dice, score.fp + score.fn, -index)  # the heap's root: the best image kept
+                if worst and (len(heap) < worst or key > heap[0][0]):
+                    entry = (key, S.thumbnail(np.asarray(img), mask > 0, pred))
+                    (heapq.heappush if len(heap) < worst else heapq.heapreplace)(heap, entry)
                 if index in want:
-                    samples.append((np.asarray(img), mask, native >= threshold, Path(it.image).name))
+                    samples.append((np.asarray(img), mask, pred, Path(it.image).name))
                 index += 1
             bar.advance(len(chunk))
     metrics = {**counts.metrics(), **relaxed.metrics(), "relaxed_tolerance_px": relaxed.tolerance}
-    return EvalResult("segment", metrics, len(items), list(spec["classes"]), counts=counts, samples=samples)
+    by_index = {-key[2]: thumb for key, thumb in heap}
+    worst_list = [(scores[i], *by_index[i]) for i in sorted(by_index, key=lambda i: (scores[i].dice,
+                                                                                      -(scores[i].fp + scores[i].fn), i))]
+    return EvalResult("segment", metrics, len(items), list(spec["classes"]), counts=counts, samples=samples,
+                      threshold=threshold, scores=scores, worst=worst_list, n_worst=worst)
 
 
 def evaluate_items(module, spec, items, *, device="cpu", batch_size=None, overlays=4, progress=False,
-                   native: bool | None = None) -> EvalResult:
+                   native: bool | None = None, worst: int = 8) -> EvalResult:
     """``progress`` as in :class:`fissure.progress.Progress` (``enabled``); ``native``: tile a
-    segmenter at each image's own resolution (None: as the spec says)."""
+    segmenter at each image's own resolution (None: as the spec says); ``worst``: how many of the
+    worst predictions to keep for the gallery."""
     if spec["task"] == "segment":
         tiling = T.tiling_config(spec, native)
         if tiling.tiles and batch_size:  # tiles per forward pass
             tiling = tiling.model_copy(update={"batch": batch_size})
         return evaluate_segmenter(module, spec, items, batch_size=batch_size or 8, device=device, overlays=overlays,
-                                  progress=progress, tiling=tiling)
-    return evaluate_classifier(module, spec, items, batch_size=batch_size or 64, device=device, progress=progress)
+                                  progress=progress, tiling=tiling, worst=worst)
+    return evaluate_classifier(module, spec, items, batch_size=batch_size or 64, device=device, progress=progress,
+                               worst=worst)
 
 
 def clean(metrics: dict) -> dict:
@@ -160,7 +319,7 @@ def clean(metrics: dict) -> dict:
 
 def run_evaluation(model_uri: str, task: str, data: str | Path, out: str | Path, plots_dir=None,
                    *, device: str | None = None, batch_size: int | None = None, overlays: int = 4,
-                   progress: bool | None = True, native: bool | None = None) -> dict:
+                   progress: bool | None = True, native: bool | None = None, worst: int = 8) -> dict:
     """Load ``model_uri``, check its task, evaluate on ``data`` (showing ``progress`` on stderr),
     write ``out`` JSON (+ plots). ``native``: segment at native resolution in tiles (True), the
     whole image resized (False), or as the model's spec says (None)."""
@@ -181,7 +340,7 @@ def run_evaluation(model_uri: str, task: str, data: str | Path, out: str | Path,
     items, _ = eval_items(task, data, loaded.spec["classes"] if task == "classify" else None)
     dev = pick_device(device)
     result = evaluate_items(loaded.module, loaded.spec, items, device=str(dev), batch_size=batch_size, overlays=overlays,
-                            progress=progress, native=native)
+                            progress=progress, native=native, worst=worst)
     names = M.CLASSIFICATION_METRICS if task == "classify" else (
         *M.SEGMENTATION_METRICS, *M.RELAXED_METRICS, "relaxed_tolerance_px")
     report = {k: result.metrics[k] for k in names}
@@ -205,6 +364,7 @@ def run_evaluation(model_uri: str, task: str, data: str | Path, out: str | Path,
         if tiling.tiles:
             report["tiling"] = {"tile": tiling.tile, "overlap": tiling.overlap, "max_pixels": tiling.max_pixels}
     report = clean(report)
+    report.update(result.quality())  # slices, sources, threshold_sweep, worst, weakest_slice
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -6,6 +6,9 @@
 - lineage tags: ``git.commit``, ``dvc.data_hash``, ``params.hash``.
 - registry: a new version gets the alias ``challenger``; the first version of a model with no
   ``champion`` yet also becomes ``champion`` (later promotion is a separate, explicit step).
+- model card: every registered version gets one (:mod:`fissure.training.modelcard`): the run's
+  ``model_card.md``, the version's ``model_card`` tag (its URI) and a description with the
+  headline scores.
 """
 
 from __future__ import annotations
@@ -174,7 +177,16 @@ def register(model_uri: str, task: str, run_id: str | None = None, lineage: dict
     except mlflow.exceptions.MlflowException:
         client.set_registered_model_alias(name, CHAMPION, version)
         aliases.append(CHAMPION)
-    return {"name": name, "version": version, "aliases": aliases, "uri": f"models:/{name}/{version}"}
+    out = {"name": name, "version": version, "aliases": aliases, "uri": f"models:/{name}/{version}"}
+    if run_id:
+        from fissure.training import modelcard
+
+        try:
+            out["model_card"] = modelcard.attach(name, version, run_id)
+        except Exception as exc:  # noqa: BLE001 - the version stands; the card can be written later
+            logging.getLogger(__name__).warning("model card of %s v%s not written: %s", name, version, exc)
+            client.set_model_version_tag(name, version, modelcard.CARD_TAG, f"not written: {str(exc)[:200]}")
+    return out
 
 
 def aliases(name: str) -> dict:

@@ -1,0 +1,84 @@
+"""Model cards: written for every registered version, and by `fissure model-card`."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+
+from fissure.cli import main
+from fissure.training import modelcard
+from fissure.training.run import train
+
+from .conftest import tiny_config
+
+
+@pytest.fixture
+def registered_segmenter(seg_data, tmp_path):
+    return train("segment", seg_data, tiny_config("segment", epochs=1), out=tmp_path / "seg", register=True,
+                 progress=False, echo=lambda m: None)
+
+
+def test_every_registered_version_gets_its_card(registered_segmenter, seg_data):
+    outcome = registered_segmenter
+    client = mlflow.MlflowClient()
+    version = client.get_model_version("crack-segmenter", outcome.registered["version"])
+    uri = f"runs:/{outcome.run_id}/{modelcard.CARD_ARTIFACT}"
+    assert version.tags[modelcard.CARD_TAG] == uri and outcome.registered["model_card"] == uri
+    assert uri in version.description and "test dice" in version.description
+    card = mlflow.artifacts.load_text(uri)
+    for section in ("# Model card: crack-segmenter v1", "## Intended use", "## Limits", "## Data", "## Training",
+                    "## Metrics", "## Metrics by dataset (test split)", "## Metrics by slice (test split)",
+                    "## Known failure cases", "## Lineage"):
+        assert section in card, section
+    # the numbers are the run's: the test Dice, the data hash, a slice of the test split, the worst image
+    run = client.get_run(outcome.run_id)
+    assert f"| dice | {run.data.metrics['final_val_dice']:.3f} | {run.data.metrics['test_dice']:.3f} |" in card
+    assert run.data.tags["dvc.data_hash"] in card
+    quality = json.loads(mlflow.artifacts.load_text(f"runs:/{outcome.run_id}/plots/test_quality.json"))
+    assert "| width:" in card and f"`{quality['worst'][0]['image']}`" in card
+    artifacts = {a.path for a in client.list_artifacts(outcome.run_id, "plots")}
+    assert {"plots/test_threshold_sweep.csv", "plots/test_threshold_sweep.png", "plots/test_worst.png",
+            "plots/test_slices.csv", "plots/test_quality.json", "plots/test_worst"} <= artifacts
+
+
+def test_model_card_command(registered_segmenter, seg_data, tmp_path, capsys):
+    report = tmp_path / "other.json"
+    rc = main(["evaluate", "--task", "segment", "--model", "models:/crack-segmenter@champion", "--data",
+               str(seg_data / "val"), "--out", str(report), "--plots", str(tmp_path / "p"), "--worst", "2"])
+    assert rc == 0
+    evaluated = json.loads(report.read_text())
+    assert len(evaluated["worst"]) == 2 and len(list((tmp_path / "p" / "worst").iterdir())) == 2
+    assert {"slices", "sources", "threshold_sweep", "weakest_slice"} <= set(evaluated)
+
+    out = tmp_path / "card.md"
+    rc = main(["model-card", "--model", "models:/crack-segmenter@champion", "--out", str(out), "--report", str(report)])
+    assert rc == 0
+    card = out.read_text()
+    assert card.startswith("# Model card: crack-segmenter v1") and "Aliases: challenger, champion" in card
+    assert "## Further evaluations" in card and str(seg_data / "val") in card
+    # a local model folder finds its run and version too
+    rc = main(["model-card", "--model", str(tmp_path / "seg" / "model")])
+    assert rc == 0 and "# Model card: crack-segmenter v1" in capsys.readouterr().out
+
+    capsys.readouterr()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for args, message in (
+        (["--model", "models:/crack-segmenter@champion", "--report", str(bad)], "not a JSON report"),
+        (["--model", "models:/crack-segmenter@nosuch"], "crack-segmenter"),
+        (["--model", str(tmp_path / "nowhere")], "not found"),
+        (["--model", str(tmp_path / "seg" / "model"), "--attach"], "--attach needs a registered version"),
+    ):
+        rc = main(["model-card", *args])
+        err = capsys.readouterr().err
+        assert rc in (1, 2) and err.startswith("fissure: error:") and message in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_model_card_help(capsys):
+    assert main(["model-card", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage: fissure model-card" in out and "--report" in out
+    assert main(["--help"]) == 0 and "model-card" in capsys.readouterr().out

@@ -1,0 +1,214 @@
+"""The quality report of `fissure evaluate`: slices, sources, threshold sweep, worst predictions.
+
+The models here are small real torch modules with a fixed rule (dark pixels are cracks), so the
+numbers each slice must show are known without training.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from fissure.data import synth
+from fissure.training import slices as S
+from fissure.training.evaluate import evaluate_classifier, evaluate_segmenter
+from fissure.training.datasets import eval_items
+
+SEG_SPEC = {"task": "segment", "name": "crack-segmenter", "classes": ["background", "crack"], "threshold": 0.5,
+            "preprocess": {"size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+CLF_SPEC = {**SEG_SPEC, "task": "classify", "name": "crack-classifier", "classes": ["no_crack", "crack"]}
+
+
+class DarkIsCrack(torch.nn.Module):
+    """Segmenter: a pixel darker than mid-grey is a crack (logit +-5 on normalised input)."""
+
+    def forward(self, x):
+        return -5.0 * x.mean(1, keepdim=True)
+
+
+class DarkPatchIsCrack(torch.nn.Module):
+    """Classifier: the darker the patch's darkest tenth, the surer it holds a crack."""
+
+    def forward(self, x):
+        low = x.mean(1).flatten(1).quantile(0.02, dim=1)
+        return torch.stack([low * 4.0, -low * 4.0], dim=1)
+
+
+def _line_mask(size, width, horizontal=True):
+    canvas = Image.new("L", (size, size), 0)
+    y = size // 2
+    ImageDraw.Draw(canvas).line([(4, y), (size - 5, y)] if horizontal else [(y, 4), (y, size - 5)], fill=255, width=width)
+    return np.asarray(canvas) > 0
+
+
+def _write(root: Path, name: str, mask: np.ndarray, dark: np.ndarray | None = None, suffix=".png"):
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    img = np.full(mask.shape + (3,), 190, np.uint8)
+    img[mask if dark is None else dark] = 40
+    Image.fromarray(img).save(root / "images" / f"{name}{suffix}")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"{name}.png")
+
+
+def test_crack_width_is_the_median_width_along_the_crack():
+    for width in (1, 3, 5, 7):
+        assert S.crack_width(_line_mask(64, width)) == pytest.approx(width, abs=0.01), width
+        assert S.crack_width(_line_mask(64, width, horizontal=False)) == pytest.approx(width, abs=0.01), width
+    assert S.crack_width(np.zeros((8, 8), bool)) is None
+    assert S.size_bucket(384, 544) == "size:513-1024px" and S.size_bucket(64, 64) == "size:<=512px"
+    assert S.size_bucket(3000, 4000) == "size:>2048px"
+
+
+def test_source_tags_are_the_ones_prepare_gives_its_files():
+    from fissure.data.prepare import _tag
+
+    paths = ["../shared/datasets/deepcrack/train", "/data/crack forest/all", "/data/crack_forest/all", "x", "/a/b/c/"]
+    ours, theirs = set(), set()
+    for path in paths + paths:  # taken tags get numbered the same way
+        assert S.source_tag(path, ours) == _tag(path, theirs), path
+
+
+def test_synthetic_hard_negatives_are_named_only_for_the_very_file(tmp_path):
+    k = next(k for k in range(50) if synth.render(synth.image_rng(0, k), 64).negatives)
+    sample = synth.render(synth.image_rng(0, k), 64)
+    path = tmp_path / f"synth-0-{k:06d}.jpg"
+    path.write_bytes(sample.jpeg_bytes())
+    assert S.synth_negatives(path, (64, 64)) == sample.negatives
+    changed = bytearray(sample.jpeg_bytes())
+    changed[-3] ^= 0xFF
+    path.write_bytes(bytes(changed))
+    assert S.synth_negatives(path, (64, 64)) is None  # not what the generator draws: unknown, not guessed
+    other = tmp_path / "datasets-deepcrack-001.jpg"
+    other.write_bytes(sample.jpeg_bytes())
+    assert S.synth_negatives(other, (64, 64)) is None
+
+
+@pytest.fixture
+def prepared(tmp_path) -> Path:
+    """A prepared-data layout: manifest.json with a synthetic and a real source, a test split with
+    a thin and a wide crack from the real one, a crack-free image with a dark stain (a false
+    alarm for a dark-is-crack model) and synthetic images drawn by the generator."""
+    root = tmp_path / "prepared"
+    test = root / "segment" / "test"
+    manifest = {"sources": [{"source": "synth", "kind": "synth", "images": 3},
+                            {"source": "/data/datasets/deepcrack", "kind": "real", "images": 3}]}
+    root.mkdir(parents=True)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    _write(test, "datasets-deepcrack-thin", _line_mask(64, 1))
+    _write(test, "datasets-deepcrack-wide", _line_mask(64, 7))
+    stain = np.zeros((64, 64), bool)
+    stain[10:20, 10:20] = True
+    _write(test, "datasets-deepcrack-stain", np.zeros((64, 64), bool), dark=stain)
+    for k in range(3):
+        sample = synth.render(synth.image_rng(0, k), 64)
+        (test / "images" / f"synth-0-{k:06d}.jpg").write_bytes(sample.jpeg_bytes())
+        Image.fromarray(sample.mask.astype(np.uint8) * 255).save(test / "masks" / f"synth-0-{k:06d}.png")
+    return root
+
+
+def test_segmenter_report_by_slice_and_source(prepared, tmp_path):
+    items, _ = eval_items("segment", prepared / "segment" / "test")
+    result = evaluate_segmenter(DarkIsCrack(), SEG_SPEC, items, overlays=0, worst=3)
+    q = result.quality()
+    assert set(q["sources"]) == {"synth", "datasets-deepcrack"}
+    assert sum(m["n_images"] for m in q["sources"].values()) == len(items) == 6
+
+    # a source's entry is what evaluating that source alone gives
+    real = [it for it in items if it.image.name.startswith("datasets-")]
+    alone = evaluate_segmenter(DarkIsCrack(), SEG_SPEC, real, overlays=0).metrics
+    for key in ("dice", "precision", "recall", "relaxed_f1"):
+        assert q["sources"]["datasets-deepcrack"][key] == pytest.approx(alone[key], abs=1e-6), key
+
+    by_name = {s.name: s for s in result.scores}
+    assert "width:thin" in by_name["datasets-deepcrack-thin.png"].slices
+    assert "width:wide" in by_name["datasets-deepcrack-wide.png"].slices
+    assert by_name["datasets-deepcrack-stain.png"].slices[0] == "no_crack"
+    drawn = {s.name: synth.render(synth.image_rng(0, k), 64).negatives for k, s in
+             enumerate(sorted((s for s in result.scores if s.source == "synth"), key=lambda s: s.name))}
+    for name, kinds in drawn.items():
+        assert ("hard_negative" in by_name[name].slices) == bool(kinds), name
+        assert {f"hard_negative:{k}" for k in kinds} <= set(by_name[name].slices)
+    # the stain is the one crack-free real image: every one of them has a false alarm
+    no_crack = q["slices"]["no_crack"]
+    assert no_crack["false_alarm_images"] >= 1 and no_crack["crack_free_images"] >= 1
+    # each slice counts its images; the width slices split the images with cracks
+    assert q["slices"]["width:thin"]["n_images"] + q["slices"]["width:wide"]["n_images"] == q["slices"]["crack"]["n_images"]
+    assert q["slices"]["crack"]["n_images"] + no_crack["n_images"] == 6
+    for m in q["slices"].values():  # tolerant scores never lower than strict ones
+        assert m["relaxed_f1"] >= m["f1"] - 1e-6 or not m["truth_px"]
+
+    # the worst: lowest Dice first, the false alarm on a crack-free image (Dice 0) among them
+    assert len(q["worst"]) == 3
+    dices = [w["dice"] for w in q["worst"]]
+    assert dices == sorted(dices) and dices[0] == min(s.dice for s in result.scores)
+    assert "datasets-deepcrack-stain.png" in [w["image"] for w in q["worst"]]
+    assert q["weakest_slice"]["slice"] in q["slices"]
+
+
+def test_plots_hold_the_sweep_slices_and_the_gallery(prepared, tmp_path):
+    items, _ = eval_items("segment", prepared / "segment" / "test")
+    result = evaluate_segmenter(DarkIsCrack(), SEG_SPEC, items, overlays=1, worst=2)
+    out = tmp_path / "plots"
+    result.write_plots(out)
+    with (out / "threshold_sweep.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert set(rows[0]) == {"threshold", "precision", "recall", "f1", "dice"}
+    at = next(r for r in rows if float(r["threshold"]) == pytest.approx(0.5))
+    assert float(at["dice"]) == pytest.approx(result.metrics["dice"], abs=1e-4)  # the model's threshold
+    with (out / "slices.csv").open() as fh:
+        names = [r["slice"] for r in csv.DictReader(fh)]
+    assert {"crack", "no_crack", "source:synth", "source:datasets-deepcrack"} <= set(names)
+    with (out / "per_image.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 6
+    gallery = sorted(p.name for p in (out / "worst").iterdir())
+    assert len(gallery) == 2 and gallery[0].startswith("01-")
+    for name in ("worst.png", "threshold_sweep.png", "slices.png", "overlays.png"):
+        assert Image.open(out / name).size[0] > 100, name
+    quality = json.loads((out / "quality.json").read_text())
+    assert quality["metrics"]["dice"] == pytest.approx(result.metrics["dice"], abs=1e-6)
+    assert quality["worst"][0]["image"] == result.worst[0][0].name
+
+    # a second run with fewer worst images leaves no stale gallery image behind
+    evaluate_segmenter(DarkIsCrack(), SEG_SPEC, items, overlays=0, worst=1).write_plots(out)
+    assert len(list((out / "worst").iterdir())) == 1
+
+
+def test_large_images_are_kept_small_in_the_gallery(tmp_path):
+    mask = _line_mask(1500, 2)
+    rgb, truth, pred = S.thumbnail(np.zeros((1500, 1500, 3), np.uint8), mask, mask)
+    assert rgb.shape == (512, 512, 3) and truth.shape == pred.shape == (512, 512)
+    assert truth.any()  # a 2-px crack at a third of the size still shows
+
+
+def test_classifier_report_names_its_most_confident_mistakes(tmp_path):
+    root = tmp_path / "clf"
+    rng = np.random.default_rng(0)
+    for cls in ("crack", "no_crack"):
+        (root / cls).mkdir(parents=True)
+    # no_crack patches, one with a dark stain (a confident false alarm); crack patches, one too faint to see
+    for i, (cls, darkest) in enumerate([("no_crack", 180), ("no_crack", 170), ("no_crack", 20), ("crack", 30),
+                                        ("crack", 40), ("crack", 175)]):
+        img = np.full((32, 32, 3), 190, np.uint8) + rng.integers(0, 3, (32, 32, 3)).astype(np.uint8)
+        img[14:18, 2:30] = darkest
+        Image.fromarray(img).save(root / cls / f"synth-0-{i:06d}_y0_x0.png")
+    items, classes = eval_items("classify", root, CLF_SPEC["classes"])
+    result = evaluate_classifier(DarkPatchIsCrack(), CLF_SPEC, items, worst=5)
+    q = result.quality()
+    wrong = [(w["image"], w["true"], w["predicted"]) for w in q["worst"]]
+    assert set(wrong) == {("synth-0-000002_y0_x0.png", "no_crack", "crack"),
+                          ("synth-0-000005_y0_x0.png", "crack", "no_crack")}
+    assert [w["confidence"] for w in q["worst"]] == sorted((w["confidence"] for w in q["worst"]), reverse=True)
+    assert q["sources"]["synth"]["n_images"] == 6
+    assert set(q["slices"]) == {"class:no_crack", "class:crack"}
+    assert q["threshold_sweep"]["threshold"] == 0.5
+    out = tmp_path / "plots"
+    result.write_plots(out)
+    assert len(list((out / "worst").iterdir())) == 2 and (out / "worst.png").is_file()
+    with (out / "threshold_sweep.csv").open() as fh:
+        assert {"threshold", "precision", "recall", "f1"} <= set(next(csv.DictReader(fh)))
