@@ -48,7 +48,7 @@ class KubeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     namespace: str | None = Field(None, description="the release's namespace; None: in-cluster or kubeconfig's")
-    release: str = Field("fissure", description="Helm release name (names the challenger and the route)")
+    release: str = Field("fissure", description="Helm release name (names the InferenceServices and the canary route)")
     kubeconfig: str | None = Field(None, description="kubeconfig file; None: in-cluster, else $KUBECONFIG/~/.kube")
     context: str | None = None
     ready_timeout_s: float = Field(600, gt=0, description="how long a model may take to become Ready")
