@@ -26,5 +26,5 @@ cluster-kserve: k8s-binaries cluster-node-apt ## [root] KServe (Standard mode, l
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build kserve-controller
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/kserve-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
 
-test-cluster: venv java k8s-binaries k8s-tools cluster-node-apt ## [root] the cluster tests that build images (minutes warm, ~15 min cold): an InferenceService on the node
+test-cluster: venv k8s-binaries k8s-tools cluster-node-apt ## [root] the cluster tests that build images (minutes warm, ~15 min cold): an InferenceService on the node
 	FISSURE_TEST_CLUSTER=1 $(VENV)/bin/python -m pytest -q tests/cluster/test_cluster_kserve.py $(PYTEST_ARGS)
