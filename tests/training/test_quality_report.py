@@ -212,3 +212,49 @@ def test_classifier_report_names_its_most_confident_mistakes(tmp_path):
     assert len(list((out / "worst").iterdir())) == 2 and (out / "worst.png").is_file()
     with (out / "threshold_sweep.csv").open() as fh:
         assert {"threshold", "precision", "recall", "f1"} <= set(next(csv.DictReader(fh)))
+
+
+def test_dvc_plots_show_renders_every_declared_plot(prepared, tmp_path):
+    """dvc.yaml's plots read the files evaluate writes (names and columns) without an error."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from ..conftest import REPO_ROOT
+
+    dvc = Path(sys.executable).parent / "dvc"
+    if not dvc.exists():
+        pytest.skip("dvc is not installed in this environment")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy2(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy2(REPO_ROOT / "params.yaml", repo / "params.yaml")
+    items, _ = eval_items("segment", prepared / "segment" / "test")
+    evaluate_segmenter(DarkIsCrack(), SEG_SPEC, items, overlays=1, worst=2).write_plots(repo / "reports/plots/segmenter")
+    clf = tmp_path / "clf"
+    for i, cls in enumerate(["crack", "no_crack"] * 3):
+        (clf / cls).mkdir(parents=True, exist_ok=True)
+        img = np.full((32, 32, 3), 190, np.uint8)
+        img[14:18] = 30 if (cls == "crack") != (i == 4) else 185
+        Image.fromarray(img).save(clf / cls / f"p{i}.png")
+    clf_items, _ = eval_items("classify", clf, CLF_SPEC["classes"])
+    evaluate_classifier(DarkPatchIsCrack(), CLF_SPEC, clf_items).write_plots(repo / "reports/plots/classifier")
+    for model in ("crack-classifier", "crack-segmenter"):
+        (repo / "models" / model).mkdir(parents=True)
+        (repo / "models" / model / "history.csv").write_text("epoch,train_loss,val_loss\n1,0.9,0.8\n2,0.7,0.6\n")
+    subprocess.run([str(dvc), "init", "--no-scm", "-q"], cwd=repo, check=True, capture_output=True)
+    proc = subprocess.run([str(dvc), "plots", "show", "--json"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shown = json.loads(proc.stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    declared = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["plots"]
+    ids = [p if isinstance(p, str) else next(iter(p)) for p in declared]
+    for plot_id in ids:
+        rendered = shown["data"].get(plot_id)
+        assert rendered, plot_id
+        if rendered[0]["type"] == "vega":
+            assert rendered[0]["content"]["data"]["values"], plot_id
+    fields = {row.get("filename::field") for row in shown["data"]["threshold_sweep"][0]["content"]["data"]["values"]}
+    assert {"segmenter/threshold_sweep.csv::dice", "classifier/threshold_sweep.csv::f1"} <= fields

@@ -54,6 +54,9 @@ def crack_width(mask) -> float | None:
     mask = np.asarray(mask) > 0
     if not mask.any():
         return None
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    # the cracks' bounding box with a background rim: the same distances, far less work on a photo
+    mask = np.pad(mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 1)
     dist = ndimage.distance_transform_edt(mask)
     ridge = mask & (dist >= ndimage.maximum_filter(dist, size=3))
     return float(np.median(2.0 * dist[ridge] - 1.0))
