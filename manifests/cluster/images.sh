@@ -16,6 +16,7 @@
 # usage: images.sh build|import|digest IMAGE...   (env: CACHE, TAG, KSERVE_VERSION, GO, CTR_ADDRESS)
 # `import` needs the cluster's containerd socket (CTR_ADDRESS, default .fissure/cluster/containerd/containerd.sock).
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cache="${CACHE:-$HOME/.cache/fissure}/images"

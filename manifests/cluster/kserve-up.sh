@@ -13,6 +13,7 @@
 #
 # usage: kserve-up.sh BIN_DIR [STATE_DIR]      (env: KSERVE_VERSION, GATEWAY_API_VERSION)
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 bin="${1:?usage: kserve-up.sh BIN_DIR [STATE_DIR]}"
