@@ -2,6 +2,12 @@
 
     python training/bench_realdata.py [--out reports/bench_realdata.md] [--work reports/bench_realdata]
                                       [--segment-epochs N] [--classify-epochs N]
+                                      [--only {cracks,magnetic-tile}] [--mt-epochs N] [--mt-size PX]
+                                      [--mt-encoder {none,efficientnet-lite0}]
+
+Legs (both by default; ``--only`` runs one):
+
+cracks:
 
 1. `fissure data prepare --source synth --source ../shared/datasets/deepcrack/train`: synthetic
    images plus DeepCrack, each source split 70/15/15 by a seeded hash (DeepCrack test images
@@ -9,6 +15,17 @@
 2. Train both models with params.yaml (their own MLflow store under the work folder).
 3. Evaluate the segmenter on the DeepCrack test part and on all of CrackForest (a dataset the
    models never saw), and the classifier on patches cut from the same held-back images.
+
+magnetic-tile (an N-class defect classifier from class folders):
+1. `fissure data prepare` with the one source `{path: ../shared/datasets/magnetic-tile/train,
+   val_fraction: 0.15, test_fraction: 0.2}`: 913 images in six classes (blowhole, break, crack,
+   fray, uneven, free), each class split on its own by a seeded hash.
+2. `fissure train --task classify` with params.yaml's train_classifier section and the leg's
+   overrides: --mt-size (128), --mt-epochs (20), --mt-encoder (the pretrained EfficientNet-Lite0,
+   lr 1e-3; the from-scratch resnet-lite did not learn the set, docs/benchmarks.md), patience 8.
+3. Balanced accuracy, per-class recall and the confusion matrix on the held-back 20 %
+   (`fissure evaluate`), never trained on or used for early stopping.
+
 Needs ../shared/datasets (exits with a message when absent).
 """
 
@@ -44,14 +61,79 @@ def link_subset(src_split: Path, dst: Path, keep) -> Path:
     return dst
 
 
+MT_CLASSES = ("blowhole", "break", "crack", "fray", "uneven", "free")
+
+
+def magnetic_tile(work: Path, env: dict, fissure: Path, *, epochs: int, size: int, encoder: str) -> str:
+    """The magnetic-tile leg (module docstring); returns its Markdown section."""
+    import yaml
+
+    source = SHARED / "magnetic-tile" / "train"
+    if not all((source / "images" / c).is_dir() for c in MT_CLASSES):
+        raise SystemExit(f"magnetic-tile class folders not found in {source / 'images'}; nothing to benchmark")
+    t0 = time.perf_counter()
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    model = {"encoder": encoder, "pretrained": True, "dropout": 0.2} if encoder != "none" else \
+        {**params["train_classifier"].get("model", {}), "encoder": "none"}
+    params["prepare"] = {**params["prepare"], "feedback": None,
+                         "source": [{"path": str(source), "val_fraction": 0.15, "test_fraction": 0.2}]}
+    params["train_classifier"] = {**params["train_classifier"], "epochs": epochs, "size": size, "patience": 8,
+                                  "model": model, **({"lr": 1e-3} if encoder != "none" else {})}
+    pfile = work / "params-magnetic-tile.yaml"
+    pfile.write_text(yaml.safe_dump(params, sort_keys=False))
+    prepared = work / "prepared-magnetic-tile"
+    run([fissure, "data", "prepare", "--params", pfile, "--out", prepared], env)
+    model_dir = work / "model-magnetic-tile"
+    run([fissure, "train", "--task", "classify", "--data", prepared / "classify", "--params", pfile,
+         "--out", model_dir, "--no-progress"], env)
+    trained = json.loads((model_dir / "metrics.json").read_text())
+    report_json = work / "eval-magnetic-tile.json"
+    run([fissure, "evaluate", "--task", "classify", "--model", model_dir / "model", "--data",
+         prepared / "classify" / "test", "--out", report_json, "--plots", work / "plots-magnetic-tile"], env)
+    r = json.loads(report_json.read_text())
+    wall = time.perf_counter() - t0
+    classes = r["confusion"]["classes"]
+    sizes = trained["sizes"]
+    arch = f"pretrained {encoder}" if encoder != "none" else "from scratch (resnet-lite)"
+    lines = [
+        f"magnetic-tile, {len(classes)} classes from class folders: {sizes['train']} train / {sizes['val']} val / "
+        f"{sizes['test']} held-back test images; classifier {arch} at {size} px, best epoch "
+        f"{trained['best_epoch']}/{trained['epochs_run']} (max {epochs}); {wall / 60:.1f} min wall time.",
+        "",
+        f"**balanced accuracy {r['balanced_accuracy']:.3f}**, accuracy {r['accuracy']:.3f}, macro F1 {r['f1']:.3f} "
+        f"(test, {r['n_images']} images)",
+        "",
+        "| class | test images | recall | precision | F1 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for c in classes:
+        m = r["per_class"][c]
+        lines.append(f"| {c} | {m['support']} | {m['recall']:.3f} | {m['precision']:.3f} | {m['f1']:.3f} |")
+    lines += ["", "Confusion (rows: actual, columns: predicted):", "",
+              "| actual \\ predicted | " + " | ".join(classes) + " |",
+              "| --- | " + " | ".join("---:" for _ in classes) + " |"]
+    for c, row in zip(classes, r["confusion"]["counts"]):
+        lines.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="reports/bench_realdata.md")
     ap.add_argument("--work", default="reports/bench_realdata")
     ap.add_argument("--segment-epochs", type=int, default=None)
     ap.add_argument("--classify-epochs", type=int, default=None)
+    ap.add_argument("--only", choices=["cracks", "magnetic-tile"], default=None,
+                    help="run one leg: cracks (DeepCrack + CrackForest) or magnetic-tile (N-class defects)")
+    ap.add_argument("--mt-epochs", type=int, default=20, help="magnetic-tile: maximum epochs [20]")
+    ap.add_argument("--mt-size", type=int, default=128, help="magnetic-tile: classifier input side in px [128]")
+    ap.add_argument("--mt-encoder", choices=["none", "efficientnet-lite0"], default="efficientnet-lite0",
+                    help="magnetic-tile: from scratch (none) or the pretrained encoder [efficientnet-lite0]")
     args = ap.parse_args()
-    if not (SHARED / "deepcrack" / "train").is_dir():
+    legs = [args.only] if args.only else ["cracks", "magnetic-tile"]
+    if not SHARED.is_dir():
+        raise SystemExit(f"real datasets not found at {SHARED}; nothing to benchmark")
+    if "cracks" in legs and not (SHARED / "deepcrack" / "train").is_dir():
         raise SystemExit(f"real datasets not found at {SHARED}; nothing to benchmark")
     work = Path(args.work).resolve()
     shutil.rmtree(work, ignore_errors=True)
@@ -60,6 +142,20 @@ def main() -> None:
     env.pop("MLFLOW_TRACKING_URI", None)
     bin_dir = Path(sys.executable).parent
     fissure = bin_dir / "fissure"
+    sections = []
+    if "cracks" in legs:
+        sections.append(cracks(work, env, fissure, args))
+    if "magnetic-tile" in legs:
+        sections.append(magnetic_tile(work, env, fissure, epochs=args.mt_epochs, size=args.mt_size,
+                                      encoder=args.mt_encoder))
+    text = "\n".join(sections)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+def cracks(work: Path, env: dict, fissure: Path, args) -> str:
+    """The cracks leg (module docstring); returns its Markdown section."""
     t0 = time.perf_counter()
     prepared = work / "prepared"
     run([fissure, "data", "prepare", "--params", REPO / "params.yaml", "--out", prepared, "--feedback", "",
@@ -105,10 +201,7 @@ def main() -> None:
         auc = f"{c['roc_auc']:.3f}" if c["roc_auc"] is not None else "n/a"
         lines.append(f"| {label} | {n} | {s['dice']:.3f} | {s['iou']:.3f} | {s['precision']:.3f} | {s['recall']:.3f} "
                      f"| {c['n_images']} | {c['accuracy']:.3f} | {c['f1']:.3f} | {auc} |")
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
