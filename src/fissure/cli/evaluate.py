@@ -17,7 +17,8 @@ from fissure import MODEL_NAMES
               help="segment: DIR/images + DIR/masks (any image size); classify: DIR/<class>/ folders.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Metrics JSON to write.")
 @click.option("--plots", "plots", type=click.Path(file_okay=False), default=None,
-              help="Also write PR curve, confusion matrix and (segment) sample overlays here (CSV + PNG).")
+              help="Also write PR curve, confusion matrix, threshold sweep, scores by slice, the worst "
+                   "predictions' gallery and (segment) sample overlays here (CSV + PNG).")
 @click.option("--device", default=None, help="cpu, cuda ... [default: cuda when available, else cpu]")
 @click.option("--batch-size", type=int, default=None, help="Inference batch size.")
 @click.option("--overlays", type=int, default=4, show_default=True, help="Sample overlays drawn with --plots (segment).")
