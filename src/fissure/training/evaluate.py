@@ -364,7 +364,9 @@ def run_evaluation(model_uri: str, task: str, data: str | Path, out: str | Path,
         if tiling.tiles:
             report["tiling"] = {"tile": tiling.tile, "overlap": tiling.overlap, "max_pixels": tiling.max_pixels}
     report = clean(report)
-    report.update(result.quality())  # slices, sources, threshold_sweep, worst, weakest_slice
+    quality = result.quality()
+    quality.pop("slice_definitions", None)  # in quality.json and the docs; as metrics, seven text columns
+    report.update(quality)  # slices, sources, threshold_sweep, worst, weakest_slice
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
