@@ -219,3 +219,10 @@ def test_the_repository_pipeline_depends_on_every_folder_params_yaml_lists():
     """dvc.yaml's prepare deps follow params.yaml's prepare.source (a folder added to one needs the other)."""
     params = make_params(load_params(REPO_ROOT / "params.yaml"))
     assert dvc_dep_warnings(params, {"DVC_ROOT": str(REPO_ROOT), "DVC_STAGE": "prepare"}) == []
+
+
+def test_one_stem_in_two_class_folders_is_one_line(tmp_path):
+    src = write_class_folders(tmp_path / "mt", {"free": 3, "crack": 3})
+    Image.open(src / "free" / "free_00.png").save(src / "crack" / "free_00.jpg")
+    with pytest.raises(DataError, match=r"mt: two images with the file stem free_00 \(an image id is its stem"):
+        prepare(make_params(dict(SMALL, source=[str(src)])), tmp_path / "out")

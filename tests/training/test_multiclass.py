@@ -106,3 +106,19 @@ def test_the_review_queue_reads_an_n_class_defect_model_as_defect_or_not():
     assert crack_probability(spread) == pytest.approx(0.9)  # surely a defect, whichever
     assert crack_probability({"free": 0.5, "blowhole": 0.25, "fray": 0.25}) == pytest.approx(0.5)  # most unsure
     assert crack_probability({"a": 0.2, "b": 0.5, "c": 0.3}) == pytest.approx(0.5)  # no negative class: top score
+
+
+def test_a_folder_in_the_images_class_layout_is_split_per_class(tmp_path):
+    """`fissure train --data` on images/<class>/ (masks/<class>/ beside, as the shared magnetic-tile set)."""
+    from fissure.training.datasets import find_splits
+
+    rng = np.random.default_rng(1)
+    for name, n in {"free": 10, "blowhole": 6, "scratch": 5}.items():
+        (tmp_path / "images" / name).mkdir(parents=True)
+        (tmp_path / "masks" / name).mkdir(parents=True)
+        for i in range(n):
+            _image(rng, name).save(tmp_path / "images" / name / f"{name}{i}.png")
+    splits = find_splits("classify", tmp_path, val_fraction=0.2, test_fraction=0.2, seed=0)
+    assert splits.classes == list(CLASSES)
+    assert sorted({lbl for _, lbl in splits.test}) == [0, 1, 2]
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 21

@@ -373,10 +373,10 @@ def _plan(source: Source, params: PrepareParams, taken: set[str]) -> _Plan:
     tag = _tag(source.path, taken)
     items = [(path, cset.classes[k]) for path, k in cset.items]
     ids = [f"{tag}-{path.stem}" for path, _ in items]
-    dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
-    if dupes:
-        raise DataError(f"{source.path}: two images named {dupes[0].removeprefix(tag + '-')} in different "
-                        "class folders (an image belongs to one class)")
+    if len(set(ids)) != len(ids):
+        dupe = next(i for i in ids if ids.count(i) > 1).removeprefix(tag + "-")
+        raise DataError(f"{source.path}: two images with the file stem {dupe} (an image id is its stem, "
+                        "and an image belongs to one class)")
     return _Plan(source, "classes", tag, ids, items)
 
 

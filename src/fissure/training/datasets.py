@@ -157,7 +157,8 @@ class ClassificationDataset(Dataset):
 
 @dataclass
 class Splits:
-    """Item lists per split; ``classes`` for classification (index 1 = crack when binary)."""
+    """Item lists per split; ``classes`` for classification: the class folders' names, the
+    negative one first (index 1 = crack when binary; N classes from a defect set's folders)."""
 
     task: str
     train: list
@@ -173,7 +174,8 @@ class Splits:
 def _items(task: str, root: Path, classes=None):
     if task == "segment":
         return loaders.segmentation_items(root), ["background", "crack"]
-    cset = loaders.classification_set(root, classes)
+    # <class>/ folders, or images/<class>/ (the shared magnetic-tile layout, masks/ beside)
+    cset = loaders.classification_set(loaders.class_root(root) or root, classes)
     return cset.items, cset.classes
 
 
