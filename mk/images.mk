@@ -3,7 +3,7 @@
 #
 #   cluster-images   [root] fissure's serving image (serving/Dockerfile's recipe: Debian bookworm
 #                    by mmdebstrap + the venv by uv from its cache) and KServe's controller (from
-#                    its Go module), cached by content hash under $(CACHE)/images and
+#                    its Go module) and KServe's storage initializer, cached by content hash under $(CACHE)/images and
 #                    $(CACHE)/kserve; imported into the cluster when it is up. A warm run only
 #                    hashes and compares digests.
 #   cluster-kserve   [root] KServe on `make cluster-up`'s node (manifests/cluster/kserve-up.sh).
@@ -17,13 +17,13 @@ CLUSTER_IMAGES_ENV = CACHE=$(CACHE) GO=$(GO) UV=$(UV) TAG=$(IMAGE_TAG) KSERVE_VE
 .PHONY: cluster-images cluster-kserve test-cluster
 
 cluster-images: venv cluster-node-apt ## [root] build the serving and KServe controller images (cached) and import them into a running cluster
-	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build serving kserve-controller
+	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build serving kserve-controller storage-initializer
 	@if [ -S $(CLUSTER_STATE)/containerd/containerd.sock ]; then \
-	  CTR_ADDRESS=$(CLUSTER_STATE)/containerd/containerd.sock $(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh import serving kserve-controller; \
+	  CTR_ADDRESS=$(CLUSTER_STATE)/containerd/containerd.sock $(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh import serving kserve-controller storage-initializer; \
 	else echo ">> no cluster up: images built, not imported (make cluster-up, then make cluster-images)"; fi
 
 cluster-kserve: k8s-binaries cluster-node-apt ## [root] KServe (Standard mode, local controller image, own webhook certificates) on the cluster-up node
-	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build kserve-controller
+	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build kserve-controller storage-initializer
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/kserve-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
 
 test-cluster: venv k8s-binaries k8s-tools cluster-node-apt ## [root] the cluster tests that build images (minutes warm, ~15 min cold): an InferenceService on the node

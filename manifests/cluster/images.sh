@@ -12,8 +12,14 @@
 #   kserve-controller  fissure.local/kserve-controller:KSERVE_VERSION, KServe's cmd/manager built
 #                      from its Go module (the module proxy, checksum-checked) as a static binary
 #                      in a one-file image (as upstream's distroless one, user 65532).
+#   storage-initializer  fissure.local/kserve-storage-initializer:KSERVE_VERSION, KServe's storage
+#                      initializer (what KServe injects as an init container for s3://, https://,
+#                      ... storageUris): Debian trixie's python3 (3.13: kserve-storage unpacks
+#                      archives with tarfile's filter=, which bookworm's 3.11.2 lacks) + kserve-storage
+#                      at KServe's version from PyPI in /opt/kserve-storage + the entrypoint script
+#                      from KServe's module source (python/storage-initializer), user 1000.
 #
-# usage: images.sh build|import|digest IMAGE...   (env: CACHE, TAG, KSERVE_VERSION, GO, CTR_ADDRESS)
+# usage: images.sh build|import|digest [IMAGE...] (default: all three)   (env: CACHE, TAG, KSERVE_VERSION, GO, CTR_ADDRESS)
 # `import` needs the cluster's containerd socket (CTR_ADDRESS, default .fissure/cluster/containerd/containerd.sock).
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
@@ -113,9 +119,9 @@ rootfs_with() {  # rootfs_with LAYER_KEYS...: the working rootfs holding these l
   echo "$root"
 }
 
-build_serving() {
-  local bk dk ak d="$cache/serving"; mkdir -p "$d"
-  bk=base-$(base_key); dk=deps-$(deps_key); ak=app-$(app_key)
+build_base() {  # the base layer (shared by serving and storage-initializer)
+  local bk d="$cache/serving"; mkdir -p "$d"
+  bk=base-$(base_key)
   if [ ! -f "$d/$bk.tar" ]; then
     command -v mmdebstrap >/dev/null || die "mmdebstrap is missing: apt-get install mmdebstrap"
     log "base layer $bk: Debian $suite + $base_packages (mmdebstrap, ~2 min)"
@@ -125,6 +131,11 @@ build_serving() {
     pack "$root" "$d/$bk.tar" .
     echo "$bk" > "$root.layers"
   fi
+}
+build_serving() {
+  local bk dk ak d="$cache/serving"; mkdir -p "$d"
+  build_base
+  bk=base-$(base_key); dk=deps-$(deps_key); ak=app-$(app_key)
   if [ ! -f "$d/$dk.tar" ]; then
     local root; root=$(rootfs_with "$bk")
     log "deps layer $dk: /opt/venv with the [serve] dependencies at the host venv's versions (uv, ~2 min warm)"
@@ -181,12 +192,63 @@ build_kserve_controller() {
   rm -rf "$tmp"; mv "$out.tmp" "$out"
 }
 
+# ---------------------------------------------------------------- storage-initializer
+kserve_src() {  # KServe's module source (the Go module zip holds its python/ tree too)
+  local dir
+  dir=$(cd "${TMPDIR:-/tmp}" && "$go" mod download -json "github.com/kserve/kserve@$kserve_version" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -n "$dir" ] || die "go mod download github.com/kserve/kserve@$kserve_version failed"
+  echo "$dir"
+}
+si_entrypoint() { echo "$(kserve_src)/python/storage-initializer/scripts/initializer-entrypoint"; }
+si_suite=trixie
+si_packages=python3,ca-certificates
+si_base_key() { printf '%s\n' "v1" "$si_suite" "$si_packages" | sha; }
+si_key() { { si_base_key; echo "kserve-storage==${kserve_version#v}"; cat "$(si_entrypoint)"; } | sha; }
+build_storage_initializer() {
+  local bk sk d="$cache/storage-initializer" root; mkdir -p "$d"
+  bk=base-$(si_base_key); sk=si-$(si_key); root="$d/rootfs"
+  if [ ! -f "$d/$bk.tar" ]; then
+    command -v mmdebstrap >/dev/null || die "mmdebstrap is missing: apt-get install mmdebstrap"
+    log "storage-initializer base layer $bk: Debian $si_suite + $si_packages (mmdebstrap)"
+    wipe_rootfs "$root"
+    nice -n 10 mmdebstrap --quiet --variant=minbase --include="$si_packages" "$si_suite" "$root" >&2
+    chroot "$root" sh -ec 'useradd --uid 1000 --user-group --create-home --home-dir /home/kserve kserve
+      mkdir -p /work /opt/kserve-storage && chown 1000:1000 /work
+      rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; : > /etc/resolv.conf'
+    pack "$root" "$d/$bk.tar" .
+  fi
+  if [ ! -f "$d/$sk.tar" ]; then
+    log "storage-initializer layer $sk: kserve-storage ${kserve_version#v} (PyPI) + KServe's entrypoint"
+    if [ ! -x "$root/usr/bin/python3" ]; then
+      wipe_rootfs "$root"; mkdir -p "$root"; tar --numeric-owner -C "$root" -xf "$d/$bk.tar"
+    fi
+    rm -rf "$root/opt/kserve-storage" "$root/storage-initializer"
+    in_chroot "$root" "uv venv -q -p /usr/bin/python3 /opt/kserve-storage && \
+      nice -n 10 uv pip install -q -p /opt/kserve-storage/bin/python 'kserve-storage==${kserve_version#v}'"
+    install -D -m 0755 "$(si_entrypoint)" "$root/storage-initializer/scripts/initializer-entrypoint"
+    pack "$root" "$d/$sk.tar" ./opt/kserve-storage ./storage-initializer
+    wipe_rootfs "$root"
+  fi
+  find "$d" -maxdepth 1 \( -name 'si-*.tar*' ! -name "$sk.tar*" -o -name 'base-*.tar*' ! -name "$bk.tar*" \) -delete
+  echo "$d/$bk.tar $d/$sk.tar" > "$d/layers"
+}
+si_image_args() {
+  local l layers
+  read -r -a layers < "$cache/storage-initializer/layers"
+  for l in "${layers[@]}"; do printf '%s\n' --layer "$l"; done
+  printf '%s\n' --env PATH=/opt/kserve-storage/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --env HOME=/work --entrypoint '["/storage-initializer/scripts/initializer-entrypoint"]' \
+    --user 1000:1000 --workdir /work
+}
+
 # ---------------------------------------------------------------- dispatch
 image_ref() {
   case $1 in
     serving) echo "ghcr.io/fissure/fissure-serving:$tag" ;;
     kserve-controller) echo "fissure.local/kserve-controller:$kserve_version" ;;
-    *) die "unknown image '$1' (serving, kserve-controller)" ;;
+    storage-initializer) echo "fissure.local/kserve-storage-initializer:$kserve_version" ;;
+    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer)" ;;
   esac
 }
 oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
@@ -194,17 +256,22 @@ oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
   case $img in
     serving) mapfile -t args < <(serving_image_args) ;;
     kserve-controller) args=(--file "$(kserve_bin):/manager" --entrypoint /manager --user 65532:65532) ;;
+    storage-initializer) mapfile -t args < <(si_image_args) ;;
   esac
   python3 "$here/oci-image.py" --name "$(image_ref "$img")" "${args[@]}" "$@"
 }
 
 cmd=${1:-}; shift || true
-[ $# -gt 0 ] || set -- serving kserve-controller
+[ $# -gt 0 ] || set -- serving kserve-controller storage-initializer
 for img in "$@"; do image_ref "$img" >/dev/null; done
 case $cmd in
   build)
     for img in "$@"; do
-      case $img in serving) build_serving ;; kserve-controller) build_kserve_controller ;; esac
+      case $img in
+        serving) build_serving ;;
+        kserve-controller) build_kserve_controller ;;
+        storage-initializer) build_storage_initializer ;;
+      esac
       log "$(image_ref "$img") ready ($(oci "$img" --digest -))"
     done ;;
   digest)
@@ -219,5 +286,5 @@ case $cmd in
       log "importing $ref ($want)"
       oci "$img" - | "${ctr[@]}" images import - >&2
     done ;;
-  *) die "usage: images.sh build|import|digest [serving] [kserve-controller]" ;;
+  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer]" ;;
 esac

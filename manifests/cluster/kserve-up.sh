@@ -5,6 +5,7 @@
 # initializer), with what this machine cannot pull replaced:
 #   - the controller: fissure.local/kserve-controller:VERSION, built by images.sh from KServe's Go
 #     module (only the main controller runs: llmisvc / localmodel need images not built here);
+#   - the storage initializer KServe injects: fissure.local/kserve-storage-initializer:VERSION;
 #   - cert-manager: the webhook's certificate is made here (openssl: a CA and a serving
 #     certificate for kserve-webhook-server-service.kserve.svc, kept under STATE/kserve-pki),
 #     its Secret written and the CA bundle set on the webhook configurations by render-upstream.py.
@@ -21,6 +22,7 @@ state="$(cd "${2:-.fissure/cluster}" 2>/dev/null && pwd)" || { echo "kserve-up: 
 kserve_version="${KSERVE_VERSION:-v0.20.0}"
 gateway_api_version="${GATEWAY_API_VERSION:-v1.2.1}"
 image="fissure.local/kserve-controller:$kserve_version"
+initializer="fissure.local/kserve-storage-initializer:$kserve_version"
 kubectl=("$bin/kubectl" --kubeconfig "$state/kubeconfigs/admin")
 python="$repo/.venv/bin/python"; [ -x "$python" ] || python=python3
 log() { echo ">> kserve-up: $*"; }
@@ -45,8 +47,8 @@ apply() {  # server-side, again while CRDs become established and webhooks come 
   cat "$dl/apply.log" >&2; return 1
 }
 
-log "importing $image"
-CTR_ADDRESS="$state/containerd/containerd.sock" "$here/images.sh" import kserve-controller
+log "importing $image and $initializer"
+CTR_ADDRESS="$state/containerd/containerd.sock" "$here/images.sh" import kserve-controller storage-initializer
 
 log "Gateway API $gateway_api_version CRDs (standard channel)"
 apply -f "$(upstream "gateway-api-$gateway_api_version" standard-install.yaml \
@@ -70,7 +72,7 @@ log "KServe $kserve_version (Standard mode; controller $image; webhook certifica
 "$python" "$repo/manifests/kind/render-upstream.py" kserve \
   "$(upstream "kserve-$kserve_version" kserve.yaml \
      "https://github.com/kserve/kserve/releases/download/$kserve_version/kserve.yaml")" \
-  --controller-image "$image" --webhook-certs "$pki" > "$dl/kserve.yaml"
+  --controller-image "$image" --storage-initializer-image "$initializer" --webhook-certs "$pki" > "$dl/kserve.yaml"
 apply -f "$dl/kserve.yaml"
 "${kubectl[@]}" -n kserve rollout status deploy/kserve-controller-manager --timeout=300s
 # the webhook answers: a server-side dry run of a ServingRuntime goes through it

@@ -20,7 +20,8 @@ kserve: prepends the `kserve` Namespace (the v0.20 release manifest has none); S
   configurations are dropped (their images are not built here). With --webhook-certs DIR
   (ca.crt, tls.crt, tls.key: see manifests/cluster/kserve-up.sh): no cert-manager either, the
   Certificates and the Issuer are dropped, the webhook's Secret is written from DIR and the
-  CA bundle set on the webhook configurations.
+  CA bundle set on the webhook configurations. With --storage-initializer-image IMG: the
+  `default` ClusterStorageContainer and inferenceservice-config's storageInitializer use IMG.
 argo: the same securityContext for the executor (init and wait containers) in
   workflow-controller-configmap.
 
@@ -111,12 +112,23 @@ def _webhook_services(doc: str) -> set[str]:
     return set(re.findall(r"^\s+service:\s*\n\s+name: (\S+)", doc, re.M))
 
 
-def kserve_local(docs: list[str], controller_image: str | None, certs: Path | None) -> list[str]:
+def kserve_local(docs: list[str], controller_image: str | None, certs: Path | None,
+                 storage_initializer_image: str | None = None) -> list[str]:
     """Keep only what runs on a cluster without registry or cert-manager (see the module doc)."""
     out = []
     ca = (certs / "ca.crt").read_bytes() if certs else None
     for doc in docs:
         kind, name = _kind_name(doc)
+        if storage_initializer_image and (kind, name) == ("ClusterStorageContainer", "default"):
+            obj = yaml.safe_load(doc)
+            obj["spec"]["container"].update(image=storage_initializer_image, imagePullPolicy="Never")
+            doc = _dump(obj)
+        if storage_initializer_image and (kind, name) == ("ConfigMap", "inferenceservice-config"):
+            obj = yaml.safe_load(doc)
+            initializer = json.loads(obj["data"]["storageInitializer"])
+            initializer["image"] = storage_initializer_image
+            obj["data"]["storageInitializer"] = json.dumps(initializer, indent=2)
+            doc = _dump(obj)
         if controller_image:
             if (kind, name) in OTHER_CONTROLLERS:
                 continue
@@ -187,13 +199,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="KServe's Gateway as NAMESPACE/NAME (default: %(default)s)")
     parser.add_argument("--controller-image", metavar="IMG",
                         help="kserve: run only KServe's main controller, from IMG (pullPolicy Never)")
+    parser.add_argument("--storage-initializer-image", metavar="IMG",
+                        help="kserve: the storage initializer KServe injects, from IMG (pullPolicy Never)")
     parser.add_argument("--webhook-certs", type=Path, metavar="DIR",
                         help="kserve: the webhook's ca.crt, tls.crt and tls.key instead of cert-manager")
     args = parser.parse_args(argv)
     if not args.manifest.is_file():
         parser.error(f"no such file: {args.manifest}")
-    if args.which != "kserve" and (args.controller_image or args.webhook_certs):
-        parser.error("--controller-image and --webhook-certs are for kserve")
+    local = args.controller_image or args.webhook_certs or args.storage_initializer_image
+    if args.which != "kserve" and local:
+        parser.error("--controller-image, --storage-initializer-image and --webhook-certs are for kserve")
     if args.webhook_certs:
         missing = [f for f in ("ca.crt", "tls.crt", "tls.key") if not (args.webhook_certs / f).is_file()]
         if missing:
@@ -202,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--gateway must be NAMESPACE/NAME, got {args.gateway!r}")
     text = args.manifest.read_text()
     docs = kserve(text, args.gateway) if args.which == "kserve" else argo(text)
-    if args.controller_image or args.webhook_certs:
-        docs = kserve_local(docs, args.controller_image, args.webhook_certs)
+    if local:
+        docs = kserve_local(docs, args.controller_image, args.webhook_certs, args.storage_initializer_image)
     sys.stdout.write("---\n".join(docs))
     return 0
 

@@ -84,8 +84,10 @@ def test_render_kserve_local_runs_only_the_main_controller_without_cert_manager(
     if not KSERVE.is_file():
         pytest.skip(f"KServe's pinned install manifest is not at {KSERVE} (../shared/k8s-upstream)")
     image = "fissure.local/kserve-controller:v0.20.0"
+    initializer = "fissure.local/kserve-storage-initializer:v0.20.0"
     proc = subprocess.run([str(PYTHON), str(RENDER), "kserve", str(KSERVE), "--controller-image", image,
-                           "--webhook-certs", str(certs)], capture_output=True, text=True)
+                           "--webhook-certs", str(certs), "--storage-initializer-image", initializer],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs make ~7 MB of YAML
     docs = [d for d in yaml.load_all(proc.stdout, Loader=loader) if d]
@@ -109,6 +111,11 @@ def test_render_kserve_local_runs_only_the_main_controller_without_cert_manager(
     # the rest is as up.sh renders it for kind
     config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "inferenceservice-config")
     assert json.loads(config["data"]["deploy"])["defaultDeploymentMode"] == "Standard"
+    assert json.loads(config["data"]["storageInitializer"])["image"] == initializer
+    (csc,) = [d for d in docs if d["kind"] == "ClusterStorageContainer"]
+    assert csc["spec"]["container"]["image"] == initializer
+    assert csc["spec"]["container"]["imagePullPolicy"] == "Never"
+    assert csc["spec"]["container"]["securityContext"]["runAsNonRoot"] is True  # still restricted
     assert docs[0]["kind"] == "Namespace"
 
 

@@ -1,8 +1,10 @@
 """KServe for real on `make cluster-up`'s node: images built here (no registry), KServe's controller
 from its Go module with webhook certificates made by the script, and the chart's ServingRuntimes
-and both InferenceServices (tiny models on a hostPath PersistentVolume, `pvc://`) in a namespace
-with Pod Security `restricted` enforced, becoming Ready and answering through their cluster
-Services: v1 predict (classifier), v2 REST and v2 gRPC infer (segmenter).
+and both InferenceServices in a namespace with Pod Security `restricted` enforced: the classifier
+over http:// through KServe's storage initializer (built here too, injected as an init
+container), the segmenter from a hostPath PersistentVolume (`pvc://`, mounted directly). Both
+become Ready and answer through their cluster Services: v1 predict (classifier), v2 REST and v2
+gRPC infer (segmenter).
 
 NOT part of `make test`: a cold run builds ~6 GB of images (the serving image's Python
 environment with torch) and KServe's controller (~15-30 min on 2 cores); warm, about 6-10 min
@@ -13,11 +15,16 @@ environment with torch) and KServe's controller (~15-30 min on 2 cores); warm, a
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
+import http.server
 import io
 import json
 import os
 import socket
 import subprocess
+import tarfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +33,8 @@ from pathlib import Path
 import pytest
 import yaml
 from kube_cluster import REPO, cluster_paths
+
+from ..conftest import free_ports
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.timeout(3600),
@@ -70,16 +79,15 @@ def _storage(models: Path) -> list[dict]:
     return [pv, pvc]
 
 
-def _chart_objects(tag: str) -> tuple[dict[str, str], str]:
+def _chart_objects(tag: str, uris: dict[str, str]) -> tuple[dict[str, str], str]:
     """The chart's ServingRuntimes, serving ServiceAccount and both InferenceServices,
-    pointed at the local image (pullPolicy Never) and the pvc:// models: ({model: the
+    pointed at the local image (pullPolicy Never) and the models' URIs: ({model: the
     InferenceService's name, which may carry the release's prefix}, the objects as YAML)."""
     sets = {
         "servingRuntime.image.registry": "ghcr.io", "servingRuntime.image.repository": "fissure/fissure-serving",
         "servingRuntime.image.tag": tag, "servingRuntime.image.pullPolicy": "Never",
         "servingRuntime.resources.requests.cpu": "250m", "servingRuntime.resources.requests.memory": "1Gi",
-        "models.crack-classifier.storageUri": "pvc://fissure-models/",
-        "models.crack-segmenter.storageUri": "pvc://fissure-models/",
+        **{f"models.{m}.storageUri": uri for m, uri in uris.items()},
         "serving.storage.existingSecret": "",
         "route.type": "none",
     }
@@ -97,6 +105,27 @@ def _chart_objects(tag: str) -> tuple[dict[str, str], str]:
              for d in keep if d["kind"] == "InferenceService"}
     assert set(isvcs) == set(MODELS), isvcs
     return isvcs, yaml.safe_dump_all(keep)
+
+
+def _host_ip() -> str:
+    """The node's address (as up.sh picks it): pods reach the host there."""
+    route = subprocess.run(["ip", "-4", "route", "get", "1.1.1.1"], capture_output=True, text=True).stdout
+    return route.split(" src ")[1].split()[0]
+
+
+@contextlib.contextmanager
+def _http_server(directory: Path, host: str):
+    """Serve `directory` over plain HTTP on host:<free port> (the storage initializer's source)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer((host, free_ports(1)[0]), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def _wait_ready(kubectl: list[str], name: str, seconds: int = 1200) -> None:
@@ -171,14 +200,31 @@ def test_inferenceservices_ready_and_answer_on_the_node(tmp_path):
             "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}}}
         _run([*kubectl, "apply", "-f", "-"], input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                                 "items": [namespace, *_storage(models)]}))
-        isvcs, objects = _chart_objects(tag)
-        _run([*kubectl, "apply", "--server-side", "-f", "-"], input=objects)
-        for model, name in isvcs.items():
-            _wait_ready(kubectl, name)
-            pod = json.loads(_run([*kubectl, "-n", NS, "get", "pods", "-l",
-                                   f"serving.kserve.io/inferenceservice={name}", "-o", "json"]).stdout)["items"][0]
-            assert not pod["spec"].get("initContainers"), "pvc:// needs no storage initializer"
+        # the classifier comes over http:// through KServe's storage initializer (an archive it
+        # unpacks), the segmenter from the PersistentVolume (pvc://, mounted, no init container)
+        www = tmp_path / "www"
+        www.mkdir()
+        with tarfile.open(www / "models.tar.gz", "w:gz") as archive:
+            for part in ("model-store", "config"):
+                archive.add(models / part, arcname=part)
+        with _http_server(www, _host_ip()) as base_url:
+            isvcs, objects = _chart_objects(tag, {"crack-classifier": f"{base_url}/models.tar.gz",
+                                                  "crack-segmenter": "pvc://fissure-models/"})
+            _run([*kubectl, "apply", "--server-side", "-f", "-"], input=objects)
+            for name in isvcs.values():
+                _wait_ready(kubectl, name)
+        pods = {model: json.loads(_run([*kubectl, "-n", NS, "get", "pods", "-l",
+                                        f"serving.kserve.io/inferenceservice={name}", "-o", "json"]).stdout)["items"][0]
+                for model, name in isvcs.items()}
+        for pod in pods.values():
             assert pod["spec"]["containers"][0]["image"] == f"ghcr.io/fissure/fissure-serving:{tag}"
+        assert not pods["crack-segmenter"]["spec"].get("initContainers"), "pvc:// needs no storage initializer"
+        # the injected storage initializer: the local image, admitted by Pod Security restricted, done
+        (init,) = pods["crack-classifier"]["spec"]["initContainers"]
+        assert init["image"] == "fissure.local/kserve-storage-initializer:v0.20.0"
+        assert init["securityContext"]["runAsNonRoot"] is True
+        (status,) = pods["crack-classifier"]["status"]["initContainerStatuses"]
+        assert status["state"]["terminated"]["exitCode"] == 0, status
 
         # through each predictor's cluster Service (kube-proxy routes the ClusterIP)
         png = _png()
