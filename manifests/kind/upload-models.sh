@@ -32,5 +32,7 @@ for model in crack-classifier crack-segmenter; do
     kubectl -n "$ns" exec -i "$pod" -- mc --config-dir /tmp/mc pipe "m/fissure-models/$model/champion/$rel" \
       < "$src/$model/$rel" >/dev/null
   done
-  kubectl -n "$ns" rollout restart deploy -l "serving.kserve.io/inferenceservice=$model" || true
+  # the chart names each InferenceService <release>-<model>; its predictor Deployment carries that name
+  kubectl -n "$ns" rollout restart deploy -l "serving.kserve.io/inferenceservice=$release-$model" \
+    || echo "upload-models: no predictor of $release-$model to restart (is the chart installed?)"
 done
