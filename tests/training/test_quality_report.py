@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from fissure.data import synth
+from fissure.data.loaders import source_tag
 from fissure.training import slices as S
 from fissure.training.evaluate import evaluate_classifier, evaluate_segmenter
 from fissure.training.datasets import eval_items
@@ -65,13 +66,13 @@ def test_crack_width_is_the_median_width_along_the_crack():
     assert S.size_bucket(3000, 4000) == "size:>2048px"
 
 
-def test_source_tags_are_the_ones_prepare_gives_its_files():
-    from fissure.data.prepare import _tag
-
-    paths = ["../shared/datasets/deepcrack/train", "/data/crack forest/all", "/data/crack_forest/all", "x", "/a/b/c/"]
-    ours, theirs = set(), set()
-    for path in paths + paths:  # taken tags get numbered the same way
-        assert S.source_tag(path, ours) == _tag(path, theirs), path
+def test_source_tags_name_a_folder_by_its_last_two_parts_and_number_repeats():
+    # prepare and the quality report share fissure.data.loaders.source_tag: files and report agree
+    taken = set()
+    assert source_tag("../shared/datasets/deepcrack/train", taken) == "deepcrack-train"
+    assert source_tag("/data/crack forest/all", taken) == "crack-forest-all"
+    assert source_tag("/other/deepcrack/train/", taken) == "deepcrack-train2"
+    assert taken == {"deepcrack-train", "crack-forest-all", "deepcrack-train2"}
 
 
 def test_synthetic_hard_negatives_are_named_only_for_the_very_file(tmp_path):

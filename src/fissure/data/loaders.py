@@ -10,12 +10,26 @@ Only file discovery and validation live here; decoding is :mod:`fissure.preproce
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from fissure.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def source_tag(path: str, taken: set[str]) -> str:
+    """The prefix ``fissure data prepare`` gives the files of a real source folder (so evaluation
+    can tell which dataset an item came from): the folder's last two path parts, made file-name
+    safe, numbered when already in ``taken`` (which it joins)."""
+    parts = [p for p in Path(path).resolve().parts if p not in ("/", "")][-2:]
+    tag = re.sub(r"[^A-Za-z0-9_.]+", "-", "-".join(parts)).strip("-.") or "src"
+    base, k = tag, 2
+    while tag in taken:
+        tag, k = f"{base}{k}", k + 1
+    taken.add(tag)
+    return tag
 
 
 def _images_in(folder: Path) -> list[Path]:

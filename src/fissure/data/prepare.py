@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from fissure.data.loaders import (
     classification_set,
     segmentation_items,
     source_layout,
+    source_tag,
 )
 from fissure.data.patches import PatchSpec, extract_patches
 from fissure.errors import DataError, UsageError
@@ -272,16 +272,6 @@ def _split_of(ids: list[str], seed: int, val: float, test: float, role: str = "s
     return out
 
 
-def _tag(path: str, taken: set[str]) -> str:
-    parts = [p for p in Path(path).resolve().parts if p not in ("/", "")][-2:]
-    tag = re.sub(r"[^A-Za-z0-9_.]+", "-", "-".join(parts)).strip("-.") or "src"
-    base, k = tag, 2
-    while tag in taken:
-        tag, k = f"{base}{k}", k + 1
-    taken.add(tag)
-    return tag
-
-
 def _fit(img: Image.Image, mask: np.ndarray | None, max_side: int) -> tuple[Image.Image, np.ndarray | None]:
     w, h = img.size
     if max(w, h) <= max_side:
@@ -364,13 +354,13 @@ def _plan(source: Source, params: PrepareParams, taken: set[str]) -> _Plan:
     layout = source_layout(source.path) if source.layout == "auto" else source.layout
     if layout == "segment":
         items = segmentation_items(source.path)
-        tag = _tag(source.path, taken)
+        tag = source_tag(source.path, taken)
         return _Plan(source, "segment", tag, [f"{tag}-{it.image.stem}" for it in items], items)
     root = class_root(source.path)
     if root is None:
         raise DataError(f"{source.path}: layout classes needs <class>/ folders or images/<class>/ folders")
     cset = classification_set(root)
-    tag = _tag(source.path, taken)
+    tag = source_tag(source.path, taken)
     items = [(path, cset.classes[k]) for path, k in cset.items]
     ids = [f"{tag}-{path.stem}" for path, _ in items]
     if len(set(ids)) != len(ids):

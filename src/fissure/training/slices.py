@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from fissure.data.loaders import source_tag
 from fissure.training import metrics as M
 
 THIN_MAX_PX = 3.0  # median crack width (px) of a "thin" image; above it "wide"
@@ -82,20 +83,6 @@ def find_manifest(folder: str | Path, levels: int = 3) -> dict | None:
                 return None
             return data if isinstance(data, dict) and "sources" in data else None
     return None
-
-
-def source_tag(path: str, taken: set[str]) -> str:
-    """The prefix ``fissure data prepare`` gives the files of a real source folder: its last two
-    path parts, made file-name safe, numbered when taken. The same rule as
-    ``fissure.data.prepare._tag`` (a test holds them equal); repeated here so that the training
-    and evaluation stages do not import (and depend on) the prepare stage's code."""
-    parts = [p for p in Path(path).resolve().parts if p not in ("/", "")][-2:]
-    tag = re.sub(r"[^A-Za-z0-9_.]+", "-", "-".join(parts)).strip("-.") or "src"
-    base, k = tag, 2
-    while tag in taken:
-        tag, k = f"{base}{k}", k + 1
-    taken.add(tag)
-    return tag
 
 
 class SourceIndex:
