@@ -9,7 +9,7 @@ from fissure import MODEL_NAMES
 
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--task", type=click.Choice(sorted(MODEL_NAMES)), required=True,
-              help="classify: crack / no_crack images; segment: images/ + masks/.")
+              help="classify: one folder per class (crack/ no_crack/, or any defect classes: the folder names become the model's classes); segment: images/ + masks/.")
 @click.option("--data", "data", type=click.Path(file_okay=False), required=True,
               help="Split root with train/ val/ (test/) subfolders, or one folder split deterministically.")
 @click.option("--epochs", type=int, default=None, help="Maximum epochs (early stopping may end sooner).")
