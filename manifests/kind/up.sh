@@ -1,13 +1,38 @@
 #!/usr/bin/env bash
 # make kind-up: a kind cluster with everything fissure needs, at pinned versions
-# (versions.env): cert-manager, Gateway API + Envoy Gateway, KServe (Standard mode, Gateway
-# API), Argo Workflows, kube-prometheus-stack. MinIO comes with the fissure chart itself.
-# Needs docker, kind, kubectl, helm. Written for a laptop; not run on the project's CI
+# (versions.env): metrics-server, cert-manager, Gateway API + Envoy Gateway, KServe (Standard
+# mode, Gateway API), Argo Workflows, kube-prometheus-stack. MinIO comes with the fissure chart
+# itself. Needs docker, kind, kubectl, helm. Written for a laptop; not run on the project's CI
 # machines (they have no Docker engine).
+#
+# Usage: up.sh [CLUSTER]                        create (or complete) the kind cluster CLUSTER
+#        up.sh --render-metrics-server FILE     print metrics-server's manifest FILE as applied
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=manifests/kind/versions.env
 source "$here/versions.env"
+
+# metrics-server's upstream manifest with --kubelet-insecure-tls added to its container args:
+# kind's kubelets serve self-signed certificates that metrics-server refuses otherwise (and then
+# reports no metrics, so no HorizontalPodAutoscaler, KServe's included, ever acts). Edited in the
+# manifest, not patched afterwards, so a second server-side apply does not conflict.
+render_metrics_server() {  # render_metrics_server FILE -> manifest on stdout
+  local out
+  out="$(sed 's|^\( *\)- --cert-dir=/tmp$|&\n\1- --kubelet-insecure-tls|' "$1")"
+  if [ "$(grep -c -- '- --kubelet-insecure-tls$' <<<"$out")" != 1 ]; then
+    echo "kind-up: cannot add --kubelet-insecure-tls to $1 (no '- --cert-dir=/tmp' arg, or more than one)" >&2
+    return 1
+  fi
+  printf '%s\n' "$out"
+}
+
+case "${1:-}" in
+  -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+  --render-metrics-server)
+    [ -f "${2:-}" ] || { echo "kind-up: --render-metrics-server needs a manifest file" >&2; exit 2; }
+    render_metrics_server "$2"; exit ;;
+  -*) echo "kind-up: unknown option '$1' (see --help)" >&2; exit 2 ;;
+esac
 cluster="${1:-fissure}"
 helm="${HELM:-helm}"
 
@@ -40,6 +65,16 @@ apply() {
   return 1
 }
 python="$here/../../.venv/bin/python"; [ -x "$python" ] || python=python3
+
+echo ">> metrics-server $METRICS_SERVER_VERSION (--kubelet-insecure-tls: kind's kubelet certificates are self-signed)"
+# The resource metrics API that KServe's CPU autoscaling (an HPA per InferenceService) reads.
+# ../shared/k8s-upstream has no copy of it: the release URL is used.
+curl -fsSL -o "$dl/metrics-server-components.yaml" \
+  "https://github.com/kubernetes-sigs/metrics-server/releases/download/$METRICS_SERVER_VERSION/components.yaml"
+render_metrics_server "$dl/metrics-server-components.yaml" > "$dl/metrics-server.yaml"
+apply -f "$dl/metrics-server.yaml"
+kubectl -n kube-system rollout status deploy/metrics-server --timeout=300s
+kubectl wait --for=condition=Available apiservice/v1beta1.metrics.k8s.io --timeout=120s
 
 echo ">> cert-manager $CERT_MANAGER_VERSION"
 apply -f "https://github.com/cert-manager/cert-manager/releases/download/$CERT_MANAGER_VERSION/cert-manager.yaml"
