@@ -3,28 +3,40 @@
 #
 #   cluster-images   [root] fissure's serving image (serving/Dockerfile's recipe: Debian bookworm
 #                    by mmdebstrap + the venv by uv from its cache), KServe's controller (from its
-#                    Go module) and KServe's storage initializer (Debian trixie + kserve-storage),
-#                    cached by content hash under $(CACHE)/images and $(CACHE)/kserve; imported
-#                    into the cluster when it is up. A warm run only hashes and compares digests.
+#                    Go module), KServe's storage initializer (Debian trixie + kserve-storage), CoreDNS
+#                    (from its Go module) and a Debian image with curl (the chart's `helm test` pods),
+#                    cached by content hash under $(CACHE)/images, $(CACHE)/kserve and $(CACHE)/coredns;
+#                    imported into the cluster when it is up. A warm run only hashes and compares digests.
+#   cluster-dns      [root] CoreDNS on the node (manifests/cluster/coredns.yaml): Service names resolve.
 #   cluster-kserve   [root] KServe on `make cluster-up`'s node (manifests/cluster/kserve-up.sh).
 #   test-cluster     [root] tests/cluster/test_cluster_kserve.py: both InferenceServices Ready and
-#                    answering on the node. Not part of `make test` (~7-10 min with the images
-#                    cached, ~30 min more from an empty cache: see docs/cluster.md).
+#                    answering on the node; tests/cluster/test_cluster_helm.py: `helm install` of the
+#                    chart (manifests/cluster/values-node.yaml), `helm test`, `helm upgrade` under a
+#                    polling client. Not part of `make test` (each ~7-12 min with the images cached,
+#                    ~30 min more from an empty cache: see docs/cluster.md).
 
 KSERVE_VERSION ?= v0.20.0
-CLUSTER_IMAGES_ENV = CACHE=$(CACHE) GO=$(GO) UV=$(UV) TAG=$(IMAGE_TAG) KSERVE_VERSION=$(KSERVE_VERSION)
+COREDNS_VERSION ?= v1.12.4
+CLUSTER_IMAGES_ENV = CACHE=$(CACHE) GO=$(GO) UV=$(UV) TAG=$(IMAGE_TAG) KSERVE_VERSION=$(KSERVE_VERSION) COREDNS_VERSION=$(COREDNS_VERSION)
+CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl coredns
 
-.PHONY: cluster-images cluster-kserve test-cluster
+.PHONY: cluster-images cluster-kserve cluster-dns test-cluster
 
-cluster-images: venv cluster-node-apt ## [root] build the serving, KServe controller and storage-initializer images (cached) and import them into a running cluster
-	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build serving kserve-controller storage-initializer
+cluster-images: venv cluster-node-apt ## [root] build the serving, KServe controller, storage-initializer, CoreDNS and curl images (cached) and import them into a running cluster
+	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build $(CLUSTER_IMAGE_NAMES)
 	@if [ -S $(CLUSTER_STATE)/containerd/containerd.sock ]; then \
-	  CTR_ADDRESS=$(CLUSTER_STATE)/containerd/containerd.sock $(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh import serving kserve-controller storage-initializer; \
+	  CTR_ADDRESS=$(CLUSTER_STATE)/containerd/containerd.sock $(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh import $(CLUSTER_IMAGE_NAMES); \
 	else echo ">> no cluster up: images built, not imported (make cluster-up, then make cluster-images)"; fi
 
 cluster-kserve: k8s-binaries cluster-node-apt ## [root] KServe (Standard mode, local controller image, own webhook certificates) on the cluster-up node
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build kserve-controller storage-initializer
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/kserve-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
 
-test-cluster: venv k8s-binaries k8s-tools cluster-node-apt ## [root] the cluster test that builds images (~7-10 min warm, ~30 min more cold): both InferenceServices on the node
-	FISSURE_TEST_CLUSTER=1 $(VENV)/bin/python -m pytest -q tests/cluster/test_cluster_kserve.py $(PYTEST_ARGS)
+cluster-dns: k8s-binaries cluster-node-apt ## [root] CoreDNS (built here) on the cluster-up node, at kubelet's clusterDNS 10.96.0.10
+	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build coredns
+	CTR_ADDRESS=$(CLUSTER_STATE)/containerd/containerd.sock $(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh import coredns
+	$(K8S_RELEASE_BIN)/kubectl --kubeconfig $(CLUSTER_STATE)/kubeconfigs/admin apply -f manifests/cluster/coredns.yaml
+	$(K8S_RELEASE_BIN)/kubectl --kubeconfig $(CLUSTER_STATE)/kubeconfigs/admin -n kube-system rollout status deployment/coredns --timeout=300s
+
+test-cluster: venv k8s-binaries k8s-tools cluster-node-apt ## [root] the cluster tests that build images (~7-12 min each warm, ~30 min more cold): KServe and the chart (helm install/test/upgrade) on the node
+	FISSURE_TEST_CLUSTER=1 $(VENV)/bin/python -m pytest -q tests/cluster/test_cluster_kserve.py tests/cluster/test_cluster_helm.py $(PYTEST_ARGS)

@@ -18,8 +18,14 @@
 #                      archives with tarfile's filter=, which bookworm's 3.11.2 lacks) + kserve-storage
 #                      at KServe's version from PyPI in /opt/kserve-storage + the entrypoint script
 #                      from KServe's module source (python/storage-initializer), user 1000.
+#   debian-curl        fissure.local/debian-curl:bookworm, Debian bookworm (mmdebstrap) with curl:
+#                      the chart's `helm test` pods (tests.image in values-node.yaml), user 65532.
+#   coredns            fissure.local/coredns:COREDNS_VERSION, the cluster's DNS (the pods' URLs name
+#                      Services): CoreDNS built from its Go module with only the plugins coredns.yaml's
+#                      Corefile uses (upstream's plugin list pulls in every cloud SDK), one-file image.
 #
-# usage: images.sh build|import|digest [IMAGE...] (default: all three)   (env: CACHE, TAG, KSERVE_VERSION, GO, CTR_ADDRESS)
+# usage: images.sh build|import|digest [IMAGE...] (default: serving kserve-controller storage-initializer)
+#        (env: CACHE, TAG, KSERVE_VERSION, COREDNS_VERSION, GO, CTR_ADDRESS)
 # `import` needs the cluster's containerd socket (CTR_ADDRESS, default .fissure/cluster/containerd/containerd.sock).
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
@@ -28,6 +34,7 @@ repo="$(cd "$here/../.." && pwd)"
 cache="${CACHE:-$HOME/.cache/fissure}/images"
 tag="${TAG:-0.1.0}"
 kserve_version="${KSERVE_VERSION:-v0.20.0}"
+coredns_version="${COREDNS_VERSION:-v1.12.4}"
 go="${GO:-go}"
 uv="${UV:-${CACHE:-$HOME/.cache/fissure}/bootstrap/bin/uv}"
 uv_cache="${UV_CACHE_DIR:-${CACHE:-$HOME/.cache/fissure}/uv}"
@@ -242,13 +249,74 @@ si_image_args() {
     --user 1000:1000 --workdir /work
 }
 
+# ---------------------------------------------------------------- debian-curl (helm test pods)
+curl_packages=curl,ca-certificates
+curl_key() { printf '%s\n' "v1" "$suite" "$curl_packages" | sha; }
+build_debian_curl() {
+  local d="$cache/debian-curl" k root; mkdir -p "$d"
+  k=curl-$(curl_key); root="$d/rootfs"
+  if [ ! -f "$d/$k.tar" ]; then
+    command -v mmdebstrap >/dev/null || die "mmdebstrap is missing: apt-get install mmdebstrap"
+    log "debian-curl layer $k: Debian $suite + $curl_packages (mmdebstrap)"
+    wipe_rootfs "$root"
+    nice -n 10 mmdebstrap --quiet --variant=minbase --include="$curl_packages" "$suite" "$root" >&2
+    chroot "$root" sh -ec 'rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; : > /etc/resolv.conf'
+    pack "$root" "$d/$k.tar" .
+    wipe_rootfs "$root"
+  fi
+  find "$d" -maxdepth 1 -name 'curl-*.tar*' ! -name "$k.tar*" -delete
+  echo "$d/$k.tar" > "$d/layers"
+}
+
+# ---------------------------------------------------------------- coredns
+coredns_bin() { echo "${CACHE:-$HOME/.cache/fissure}/coredns/$coredns_version/coredns"; }
+build_coredns() {  # a main package with the plugins coredns.yaml's Corefile needs, built against CoreDNS's module
+  local out tmp; out=$(coredns_bin)
+  [ -x "$out" ] && return 0
+  log "building CoreDNS $coredns_version (Go module proxy, a few minutes cold)"
+  tmp=$(mktemp -d); mkdir -p "$(dirname "$out")"
+  cat > "$tmp/main.go" <<'GO'
+// CoreDNS with only the plugins of manifests/cluster/coredns.yaml's Corefile.
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/forward"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loadbalance"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/loop"
+	_ "github.com/coredns/coredns/plugin/ready"
+	_ "github.com/coredns/coredns/plugin/reload"
+)
+
+// upstream's order (core/dnsserver/zdirectives.go), restricted to the plugins above
+func init() {
+	dnsserver.Directives = []string{"reload", "ready", "health", "errors", "log", "loadbalance", "cache", "kubernetes", "loop", "forward"}
+}
+
+func main() { coremain.Run() }
+GO
+  printf 'module fissure.local/coredns\n\ngo 1.25.0\n' > "$tmp/go.mod"
+  (cd "$tmp" && export GOFLAGS= && "$go" get "github.com/coredns/coredns@$coredns_version" && "$go" mod tidy \
+     && CGO_ENABLED=0 nice -n 10 "$go" build -trimpath -ldflags "-s -w" -o "$out.tmp" .) >&2 \
+    || { rm -rf "$tmp"; die "go build of CoreDNS $coredns_version failed"; }
+  rm -rf "$tmp"; mv "$out.tmp" "$out"
+}
+
 # ---------------------------------------------------------------- dispatch
 image_ref() {
   case $1 in
     serving) echo "ghcr.io/fissure/fissure-serving:$tag" ;;
     kserve-controller) echo "fissure.local/kserve-controller:$kserve_version" ;;
     storage-initializer) echo "fissure.local/kserve-storage-initializer:$kserve_version" ;;
-    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer)" ;;
+    debian-curl) echo "fissure.local/debian-curl:$suite" ;;
+    coredns) echo "fissure.local/coredns:$coredns_version" ;;
+    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, coredns)" ;;
   esac
 }
 oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
@@ -257,6 +325,9 @@ oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
     serving) mapfile -t args < <(serving_image_args) ;;
     kserve-controller) args=(--file "$(kserve_bin):/manager" --entrypoint /manager --user 65532:65532) ;;
     storage-initializer) mapfile -t args < <(si_image_args) ;;
+    debian-curl) args=(--layer "$(cat "$cache/debian-curl/layers")" --user 65532:65532
+      --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --entrypoint '["/bin/sh"]') ;;
+    coredns) args=(--file "$(coredns_bin):/coredns" --entrypoint /coredns --user 65532:65532) ;;
   esac
   python3 "$here/oci-image.py" --name "$(image_ref "$img")" "${args[@]}" "$@"
 }
@@ -271,6 +342,8 @@ case $cmd in
         serving) build_serving ;;
         kserve-controller) build_kserve_controller ;;
         storage-initializer) build_storage_initializer ;;
+        debian-curl) build_debian_curl ;;
+        coredns) build_coredns ;;
       esac
       log "$(image_ref "$img") ready ($(oci "$img" --digest -))"
     done ;;
@@ -286,5 +359,5 @@ case $cmd in
       log "importing $ref ($want)"
       oci "$img" - | "${ctr[@]}" images import - >&2
     done ;;
-  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer]" ;;
+  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [coredns]" ;;
 esac

@@ -1,0 +1,192 @@
+"""The fissure chart itself on `make cluster-up`'s node, installed as a user installs it:
+`helm install --wait` with manifests/cluster/values-node.yaml (every image built here, pullPolicy
+Never), into a namespace made by manifests/kind/secrets.sh (Pod Security `restricted` enforced),
+with KServe (kserve-up.sh) and the cluster's DNS (coredns.yaml, CoreDNS built here) running.
+Both InferenceServices become Ready and answer through their Services, `helm test` passes, and
+`helm upgrade` with a changed value (a predictor pod annotation, so KServe rolls both predictor
+Deployments over) completes while a client polls v1 predict throughout with no failed request.
+
+The API, MLflow, PostgreSQL and MinIO are off in values-node.yaml (their images are not built
+here yet: docs/cluster.md); the models come from a hostPath PersistentVolume (pvc://).
+
+NOT part of `make test` (the same images as test_cluster_kserve.py, ~6 GB): run it with
+`make test-cluster` (root), which sets FISSURE_TEST_CLUSTER=1.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from kube_cluster import REPO, cluster_paths
+
+from .test_cluster_kserve import (
+    CLUSTER, FIXED_PORTS, HELM, MODELS, NS, _in_use, _png, _post, _run, _service, _storage, _wait_ready,
+)
+
+pytestmark = [
+    pytest.mark.slow, pytest.mark.timeout(3600),
+    pytest.mark.skipif(os.environ.get("FISSURE_TEST_CLUSTER") != "1",
+                       reason="builds ~6 GB of images: run it with `make test-cluster` (root)"),
+]
+RELEASE = "fissure"
+VALUES = CLUSTER / "values-node.yaml"
+
+
+class Poller(threading.Thread):
+    """POSTs v1 predict to `url` back to back until stopped; keeps every failure."""
+
+    def __init__(self, url: str, body: dict):
+        super().__init__(daemon=True)
+        self.url, self.body = url, json.dumps(body).encode()
+        self.ok, self.failures = 0, []
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            req = urllib.request.Request(self.url, data=self.body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    answer = json.load(r)
+                if answer["predictions"][0]["label"] not in ("crack", "no_crack"):
+                    raise ValueError(f"unexpected answer {answer}")
+                self.ok += 1
+            except Exception as e:  # noqa: BLE001 - every kind of failure counts
+                self.failures.append(f"{time.strftime('%H:%M:%S')} {type(e).__name__}: {e}")
+            time.sleep(0.2)
+
+
+def _isvc_names(kubectl: list[str]) -> dict[str, str]:
+    items = json.loads(_run([*kubectl, "-n", NS, "get", "inferenceservice", "-l",
+                             f"app.kubernetes.io/instance={RELEASE}", "-o", "json"]).stdout)["items"]
+    return {i["metadata"]["labels"]["fissure.dev/model"]: i["metadata"]["name"] for i in items}
+
+
+def _rolled_over(kubectl: list[str], deployment: str, key: str, value: str, seconds: int = 900) -> None:
+    """Wait until KServe has put the annotation on the predictor Deployment and the rollout is done."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        dep = json.loads(_run([*kubectl, "-n", NS, "get", "deployment", deployment, "-o", "json"]).stdout)
+        if dep["spec"]["template"]["metadata"].get("annotations", {}).get(key) == value:
+            break
+        time.sleep(3)
+    else:
+        pytest.fail(f"KServe did not roll {deployment} over to {key}={value}")
+    _run([*kubectl, "-n", NS, "rollout", "status", f"deployment/{deployment}", "--timeout=900s"], timeout=960)
+
+
+def test_helm_install_test_and_upgrade_on_the_node(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("the single-node cluster needs root (kubelet, containerd, CNI)")
+    if any(_in_use(p) for p in FIXED_PORTS) or Path("/var/lib/kubelet").exists():
+        pytest.skip("a cluster seems to be up already: `make cluster-down` first")
+    bin_dir = cluster_paths()["K8S_RELEASE_BIN"]
+    _run(["make", "-s", "cluster-images"], cwd=REPO, timeout=3600)  # cached: a warm run only hashes
+    state = tmp_path / "cluster"
+    kubeconfig = state / "kubeconfigs" / "admin"
+    kubectl = [f"{bin_dir}/kubectl", "--kubeconfig", str(kubeconfig)]
+    env = {**os.environ, "CTR_ADDRESS": str(state / "containerd" / "containerd.sock"),
+           "KUBECONFIG": str(kubeconfig), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    times: dict[str, float] = {}
+    try:
+        _run(["bash", str(CLUSTER / "up.sh"), bin_dir, str(state)], cwd=REPO, timeout=900)
+        _run(["bash", str(CLUSTER / "images.sh"), "import", "serving", "debian-curl", "coredns"],
+             cwd=REPO, env=env, timeout=1800)
+        _run([*kubectl, "apply", "-f", str(CLUSTER / "coredns.yaml")])
+        _run([*kubectl, "-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=300s"], timeout=360)
+        _run(["bash", str(CLUSTER / "kserve-up.sh"), bin_dir, str(state)], cwd=REPO, env=env, timeout=900)
+
+        models = state / "models"
+        menv = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                "FISSURE_HOME": str(tmp_path / "home"), "FISSURE_TORCH_THREADS": "1"}
+        _run([str(REPO / ".venv" / "bin" / "python"), str(REPO / "tests" / "serving" / "_models.py"), str(models)],
+             env=menv, timeout=600)
+        subprocess.run(["chmod", "-R", "a+rX", str(models)], check=True)
+        # the namespace (Pod Security restricted) and the chart's Secrets, as a user makes them
+        _run(["bash", str(REPO / "manifests" / "kind" / "secrets.sh"), NS], env=env)
+        labels = json.loads(_run([*kubectl, "get", "namespace", NS, "-o", "json"]).stdout)["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
+        _run([*kubectl, "apply", "-f", "-"], input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                                "items": _storage(models)}))
+
+        helm = [str(HELM), "--kubeconfig", str(kubeconfig)]
+        chart = str(REPO / "charts" / "fissure")
+        start = time.monotonic()
+        _run([*helm, "install", RELEASE, chart, "-n", NS, "-f", str(VALUES), "--wait", "--timeout", "15m"],
+             env=env, timeout=1000)
+        times["helm install --wait"] = time.monotonic() - start
+        isvcs = _isvc_names(kubectl)
+        assert set(isvcs) == set(MODELS), isvcs
+        for name in isvcs.values():
+            _wait_ready(kubectl, name)
+        times["install to both InferenceServices Ready"] = time.monotonic() - start
+
+        png = _png()
+        b64 = base64.b64encode(png).decode()
+        clf = _service(kubectl, isvcs["crack-classifier"])
+        v1_url = f"http://{clf}/v1/models/crack-classifier:predict"
+        v1_body = {"instances": [{"b64": b64}]}
+        pred = _post(v1_url, v1_body)["predictions"][0]
+        assert pred["label"] in ("crack", "no_crack"), pred
+        seg = _service(kubectl, isvcs["crack-segmenter"])
+        answer = _post(f"http://{seg}/v2/models/crack-segmenter/infer",
+                       {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64]}]})
+        assert {o["name"] for o in answer["outputs"]} >= {"mask_png", "crack_ratio"}, answer
+
+        start = time.monotonic()
+        # (no --logs: the chart's test pods are deleted on success, hook-delete-policy hook-succeeded,
+        # and `helm test --logs` then fails with "unable to get pod logs ... not found")
+        tested = _run([*helm, "test", RELEASE, "-n", NS, "--timeout", "10m"], env=env, timeout=700)
+        times["helm test"] = time.monotonic() - start
+        # the test pod resolved the predictors' Service names (CoreDNS), asked each for readiness
+        # and ran one v2 inference (curl -f, and its answer has "outputs")
+        assert "Phase:          Succeeded" in tested.stdout, tested.stdout
+
+        # helm upgrade to changed values while a client polls v1 predict through the Service
+        before = {m: json.loads(_run([*kubectl, "-n", NS, "get", "pods", "-l",
+                                      f"serving.kserve.io/inferenceservice={n}", "-o", "json"]).stdout)["items"]
+                  for m, n in isvcs.items()}
+        poller = Poller(v1_url, v1_body)
+        poller.start()
+        try:
+            time.sleep(5)
+            start = time.monotonic()
+            _run([*helm, "upgrade", RELEASE, chart, "-n", NS, "-f", str(VALUES), "--wait", "--timeout", "15m",
+                  "--set-string", "serving.podAnnotations.fissure\\.dev/rollout=2"], env=env, timeout=1000)
+            for name in isvcs.values():
+                _rolled_over(kubectl, f"{name}-predictor", "fissure.dev/rollout", "2")
+                _wait_ready(kubectl, name)
+            times["helm upgrade to both predictors rolled over"] = time.monotonic() - start
+            time.sleep(20)  # the old pods' preStop and drain, and kube-proxy's rules, settle under load
+        finally:
+            poller.stop.set()
+            poller.join(timeout=60)
+        after = {m: json.loads(_run([*kubectl, "-n", NS, "get", "pods", "-l",
+                                     f"serving.kserve.io/inferenceservice={n}", "-o", "json"]).stdout)["items"]
+                 for m, n in isvcs.items()}
+        for model in MODELS:
+            old = {p["metadata"]["name"] for p in before[model]}
+            new = [p for p in after[model] if p["metadata"]["name"] not in old]
+            assert new, f"{model}: no new predictor pod after the upgrade"
+            assert all(p["metadata"]["annotations"].get("fissure.dev/rollout") == "2" for p in new), new
+        print(f"poller: {poller.ok} answers, {len(poller.failures)} failures; times: {json.dumps(times)}")
+        assert poller.ok > 10, poller.ok
+        assert not poller.failures, poller.failures[:20]
+        history = _run([*helm, "history", RELEASE, "-n", NS, "-o", "json"], env=env).stdout
+        assert [h["status"] for h in json.loads(history)] == ["superseded", "deployed"], history
+    finally:
+        if times:
+            print(f"times (s): { {k: round(v) for k, v in times.items()} }")
+        down = subprocess.run(["bash", str(CLUSTER / "down.sh"), str(state)], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not Path("/var/lib/kubelet").exists()
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    assert "KUBE-" not in rules, rules[-2000:]
