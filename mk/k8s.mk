@@ -56,7 +56,9 @@ KUBECTL_VALIDATE_TARGETS = manifests/rendered manifests/kind/gateway.yaml $(wild
 CHART := charts/fissure
 RELEASE ?= fissure
 NAMESPACE ?= fissure
-KUBECONFORM_FLAGS = -strict -summary -output text \
+# Helm values files under manifests/ (values-*.yaml, e.g. manifests/cluster/values-node.yaml) are
+# not Kubernetes objects: kubeconform skips them (tests/k8s/test_k8s.py does the same).
+KUBECONFORM_FLAGS = -strict -summary -output text -ignore-filename-pattern '(^|/)values-[^/]*\.yaml$$' \
 	-schema-location '$(K8S_SCHEMAS)/{{ .ResourceKind }}{{ .KindSuffix }}.json' \
 	-schema-location '$(CRD_SCHEMAS)/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json' \
 	-schema-location 'tests/k8s/schemas/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json'

@@ -95,7 +95,7 @@ def docs(path: Path) -> list[dict]:
 
 def kubeconform(tools, *targets: str, ok: bool = True) -> subprocess.CompletedProcess:
     return run([
-        tools["KUBECONFORM"], "-strict", "-summary",
+        tools["KUBECONFORM"], "-strict", "-summary", "-ignore-filename-pattern", r"(^|/)values-[^/]*\.yaml$",
         "-schema-location", f"{tools['K8S_SCHEMAS']}/{{{{ .ResourceKind }}}}{{{{ .KindSuffix }}}}.json",
         "-schema-location", f"{tools['CRD_SCHEMAS']}/{{{{ .ResourceKind }}}}_{{{{ .ResourceAPIVersion }}}}.json",
         "-schema-location", "tests/k8s/schemas/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json",
