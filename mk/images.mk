@@ -4,7 +4,7 @@
 #   cluster-images   [root] fissure's serving image (serving/Dockerfile's recipe: Debian bookworm
 #                    by mmdebstrap + the venv by uv from its cache), KServe's controller (from its
 #                    Go module), KServe's storage initializer (Debian trixie + kserve-storage), CoreDNS
-#                    (from its Go module) and a Debian image with curl (the chart's `helm test` pods),
+#                    (from its Go module), PostgreSQL (Debian's) and a Debian image with curl (`helm test`),
 #                    cached by content hash under $(CACHE)/images, $(CACHE)/kserve and $(CACHE)/coredns;
 #                    imported into the cluster when it is up. A warm run only hashes and compares digests.
 #   cluster-dns      [root] CoreDNS on the node (manifests/cluster/coredns.yaml): Service names resolve.
@@ -18,11 +18,11 @@
 KSERVE_VERSION ?= v0.20.0
 COREDNS_VERSION ?= v1.12.4
 CLUSTER_IMAGES_ENV = CACHE=$(CACHE) GO=$(GO) UV=$(UV) TAG=$(IMAGE_TAG) KSERVE_VERSION=$(KSERVE_VERSION) COREDNS_VERSION=$(COREDNS_VERSION)
-CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl coredns
+CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl postgresql coredns
 
 .PHONY: cluster-images cluster-kserve cluster-dns test-cluster
 
-cluster-images: venv cluster-node-apt ## [root] build the serving, KServe controller, storage-initializer, CoreDNS and curl images (cached) and import them into a running cluster
+cluster-images: venv cluster-node-apt ## [root] build the serving, KServe controller, storage-initializer, PostgreSQL, CoreDNS and curl images (cached) and import them into a running cluster
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build $(CLUSTER_IMAGE_NAMES)
 	@if [ -S $(CLUSTER_STATE)/containerd/containerd.sock ]; then \
 	  CTR_ADDRESS=$(CLUSTER_STATE)/containerd/containerd.sock $(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh import $(CLUSTER_IMAGE_NAMES); \

@@ -20,6 +20,9 @@
 #                      from KServe's module source (python/storage-initializer), user 1000.
 #   debian-curl        fissure.local/debian-curl:bookworm, Debian bookworm (mmdebstrap) with curl:
 #                      the chart's `helm test` pods (tests.image in values-node.yaml), user 65532.
+#   postgresql         fissure.local/postgresql:15-bookworm, Debian bookworm's PostgreSQL 15 (mmdebstrap)
+#                      with postgres-entrypoint.sh (what the official image's entrypoint does with
+#                      POSTGRES_USER/PASSWORD/DB and PGDATA), user 999 as the chart runs it.
 #   coredns            fissure.local/coredns:COREDNS_VERSION, the cluster's DNS (the pods' URLs name
 #                      Services): CoreDNS built from its Go module with only the plugins coredns.yaml's
 #                      Corefile uses (upstream's plugin list pulls in every cloud SDK), one-file image.
@@ -268,6 +271,30 @@ build_debian_curl() {
   echo "$d/$k.tar" > "$d/layers"
 }
 
+# ---------------------------------------------------------------- postgresql
+pg_packages=postgresql-15,ca-certificates
+pg_key() { { printf '%s\n' "v1" "$suite" "$pg_packages"; sed -n '/^build_postgresql() {/,/^}/p' "$0"; cat "$here/postgres-entrypoint.sh"; } | sha; }
+build_postgresql() {
+  local d="$cache/postgresql" k root; mkdir -p "$d"
+  k=pg-$(pg_key); root="$d/rootfs"
+  if [ ! -f "$d/$k.tar" ]; then
+    command -v mmdebstrap >/dev/null || die "mmdebstrap is missing: apt-get install mmdebstrap"
+    log "postgresql layer $k: Debian $suite + $pg_packages (mmdebstrap)"
+    wipe_rootfs "$root"
+    nice -n 10 mmdebstrap --quiet --variant=minbase --include="$pg_packages" "$suite" "$root" >&2
+    # the chart runs it as 999:999 (the official image's uid); initdb needs a passwd entry
+    chroot "$root" sh -ec 'groupmod -g 999 postgres && usermod -u 999 -g 999 postgres
+      rm -rf /var/lib/postgresql/* && mkdir -p /var/lib/postgresql/data /run/postgresql
+      chown -R 999:999 /var/lib/postgresql /run/postgresql
+      rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; : > /etc/resolv.conf'
+    install -m 0755 "$here/postgres-entrypoint.sh" "$root/usr/local/bin/postgres-entrypoint.sh"
+    pack "$root" "$d/$k.tar" .
+    wipe_rootfs "$root"
+  fi
+  find "$d" -maxdepth 1 -name 'pg-*.tar*' ! -name "$k.tar*" -delete
+  echo "$d/$k.tar" > "$d/layers"
+}
+
 # ---------------------------------------------------------------- coredns
 coredns_bin() { echo "${CACHE:-$HOME/.cache/fissure}/coredns/$coredns_version/coredns"; }
 build_coredns() {  # a main package with the plugins coredns.yaml's Corefile needs, built against CoreDNS's module
@@ -315,8 +342,9 @@ image_ref() {
     kserve-controller) echo "fissure.local/kserve-controller:$kserve_version" ;;
     storage-initializer) echo "fissure.local/kserve-storage-initializer:$kserve_version" ;;
     debian-curl) echo "fissure.local/debian-curl:$suite" ;;
+    postgresql) echo "fissure.local/postgresql:15-$suite" ;;
     coredns) echo "fissure.local/coredns:$coredns_version" ;;
-    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, coredns)" ;;
+    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns)" ;;
   esac
 }
 oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
@@ -327,6 +355,9 @@ oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
     storage-initializer) mapfile -t args < <(si_image_args) ;;
     debian-curl) args=(--layer "$(cat "$cache/debian-curl/layers")" --user 65532:65532
       --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --entrypoint '["/bin/sh"]') ;;
+    postgresql) args=(--layer "$(cat "$cache/postgresql/layers")" --user 999:999 --workdir /var/lib/postgresql
+      --env PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+      --env PGDATA=/var/lib/postgresql/data --entrypoint '["/usr/local/bin/postgres-entrypoint.sh"]') ;;
     coredns) args=(--file "$(coredns_bin):/coredns" --entrypoint /coredns --user 65532:65532) ;;
   esac
   python3 "$here/oci-image.py" --name "$(image_ref "$img")" "${args[@]}" "$@"
@@ -343,6 +374,7 @@ case $cmd in
         kserve-controller) build_kserve_controller ;;
         storage-initializer) build_storage_initializer ;;
         debian-curl) build_debian_curl ;;
+        postgresql) build_postgresql ;;
         coredns) build_coredns ;;
       esac
       log "$(image_ref "$img") ready ($(oci "$img" --digest -))"
@@ -359,5 +391,5 @@ case $cmd in
       log "importing $ref ($want)"
       oci "$img" - | "${ctr[@]}" images import - >&2
     done ;;
-  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [coredns]" ;;
+  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns]" ;;
 esac

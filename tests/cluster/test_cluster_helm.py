@@ -6,8 +6,10 @@ Both InferenceServices become Ready and answer through their Services, `helm tes
 `helm upgrade` with a changed value (a predictor pod annotation, so KServe rolls both predictor
 Deployments over) completes while a client polls v1 predict throughout with no failed request.
 
-The API, MLflow, PostgreSQL and MinIO are off in values-node.yaml (their images are not built
-here yet: docs/cluster.md); the models come from a hostPath PersistentVolume (pvc://).
+PostgreSQL runs too (Debian's, images.sh; its data on a hostPath PersistentVolume made here, as
+the node has no provisioner) and answers a password login through its Service's DNS name. The
+API, MLflow and MinIO are off in values-node.yaml (their images are not built here yet:
+docs/cluster.md); the models come from a hostPath PersistentVolume (pvc://).
 
 NOT part of `make test` (the same images as test_cluster_kserve.py, ~6 GB): run it with
 `make test-cluster` (root), which sets FISSURE_TEST_CLUSTER=1.
@@ -97,7 +99,7 @@ def test_helm_install_test_and_upgrade_on_the_node(tmp_path):
     times: dict[str, float] = {}
     try:
         _run(["bash", str(CLUSTER / "up.sh"), bin_dir, str(state)], cwd=REPO, timeout=900)
-        _run(["bash", str(CLUSTER / "images.sh"), "import", "serving", "debian-curl", "coredns"],
+        _run(["bash", str(CLUSTER / "images.sh"), "import", "serving", "debian-curl", "postgresql", "coredns"],
              cwd=REPO, env=env, timeout=1800)
         _run([*kubectl, "apply", "-f", str(CLUSTER / "coredns.yaml")])
         _run([*kubectl, "-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=300s"], timeout=360)
@@ -113,8 +115,16 @@ def test_helm_install_test_and_upgrade_on_the_node(tmp_path):
         _run(["bash", str(REPO / "manifests" / "kind" / "secrets.sh"), NS], env=env)
         labels = json.loads(_run([*kubectl, "get", "namespace", NS, "-o", "json"]).stdout)["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
+        pgdata = state / "postgresql"
+        pgdata.mkdir()
+        os.chown(pgdata, 999, 999)  # the chart runs PostgreSQL as 999; fsGroup does not apply to hostPath
+        pg_pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NS}-postgresql"},
+                 "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                          "persistentVolumeReclaimPolicy": "Retain",
+                          "hostPath": {"path": str(pgdata), "type": "Directory"},
+                          "claimRef": {"namespace": NS, "name": f"data-{RELEASE}-postgresql-0"}}}
         _run([*kubectl, "apply", "-f", "-"], input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                                "items": _storage(models)}))
+                                                                "items": [*_storage(models), pg_pv]}))
 
         helm = [str(HELM), "--kubeconfig", str(kubeconfig)]
         chart = str(REPO / "charts" / "fissure")
@@ -127,6 +137,12 @@ def test_helm_install_test_and_upgrade_on_the_node(tmp_path):
         for name in isvcs.values():
             _wait_ready(kubectl, name)
         times["install to both InferenceServices Ready"] = time.monotonic() - start
+        # PostgreSQL (helm --wait waited for its StatefulSet): initialised from the chart's Secret,
+        # a password login over TCP to its Service's DNS name
+        login = _run([*kubectl, "-n", NS, "exec", f"{RELEASE}-postgresql-0", "--", "sh", "-c",
+                      'PGPASSWORD="$POSTGRES_PASSWORD" psql -h ' f"{RELEASE}-postgresql.{NS}.svc.cluster.local"
+                      ' -U "$POSTGRES_USER" -d "$POSTGRES_DB" -tAc "select current_user, current_database()"'])
+        assert login.stdout.strip() == "mlflow|mlflow", login.stdout
 
         png = _png()
         b64 = base64.b64encode(png).decode()
