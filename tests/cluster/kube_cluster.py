@@ -22,6 +22,7 @@ loudly, only when that build fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -294,9 +295,9 @@ def _scratch_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="fissure-kube-", dir=base))
 
 
-@pytest.fixture(scope="session")
-def kube_apiserver() -> Iterator[KubeAPIServer]:
-    """A real kube-apiserver (etcd behind it) for the whole session; see the module docstring."""
+@contextlib.contextmanager
+def running_kube_apiserver() -> Iterator[KubeAPIServer]:
+    """A fresh etcd + kube-apiserver in a scratch folder, stopped and removed on exit."""
     paths = cluster_paths()
     workdir = _scratch_dir()
     server = None
@@ -311,3 +312,10 @@ def kube_apiserver() -> Iterator[KubeAPIServer]:
         if server is not None:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kube_apiserver() -> Iterator[KubeAPIServer]:
+    """A real kube-apiserver (etcd behind it) for the whole session; see the module docstring."""
+    with running_kube_apiserver() as server:
+        yield server

@@ -11,7 +11,6 @@ needs a cluster where the CRDs are missing first and installs them step by step.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,8 +22,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "cluster"))
-from kube_cluster import (UPSTREAM, KubeAPIServer, _scratch_dir, cluster_paths,  # noqa: E402
-                          start_kube_apiserver)
+from kube_cluster import UPSTREAM, KubeAPIServer, running_kube_apiserver  # noqa: E402
 from test_k8s import CHART, tools  # noqa: E402,F401 (fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -38,20 +36,8 @@ PROMETHEUS = UPSTREAM / "prometheus-operator-v0.93.0" / "bundle.yaml"
 def server() -> Iterator[KubeAPIServer]:
     if not UPSTREAM.is_dir():
         pytest.skip(f"the pinned upstream CRDs are not at {UPSTREAM} (only in the fissure workplace)")
-    paths = cluster_paths()
-    workdir = _scratch_dir()
-    srv = None
-    try:
-        try:
-            srv = start_kube_apiserver(Path(paths["K8S_RELEASE_BIN"]), paths["ETCD"],
-                                       paths["K8S_VERSION"], workdir / "cluster")
-        except RuntimeError as exc:
-            pytest.fail(f"kube-apiserver did not start: {exc}")
+    with running_kube_apiserver() as srv:
         yield srv
-    finally:
-        if srv is not None:
-            srv.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def helm_validate(tools, server: KubeAPIServer, *args: str) -> subprocess.CompletedProcess:

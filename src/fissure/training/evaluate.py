@@ -36,6 +36,15 @@ from fissure.training import slices as S
 from fissure.training.datasets import eval_items
 
 
+def _empty_gallery(out: Path, prefix: str) -> Path:
+    """``out/<prefix>worst``, without the PNGs of an earlier run (a gallery is rewritten whole)."""
+    folder = out / f"{prefix}worst"
+    if folder.is_dir():
+        for old in folder.glob("*.png"):
+            old.unlink()
+    return folder
+
+
 @dataclass
 class EvalResult:
     task: str
@@ -152,10 +161,7 @@ class EvalResult:
 
     def _write_worst(self, out: Path, prefix: str) -> list[Path]:
         """``worst.png`` (all, worst first) and ``worst/NN-<image>.png`` (one each)."""
-        folder = out / f"{prefix}worst"
-        if folder.is_dir():
-            for old in folder.glob("*.png"):
-                old.unlink()
+        folder = _empty_gallery(out, prefix)
         if not self.worst:
             return [plots.save(plots.message_figure("no images evaluated"), out / f"{prefix}worst.png")]
         samples = [(rgb, truth, pred, f"{s.name} ({s.source}): dice {s.dice:.3f}, relaxed F1 {s.relaxed_f1:.3f}")
@@ -167,10 +173,7 @@ class EvalResult:
 
     def _write_mistakes(self, out: Path, prefix: str) -> list[Path]:
         """The classifier's most confident mistakes: ``worst.png`` and ``worst/NN-<image>.png``."""
-        folder = out / f"{prefix}worst"
-        if folder.is_dir():
-            for old in folder.glob("*.png"):
-                old.unlink()
+        folder = _empty_gallery(out, prefix)
         mistakes = self._confident_mistakes()
         if not mistakes:
             return [plots.save(plots.message_figure("no mistakes on this set"), out / f"{prefix}worst.png")]
@@ -273,7 +276,7 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
                     sources[folder] = S.SourceIndex(folder)
                 score = S.score_image(Path(it.image).name, sources[folder].source_of(it.image), pred, mask,
                                       negatives=S.synth_negatives(it.image, mask.shape))
-                S.merge_relaxed(relaxed, score.relaxed)
+                relaxed.merge(score.relaxed)
                 scores.append(score)
                 key = (-score.dice, score.fp + score.fn, -index)  # the heap's root: the best image kept
                 if worst and (len(heap) < worst or key > heap[0][0]):

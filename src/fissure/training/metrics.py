@@ -185,6 +185,14 @@ class RelaxedCounts:
         self.true += int(np.count_nonzero(target))
         self.true_found += int(np.count_nonzero(target & ndimage.binary_dilation(pred, disk)))
 
+    def merge(self, other: "RelaxedCounts") -> "RelaxedCounts":
+        """Add ``other``'s counts (another image or set, same tolerance) to these."""
+        self.predicted += other.predicted
+        self.predicted_near += other.predicted_near
+        self.true += other.true
+        self.true_found += other.true_found
+        return self
+
     def metrics(self) -> dict:
         if self.predicted + self.true == 0:
             return dict.fromkeys(RELAXED_METRICS, 1.0)

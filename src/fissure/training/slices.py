@@ -199,15 +199,6 @@ def score_image(name: str, source: str, pred: np.ndarray, truth: np.ndarray, *,
                       fn=int(np.count_nonzero(~pred & truth)), relaxed=relaxed)
 
 
-def merge_relaxed(into: M.RelaxedCounts, other: M.RelaxedCounts) -> M.RelaxedCounts:
-    """Add ``other``'s tolerant counts to ``into`` (same tolerance)."""
-    into.predicted += other.predicted
-    into.predicted_near += other.predicted_near
-    into.true += other.true
-    into.true_found += other.true_found
-    return into
-
-
 @dataclass
 class SliceStats:
     """Summed counts of the images in one slice."""
@@ -228,7 +219,7 @@ class SliceStats:
         if s.tp + s.fn == 0:
             self.crack_free += 1
             self.false_alarms += int(s.fp > 0)
-        merge_relaxed(self.relaxed, s.relaxed)
+        self.relaxed.merge(s.relaxed)
 
     def metrics(self) -> dict:
         out = {"n_images": self.n_images, **M.segmentation_metrics_from_counts(self.tp, self.fp, self.fn),
