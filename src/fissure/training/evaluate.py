@@ -62,6 +62,13 @@ class EvalResult:
     sources: dict = field(default_factory=dict)  # classify: path folder -> SourceIndex
     n_worst: int = 8
 
+    def class_scores(self) -> tuple[dict[str, dict], np.ndarray]:
+        """A classifier's per-class precision/recall/F1/support by class name and its confusion
+        counts ``cm[actual, predicted]``."""
+        pred = self.probs.argmax(axis=1)
+        return (M.per_class_metrics(self.y_true, pred, self.classes),
+                M.confusion_matrix(self.y_true, pred, len(self.classes)))
+
     def quality(self) -> dict:
         """``slices``, ``sources`` (per dataset), ``threshold_sweep`` (the model's threshold and
         the best one), ``worst`` (the worst predictions), ``weakest_slice`` and, for the
@@ -77,8 +84,7 @@ class EvalResult:
             out = {"slices": slices, "sources": sources, "threshold_sweep": sweep, "worst": worst,
                    "weakest_slice": S.weakest_slice(slices), "slice_definitions": S.DEFINITIONS}
         else:
-            pred = self.probs.argmax(axis=1)
-            per_class = M.per_class_metrics(self.y_true, pred, self.classes)
+            per_class, _ = self.class_scores()
             slices = {f"class:{c}": {"n_images": m["support"], **{k: v for k, v in m.items() if k != "support"}}
                       for c, m in per_class.items()}
             names = [Path(p).name for p in self.paths]
@@ -348,10 +354,9 @@ def run_evaluation(model_uri: str, task: str, data: str | Path, out: str | Path,
         *M.SEGMENTATION_METRICS, *M.RELAXED_METRICS, "relaxed_tolerance_px")
     report = {k: result.metrics[k] for k in names}
     if task == "classify":  # which classes the macro averages hide (a rare defect class)
-        pred = result.probs.argmax(axis=1)
-        report["per_class"] = {c: clean(m) for c, m in M.per_class_metrics(result.y_true, pred, result.classes).items()}
-        report["confusion"] = {"classes": result.classes,
-                               "counts": M.confusion_matrix(result.y_true, pred, len(result.classes)).tolist()}
+        per_class, cm = result.class_scores()
+        report["per_class"] = {c: clean(m) for c, m in per_class.items()}
+        report["confusion"] = {"classes": result.classes, "counts": cm.tolist()}
     report.update(
         n_images=result.n_images,
         task=task,

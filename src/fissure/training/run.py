@@ -215,9 +215,8 @@ def train(
 def class_report(ev) -> dict:
     """A classifier's per-class precision/recall/F1/support and confusion counts
     (``confusion[actual][predicted]``), by class name, from an evaluation's labels and probabilities."""
-    pred = ev.probs.argmax(axis=1)
-    per_class = {c: clean(m) for c, m in M.per_class_metrics(ev.y_true, pred, ev.classes).items()}
-    cm = M.confusion_matrix(ev.y_true, pred, len(ev.classes))
+    scores, cm = ev.class_scores()
+    per_class = {c: clean(m) for c, m in scores.items()}
     confusion = {a: {p: int(cm[i, j]) for j, p in enumerate(ev.classes)} for i, a in enumerate(ev.classes)}
     return {"classes": list(ev.classes), "per_class": per_class, "confusion": confusion,
             "balanced_accuracy": ev.metrics.get("balanced_accuracy")}
