@@ -206,13 +206,76 @@ def test_classifier_report_names_its_most_confident_mistakes(tmp_path):
                           ("synth-0-000005_y0_x0.png", "crack", "no_crack")}
     assert [w["confidence"] for w in q["worst"]] == sorted((w["confidence"] for w in q["worst"]), reverse=True)
     assert q["sources"]["synth"]["n_images"] == 6
-    assert set(q["slices"]) == {"class:no_crack", "class:crack"}
+    assert set(q["slices"]) == {"class:no_crack", "class:crack", "size:<=512px"}  # no drawn image behind them
     assert q["threshold_sweep"]["threshold"] == 0.5
     out = tmp_path / "plots"
     result.write_plots(out)
     assert len(list((out / "worst").iterdir())) == 2 and (out / "worst.png").is_file()
     with (out / "threshold_sweep.csv").open() as fh:
         assert {"threshold", "precision", "recall", "f1"} <= set(next(csv.DictReader(fh)))
+
+
+class AlwaysCrack(torch.nn.Module):
+    def forward(self, x):
+        return torch.tensor([[-5.0, 5.0]]).expand(len(x), 2)
+
+
+def _prepared_patches(root: Path, ks) -> dict[str, list[str]]:
+    """A prepared layout as `fissure data prepare` writes it: synthetic images in segment/test and
+    no_crack patches cut from them in classify/test; returns each patch's drawn hard negatives."""
+    images, drawn = root / "segment" / "test" / "images", {}
+    patches = root / "classify" / "test" / "no_crack"
+    images.mkdir(parents=True)
+    patches.mkdir(parents=True)
+    (root / "classify" / "test" / "crack").mkdir()
+    for k in ks:
+        sample = synth.render(synth.image_rng(0, k), 64)
+        (images / f"synth-0-{k:06d}.jpg").write_bytes(sample.jpeg_bytes())
+        for y, x in ((0, 0), (32, 32)):
+            name = f"synth-0-{k:06d}_y{y}_x{x}.jpg"
+            Image.fromarray(sample.image[y : y + 32, x : x + 32]).save(patches / name)
+            drawn[name] = sample.negatives
+    return drawn
+
+
+def test_classifier_hard_negative_slices_count_the_false_alarms_on_drawn_joints_and_bands(tmp_path):
+    ks = [k for k in range(40) if synth.render(synth.image_rng(0, k), 64).negatives][:3] + \
+         [next(k for k in range(40) if not synth.render(synth.image_rng(0, k), 64).negatives)]
+    drawn = _prepared_patches(tmp_path / "prepared", ks)
+    root = tmp_path / "prepared" / "classify" / "test"
+    Image.new("RGB", (32, 32), (40, 40, 40)).save(root / "crack" / "datasets-x-000001_y0_x0.jpg")
+    # a patch whose image is not what the generator draws: not tagged, however it is named
+    first = f"synth-0-{ks[0]:06d}"
+    (tmp_path / "prepared" / "segment" / "test" / "images" / f"{first}.jpg").write_bytes(b"not that image")
+    items, _ = eval_items("classify", root, CLF_SPEC["classes"])
+
+    q = evaluate_classifier(AlwaysCrack(), CLF_SPEC, items).quality()
+    tagged = {n: kinds for n, kinds in drawn.items() if kinds and not n.startswith(first)}
+    assert tagged and q["slices"]["hard_negative"]["n_images"] == len(tagged)
+    hard = q["slices"]["hard_negative"]
+    assert hard["false_alarm_images"] == hard["crack_free_images"] == len(tagged) and hard["false_alarm_rate"] == 1.0
+    assert "recall" not in hard  # no crack in the slice: no crack recall to report
+    for kind in {k for kinds in tagged.values() for k in kinds}:
+        assert q["slices"][f"hard_negative:{kind}"]["n_images"] == sum(kind in v for v in tagged.values()), kind
+    assert q["slices"]["size:<=512px"]["n_images"] == len(items)
+    assert q["slices"]["class:crack"]["recall"] == 1.0
+    # every crack-free item is a false alarm: the narrowest such slice is the weakest
+    assert q["weakest_slice"]["slice"].startswith("hard_negative") and q["weakest_slice"]["metric"] == "false_alarm_rate"
+
+    # a model that sees the drawings: its false alarms on them are the ones counted
+    result = evaluate_classifier(DarkPatchIsCrack(), CLF_SPEC, items)
+    called = {Path(p).name for p, y, pr in zip(result.paths, result.y_true, result.probs) if y == 0 and pr.argmax() == 1}
+    assert result.quality()["slices"]["hard_negative"]["false_alarm_images"] == len(called & set(tagged))
+
+
+def test_whole_synthetic_classification_images_are_tagged_with_their_drawings(tmp_path):
+    synth.write_dataset(tmp_path / "clf", "classify", count=8, size=48)
+    items, _ = eval_items("classify", tmp_path / "clf", CLF_SPEC["classes"])
+    q = evaluate_classifier(AlwaysCrack(), CLF_SPEC, items).quality()
+    want = [k for k in range(1, 8, 2) if synth.render_for_task(0, k, "classify", 48)[0].negatives]
+    assert want and q["slices"]["hard_negative"]["n_images"] == len(want)
+    (source,) = q["sources"].values()
+    assert source["false_alarm_rate"] == 1.0 and source["recall"] == 1.0 and source["n_images"] == 8
 
 
 def test_dvc_plots_show_renders_every_declared_plot(prepared, tmp_path):

@@ -13,8 +13,10 @@ from fissure import MODEL_NAMES
               help="Must match the model's task.")
 @click.option("--model", "model", required=True,
               help="Any MLflow model URI: models:/crack-segmenter@champion, models:/NAME/3, runs:/ID/model, or a local model dir.")
-@click.option("--data", "data", type=click.Path(file_okay=False), required=True,
-              help="segment: DIR/images + DIR/masks (any image size); classify: DIR/<class>/ folders.")
+@click.option("--data", "data", multiple=True, required=True, metavar="[NAME=]DIR",
+              help="segment: DIR/images + DIR/masks (any image size); classify: DIR/<class>/ folders. "
+                   "Repeat for several datasets: each is scored on its own and all together, named after "
+                   "its last two path parts unless NAME= says otherwise.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Metrics JSON to write.")
 @click.option("--plots", "plots", type=click.Path(file_okay=False), default=None,
               help="Also write PR curve, confusion matrix, threshold sweep, scores by slice, the worst "
@@ -38,21 +40,30 @@ def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst,
                       at each mask's native resolution)
     plus n_images, task, model, model_version, model_uri, run_id, data, and where the
     model fails: slices (segment: crack / no_crack, hard_negative[:kind], width:thin /
-    width:wide, size:...; classify: class:NAME), sources (per dataset), threshold_sweep
-    (the model's threshold and the best one), worst and weakest_slice.
+    width:wide, size:...; classify: class:NAME, hard_negative[:kind], size:...),
+    datasets (per --data folder when several, else per source of the one folder; see
+    datasets_by), threshold_sweep (the model's threshold and the best one), worst and
+    weakest_slice.
     With --plots also: threshold_sweep.csv/png, slices.csv/png, worst.png and worst/,
-    per_image.csv (segment) and quality.json.
+    per_image.csv (segment) and quality.json; with several --data the same per folder in
+    PLOTS/datasets/NAME/.
 
     \b
-    Example:
+    Examples:
       fissure evaluate --task segment --model models:/crack-segmenter@champion \\
           --data ../shared/datasets/crackforest/all --out reports/crackforest.json
+      fissure evaluate --task segment --model models:/crack-segmenter@champion \\
+          --data ../shared/datasets/crackforest/all --data deepcrack=../shared/datasets/deepcrack/test \\
+          --out reports/real.json --plots reports/real
     """
-    from fissure.training.evaluate import run_evaluation
+    from fissure.training.evaluate import dataset_folders, run_evaluation
 
-    report = run_evaluation(model, task, data, out, plots, device=device, batch_size=batch_size, overlays=overlays,
-                            native=native, worst=worst)
+    folders = dataset_folders(data)
+    report = run_evaluation(model, task, folders if len(folders) > 1 else next(iter(folders.values())), out, plots, device=device,
+                            batch_size=batch_size, overlays=overlays, native=native, worst=worst)
     names = ("accuracy", "precision", "recall", "f1", "roc_auc") if task == "classify" else ("dice", "iou", "precision", "recall", "f1")
+    if len(report["datasets"]) > 1:
+        click.echo(_table(report, names), err=True)
     summary = ", ".join(f"{k} {report[k]:.4f}" if report[k] is not None else f"{k} n/a" for k in names)
     click.echo(f"{report['model']}" + (f" v{report['model_version']}" if report["model_version"] else "")
                + f" on {report['n_images']} images" + (f" ({report['resolution']})" if "resolution" in report else "")
@@ -61,3 +72,14 @@ def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst,
     if weakest:
         click.echo(f"weakest slice: {weakest['slice']} ({weakest['metric']} {weakest['value']})"
                    + (f"; worst predictions in {plots}" if plots else ""), err=True)
+
+
+def _table(report: dict, names) -> str:
+    """The report's metrics per dataset (folder or source) and over all of them."""
+    rows = [(name, m) for name, m in report["datasets"].items()] + [("all", report)]
+    width = max(len(n) for n, _ in rows + [(report["datasets_by"], None)])
+    lines = [f"{report['datasets_by']:<{width}}  {'images':>6}  " + "  ".join(f"{k:>9}" for k in names)]
+    for name, m in rows:
+        cells = [f"{m[k]:9.4f}" if m.get(k) is not None else f"{'n/a':>9}" for k in names]
+        lines.append(f"{name:<{width}}  {m.get('n_images', 0):>6}  " + "  ".join(cells))
+    return "\n".join(lines)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from fissure import MODEL_NAMES
+from fissure.data.loaders import source_tag
 from fissure.errors import FissureError, UsageError
 from fissure.models import preprocess_config
 from fissure.models import tiling as T
@@ -60,7 +62,36 @@ class EvalResult:
     worst: list = field(default_factory=list)  # segment: (ImageScore, rgb, truth, pred), worst first
     paths: list = field(default_factory=list)  # classify: each image's path
     sources: dict = field(default_factory=dict)  # classify: path folder -> SourceIndex
+    sizes: list = field(default_factory=list)  # classify: each image's (height, width)
+    negatives: list = field(default_factory=list)  # classify: hard-negative kinds of each crack-free synthetic item
+    datasets: list = field(default_factory=list)  # each item's --data name (combine); empty for one folder
     n_worst: int = 8
+
+    @classmethod
+    def combine(cls, results: dict[str, "EvalResult"]) -> "EvalResult":
+        """One result for the sets of several folders (by name): the scores of all their items
+        together, each item tagged with its set's name (``datasets``)."""
+        parts = list(results.values())
+        first = parts[0]
+        tags = [name for name, r in results.items() for _ in range(r.n_images)]
+        common = dict(task=first.task, n_images=len(tags), classes=first.classes, threshold=first.threshold,
+                      n_worst=first.n_worst, datasets=tags)
+        if first.task == "classify":
+            y_true, probs = np.concatenate([r.y_true for r in parts]), np.concatenate([r.probs for r in parts])
+            return cls(metrics=M.classification_metrics(y_true, probs), y_true=y_true, probs=probs,
+                       paths=[p for r in parts for p in r.paths], sources={k: v for r in parts for k, v in r.sources.items()},
+                       sizes=[z for r in parts for z in r.sizes], negatives=[n for r in parts for n in r.negatives],
+                       **common)
+        counts = M.PixelCounts(threshold=first.threshold)
+        for r in parts:
+            counts.merge(r.counts)
+        scores = [s for r in parts for s in r.scores]
+        worst = sorted((w for r in parts for w in r.worst), key=lambda w: (w[0].dice, -(w[0].fp + w[0].fn)))
+        samples = [x for r in parts for x in r.samples]
+        keep = max(len(r.samples) for r in parts)  # as many overlays as one set draws, spread over all
+        pick = sorted(set(np.linspace(0, len(samples) - 1, min(keep, len(samples))).round().astype(int).tolist())) if samples else []
+        return cls(metrics=_segment_metrics(counts, scores), counts=counts, scores=scores,
+                   worst=worst[: first.n_worst], samples=[samples[i] for i in pick], **common)
 
     def class_scores(self) -> tuple[dict[str, dict], np.ndarray]:
         """A classifier's per-class precision/recall/F1/support by class name and its confusion
@@ -84,33 +115,36 @@ class EvalResult:
             out = {"slices": slices, "sources": sources, "threshold_sweep": sweep, "worst": worst,
                    "weakest_slice": S.weakest_slice(slices), "slice_definitions": S.DEFINITIONS}
         else:
-            per_class, _ = self.class_scores()
-            slices = {f"class:{c}": {"n_images": m["support"], **{k: v for k, v in m.items() if k != "support"}}
-                      for c, m in per_class.items()}
-            names = [Path(p).name for p in self.paths]
-            sources: dict = {}
-            for folder, index in self.sources.items():
-                idx = [i for i, p in enumerate(self.paths) if _class_root(p) == folder]
-                for src, m in S.classify_sources([names[i] for i in idx], self.y_true[idx], self.probs[idx], index).items():
-                    sources[src] = m  # one folder per evaluation: no clash
+            slices = S.classify_slices(self.y_true, self.probs, self.classes, self.sizes, self.negatives)
+            sources = S.classify_sources([self.sources[_class_root(p)].source_of(p) for p in self.paths],
+                                         self.y_true, self.probs)
             out = {"slices": slices, "sources": sources, "worst": self._confident_mistakes()}
             if self.probs.shape[1] == 2:
                 rows = plots.score_sweep(self.y_true == 1, self.probs[:, 1])
                 best = max(rows, key=lambda r: (r["f1"], -abs(r["threshold"] - 0.5)))
                 out["threshold_sweep"] = {"threshold": 0.5, "f1": self.metrics["f1"],
                                           "best_threshold": best["threshold"], "best_f1": best["f1"]}
-            weakest = min(((c, m["recall"]) for c, m in slices.items() if m["n_images"]), key=lambda cm: cm[1],
-                          default=None)
-            out["weakest_slice"] = {"slice": weakest[0], "metric": "recall", "value": weakest[1]} if weakest else None
+            out["weakest_slice"] = S.weakest_slice(slices, metric="recall")
+        if self.datasets:  # several folders: which one each of the worst came from
+            for entry, i in zip(out["worst"], self._worst_indices()):
+                entry["dataset"] = self.datasets[i]
         return deep_clean(out)
 
-    def _confident_mistakes(self) -> list[dict]:
+    def _worst_indices(self) -> list[int]:
+        """The items of ``worst`` (segment) or of the most confident mistakes (classify), in order."""
+        if self.task == "segment":
+            index = {id(s): i for i, s in enumerate(self.scores)}
+            return [index[id(s)] for s, *_ in self.worst]
         pred = self.probs.argmax(axis=1)
         wrong = np.nonzero(pred != self.y_true)[0]
         conf = self.probs[wrong, pred[wrong]]
-        order = wrong[np.argsort(-conf, kind="mergesort")][: self.n_worst]
+        return wrong[np.argsort(-conf, kind="mergesort")][: self.n_worst].tolist()
+
+    def _confident_mistakes(self) -> list[dict]:
+        pred = self.probs.argmax(axis=1)
         return [{"image": Path(self.paths[i]).name, "true": self.classes[int(self.y_true[i])],
-                 "predicted": self.classes[int(pred[i])], "confidence": float(self.probs[i, pred[i]])} for i in order]
+                 "predicted": self.classes[int(pred[i])], "confidence": float(self.probs[i, pred[i]])}
+                for i in self._worst_indices()]
 
     def write_plots(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
         """PR curve (CSV + PNG), confusion matrix (CSV for classification + PNG), overlays (segment),
@@ -183,10 +217,9 @@ class EvalResult:
         mistakes = self._confident_mistakes()
         if not mistakes:
             return [plots.save(plots.message_figure("no mistakes on this set"), out / f"{prefix}worst.png")]
-        by_name = {Path(p).name: p for p in self.paths}
-        samples = [(np.asarray(load_image(by_name[m["image"]])),
+        samples = [(np.asarray(load_image(self.paths[i])),
                     f"{m['image']}\ntrue {m['true']}, predicted {m['predicted']} ({m['confidence']:.2f})")
-                   for m in mistakes]
+                   for i, m in zip(self._worst_indices(), mistakes)]
         files = [plots.save(plots.patches_figure(samples), out / f"{prefix}worst.png")]
         for k, sample in enumerate(samples, 1):
             files.append(plots.save(plots.patches_figure([sample]),
@@ -226,18 +259,25 @@ def _batches(seq, n):
 def evaluate_classifier(module, spec, items, *, batch_size=64, device="cpu", progress=False, worst=8) -> EvalResult:
     pcfg = preprocess_config(spec)
     module = module.to(device).eval()
-    labels, probs = [], []
+    labels, probs, sizes = [], [], []
     with _progress("classify", items, progress) as bar:
         for chunk in _batches(items, batch_size):
-            x = torch.stack([image_to_tensor(load_image(path), pcfg) for path, _ in chunk]).to(device)
+            images = [load_image(path) for path, _ in chunk]
+            x = torch.stack([image_to_tensor(img, pcfg) for img in images]).to(device)
             probs.append(torch.softmax(module(x).float(), dim=1).cpu().numpy())
             labels.extend(lbl for _, lbl in chunk)
+            sizes.extend((img.height, img.width) for img in images)
             bar.advance(len(chunk))
     y_true, probs = np.asarray(labels, dtype=np.int64), np.concatenate(probs)
     paths = [str(path) for path, _ in items]
     sources = {folder: S.SourceIndex(folder) for folder in sorted({_class_root(p) for p in paths})}
+    # hard negatives are crack-free items: only a crack / no_crack classifier has them
+    drawn: dict = {}
+    negatives = [S.classify_negatives(p, drawn) if probs.shape[1] == 2 and y == 0 else None
+                 for p, y in zip(paths, y_true)]
     return EvalResult("classify", M.classification_metrics(y_true, probs), len(items), list(spec["classes"]),
-                      y_true=y_true, probs=probs, paths=paths, sources=sources, n_worst=worst)
+                      y_true=y_true, probs=probs, paths=paths, sources=sources, sizes=sizes, negatives=negatives,
+                      n_worst=worst)
 
 
 @torch.no_grad()
@@ -253,7 +293,6 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
     pcfg = preprocess_config(spec)
     module = module.to(device).eval()
     counts = M.PixelCounts(threshold=threshold)
-    relaxed = M.RelaxedCounts()
     want = set(np.linspace(0, len(items) - 1, min(overlays, len(items))).round().astype(int).tolist()) if overlays else set()
     samples, index = [], 0
     scores, heap, sources = [], [], {}
@@ -282,7 +321,6 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
                     sources[folder] = S.SourceIndex(folder)
                 score = S.score_image(Path(it.image).name, sources[folder].source_of(it.image), pred, mask,
                                       negatives=S.synth_negatives(it.image, mask.shape))
-                relaxed.merge(score.relaxed)
                 scores.append(score)
                 key = (-score.dice, score.fp + score.fn, -index)  # the heap's root: the best image kept
                 if worst and (len(heap) < worst or key > heap[0][0]):
@@ -292,12 +330,20 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
                     samples.append((np.asarray(img), mask, pred, Path(it.image).name))
                 index += 1
             bar.advance(len(chunk))
-    metrics = {**counts.metrics(), **relaxed.metrics(), "relaxed_tolerance_px": relaxed.tolerance}
+    metrics = _segment_metrics(counts, scores)
     by_index = {-key[2]: thumb for key, thumb in heap}
     worst_list = [(scores[i], *by_index[i]) for i in sorted(by_index, key=lambda i: (scores[i].dice,
                                                                                       -(scores[i].fp + scores[i].fn), i))]
     return EvalResult("segment", metrics, len(items), list(spec["classes"]), counts=counts, samples=samples,
                       threshold=threshold, scores=scores, worst=worst_list, n_worst=worst)
+
+
+def _segment_metrics(counts: M.PixelCounts, scores: list) -> dict:
+    """A segmentation set's strict scores (its pixel counts) and tolerant ones (its images')."""
+    relaxed = M.RelaxedCounts()
+    for score in scores:
+        relaxed.merge(score.relaxed)
+    return {**counts.metrics(), **relaxed.metrics(), "relaxed_tolerance_px": relaxed.tolerance}
 
 
 def evaluate_items(module, spec, items, *, device="cpu", batch_size=None, overlays=4, progress=False,
@@ -326,18 +372,60 @@ def clean(metrics: dict) -> dict:
     return out
 
 
-def run_evaluation(model_uri: str, task: str, data: str | Path, out: str | Path, plots_dir=None,
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def dataset_folders(values) -> dict[str, Path]:
+    """``--data`` values (``DIR`` or ``NAME=DIR``) by name. A folder is named as ``fissure data
+    prepare`` tags a source: its last two path parts (``datasets/crackforest/all`` ->
+    ``crackforest-all``). Two folders of one name are a usage error: name them."""
+    out: dict[str, Path] = {}
+    for value in values:
+        value = str(value)
+        name, sep, folder = value.partition("=")
+        if not sep or not _NAME.fullmatch(name) or Path(value).exists():
+            name, folder = source_tag(value, set()), value
+        if name in out:
+            same = Path(folder).resolve() == out[name].resolve()
+            raise UsageError(f"--data {folder} is given twice" if same else
+                             f"--data {out[name]} and {folder} are both named {name}: name them, --data NAME=DIR")
+        out[name] = Path(folder)
+    if not out:
+        raise UsageError("no --data folder given")
+    return out
+
+
+def _headline(result: EvalResult) -> dict:
+    """The set's named metrics (classify: with each class's scores and the confusion counts)."""
+    names = M.CLASSIFICATION_METRICS if result.task == "classify" else (
+        *M.SEGMENTATION_METRICS, *M.RELAXED_METRICS, "relaxed_tolerance_px")
+    out = {k: result.metrics[k] for k in names}
+    if result.task == "classify":  # which classes the macro averages hide (a rare defect class)
+        per_class, cm = result.class_scores()
+        out["per_class"] = {c: clean(m) for c, m in per_class.items()}
+        out["confusion"] = {"classes": result.classes, "counts": cm.tolist()}
+    out["n_images"] = result.n_images
+    return clean(out)
+
+
+def run_evaluation(model_uri: str, task: str, data, out: str | Path, plots_dir=None,
                    *, device: str | None = None, batch_size: int | None = None, overlays: int = 4,
                    progress: bool | None = True, native: bool | None = None, worst: int = 8) -> dict:
     """Load ``model_uri``, check its task, evaluate on ``data`` (showing ``progress`` on stderr),
-    write ``out`` JSON (+ plots). ``native``: segment at native resolution in tiles (True), the
-    whole image resized (False), or as the model's spec says (None)."""
+    write ``out`` JSON (+ plots). ``data``: one folder, or folders by name (:func:`dataset_folders`),
+    each scored on its own and all together. ``native``: segment at native resolution in tiles
+    (True), the whole image resized (False), or as the model's spec says (None).
+
+    ``datasets`` in the JSON: per folder when there are several (each with its slices, sources,
+    threshold sweep and weakest slice; plots in ``PLOTS/datasets/<name>/``), else per source of the
+    one folder (``fissure data prepare``'s held-back sets: synth, each real folder, feedback)."""
     from fissure.models import io
     from fissure.training.loop import pick_device, set_threads
     from fissure.training.tracking import quiet_mlflow
 
     if native and task != "segment":
         raise UsageError("--native applies to --task segment: a classifier's label is of the whole image")
+    folders = dict(data) if isinstance(data, dict) else {"": Path(data)}
     quiet_mlflow()
     set_threads()
     loaded = io.load_model(model_uri)
@@ -346,38 +434,53 @@ def run_evaluation(model_uri: str, task: str, data: str | Path, out: str | Path,
             f"--task {task} but {model_uri} is a {loaded.task} model ({loaded.spec.get('name')}); "
             f"use --task {loaded.task}"
         )
-    items, _ = eval_items(task, data, loaded.spec["classes"] if task == "classify" else None)
+    classes = loaded.spec["classes"] if task == "classify" else None
+    items = {name: eval_items(task, folder, classes)[0] for name, folder in folders.items()}  # every folder before any work
     dev = pick_device(device)
-    result = evaluate_items(loaded.module, loaded.spec, items, device=str(dev), batch_size=batch_size, overlays=overlays,
-                            progress=progress, native=native, worst=worst)
-    names = M.CLASSIFICATION_METRICS if task == "classify" else (
-        *M.SEGMENTATION_METRICS, *M.RELAXED_METRICS, "relaxed_tolerance_px")
-    report = {k: result.metrics[k] for k in names}
-    if task == "classify":  # which classes the macro averages hide (a rare defect class)
-        per_class, cm = result.class_scores()
-        report["per_class"] = {c: clean(m) for c, m in per_class.items()}
-        report["confusion"] = {"classes": result.classes, "counts": cm.tolist()}
+    results = {name: evaluate_items(loaded.module, loaded.spec, its, device=str(dev), batch_size=batch_size,
+                                    overlays=overlays, progress=progress, native=native, worst=worst)
+               for name, its in items.items()}
+    result = results[""] if "" in results else EvalResult.combine(results)
+    report = _headline(result)
     report.update(
-        n_images=result.n_images,
         task=task,
         model=loaded.name or loaded.spec.get("name"),
         model_version=loaded.version,
         model_uri=model_uri,
         run_id=loaded.run_id,
-        data=str(data),
+        data=str(folders[""]) if "" in folders else [str(f) for f in folders.values()],
     )
     if task == "segment":
         tiling = T.tiling_config(loaded.spec, native)
         report["resolution"] = "native" if tiling.tiles else "resized"
         if tiling.tiles:
             report["tiling"] = {"tile": tiling.tile, "overlap": tiling.overlap, "max_pixels": tiling.max_pixels}
-    report = clean(report)
     quality = result.quality()
     quality.pop("slice_definitions", None)  # in quality.json and the docs; as metrics, seven text columns
-    report.update(quality)  # slices, sources, threshold_sweep, worst, weakest_slice
+    sources = quality.pop("sources")
+    if "" in results:  # one folder: its datasets are the sources its files came from
+        report.update(datasets_by="source", datasets=sources)
+    else:
+        report["datasets_by"] = "folder"
+        report["datasets"] = {name: _dataset_entry(r, folders[name]) for name, r in results.items()}
+    report.update(quality)  # slices, threshold_sweep, worst, weakest_slice
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     if plots_dir:
         result.write_plots(plots_dir)
+        if "" not in results:
+            for name, r in results.items():
+                r.write_plots(Path(plots_dir) / "datasets" / name)
     return report
+
+
+def _dataset_entry(result: EvalResult, folder: Path) -> dict:
+    """One folder's part of a report on several: its scores and where it fails (its worst
+    predictions are among the report's, and in its own plots)."""
+    quality = result.quality()
+    entry = {"data": str(folder), **_headline(result), "slices": quality["slices"]}
+    if len(quality["sources"]) > 1:
+        entry["sources"] = quality["sources"]
+    entry.update({k: quality[k] for k in ("threshold_sweep", "weakest_slice") if k in quality})
+    return entry

@@ -136,6 +136,15 @@ class PixelCounts:
         self.pos_hist += np.bincount(idx[target], minlength=self.bins)
         self.neg_hist += np.bincount(idx[~target], minlength=self.bins)
 
+    def merge(self, other: "PixelCounts") -> "PixelCounts":
+        """Add ``other``'s counts and histogram (another set, same threshold and bins) to these."""
+        if (other.bins, other.threshold) != (self.bins, self.threshold):
+            raise ValueError("PixelCounts.merge: different bins or threshold")
+        self.tp, self.fp, self.fn, self.tn = self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn
+        self.pos_hist += other.pos_hist
+        self.neg_hist += other.neg_hist
+        return self
+
     def metrics(self) -> dict:
         return segmentation_metrics_from_counts(self.tp, self.fp, self.fn)
 

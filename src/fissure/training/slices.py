@@ -13,6 +13,13 @@ Every image of a segmentation set falls into slices, each scored like the whole 
   most :data:`THIN_MAX_PX` px, or more, at the mask's native resolution;
 - ``size:...``: the longest side of the image (:data:`SIZE_BUCKETS`).
 
+A classifier's items fall into ``class:<name>`` (each class's precision, recall, F1), ``size:...``
+(the item's own longest side) and, for a crack / no_crack classifier, ``hard_negative`` and
+``hard_negative:<kind>``: crack-free items of a synthetic image with a drawn hard negative (a
+whole image from ``fissure data synth --task classify``, or a ``no_crack`` patch that ``fissure
+data prepare`` cut from one: the kinds are the whole image's, so such a patch may show only part
+of the joint or band, or none of it). Their ``false_alarm_rate`` is the share taken for a crack.
+
 Per dataset (``sources``): the source an image came from. ``fissure data prepare`` prefixes every
 file with its source (``synth-``, ``feedback-``, or the tag of a real folder, listed in the
 prepared ``manifest.json``); a folder without a manifest is one source named after the folder.
@@ -44,6 +51,7 @@ DEFINITIONS = {
     "size:<bucket>": "longest image side in px",
 }
 _SYNTH_ID = re.compile(r"^synth-(\d+)-(\d+)$")
+_PATCH = re.compile(r"^(.+)_y\d+_x\d+$")  # fissure.data.patches names a tile <image stem>_y<Y>_x<X>
 
 
 def crack_width(mask) -> float | None:
@@ -139,7 +147,8 @@ def synth_negatives(path: str | Path, image_size: tuple[int, int]) -> list[str] 
     except OSError:
         return None
     candidates = (lambda: synth.render(synth.image_rng(seed, index), height),  # fissure data prepare
-                  lambda: synth.render_for_task(seed, index, "segment", height)[0])  # fissure data synth
+                  lambda: synth.render_for_task(seed, index, "segment", height)[0],  # fissure data synth
+                  lambda: synth.render_for_task(seed, index, "classify", height)[0])
     for draw in candidates:
         try:
             sample = draw()
@@ -148,6 +157,37 @@ def synth_negatives(path: str | Path, image_size: tuple[int, int]) -> list[str] 
         if sample.jpeg_bytes() == data:
             return list(sample.negatives)
     return None
+
+
+def patch_origin(path: str | Path) -> Path | None:
+    """The prepared image a classification patch was cut from: ``fissure data prepare`` writes
+    OUT/classify/<split>/<class>/<id>_y<Y>_x<X>.jpg from OUT/segment/<split>/images/<id>.jpg."""
+    path = Path(path)
+    match = _PATCH.match(path.stem)
+    if not match:
+        return None
+    split = path.parent.parent
+    image = split.parent.parent / "segment" / split.name / "images" / f"{match.group(1)}.jpg"
+    return image if image.is_file() else None
+
+
+def classify_negatives(path: str | Path, cache: dict | None = None) -> list[str] | None:
+    """The hard-negative kinds of a classification item: a synthetic image's own, or those of the
+    prepared synthetic image a patch was cut from (``cache``: by image, one drawing per image)."""
+    from PIL import Image
+
+    image = patch_origin(path) or Path(path)
+    if not _SYNTH_ID.match(image.stem):
+        return None  # a real image: nothing to draw again
+    cache = {} if cache is None else cache
+    if image not in cache:
+        try:
+            with Image.open(image) as im:
+                size = (im.height, im.width)
+        except OSError:
+            size = (0, 1)  # unreadable: not a synthetic image, synth_negatives says None
+        cache[image] = synth_negatives(image, size)
+    return cache[image]
 
 
 @dataclass
@@ -257,15 +297,19 @@ def segment_slices(scores: list[ImageScore]) -> tuple[dict, dict]:
             {k: sources[k].metrics() for k in sorted(sources)})
 
 
-def weakest_slice(slices: dict, min_images: int = 2) -> dict | None:
-    """The slice with cracks of the lowest Dice, or (when that is better) the crack-free slice
-    with the highest false-alarm rate, among slices of at least ``min_images`` images."""
+def weakest_slice(slices: dict, min_images: int = 2, metric: str = "dice") -> dict | None:
+    """The slice with cracks of the lowest ``metric`` (segment: Dice; classify: recall), or (when
+    that is better) the crack-free slice with the highest false-alarm rate, among slices of at
+    least ``min_images`` images."""
     worst = None
     for name, m in slices.items():
         if (m.get("n_images") or 0) < min_images:
             continue
-        if m.get("truth_px"):
-            cand = {"slice": name, "metric": "dice", "value": m["dice"], "badness": 1.0 - m["dice"]}
+        # a segmenter's slice has cracks when it has crack pixels; a classifier's holds its metric
+        # only when it holds items it applies to (a crack-free slice has no crack recall)
+        has_cracks = m.get("truth_px") if "truth_px" in m else m.get(metric) is not None
+        if has_cracks:
+            cand = {"slice": name, "metric": metric, "value": m[metric], "badness": 1.0 - m[metric]}
         elif m.get("false_alarm_rate") is not None:
             cand = {"slice": name, "metric": "false_alarm_rate", "value": m["false_alarm_rate"],
                     "badness": m["false_alarm_rate"]}
@@ -281,17 +325,52 @@ def weakest_slice(slices: dict, min_images: int = 2) -> dict | None:
     return worst
 
 
-def classify_sources(names: list[str], y_true, probs, index: SourceIndex) -> dict:
-    """Classification metrics per source of each image (patch names keep their image's prefix)."""
+def classify_scores(y_true, probs) -> dict:
+    """One classifier slice: ``n_images`` and the named metrics (for two classes only where it holds
+    crack items: a crack-free slice has no crack precision or recall), plus, for two classes, its
+    crack-free items taken for a crack (``false_alarm_images`` / ``false_alarm_rate``)."""
+    y_true, probs = np.asarray(y_true), np.asarray(probs)
+    binary = probs.shape[1] == 2
+    out: dict = {"n_images": len(y_true)}
+    if not binary or (y_true == 1).any():
+        out.update(M.classification_metrics(y_true, probs))
+    else:
+        out["accuracy"] = float((probs.argmax(axis=1) == y_true).mean()) if len(y_true) else 0.0
+    free = y_true == 0
+    if binary and free.any():
+        alarms = int((probs[free].argmax(axis=1) == 1).sum())
+        out.update(crack_free_images=int(free.sum()), false_alarm_images=alarms,
+                   false_alarm_rate=alarms / int(free.sum()))
+    return out
+
+
+def classify_slices(y_true, probs, classes: list[str], sizes: list[tuple[int, int]],
+                    negatives: list[list[str] | None]) -> dict:
+    """A classifier's slices: ``class:<name>`` (that class's precision, recall, F1), the hard
+    negatives (:func:`classify_negatives` of each crack-free item) and ``size:...``."""
+    y_true, probs = np.asarray(y_true), np.asarray(probs)
+    per_class = M.per_class_metrics(y_true, probs.argmax(axis=1), classes)
+    out = {f"class:{c}": {"n_images": m["support"], **{k: v for k, v in m.items() if k != "support"}}
+           for c, m in per_class.items()}
+    groups: dict[str, list[int]] = {}
+    for i, (size, kinds) in enumerate(zip(sizes, negatives)):
+        if kinds:
+            for name in ["hard_negative", *(f"hard_negative:{k}" for k in sorted(set(kinds)))]:
+                groups.setdefault(name, []).append(i)
+        groups.setdefault(size_bucket(*size), []).append(i)
+    for name in _ordered(groups):
+        idx = np.asarray(groups[name])
+        out[name] = classify_scores(y_true[idx], probs[idx])
+    return out
+
+
+def classify_sources(sources: list[str], y_true, probs) -> dict:
+    """:func:`classify_scores` per source of each item (patch names keep their image's prefix)."""
     y_true, probs = np.asarray(y_true), np.asarray(probs)
     groups: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        groups.setdefault(index.source_of(name), []).append(i)
-    out = {}
-    for src in sorted(groups):
-        idx = np.asarray(groups[src])
-        out[src] = {"n_images": len(idx), **M.classification_metrics(y_true[idx], probs[idx])}
-    return out
+    for i, src in enumerate(sources):
+        groups.setdefault(src, []).append(i)
+    return {src: classify_scores(y_true[groups[src]], probs[groups[src]]) for src in sorted(groups)}
 
 
 def thumbnail(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, max_side: int = 512):
