@@ -118,4 +118,7 @@ def status_of(exc: BaseException) -> tuple[int, str, str]:
     if status is not None:
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         return status, grpc_code_of(status), str(reason).splitlines()[0]
+    status, detail = getattr(exc, "status_code", None), getattr(exc, "detail", None)
+    if isinstance(status, int) and 400 <= status < 600 and isinstance(detail, str):  # Starlette's HTTPException
+        return status, grpc_code_of(status), (detail.splitlines() or ["error"])[0]
     return 500, "INTERNAL", f"internal error: {type(exc).__name__}"

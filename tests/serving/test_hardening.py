@@ -106,6 +106,24 @@ def test_body_over_the_limit_is_413_before_it_is_read(server):
     assert r.status_code == 413 and "FISSURE_MAX_BODY_BYTES" in r.json()["error"]
 
 
+def test_a_streamed_body_over_the_limit_is_413_and_unknown_routes_answer_error(server):
+    """No Content-Length (chunked): the body is counted while it streams in; the refusal and a
+    route that does not exist answer in the front's {"error"} shape, not Starlette's {"detail"}."""
+    from fissure.settings import Settings
+
+    limit = Settings().max_body_bytes
+    block = b"0" * (1 << 20)
+
+    def chunks():
+        for _ in range(limit // len(block) + 2):
+            yield block
+
+    r = server.post(f"/v1/models/{CLF}:predict", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "FISSURE_MAX_BODY_BYTES" in r.json()["error"]
+    r = server.get("/v1/no-such-route")
+    assert r.status_code == 404 and list(r.json()) == ["error"]
+
+
 def test_too_many_items_is_413(server, png_bytes):
     from fissure.settings import Settings
 

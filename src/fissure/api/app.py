@@ -40,7 +40,8 @@ from fissure import MODEL_NAMES, __version__
 from fissure.api import export, ui
 from fissure.api.auth import (PIPELINE, ROLES, Principal, RateLimited, RateLimiter, Unauthenticated, authenticate,
                                create_token)
-from fissure.api.forms import FORM_OVERHEAD, BodyLimit, Form, read_form
+from fissure.api.forms import FORM_OVERHEAD, Form, read_form
+from fissure.body_limit import BodyLimit
 from fissure.api.inference import InferenceClient, InferenceResult
 from fissure.api.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from fissure.api.retrain import Retrainer, log_tail
@@ -283,7 +284,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                               "`Authorization: Bearer <token>`; roles viewer < annotator < admin, and "
                               "pipeline (pipeline events only).")
     app.state.settings, app.state.store, app.state.metrics = cfg, store, metrics
-    app.add_middleware(BodyLimit, limit=max_upload + FORM_OVERHEAD)
+    app.add_middleware(BodyLimit, limit=max_upload + FORM_OVERHEAD, setting="FISSURE_API_MAX_UPLOAD_BYTES")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _error_handlers(app)
 

@@ -3,7 +3,7 @@
 Starlette's form parser spools files over 1 MiB to temporary files; uploads here stay in
 memory (at most ``FISSURE_API_MAX_UPLOAD_BYTES`` per file, counted while the body streams in,
 413 the moment a file goes over) and reach disk only as content-addressed blobs. The body as a
-whole is capped by :class:`BodyLimit`, which also refuses a declared ``Content-Length`` over
+whole is capped by :class:`fissure.body_limit.BodyLimit`, which also refuses a declared ``Content-Length`` over
 the cap before reading anything.
 """
 
@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from starlette.exceptions import HTTPException
 
-from fissure.errors import InputError, PayloadTooLarge, UnsupportedMediaType, status_of
+from fissure.errors import InputError, PayloadTooLarge, UnsupportedMediaType
 
 FORM_OVERHEAD = 1024 * 1024  # multipart framing and the text fields, on top of the files
 MAX_FIELD_BYTES = 64 * 1024
@@ -137,44 +136,3 @@ async def _read_urlencoded(request) -> Form:
     except ValueError:
         raise InputError(f"more than {MAX_PARTS} form fields") from None
     return Form(fields=dict(pairs))
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes is a 413, declared or streamed."""
-
-    def __init__(self, app, limit: int):
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _error(send, PayloadTooLarge(f"request body of {int(declared)} bytes is over the "
-                                                      f"{self.limit}-byte limit"))
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    # an HTTPException: FastAPI re-raises it from its own body reading (JSON bodies),
-                    # where any other error would become a 400
-                    raise HTTPException(413, f"request body is over the {self.limit}-byte limit")
-            return message
-
-        return await self.app(scope, limited_receive, send)
-
-
-async def _error(send, exc) -> None:
-    import json
-
-    status, _, message = status_of(exc)
-    body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})

@@ -25,8 +25,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fissure.errors import FissureError, InputError, NotFoundError, PayloadTooLarge, PermissionDenied, status_of
+from fissure.body_limit import BodyLimit
+from fissure.errors import FissureError, InputError, NotFoundError, PermissionDenied, status_of
 from fissure.observability.serving import FrontMetrics, RequestMetrics, code_of
 import fissure.serving.front  # noqa: F401 - imports kserve safely first
 from fissure.serving.canary import PINNED_VERSION, TrafficSplit
@@ -147,45 +149,6 @@ def _error(exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=http, content={"error": message})
 
 
-class BodyLimit:
-    """ASGI middleware: refuse a body over ``limit`` bytes with 413 before it is all read."""
-
-    def __init__(self, app, limit: int):
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise PayloadTooLarge(self._reason())
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except PayloadTooLarge:
-            await self._refuse(send)
-
-    def _reason(self) -> str:
-        return f"request body over {self.limit} bytes (FISSURE_MAX_BODY_BYTES)"
-
-    async def _refuse(self, send):
-        body = orjson.dumps({"error": self._reason()})
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-
-
 def build_app(dataplane: FrontDataPlane, repository: ModelRepositoryExtension, repository_enabled: bool,
               proxy: Callable[[str, str, bytes, str], Awaitable[Response]] | None, limits: Limits,
               metrics: FrontMetrics | None = None) -> FastAPI:
@@ -286,13 +249,14 @@ def build_app(dataplane: FrontDataPlane, repository: ModelRepositoryExtension, r
         return _error(exc)
 
     app.add_exception_handler(RequestValidationError, validation)
-    for exc_type in (FissureError, kserve_errors.InvalidInput, kserve_errors.ModelNotFound,
+    # StarletteHTTPException: the body limit's 413 and unknown routes answer {"error"} too
+    for exc_type in (FissureError, StarletteHTTPException, kserve_errors.InvalidInput, kserve_errors.ModelNotFound,
                      kserve_errors.ModelNotReady, kserve_errors.InferenceError, Exception):
         app.add_exception_handler(exc_type, any_error)
     register_v1_endpoints(app, dataplane, repository)
     register_v2_endpoints(app, dataplane, repository)
     app.add_api_route("/", dataplane.live, include_in_schema=False)
-    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes, setting="FISSURE_MAX_BODY_BYTES")
     if metrics is not None:  # added last: outermost, so the body limit's refusals are counted too
         app.add_middleware(RequestMetrics, metrics=metrics)
     return app
