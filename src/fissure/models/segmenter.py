@@ -91,18 +91,26 @@ class AttentionUNet(nn.Module):
         for i, enc in enumerate(self.encoders):
             x = enc(x if i == 0 else F.max_pool2d(x, 2))
             skips.append(x)
-        x = skips.pop()
-        coarse = []
-        for up, gate, dec in zip(self.ups, self.gates, self.decoders):
-            g = up(x)
-            skip = skips.pop()
-            x = dec(torch.cat([gate(g, skip), g], dim=1))
-            coarse.append(x)
-        logits = self.head(x)
-        if not aux:
-            return logits
-        heads = self.aux_heads if self.aux_heads is not None else []
-        return logits, [head(feature) for head, feature in zip(heads, coarse)]
+        return _decode(self, skips, aux)
+
+
+def _decode(net: nn.Module, skips: list[torch.Tensor], aux: bool):
+    """The attention-gated decoder both U-Nets share (``net.ups``, ``gates``, ``decoders``,
+    ``head``, ``aux_heads``): from the coarsest map in ``skips`` up, each level upsampled, cut to
+    its skip's size, gated against the skip and decoded; the logits, and with ``aux`` the
+    deep-supervision logits of the coarser levels too."""
+    x = skips.pop()
+    coarse = []
+    for up, gate, dec in zip(net.ups, net.gates, net.decoders):
+        skip = skips.pop()
+        g = _crop_to(up(x), skip)
+        x = dec(torch.cat([gate(g, skip), g], dim=1))
+        coarse.append(x)
+    logits = net.head(x)
+    if not aux:
+        return logits
+    heads = net.aux_heads if net.aux_heads is not None else []
+    return logits, [head(feature) for head, feature in zip(heads, coarse)]
 
 
 def _crop_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -154,16 +162,4 @@ class EncoderAttentionUNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, aux: bool = False):
-        skips = [self.stem(x), *self.encoder.features(x)]
-        x = skips.pop()
-        coarse = []
-        for up, gate, dec in zip(self.ups, self.gates, self.decoders):
-            skip = skips.pop()
-            g = _crop_to(up(x), skip)
-            x = dec(torch.cat([gate(g, skip), g], dim=1))
-            coarse.append(x)
-        logits = self.head(x)
-        if not aux:
-            return logits
-        heads = self.aux_heads if self.aux_heads is not None else []
-        return logits, [head(feature) for head, feature in zip(heads, coarse)]
+        return _decode(self, [self.stem(x), *self.encoder.features(x)], aux)
