@@ -46,11 +46,12 @@ def test_every_registered_version_gets_its_card(registered_segmenter, seg_data):
 def test_model_card_command(registered_segmenter, seg_data, tmp_path, capsys):
     report = tmp_path / "other.json"
     rc = main(["evaluate", "--task", "segment", "--model", "models:/crack-segmenter@champion", "--data",
-               str(seg_data / "val"), "--out", str(report), "--plots", str(tmp_path / "p"), "--worst", "2"])
+               str(seg_data / "val"), "--data", str(seg_data / "test"), "--out", str(report), "--plots",
+               str(tmp_path / "p"), "--worst", "2"])
     assert rc == 0
     evaluated = json.loads(report.read_text())
     assert len(evaluated["worst"]) == 2 and len(list((tmp_path / "p" / "worst").iterdir())) == 2
-    assert {"slices", "sources", "threshold_sweep", "weakest_slice"} <= set(evaluated)
+    assert {"slices", "datasets", "threshold_sweep", "weakest_slice"} <= set(evaluated)
 
     out = tmp_path / "card.md"
     rc = main(["model-card", "--model", "models:/crack-segmenter@champion", "--out", str(out), "--report", str(report)])
@@ -58,6 +59,8 @@ def test_model_card_command(registered_segmenter, seg_data, tmp_path, capsys):
     card = out.read_text()
     assert card.startswith("# Model card: crack-segmenter v1") and "Aliases: challenger, champion" in card
     assert "## Further evaluations" in card and str(seg_data / "val") in card
+    names = list(evaluated["datasets"])  # each folder's row, with its Dice
+    assert "By dataset in" in card and all(f"| {n} | 8 | {evaluated['datasets'][n]['dice']:.3f}" in card for n in names)
     # a local model folder finds its run and version too
     rc = main(["model-card", "--model", str(tmp_path / "seg" / "model")])
     assert rc == 0 and "# Model card: crack-segmenter v1" in capsys.readouterr().out

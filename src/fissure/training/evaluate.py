@@ -9,7 +9,8 @@ overlapping tiles, through the same code as serving (:mod:`fissure.models.tiling
 Beyond the set's scores, :meth:`EvalResult.quality` says where the model fails: metrics per
 slice and per source (:mod:`fissure.training.slices`), a threshold sweep, and the worst
 predictions (segmenter: lowest per-image Dice; classifier: the most confident mistakes), which
-:meth:`EvalResult.write_plots` draws as a gallery.
+:meth:`EvalResult.write_plots` draws as a gallery. Several folders are evaluated one by one and
+:meth:`EvalResult.combine` makes their whole (``fissure evaluate --data A --data B``).
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ class EvalResult:
                 M.confusion_matrix(self.y_true, pred, len(self.classes)))
 
     def quality(self) -> dict:
-        """``slices``, ``sources`` (per dataset), ``threshold_sweep`` (the model's threshold and
-        the best one), ``worst`` (the worst predictions), ``weakest_slice`` and, for the
-        segmenter, ``slice_definitions``: JSON-ready."""
+        """``slices`` (:mod:`fissure.training.slices`), ``sources`` (per dataset), ``threshold_sweep``
+        (the model's threshold and the best one), ``worst`` (the worst predictions, each with its
+        ``dataset`` after :meth:`combine`), ``weakest_slice`` and, for the segmenter,
+        ``slice_definitions``: JSON-ready."""
         if self.task == "segment":
             slices, sources = S.segment_slices(self.scores)
             at = self.counts.metrics()["dice"]
@@ -480,6 +482,8 @@ def _dataset_entry(result: EvalResult, folder: Path) -> dict:
     predictions are among the report's, and in its own plots)."""
     quality = result.quality()
     entry = {"data": str(folder), **_headline(result), "slices": quality["slices"]}
+    if result.task == "segment":  # as a slice says it: whether its Dice scores any crack
+        entry["truth_px"] = result.counts.tp + result.counts.fn
     if len(quality["sources"]) > 1:
         entry["sources"] = quality["sources"]
     entry.update({k: quality[k] for k in ("threshold_sweep", "weakest_slice") if k in quality})

@@ -223,7 +223,10 @@ def failure_cases(task: str, quality: dict | None, overall: dict) -> list[str]:
                        f"{_f(sweep['threshold'], 2)}: the threshold (tuned on validation) does not transfer fully.")
     else:
         for name, m in slices.items():
-            if (m.get("recall") or 0) < 0.8 and m.get("n_images"):
+            if m.get("recall") is None and (m.get("false_alarm_rate") or 0) > 0.1:  # crack-free: no recall
+                out.append(f"False alarms on `{name}`: {m['false_alarm_images']} of {m['crack_free_images']} "
+                           "crack-free images taken for a crack.")
+            elif m.get("recall") is not None and m["recall"] < 0.8 and m.get("n_images"):
                 out.append(f"`{name}`: recall {_f(m['recall'])} ({m['n_images']} images).")
         worst = quality.get("worst") or []
         if worst:
@@ -321,8 +324,9 @@ def render(facts: CardFacts) -> str:
                          r.get("resolution", "-"), (r.get("weakest_slice") or {}).get("slice", "-")])
         lines += _table(["data", "images", key, "relaxed F1" if task == "segment" else "ROC AUC", "resolution", "weakest slice"], rows)
         for r in facts.reports:
-            if r.get("sources") and len(r["sources"]) > 1:
-                lines += [f"By dataset in {r.get('data')}:", ""] + _table(*_slice_rows(task, r["sources"]))
+            datasets = r.get("datasets") or r.get("sources")  # reports before fissure evaluate said sources
+            if datasets and len(datasets) > 1:
+                lines += [f"By dataset in {r.get('data')}:", ""] + _table(*_slice_rows(task, datasets))
 
     lineage = {k: v for k, v in sorted(facts.version_tags.items()) if k != CARD_TAG}
     if lineage:
