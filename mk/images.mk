@@ -9,18 +9,24 @@
 #                    imported into the cluster when it is up. A warm run only hashes and compares digests.
 #   cluster-dns      [root] CoreDNS on the node (manifests/cluster/coredns.yaml): Service names resolve.
 #   cluster-kserve   [root] KServe on `make cluster-up`'s node (manifests/cluster/kserve-up.sh).
+#   cluster-argo     [root] Argo Workflows on the node (manifests/cluster/argo-up.sh): the pinned
+#                    v4.1.2 manifests, controller and argoexec built here from the Go module.
 #   test-cluster     [root] tests/cluster/test_cluster_kserve.py: both InferenceServices Ready and
 #                    answering on the node; tests/cluster/test_cluster_helm.py: `helm install` of the
 #                    chart (manifests/cluster/values-node.yaml), `helm test`, `helm upgrade` under a
-#                    polling client. Not part of `make test` (each ~7-12 min with the images cached,
+#                    polling client; tests/cluster/test_cluster_argo.py: the fissure-train workflow
+#                    Succeeded in a `restricted` namespace, its models registered in MLflow. Not part of `make test` (each ~7-12 min with the images cached,
 #                    ~30 min more from an empty cache: see docs/cluster.md).
 
 KSERVE_VERSION ?= v0.20.0
 COREDNS_VERSION ?= v1.12.4
-CLUSTER_IMAGES_ENV = CACHE=$(CACHE) GO=$(GO) UV=$(UV) TAG=$(IMAGE_TAG) KSERVE_VERSION=$(KSERVE_VERSION) COREDNS_VERSION=$(COREDNS_VERSION)
+# the newest v4 the Go module proxy serves (v4.1.x: 403); the install manifests are v4.1.2's
+ARGO_WORKFLOWS_VERSION ?= v4.0.5
+CLUSTER_IMAGES_ENV = CACHE=$(CACHE) GO=$(GO) UV=$(UV) TAG=$(IMAGE_TAG) KSERVE_VERSION=$(KSERVE_VERSION) COREDNS_VERSION=$(COREDNS_VERSION) \
+	ARGO_WORKFLOWS_VERSION=$(ARGO_WORKFLOWS_VERSION)
 CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl postgresql coredns
 
-.PHONY: cluster-images cluster-kserve cluster-dns test-cluster
+.PHONY: cluster-images cluster-kserve cluster-argo cluster-dns test-cluster
 
 cluster-images: venv cluster-node-apt ## [root] build the serving, KServe controller, storage-initializer, PostgreSQL, CoreDNS and curl images (cached) and import them into a running cluster
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build $(CLUSTER_IMAGE_NAMES)
@@ -32,11 +38,15 @@ cluster-kserve: k8s-binaries cluster-node-apt ## [root] KServe (Standard mode, l
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build kserve-controller storage-initializer
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/kserve-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
 
+cluster-argo: k8s-binaries cluster-node-apt ## [root] Argo Workflows (pinned v4.1.2 manifests; controller and argoexec v4.0.5 built here) on the cluster-up node
+	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build argo-controller argoexec
+	$(CLUSTER_IMAGES_ENV) manifests/cluster/argo-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
+
 cluster-dns: k8s-binaries cluster-node-apt ## [root] CoreDNS (built here) on the cluster-up node, at kubelet's clusterDNS 10.96.0.10
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build coredns
 	CTR_ADDRESS=$(CLUSTER_STATE)/containerd/containerd.sock $(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh import coredns
 	$(K8S_RELEASE_BIN)/kubectl --kubeconfig $(CLUSTER_STATE)/kubeconfigs/admin apply -f manifests/cluster/coredns.yaml
 	$(K8S_RELEASE_BIN)/kubectl --kubeconfig $(CLUSTER_STATE)/kubeconfigs/admin -n kube-system rollout status deployment/coredns --timeout=300s
 
-test-cluster: venv k8s-binaries k8s-tools cluster-node-apt ## [root] the cluster tests that build images (~7-12 min each warm, ~30 min more cold): KServe and the chart (helm install/test/upgrade) on the node
-	FISSURE_TEST_CLUSTER=1 $(VENV)/bin/python -m pytest -q tests/cluster/test_cluster_kserve.py tests/cluster/test_cluster_helm.py $(PYTEST_ARGS)
+test-cluster: venv k8s-binaries k8s-tools cluster-node-apt ## [root] the cluster tests that build images (~7-12 min each warm, ~30 min more cold): KServe, the chart (helm install/test/upgrade) and Argo's fissure-train workflow on the node
+	FISSURE_TEST_CLUSTER=1 $(VENV)/bin/python -m pytest -q tests/cluster/test_cluster_kserve.py tests/cluster/test_cluster_helm.py tests/cluster/test_cluster_argo.py $(PYTEST_ARGS)

@@ -26,6 +26,11 @@
 #   coredns            fissure.local/coredns:COREDNS_VERSION, the cluster's DNS (the pods' URLs name
 #                      Services): CoreDNS built from its Go module with only the plugins coredns.yaml's
 #                      Corefile uses (upstream's plugin list pulls in every cloud SDK), one-file image.
+#   argo-controller    fissure.local/argo-workflow-controller:ARGO_WORKFLOWS_VERSION and
+#   argoexec           fissure.local/argoexec:ARGO_WORKFLOWS_VERSION: Argo Workflows' workflow-controller
+#                      and argoexec (the executor its pods' init and wait containers run) built from
+#                      the Go module github.com/argoproj/argo-workflows/v4 (CGO_ENABLED=0), one-file
+#                      images as upstream's distroless ones (user 8737, binaries in /bin).
 #
 # usage: images.sh build|import|digest [IMAGE...] (default: serving kserve-controller storage-initializer)
 #        (env: CACHE, TAG, KSERVE_VERSION, COREDNS_VERSION, GO, CTR_ADDRESS)
@@ -38,6 +43,8 @@ cache="${CACHE:-$HOME/.cache/fissure}/images"
 tag="${TAG:-0.1.0}"
 kserve_version="${KSERVE_VERSION:-v0.20.0}"
 coredns_version="${COREDNS_VERSION:-v1.12.4}"
+# the proxy serves v4.0.5 as the newest v4 (v4.0.6, v4.1.0-v4.1.2: 403 "not available")
+argo_version="${ARGO_WORKFLOWS_VERSION:-v4.0.5}"
 go="${GO:-go}"
 uv="${UV:-${CACHE:-$HOME/.cache/fissure}/bootstrap/bin/uv}"
 uv_cache="${UV_CACHE_DIR:-${CACHE:-$HOME/.cache/fissure}/uv}"
@@ -335,6 +342,23 @@ GO
   rm -rf "$tmp"; mv "$out.tmp" "$out"
 }
 
+# ---------------------------------------------------------------- argo workflow-controller, argoexec
+argo_bin() { echo "${CACHE:-$HOME/.cache/fissure}/argo-workflows/$argo_version/$1"; }
+build_argo() {  # build_argo workflow-controller|argoexec: from the module source (go mod download: checksum-checked)
+  local name=$1 out dir tmp; out=$(argo_bin "$name")
+  [ -x "$out" ] && return 0
+  log "building Argo Workflows $argo_version's $name from its Go module (~10 min cold)"
+  dir=$(cd "${TMPDIR:-/tmp}" && "$go" mod download -json "github.com/argoproj/argo-workflows/v4@$argo_version" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -n "$dir" ] || die "go mod download github.com/argoproj/argo-workflows/v4@$argo_version failed"
+  tmp=$(mktemp -d); cp -R "$dir/." "$tmp/"; chmod -R u+w "$tmp"
+  mkdir -p "$(dirname "$out")"
+  (cd "$tmp" && CGO_ENABLED=0 GOFLAGS=-mod=mod "$go" build -trimpath \
+     -ldflags "-s -w -X github.com/argoproj/argo-workflows/v4.version=$argo_version" -o "$out.tmp" "./cmd/$name") >&2 \
+    || { rm -rf "$tmp"; die "go build of argo-workflows $argo_version cmd/$name failed"; }
+  rm -rf "$tmp"; mv "$out.tmp" "$out"
+}
+
 # ---------------------------------------------------------------- dispatch
 image_ref() {
   case $1 in
@@ -344,7 +368,9 @@ image_ref() {
     debian-curl) echo "fissure.local/debian-curl:$suite" ;;
     postgresql) echo "fissure.local/postgresql:15-$suite" ;;
     coredns) echo "fissure.local/coredns:$coredns_version" ;;
-    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns)" ;;
+    argo-controller) echo "fissure.local/argo-workflow-controller:$argo_version" ;;
+    argoexec) echo "fissure.local/argoexec:$argo_version" ;;
+    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec)" ;;
   esac
 }
 oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
@@ -359,6 +385,10 @@ oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
       --env PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
       --env PGDATA=/var/lib/postgresql/data --entrypoint '["/usr/local/bin/postgres-entrypoint.sh"]') ;;
     coredns) args=(--file "$(coredns_bin):/coredns" --entrypoint /coredns --user 65532:65532) ;;
+    argo-controller) args=(--file "$(argo_bin workflow-controller):/bin/workflow-controller"
+      --entrypoint /bin/workflow-controller --user 8737) ;;
+    argoexec) args=(--file "$(argo_bin argoexec):/bin/argoexec" --entrypoint /bin/argoexec --user 8737
+      --env PATH=/bin) ;;
   esac
   python3 "$here/oci-image.py" --name "$(image_ref "$img")" "${args[@]}" "$@"
 }
@@ -376,6 +406,8 @@ case $cmd in
         debian-curl) build_debian_curl ;;
         postgresql) build_postgresql ;;
         coredns) build_coredns ;;
+        argo-controller) build_argo workflow-controller ;;
+        argoexec) build_argo argoexec ;;
       esac
       log "$(image_ref "$img") ready ($(oci "$img" --digest -))"
     done ;;
@@ -391,5 +423,5 @@ case $cmd in
       log "importing $ref ($want)"
       oci "$img" - | "${ctr[@]}" images import - >&2
     done ;;
-  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns]" ;;
+  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec]" ;;
 esac
