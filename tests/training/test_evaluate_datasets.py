@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -62,6 +63,13 @@ def test_each_dataset_gets_its_own_scores_and_the_sum_is_the_whole(tmp_path, cap
     for folder in (plots, plots / "datasets" / "site-a-cracks", plots / "datasets" / "clean"):
         assert (folder / "quality.json").is_file() and (folder / "worst.png").is_file(), folder
     assert len(list((plots / "datasets" / "clean" / "worst").iterdir())) == 6
+    # the plots' quality.json says the datasets as the JSON does (one shape, one name), and so do their slices.csv
+    quality = json.loads((plots / "quality.json").read_text())
+    assert quality["datasets_by"] == "folder" and quality["datasets"] == report["datasets"] and "sources" not in quality
+    assert json.loads((plots / "datasets" / "clean" / "quality.json").read_text())["datasets_by"] == "source"
+    with (plots / "slices.csv").open() as fh:
+        rows = {r["slice"]: r for r in csv.DictReader(fh)}
+    assert float(rows["folder:clean"]["accuracy"]) == 0.0 and rows["folder:site-a-cracks"]["n_images"] == "4"
     err = capsys.readouterr().err.splitlines()
     table = err[next(i for i, line in enumerate(err) if line.split()[:2] == ["folder", "images"]):]
     assert [line.split()[:3] for line in table[1:4]] == [["site-a-cracks", "4", "1.0000"], ["clean", "6", "0.0000"],

@@ -85,3 +85,36 @@ def test_model_card_help(capsys):
     out = capsys.readouterr().out
     assert "Usage: fissure model-card" in out and "--report" in out
     assert main(["--help"]) == 0 and "model-card" in capsys.readouterr().out
+
+
+def test_classifier_card_counts_false_alarms_on_crack_free_slices(tmp_path):
+    """A crack-free slice (drawn hard negatives, the no_crack class) has no recall: the card says its
+    false alarms, from the same quality report a training run logs (and from an old one's `sources`)."""
+    from fissure.data import synth
+    from fissure.training.datasets import eval_items
+    from fissure.training.evaluate import evaluate_classifier
+
+    from .test_quality_report import CLF_SPEC, AlwaysCrack
+
+    synth.write_dataset(tmp_path / "clf", "classify", count=8, size=48)
+    items, _ = eval_items("classify", tmp_path / "clf", CLF_SPEC["classes"])
+    quality = evaluate_classifier(AlwaysCrack(), CLF_SPEC, items).quality()
+    hard, free = quality["slices"]["hard_negative"], quality["slices"]["class:no_crack"]
+    assert hard["n_images"] >= 1 and free["crack_free_images"] == 4 and free["false_alarm_images"] == 4
+    facts = modelcard.CardFacts(name="crack-classifier", version="1", run_id="r", task="classify", spec=CLF_SPEC,
+                                quality=quality)
+    card = modelcard.render(facts)
+    assert "| slice | images | precision | recall | F1 | false alarms (crack-free images) |" in card
+    n = hard["n_images"]
+    assert f"| hard_negative | {n} | n/a | n/a | n/a | {n}/{n} |" in card  # every crack-free item taken for a crack
+    assert "| class:no_crack | 4 | 0.000 | 0.000 | 0.000 | 4/4 |" in card
+    assert "| class:crack | 4 | 0.500 | 1.000 | 0.667 | - |" in card  # no crack-free item: no false alarms
+    assert f"False alarms on `hard_negative`: {n} of {n} crack-free images" in card
+    (source,) = quality["datasets"]
+    assert "## Metrics by dataset (test split)" in card and f"| {source} | 8 | 0.500 | 1.000 | 0.667 | 4/4 |" in card
+
+    # a report from before quality reports said datasets: its per-source entries were `sources`
+    old = {k: v for k, v in quality.items() if k not in ("datasets", "datasets_by")}
+    old["sources"] = quality["datasets"]
+    assert modelcard.render(modelcard.CardFacts(name="crack-classifier", version="1", run_id="r", task="classify",
+                                                spec=CLF_SPEC, quality=old)).count(f"| {source} | 8 |") == 1

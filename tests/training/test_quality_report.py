@@ -1,4 +1,4 @@
-"""The quality report of `fissure evaluate`: slices, sources, threshold sweep, worst predictions.
+"""The quality report of `fissure evaluate`: slices, datasets, threshold sweep, worst predictions.
 
 The models here are small real torch modules with a fixed rule (dark pixels are cracks), so the
 numbers each slice must show are known without training.
@@ -117,14 +117,14 @@ def test_segmenter_report_by_slice_and_source(prepared, tmp_path):
     items, _ = eval_items("segment", prepared / "segment" / "test")
     result = evaluate_segmenter(DarkIsCrack(), SEG_SPEC, items, overlays=0, worst=3)
     q = result.quality()
-    assert set(q["sources"]) == {"synth", "datasets-deepcrack"}
-    assert sum(m["n_images"] for m in q["sources"].values()) == len(items) == 6
+    assert q["datasets_by"] == "source" and set(q["datasets"]) == {"synth", "datasets-deepcrack"}
+    assert sum(m["n_images"] for m in q["datasets"].values()) == len(items) == 6
 
     # a source's entry is what evaluating that source alone gives
     real = [it for it in items if it.image.name.startswith("datasets-")]
     alone = evaluate_segmenter(DarkIsCrack(), SEG_SPEC, real, overlays=0).metrics
     for key in ("dice", "precision", "recall", "relaxed_f1"):
-        assert q["sources"]["datasets-deepcrack"][key] == pytest.approx(alone[key], abs=1e-6), key
+        assert q["datasets"]["datasets-deepcrack"][key] == pytest.approx(alone[key], abs=1e-6), key
 
     by_name = {s.name: s for s in result.scores}
     assert "width:thin" in by_name["datasets-deepcrack-thin.png"].slices
@@ -174,6 +174,9 @@ def test_plots_hold_the_sweep_slices_and_the_gallery(prepared, tmp_path):
     quality = json.loads((out / "quality.json").read_text())
     assert quality["metrics"]["dice"] == pytest.approx(result.metrics["dice"], abs=1e-6)
     assert quality["worst"][0]["image"] == result.worst[0][0].name
+    # the shape and names of fissure evaluate's JSON: per source of the one folder, as datasets
+    assert quality["datasets_by"] == "source" and quality["datasets"] == result.quality()["datasets"]
+    assert "sources" not in quality
 
     # a second run with fewer worst images leaves no stale gallery image behind
     evaluate_segmenter(DarkIsCrack(), SEG_SPEC, items, overlays=0, worst=1).write_plots(out)
@@ -205,7 +208,7 @@ def test_classifier_report_names_its_most_confident_mistakes(tmp_path):
     assert set(wrong) == {("synth-0-000002_y0_x0.png", "no_crack", "crack"),
                           ("synth-0-000005_y0_x0.png", "crack", "no_crack")}
     assert [w["confidence"] for w in q["worst"]] == sorted((w["confidence"] for w in q["worst"]), reverse=True)
-    assert q["sources"]["synth"]["n_images"] == 6
+    assert q["datasets_by"] == "source" and q["datasets"]["synth"]["n_images"] == 6
     assert set(q["slices"]) == {"class:no_crack", "class:crack", "size:<=512px"}  # no drawn image behind them
     assert q["threshold_sweep"]["threshold"] == 0.5
     out = tmp_path / "plots"
@@ -274,7 +277,7 @@ def test_whole_synthetic_classification_images_are_tagged_with_their_drawings(tm
     q = evaluate_classifier(AlwaysCrack(), CLF_SPEC, items).quality()
     want = [k for k in range(1, 8, 2) if synth.render_for_task(0, k, "classify", 48)[0].negatives]
     assert want and q["slices"]["hard_negative"]["n_images"] == len(want)
-    (source,) = q["sources"].values()
+    (source,) = q["datasets"].values()
     assert source["false_alarm_rate"] == 1.0 and source["recall"] == 1.0 and source["n_images"] == 8
 
 
@@ -322,3 +325,8 @@ def test_dvc_plots_show_renders_every_declared_plot(prepared, tmp_path):
             assert rendered[0]["content"]["data"]["values"], plot_id
     fields = {row.get("filename::field") for row in shown["data"]["threshold_sweep"][0]["content"]["data"]["values"]}
     assert {"segmenter/threshold_sweep.csv::dice", "classifier/threshold_sweep.csv::f1"} <= fields
+    # both models' slices: the classifier's recall and, on crack-free items, its false alarms
+    for plot_id, field in (("slices", "dice"), ("classifier_slices", "recall"), ("classifier_false_alarms", "false_alarm_rate")):
+        rows = shown["data"][plot_id][0]["content"]["data"]["values"]
+        assert any(r.get(field) not in (None, "") for r in rows), (plot_id, rows[:2])
+        assert any(r.get("slice", "").startswith("source:") for r in rows), plot_id

@@ -66,17 +66,20 @@ class EvalResult:
     sizes: list = field(default_factory=list)  # classify: each image's (height, width)
     negatives: list = field(default_factory=list)  # classify: hard-negative kinds of each crack-free synthetic item
     datasets: list = field(default_factory=list)  # each item's --data name (combine); empty for one folder
+    parts: dict = field(default_factory=dict)  # combine: each --data name's (folder, EvalResult)
     n_worst: int = 8
 
     @classmethod
-    def combine(cls, results: dict[str, "EvalResult"]) -> "EvalResult":
-        """One result for the sets of several folders (by name): the scores of all their items
-        together, each item tagged with its set's name (``datasets``)."""
+    def combine(cls, results: dict[str, "EvalResult"], folders: dict | None = None) -> "EvalResult":
+        """One result for the sets of several folders (by name; ``folders``: each one's path): the
+        scores of all their items together, each item tagged with its set's name (``datasets``),
+        each set kept for its own entry in :meth:`quality`."""
         parts = list(results.values())
         first = parts[0]
         tags = [name for name, r in results.items() for _ in range(r.n_images)]
         common = dict(task=first.task, n_images=len(tags), classes=first.classes, threshold=first.threshold,
-                      n_worst=first.n_worst, datasets=tags)
+                      n_worst=first.n_worst, datasets=tags,
+                      parts={name: (str((folders or {}).get(name, name)), r) for name, r in results.items()})
         if first.task == "classify":
             y_true, probs = np.concatenate([r.y_true for r in parts]), np.concatenate([r.probs for r in parts])
             return cls(metrics=M.classification_metrics(y_true, probs), y_true=y_true, probs=probs,
@@ -102,10 +105,12 @@ class EvalResult:
                 M.confusion_matrix(self.y_true, pred, len(self.classes)))
 
     def quality(self) -> dict:
-        """``slices`` (:mod:`fissure.training.slices`), ``sources`` (per dataset), ``threshold_sweep``
-        (the model's threshold and the best one), ``worst`` (the worst predictions, each with its
-        ``dataset`` after :meth:`combine`), ``weakest_slice`` and, for the segmenter,
-        ``slice_definitions``: JSON-ready."""
+        """``slices`` (:mod:`fissure.training.slices`), ``datasets_by`` and ``datasets`` (per
+        folder after :meth:`combine`, else per source of the items: :meth:`by_dataset`),
+        ``threshold_sweep`` (the model's threshold and the best one), ``worst`` (the worst
+        predictions, each with its ``dataset`` after :meth:`combine`), ``weakest_slice`` and, for
+        the segmenter, ``slice_definitions``: JSON-ready. ``fissure evaluate``'s JSON, each
+        ``quality.json`` and a training run's ``plots/test_quality.json`` all say it so."""
         if self.task == "segment":
             slices, sources = S.segment_slices(self.scores)
             at = self.counts.metrics()["dice"]
@@ -114,13 +119,13 @@ class EvalResult:
             worst = [{"image": s.name, "source": s.source, "dice": s.dice, "relaxed_f1": s.relaxed_f1,
                       "truth_px": s.tp + s.fn, "false_px": s.fp, "missed_px": s.fn, "slices": s.slices}
                      for s, *_ in self.worst]
-            out = {"slices": slices, "sources": sources, "threshold_sweep": sweep, "worst": worst,
+            out = {"slices": slices, **self.by_dataset(sources), "threshold_sweep": sweep, "worst": worst,
                    "weakest_slice": S.weakest_slice(slices), "slice_definitions": S.DEFINITIONS}
         else:
             slices = S.classify_slices(self.y_true, self.probs, self.classes, self.sizes, self.negatives)
-            sources = S.classify_sources([self.sources[_class_root(p)].source_of(p) for p in self.paths],
-                                         self.y_true, self.probs)
-            out = {"slices": slices, "sources": sources, "worst": self._confident_mistakes()}
+            sources = None if self.parts else S.classify_sources(
+                [self.sources[_class_root(p)].source_of(p) for p in self.paths], self.y_true, self.probs)
+            out = {"slices": slices, **self.by_dataset(sources), "worst": self._confident_mistakes()}
             if self.probs.shape[1] == 2:
                 rows = plots.score_sweep(self.y_true == 1, self.probs[:, 1])
                 best = max(rows, key=lambda r: (r["f1"], -abs(r["threshold"] - 0.5)))
@@ -131,6 +136,27 @@ class EvalResult:
             for entry, i in zip(out["worst"], self._worst_indices()):
                 entry["dataset"] = self.datasets[i]
         return deep_clean(out)
+
+    def by_dataset(self, sources: dict | None) -> dict:
+        """``datasets_by`` and ``datasets``: after :meth:`combine` one entry per folder
+        (:meth:`dataset_entry`), else ``sources`` (the items' scores per source: ``fissure data
+        prepare`` prefixes every file with its source, so one prepared split holds several)."""
+        if self.parts:
+            return {"datasets_by": "folder",
+                    "datasets": {name: r.dataset_entry(folder) for name, (folder, r) in self.parts.items()}}
+        return {"datasets_by": "source", "datasets": sources}
+
+    def dataset_entry(self, folder: str) -> dict:
+        """This set's part of a report on several: its folder, scores and where it fails (its
+        worst predictions are among the report's, and in its own plots); its sources when several."""
+        quality = self.quality()
+        entry = {"data": str(folder), **_headline(self), "slices": quality["slices"]}
+        if self.task == "segment":  # as a slice says it: whether its Dice scores any crack
+            entry["truth_px"] = self.counts.tp + self.counts.fn
+        if len(quality["datasets"]) > 1:
+            entry.update({k: quality[k] for k in ("datasets_by", "datasets")})
+        entry.update({k: quality[k] for k in ("threshold_sweep", "weakest_slice") if k in quality})
+        return entry
 
     def _worst_indices(self) -> list[int]:
         """The items of ``worst`` (segment) or of the most confident mistakes (classify), in order."""
@@ -188,8 +214,10 @@ class EvalResult:
             files += self._write_worst(out, prefix)
         files.append(plots.save(plots.pr_figure(p, r, f"{name}: precision-recall"), out / f"{prefix}pr_curve.png"))
         quality = self.quality()
-        slice_rows = [{"slice": k, **v} for k, v in {**quality["slices"],
-                                                    **{f"source:{k}": v for k, v in quality["sources"].items()}}.items()]
+        by = quality["datasets_by"]  # rows source:NAME or folder:NAME after the slices, their scores alone
+        slice_rows = [{"slice": k, **v} for k, v in quality["slices"].items()] + [
+            {"slice": f"{by}:{k}", **{f: x for f, x in v.items() if x is None or isinstance(x, (int, float))}}
+            for k, v in quality["datasets"].items()]
         files.append(plots.write_rows_csv(out / f"{prefix}slices.csv", slice_rows, digits=6))
         fields = ("dice", "relaxed_f1") if self.task == "segment" else ("f1", "recall")
         if slice_rows:
@@ -442,7 +470,7 @@ def run_evaluation(model_uri: str, task: str, data, out: str | Path, plots_dir=N
     results = {name: evaluate_items(loaded.module, loaded.spec, its, device=str(dev), batch_size=batch_size,
                                     overlays=overlays, progress=progress, native=native, worst=worst)
                for name, its in items.items()}
-    result = results[""] if "" in results else EvalResult.combine(results)
+    result = results[""] if "" in results else EvalResult.combine(results, folders)
     report = _headline(result)
     report.update(
         task=task,
@@ -459,13 +487,7 @@ def run_evaluation(model_uri: str, task: str, data, out: str | Path, plots_dir=N
             report["tiling"] = {"tile": tiling.tile, "overlap": tiling.overlap, "max_pixels": tiling.max_pixels}
     quality = result.quality()
     quality.pop("slice_definitions", None)  # in quality.json and the docs; as metrics, seven text columns
-    sources = quality.pop("sources")
-    if "" in results:  # one folder: its datasets are the sources its files came from
-        report.update(datasets_by="source", datasets=sources)
-    else:
-        report["datasets_by"] = "folder"
-        report["datasets"] = {name: _dataset_entry(r, folders[name]) for name, r in results.items()}
-    report.update(quality)  # slices, threshold_sweep, worst, weakest_slice
+    report.update(quality)  # slices, datasets_by, datasets, threshold_sweep, worst, weakest_slice
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -475,16 +497,3 @@ def run_evaluation(model_uri: str, task: str, data, out: str | Path, plots_dir=N
             for name, r in results.items():
                 r.write_plots(Path(plots_dir) / "datasets" / name)
     return report
-
-
-def _dataset_entry(result: EvalResult, folder: Path) -> dict:
-    """One folder's part of a report on several: its scores and where it fails (its worst
-    predictions are among the report's, and in its own plots)."""
-    quality = result.quality()
-    entry = {"data": str(folder), **_headline(result), "slices": quality["slices"]}
-    if result.task == "segment":  # as a slice says it: whether its Dice scores any crack
-        entry["truth_px"] = result.counts.tp + result.counts.fn
-    if len(quality["sources"]) > 1:
-        entry["sources"] = quality["sources"]
-    entry.update({k: quality[k] for k in ("threshold_sweep", "weakest_slice") if k in quality})
-    return entry

@@ -171,17 +171,23 @@ def _metric_names(task: str) -> tuple[str, ...]:
     return (*M.SEGMENTATION_METRICS, *M.RELAXED_METRICS) if task == "segment" else M.CLASSIFICATION_METRICS
 
 
+def _false_alarms(m: dict) -> str:
+    """A slice's crack-free images taken for a crack, of its crack-free images ("-": none)."""
+    return f"{m['false_alarm_images']}/{m['crack_free_images']}" if m.get("crack_free_images") else "-"
+
+
 def _slice_rows(task: str, section: dict) -> tuple[list[str], list[list]]:
     if task == "segment":
         header = ["slice", "images", "dice", "relaxed F1", "precision", "recall", "false alarms (crack-free images)"]
         rows = [[name, m.get("n_images"), m.get("dice") if m.get("truth_px") else None,
                  m.get("relaxed_f1") if m.get("truth_px") else None,
                  m.get("precision") if m.get("truth_px") else None, m.get("recall") if m.get("truth_px") else None,
-                 (f"{m['false_alarm_images']}/{m['crack_free_images']}" if m.get("crack_free_images") else "-")]
+                 _false_alarms(m)]
                 for name, m in section.items()]
-    else:
-        header = ["slice", "images", "precision", "recall", "F1"]
-        rows = [[name, m.get("n_images"), m.get("precision"), m.get("recall"), m.get("f1")] for name, m in section.items()]
+    else:  # a crack-free slice (hard_negative, a size of no_crack items) has no recall, only false alarms
+        header = ["slice", "images", "precision", "recall", "F1", "false alarms (crack-free images)"]
+        rows = [[name, m.get("n_images"), m.get("precision"), m.get("recall"), m.get("f1"), _false_alarms(m)]
+                for name, m in section.items()]
     return header, rows
 
 
@@ -302,9 +308,10 @@ def render(facts: CardFacts) -> str:
     lines += _table(["metric", "validation", "test"], rows)
 
     q = facts.quality or {}
-    if q.get("sources"):
+    datasets = q.get("datasets") or q.get("sources")  # runs before quality reports said datasets: sources
+    if datasets:
         lines += ["## Metrics by dataset (test split)", ""]
-        lines += _table(*_slice_rows(task, q["sources"]))
+        lines += _table(*_slice_rows(task, datasets))
     if q.get("slices"):
         lines += ["## Metrics by slice (test split)", ""]
         lines += _table(*_slice_rows(task, q["slices"]))

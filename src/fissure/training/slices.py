@@ -18,11 +18,13 @@ A classifier's items fall into ``class:<name>`` (each class's precision, recall,
 ``hard_negative:<kind>``: crack-free items of a synthetic image with a drawn hard negative (a
 whole image from ``fissure data synth --task classify``, or a ``no_crack`` patch that ``fissure
 data prepare`` cut from one: the kinds are the whole image's, so such a patch may show only part
-of the joint or band, or none of it). Their ``false_alarm_rate`` is the share taken for a crack.
+of the joint or band, or none of it). Their ``false_alarm_rate`` is the share taken for a crack,
+as it is for the crack-free class (``class:no_crack``) and every slice holding crack-free items.
 
-Per dataset (``sources``): the source an image came from. ``fissure data prepare`` prefixes every
-file with its source (``synth-``, ``feedback-``, or the tag of a real folder, listed in the
-prepared ``manifest.json``); a folder without a manifest is one source named after the folder.
+Per dataset (a report's ``datasets`` with ``datasets_by: source``): the source an image came
+from. ``fissure data prepare`` prefixes every file with its source (``synth-``, ``feedback-``, or
+the tag of a real folder, listed in the prepared ``manifest.json``); a folder without a manifest
+is one source named after the folder.
 """
 
 from __future__ import annotations
@@ -352,6 +354,9 @@ def classify_slices(y_true, probs, classes: list[str], sizes: list[tuple[int, in
     per_class = M.per_class_metrics(y_true, probs.argmax(axis=1), classes)
     out = {f"class:{c}": {"n_images": m["support"], **{k: v for k, v in m.items() if k != "support"}}
            for c, m in per_class.items()}
+    if probs.shape[1] == 2 and (y_true == 0).any():  # the crack-free class's false alarms, as any crack-free slice's
+        free = classify_scores(y_true[y_true == 0], probs[y_true == 0])
+        out[f"class:{classes[0]}"].update({k: free[k] for k in ("crack_free_images", "false_alarm_images", "false_alarm_rate")})
     groups: dict[str, list[int]] = {}
     for i, (size, kinds) in enumerate(zip(sizes, negatives)):
         if kinds:
