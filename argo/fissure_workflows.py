@@ -117,6 +117,9 @@ def _base_env() -> list[m.EnvVar]:
     return [
         m.EnvVar(name="HOME", value="/tmp"),
         m.EnvVar(name="FISSURE_HOME", value=f"{WORK}/state"),
+        # dvc keeps state under a shared site cache (/var/tmp/dvc), which the read-only root
+        # filesystem refuses ("[Errno 30] Read-only file system"): the pod's /tmp instead
+        m.EnvVar(name="DVC_SITE_CACHE_DIR", value="/tmp/dvc-site-cache"),
         _secret("AWS_ACCESS_KEY_ID", "s3_secret", "s3_access_key"),
         _secret("AWS_SECRET_ACCESS_KEY", "s3_secret", "s3_secret_key"),
     ]

@@ -352,6 +352,10 @@ build_argo() {  # build_argo workflow-controller|argoexec: from the module sourc
     | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
   [ -n "$dir" ] || die "go mod download github.com/argoproj/argo-workflows/v4@$argo_version failed"
   tmp=$(mktemp -d); cp -R "$dir/." "$tmp/"; chmod -R u+w "$tmp"
+  # upstream's signal_linux.go is a symlink to signal_darwin.go, and module zips leave symlinks
+  # out (argoexec: "osspecific/command_unix.go:37:3: undefined: Setpgid" without it)
+  local os_dir="$tmp/workflow/executor/osspecific"
+  [ -e "$os_dir/signal_linux.go" ] || cp "$os_dir/signal_darwin.go" "$os_dir/signal_linux.go"
   mkdir -p "$(dirname "$out")"
   (cd "$tmp" && CGO_ENABLED=0 GOFLAGS=-mod=mod "$go" build -trimpath \
      -ldflags "-s -w -X github.com/argoproj/argo-workflows/v4.version=$argo_version" -o "$out.tmp" "./cmd/$name") >&2 \
