@@ -65,7 +65,7 @@ TINY_PARAMS = {
     # (the process aborts: "corrupted double-linked list"); widths 8 and 16 do not
     "train_classifier": {"epochs": 1, "batch_size": 16, "size": 32, "model": {"width": 8}},
     "train_segmenter": {"epochs": 1, "min_epochs": 0, "batch_size": 4, "size": 64, "crop": 32,
-                        "model": {"base": 4, "depth": 2}},
+                        "model": {"encoder": "none", "base": 4, "depth": 2}},  # tiny: no ImageNet encoder
     "evaluate": {"overlays": 1},
 }
 

@@ -55,6 +55,27 @@ class TrainConfig(BaseModel):
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = all CPUs this process may use
     eval_batch_size: int = Field(0, ge=0)  # 0 = batch_size
     model: dict = Field(default_factory=dict)  # architecture params: ClassifierArch / SegmenterArch keys
+    # how the saved model sees images larger than its input, written to its spec (serving, `fissure
+    # evaluate`, the test split): fissure.models.tiling.TilingConfig keys (mode: tile = native
+    # resolution in overlapping tiles, tile, overlap, max_pixels, batch); None = resized whole
+    tiling: dict | None = None
+
+    @model_validator(mode="after")
+    def _tiling_valid(self) -> "TrainConfig":
+        if self.tiling is not None:
+            from fissure.models.tiling import TilingConfig
+
+            try:
+                data = {"tile": self.size, **self.tiling}
+                if isinstance(data["tile"], int):  # the spec's default overlap (fissure.models.tiling_config)
+                    data.setdefault("overlap", min(TilingConfig.model_fields["overlap"].default, data["tile"] // 4))
+                TilingConfig(**data)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err.get("loc", ()))
+                raise ValueError(f"tiling{'.' + where if where else ''}: "
+                                 f"{err['msg'].removeprefix('Value error, ')}") from None
+        return self
 
     @model_validator(mode="after")
     def _crop_fits(self) -> "TrainConfig":
@@ -104,9 +125,10 @@ DEFAULTS = {
         epochs=12, batch_size=64, lr=3e-3, patience=4, size=96, model={"width": 16, "blocks": 1, "dropout": 0.1}
     ),
     "segment": dict(
-        epochs=40, batch_size=8, lr=4e-3, patience=8, min_epochs=25, size=256, crop=128, crack_bias=0.5,
+        epochs=24, batch_size=8, lr=4e-3, patience=8, min_epochs=15, size=256, crop=128, crack_bias=0.5,
         hard_negatives=0.6, extra_cracks=0.3, aux_weight=0.5, ema=0.99, eval_batch_size=8,
-        model={"base": 8, "depth": 4, "norm": "group", "deep_supervision": True},
+        model={"encoder": "efficientnet-lite0", "pretrained": True, "base": 8, "depth": 4, "norm": "group",
+               "deep_supervision": True},
     ),
 }
 

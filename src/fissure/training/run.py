@@ -103,6 +103,8 @@ def train(
 
         result = fit(task, splits, cfg, device=device, progress=progress, on_epoch=on_epoch, init_state=init_state)
         spec = result.spec
+        if cfg.tiling is not None:  # native-resolution inference (fissure.models.tiling), as params say
+            spec["tiling"] = {"tile": cfg.size, **cfg.tiling}
         mlflow.log_params({**tracking.flat_params("", params), **{f"split.{k}": v for k, v in sizes.items()},
                            "device": result.device, "threads": result.extra.get("threads")})
         # The param is the architecture, for comparing runs; the profile is an artifact of its own.
