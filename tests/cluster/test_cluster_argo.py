@@ -48,7 +48,9 @@ ARGO_VERSION = "v4.0.5"
 TINY_PARAMS = {
     "prepare": {"count": 24, "size": 128, "patch_size": 64, "patch_stride": 64},
     "train_classifier": {"epochs": 1, "batch_size": 16, "size": 64, "patience": 0},
-    "train_segmenter": {"epochs": 1, "min_epochs": 0, "batch_size": 4, "size": 128, "crop": 64, "patience": 0},
+    # encoder none: the from-scratch segmenter this test ran with (the default became the pretrained one)
+    "train_segmenter": {"epochs": 1, "min_epochs": 0, "batch_size": 4, "size": 128, "crop": 64, "patience": 0,
+                        "model": {"encoder": "none"}},
     "evaluate": {"overlays": 1},
 }
 
