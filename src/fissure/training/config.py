@@ -125,7 +125,7 @@ DEFAULTS = {
         epochs=12, batch_size=64, lr=3e-3, patience=4, size=96, model={"width": 16, "blocks": 1, "dropout": 0.1}
     ),
     "segment": dict(
-        epochs=24, batch_size=8, lr=4e-3, patience=8, min_epochs=15, size=256, crop=128, crack_bias=0.5,
+        epochs=18, batch_size=8, lr=4e-3, patience=8, min_epochs=12, size=256, crop=128, crack_bias=0.5,
         hard_negatives=0.6, extra_cracks=0.3, aux_weight=0.5, ema=0.99, eval_batch_size=8,
         model={"encoder": "efficientnet-lite0", "pretrained": True, "base": 8, "depth": 4, "norm": "group",
                "deep_supervision": True},
