@@ -269,16 +269,25 @@ class Store:
 
         cfg = Config()
         cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
-        try:
-            with self._writer.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    # replicas starting together on a new database: one migrates, the others wait
-                    # for its commit and find nothing left to do (SQLite's writer lock does the same)
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
-        except OperationalError as exc:
-            raise unavailable(self.url, exc) from None
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                with self._writer.begin() as conn:
+                    if conn.dialect.name == "postgresql":
+                        # replicas starting together on a new database: one migrates, the others wait
+                        # for its commit and find nothing left to do (SQLite's writer lock does the same)
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+                return
+            except OperationalError as exc:
+                # Connections switching a new SQLite file to WAL together can deadlock, and SQLite
+                # then says "database is locked" at once instead of waiting out busy_timeout. The
+                # migration is one transaction and idempotent: try it again.
+                locked = self._writer.dialect.name == "sqlite" and "locked" in str(exc.orig)
+                if not locked or time.monotonic() > deadline:
+                    raise unavailable(self.url, exc) from None
+                time.sleep(0.1)
 
     # ------------------------------------------------------------------ transactions
     @contextmanager
