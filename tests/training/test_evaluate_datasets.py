@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -96,6 +97,30 @@ def test_segmenter_sets_together_score_as_one_set(prepared, tmp_path):  # noqa: 
     assert [w["image"] for w in both.quality()["worst"]] == [w["image"] for w in whole.quality()["worst"]]
     assert {w["dataset"] for w in both.quality()["worst"]} <= {"prepared", "other"}
     assert len(both.samples) == 2 and both.datasets.count("other") == 5
+
+
+def test_each_quality_is_computed_once_and_handed_down(prepared, tmp_path):  # noqa: F811
+    """`fissure evaluate` computes each set's quality once and hands it to the report, the folder
+    entries and the plots: they say what computing it again would, and change nothing handed in."""
+    other = write_segment_set(tmp_path / "other", 4, size=48, seed=5)
+    folders = {"prepared": prepared / "segment" / "test", "other": other}
+    parts = {name: evaluate_segmenter(DarkIsCrack(), SEG_SPEC, eval_items("segment", folder)[0], overlays=1, worst=2)
+             for name, folder in folders.items()}
+    both = EvalResult.combine(parts, folders)
+    given = {name: r.quality() for name, r in parts.items()}
+    kept = copy.deepcopy(given)
+    quality = both.quality(given)
+    assert quality == both.quality() and set(quality["datasets"]) == set(folders)
+    both.write_plots(tmp_path / "given", quality=quality)
+    both.write_plots(tmp_path / "computed")
+    for name, r in parts.items():
+        r.write_plots(tmp_path / "given" / name, quality=given[name])
+        r.write_plots(tmp_path / "computed" / name)
+    assert given == kept
+    files = sorted(p.relative_to(tmp_path / "given") for p in (tmp_path / "given").rglob("*") if p.is_file())
+    assert Path("quality.json") in files and Path("other/slices.csv") in files
+    for f in files:
+        assert (tmp_path / "given" / f).read_bytes() == (tmp_path / "computed" / f).read_bytes(), f
 
 
 def test_one_prepared_folder_reports_per_source(prepared, tmp_path, seg_model):  # noqa: F811

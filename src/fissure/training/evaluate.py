@@ -104,13 +104,16 @@ class EvalResult:
         return (M.per_class_metrics(self.y_true, pred, self.classes),
                 M.confusion_matrix(self.y_true, pred, len(self.classes)))
 
-    def quality(self) -> dict:
+    def quality(self, parts: dict[str, dict] | None = None) -> dict:
         """``slices`` (:mod:`fissure.training.slices`), ``datasets_by`` and ``datasets`` (per
         folder after :meth:`combine`, else per source of the items: :meth:`by_dataset`),
         ``threshold_sweep`` (the model's threshold and the best one), ``worst`` (the worst
         predictions, each with its ``dataset`` after :meth:`combine`), ``weakest_slice`` and, for
         the segmenter, ``slice_definitions``: JSON-ready. ``fissure evaluate``'s JSON, each
-        ``quality.json`` and a training run's ``plots/test_quality.json`` all say it so."""
+        ``quality.json`` and a training run's ``plots/test_quality.json`` all say it so.
+
+        ``parts``: after :meth:`combine`, each set's own :meth:`quality` by name when the caller has
+        them already (``fissure evaluate`` writes each set's plots too), so none is computed twice."""
         if self.task == "segment":
             slices, sources = S.segment_slices(self.scores)
             at = self.counts.metrics()["dice"]
@@ -119,13 +122,13 @@ class EvalResult:
             worst = [{"image": s.name, "source": s.source, "dice": s.dice, "relaxed_f1": s.relaxed_f1,
                       "truth_px": s.tp + s.fn, "false_px": s.fp, "missed_px": s.fn, "slices": s.slices}
                      for s, *_ in self.worst]
-            out = {"slices": slices, **self.by_dataset(sources), "threshold_sweep": sweep, "worst": worst,
+            out = {"slices": slices, **self.by_dataset(sources, parts), "threshold_sweep": sweep, "worst": worst,
                    "weakest_slice": S.weakest_slice(slices), "slice_definitions": S.DEFINITIONS}
         else:
             slices = S.classify_slices(self.y_true, self.probs, self.classes, self.sizes, self.negatives)
             sources = None if self.parts else S.classify_sources(
                 [self.sources[_class_root(p)].source_of(p) for p in self.paths], self.y_true, self.probs)
-            out = {"slices": slices, **self.by_dataset(sources), "worst": self._confident_mistakes()}
+            out = {"slices": slices, **self.by_dataset(sources, parts), "worst": self._confident_mistakes()}
             if self.probs.shape[1] == 2:
                 rows = plots.score_sweep(self.y_true == 1, self.probs[:, 1])
                 best = max(rows, key=lambda r: (r["f1"], -abs(r["threshold"] - 0.5)))
@@ -137,19 +140,23 @@ class EvalResult:
                 entry["dataset"] = self.datasets[i]
         return deep_clean(out)
 
-    def by_dataset(self, sources: dict | None) -> dict:
+    def by_dataset(self, sources: dict | None, parts: dict[str, dict] | None = None) -> dict:
         """``datasets_by`` and ``datasets``: after :meth:`combine` one entry per folder
         (:meth:`dataset_entry`), else ``sources`` (the items' scores per source: ``fissure data
-        prepare`` prefixes every file with its source, so one prepared split holds several)."""
+        prepare`` prefixes every file with its source, so one prepared split holds several).
+        ``parts``: each folder's :meth:`quality` by name, when known (:meth:`quality`)."""
         if self.parts:
+            parts = parts or {}
             return {"datasets_by": "folder",
-                    "datasets": {name: r.dataset_entry(folder) for name, (folder, r) in self.parts.items()}}
+                    "datasets": {name: r.dataset_entry(folder, parts.get(name))
+                                 for name, (folder, r) in self.parts.items()}}
         return {"datasets_by": "source", "datasets": sources}
 
-    def dataset_entry(self, folder: str) -> dict:
+    def dataset_entry(self, folder: str, quality: dict | None = None) -> dict:
         """This set's part of a report on several: its folder, scores and where it fails (its
-        worst predictions are among the report's, and in its own plots); its sources when several."""
-        quality = self.quality()
+        worst predictions are among the report's, and in its own plots); its sources when several.
+        ``quality``: this set's :meth:`quality` when the caller has it (read, not changed)."""
+        quality = self.quality() if quality is None else quality
         entry = {"data": str(folder), **_headline(self), "slices": quality["slices"]}
         if self.task == "segment":  # as a slice says it: whether its Dice scores any crack
             entry["truth_px"] = self.counts.tp + self.counts.fn
@@ -174,11 +181,12 @@ class EvalResult:
                  "predicted": self.classes[int(pred[i])], "confidence": float(self.probs[i, pred[i]])}
                 for i in self._worst_indices()]
 
-    def write_plots(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
+    def write_plots(self, out_dir: str | Path, prefix: str = "", quality: dict | None = None) -> list[Path]:
         """PR curve (CSV + PNG), confusion matrix (CSV for classification + PNG), overlays (segment),
         threshold sweep (CSV + PNG), the worst predictions (``worst.png`` and ``worst/NN-<image>.png``),
         scores per slice (``slices.csv`` + PNG), per image (segment: ``per_image.csv``) and
-        ``quality.json`` (the set's metrics and :meth:`quality`)."""
+        ``quality.json`` (the set's metrics and :meth:`quality`; ``quality``: that dict when the
+        caller has it, read, not changed)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         files = []
@@ -213,7 +221,7 @@ class EvalResult:
             files.append(plots.write_rows_csv(out / f"{prefix}per_image.csv", [s.row() for s in self.scores]))
             files += self._write_worst(out, prefix)
         files.append(plots.save(plots.pr_figure(p, r, f"{name}: precision-recall"), out / f"{prefix}pr_curve.png"))
-        quality = self.quality()
+        quality = self.quality() if quality is None else quality
         by = quality["datasets_by"]  # rows source:NAME or folder:NAME after the slices, their scores alone
         slice_rows = [{"slice": k, **v} for k, v in quality["slices"].items()] + [
             {"slice": f"{by}:{k}", **{f: x for f, x in v.items() if x is None or isinstance(x, (int, float))}}
@@ -485,15 +493,17 @@ def run_evaluation(model_uri: str, task: str, data, out: str | Path, plots_dir=N
         report["resolution"] = "native" if tiling.tiles else "resized"
         if tiling.tiles:
             report["tiling"] = {"tile": tiling.tile, "overlap": tiling.overlap, "max_pixels": tiling.max_pixels}
-    quality = result.quality()
-    quality.pop("slice_definitions", None)  # in quality.json and the docs; as metrics, seven text columns
-    report.update(quality)  # slices, datasets_by, datasets, threshold_sweep, worst, weakest_slice
+    # each set's quality once: the report, its folder entries and all the plots share it
+    part_quality = {name: r.quality() for name, r in results.items()} if "" not in results else {}
+    quality = result.quality(part_quality)
+    # slices, datasets_by, datasets, threshold_sweep, worst, weakest_slice; slice_definitions only in
+    # quality.json and the docs (as metrics, seven text columns)
+    report.update({k: v for k, v in quality.items() if k != "slice_definitions"})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     if plots_dir:
-        result.write_plots(plots_dir)
-        if "" not in results:
-            for name, r in results.items():
-                r.write_plots(Path(plots_dir) / "datasets" / name)
+        result.write_plots(plots_dir, quality=quality)
+        for name, q in part_quality.items():
+            results[name].write_plots(Path(plots_dir) / "datasets" / name, quality=q)
     return report
