@@ -49,4 +49,4 @@ cluster-dns: k8s-binaries cluster-node-apt ## [root] CoreDNS (built here) on the
 	$(K8S_RELEASE_BIN)/kubectl --kubeconfig $(CLUSTER_STATE)/kubeconfigs/admin -n kube-system rollout status deployment/coredns --timeout=300s
 
 test-cluster: venv k8s-binaries k8s-tools cluster-node-apt ## [root] the cluster tests that build images (~7-12 min each warm, ~30 min more cold): KServe, the chart (helm install/test/upgrade) and Argo's fissure-train workflow on the node
-	FISSURE_TEST_CLUSTER=1 $(VENV)/bin/python -m pytest -q tests/cluster/test_cluster_kserve.py tests/cluster/test_cluster_helm.py tests/cluster/test_cluster_argo.py $(PYTEST_ARGS)
+	FISSURE_TEST_CLUSTER=1 $(VENV)/bin/python -m pytest -q tests/cluster/test_cluster_kserve.py tests/cluster/test_cluster_helm.py tests/cluster/test_cluster_argo.py tests/cluster/test_gateway_traefik.py $(PYTEST_ARGS)
