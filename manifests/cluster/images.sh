@@ -31,9 +31,12 @@
 #                      and argoexec (the executor its pods' init and wait containers run) built from
 #                      the Go module github.com/argoproj/argo-workflows/v4 (CGO_ENABLED=0), one-file
 #                      images as upstream's distroless ones (user 8737, binaries in /bin).
+#   traefik            fissure.local/traefik:TRAEFIK_VERSION, the Gateway API implementation: the static
+#                      binary `make gateway-traefik` builds from Traefik's Go module (mk/gateway.mk),
+#                      one-file image (/traefik, user 65532 as Traefik's Helm chart runs it).
 #
 # usage: images.sh build|import|digest [IMAGE...] (default: serving kserve-controller storage-initializer)
-#        (env: CACHE, TAG, KSERVE_VERSION, COREDNS_VERSION, GO, CTR_ADDRESS)
+#        (env: CACHE, TAG, KSERVE_VERSION, COREDNS_VERSION, TRAEFIK_VERSION, GO, CTR_ADDRESS)
 # `import` needs the cluster's containerd socket (CTR_ADDRESS, default .fissure/cluster/containerd/containerd.sock).
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
@@ -45,6 +48,8 @@ kserve_version="${KSERVE_VERSION:-v0.20.0}"
 coredns_version="${COREDNS_VERSION:-v1.12.4}"
 # the proxy serves v4.0.5 as the newest v4 (v4.0.6, v4.1.0-v4.1.2: 403 "not available")
 argo_version="${ARGO_WORKFLOWS_VERSION:-v4.0.5}"
+# mk/gateway.mk's default (the newest v3.6 the proxy serves)
+traefik_version="${TRAEFIK_VERSION:-v3.6.13}"
 go="${GO:-go}"
 uv="${UV:-${CACHE:-$HOME/.cache/fissure}/bootstrap/bin/uv}"
 uv_cache="${UV_CACHE_DIR:-${CACHE:-$HOME/.cache/fissure}/uv}"
@@ -363,6 +368,15 @@ build_argo() {  # build_argo workflow-controller|argoexec: from the module sourc
   rm -rf "$tmp"; mv "$out.tmp" "$out"
 }
 
+# ---------------------------------------------------------------- traefik
+traefik_bin() { echo "${CACHE:-$HOME/.cache/fissure}/bin/traefik"; }
+build_traefik() {  # mk/gateway.mk builds it (version-stamped: a no-op when built)
+  CACHE="${CACHE:-$HOME/.cache/fissure}" TRAEFIK_VERSION="$traefik_version" ${GO:+GO="$GO"} \
+    make -C "$repo" --no-print-directory -s gateway-traefik >&2 || die "make gateway-traefik failed"
+  local version; version=$("$(traefik_bin)" version)  # not piped: grep -q + pipefail = SIGPIPE
+  grep -q "^Version:[[:space:]]*$traefik_version\$" <<<"$version" || die "$(traefik_bin) is not Traefik $traefik_version"
+}
+
 # ---------------------------------------------------------------- dispatch
 image_ref() {
   case $1 in
@@ -374,7 +388,8 @@ image_ref() {
     coredns) echo "fissure.local/coredns:$coredns_version" ;;
     argo-controller) echo "fissure.local/argo-workflow-controller:$argo_version" ;;
     argoexec) echo "fissure.local/argoexec:$argo_version" ;;
-    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec)" ;;
+    traefik) echo "fissure.local/traefik:$traefik_version" ;;
+    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, traefik)" ;;
   esac
 }
 oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
@@ -393,6 +408,7 @@ oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
       --entrypoint /bin/workflow-controller --user 8737) ;;
     argoexec) args=(--file "$(argo_bin argoexec):/bin/argoexec" --entrypoint /bin/argoexec --user 8737
       --env PATH=/bin) ;;
+    traefik) args=(--file "$(traefik_bin):/traefik" --entrypoint /traefik --user 65532:65532) ;;
   esac
   python3 "$here/oci-image.py" --name "$(image_ref "$img")" "${args[@]}" "$@"
 }
@@ -412,6 +428,7 @@ case $cmd in
         coredns) build_coredns ;;
         argo-controller) build_argo workflow-controller ;;
         argoexec) build_argo argoexec ;;
+        traefik) build_traefik ;;
       esac
       log "$(image_ref "$img") ready ($(oci "$img" --digest -))"
     done ;;
@@ -427,5 +444,5 @@ case $cmd in
       log "importing $ref ($want)"
       oci "$img" - | "${ctr[@]}" images import - >&2
     done ;;
-  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec]" ;;
+  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [traefik]" ;;
 esac
