@@ -4,6 +4,7 @@
                                       [--segment-epochs N] [--classify-epochs N]
                                       [--only {cracks,magnetic-tile}] [--mt-epochs N] [--mt-size PX]
                                       [--mt-encoder {none,efficientnet-lite0}]
+                                      [--mt-class-weights {inverse,sqrt_inverse,none}] [--mt-seed N]
 
 Legs (both by default; ``--only`` runs one):
 
@@ -22,7 +23,8 @@ magnetic-tile (an N-class defect classifier from class folders):
    fray, uneven, free), each class split on its own by a seeded hash.
 2. `fissure train --task classify` with params.yaml's train_classifier section and the leg's
    overrides: --mt-size (128), --mt-epochs (20), --mt-encoder (the pretrained EfficientNet-Lite0,
-   lr 1e-3; the from-scratch resnet-lite did not learn the set, docs/benchmarks.md), patience 8.
+   lr 1e-3; the from-scratch resnet-lite did not learn the set, docs/benchmarks.md), patience 8,
+   --mt-class-weights and --mt-seed (params.yaml's train_classifier values when not given).
 3. Balanced accuracy, per-class recall and the confusion matrix on the held-back 20 %
    (`fissure evaluate`), never trained on or used for early stopping.
 
@@ -64,7 +66,8 @@ def link_subset(src_split: Path, dst: Path, keep) -> Path:
 MT_CLASSES = ("blowhole", "break", "crack", "fray", "uneven", "free")
 
 
-def magnetic_tile(work: Path, env: dict, fissure: Path, *, epochs: int, size: int, encoder: str) -> str:
+def magnetic_tile(work: Path, env: dict, fissure: Path, *, epochs: int, size: int, encoder: str,
+                  class_weights: str | None = None, seed: int | None = None) -> str:
     """The magnetic-tile leg (module docstring); returns its Markdown section."""
     import yaml
 
@@ -78,7 +81,9 @@ def magnetic_tile(work: Path, env: dict, fissure: Path, *, epochs: int, size: in
     params["prepare"] = {**params["prepare"], "feedback": None,
                          "source": [{"path": str(source), "val_fraction": 0.15, "test_fraction": 0.2}]}
     params["train_classifier"] = {**params["train_classifier"], "epochs": epochs, "size": size, "patience": 8,
-                                  "model": model, **({"lr": 1e-3} if encoder != "none" else {})}
+                                  "model": model, **({"lr": 1e-3} if encoder != "none" else {}),
+                                  **({"class_weights": class_weights} if class_weights else {}),
+                                  **({"seed": seed} if seed is not None else {})}
     pfile = work / "params-magnetic-tile.yaml"
     pfile.write_text(yaml.safe_dump(params, sort_keys=False))
     prepared = work / "prepared-magnetic-tile"
@@ -95,9 +100,10 @@ def magnetic_tile(work: Path, env: dict, fissure: Path, *, epochs: int, size: in
     classes = r["confusion"]["classes"]
     sizes = trained["sizes"]
     arch = f"pretrained {encoder}" if encoder != "none" else "from scratch (resnet-lite)"
+    weighting = params["train_classifier"].get("class_weights", "inverse")
     lines = [
         f"magnetic-tile, {len(classes)} classes from class folders: {sizes['train']} train / {sizes['val']} val / "
-        f"{sizes['test']} held-back test images; classifier {arch} at {size} px, best epoch "
+        f"{sizes['test']} held-back test images; classifier {arch} at {size} px, class weights {weighting}, seed {params['train_classifier'].get('seed', 0)}, best epoch "
         f"{trained['best_epoch']}/{trained['epochs_run']} (max {epochs}); {wall / 60:.1f} min wall time.",
         "",
         f"**balanced accuracy {r['balanced_accuracy']:.3f}**, accuracy {r['accuracy']:.3f}, macro F1 {r['f1']:.3f} "
@@ -129,6 +135,10 @@ def main() -> None:
     ap.add_argument("--mt-size", type=int, default=128, help="magnetic-tile: classifier input side in px [128]")
     ap.add_argument("--mt-encoder", choices=["none", "efficientnet-lite0"], default="efficientnet-lite0",
                     help="magnetic-tile: from scratch (none) or the pretrained encoder [efficientnet-lite0]")
+    ap.add_argument("--mt-seed", type=int, default=None,
+                    help="magnetic-tile: the training seed (the split stays) [params.yaml's train_classifier.seed]")
+    ap.add_argument("--mt-class-weights", choices=["inverse", "sqrt_inverse", "none"], default=None,
+                    help="magnetic-tile: the loss's class weights [params.yaml's train_classifier.class_weights]")
     args = ap.parse_args()
     legs = [args.only] if args.only else ["cracks", "magnetic-tile"]
     if not SHARED.is_dir():
@@ -147,7 +157,8 @@ def main() -> None:
         sections.append(cracks(work, env, fissure, args))
     if "magnetic-tile" in legs:
         sections.append(magnetic_tile(work, env, fissure, epochs=args.mt_epochs, size=args.mt_size,
-                                      encoder=args.mt_encoder))
+                                      encoder=args.mt_encoder, class_weights=args.mt_class_weights,
+                                      seed=args.mt_seed))
     text = "\n".join(sections)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

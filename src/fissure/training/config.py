@@ -49,6 +49,9 @@ class TrainConfig(BaseModel):
     ema: float = Field(0.0, ge=0, lt=1)  # decay of the weights' moving average that is validated and kept (0 = off)
     threshold: float | None = Field(None, gt=0, lt=1)  # segment: mask threshold saved with the model; None = best val Dice
     augment: bool = True
+    # classify: cross-entropy weight of each class from its training count n_c: inverse (N / (K n_c)),
+    # sqrt_inverse (its square root: milder, less of the common class's recall traded away) or none
+    class_weights: Literal["inverse", "sqrt_inverse", "none"] = "inverse"
     val_fraction: float = Field(0.15, ge=0, lt=1)  # only used when --data is a single folder without splits
     test_fraction: float = Field(0.15, ge=0, lt=1)
     num_workers: int = Field(0, ge=0)

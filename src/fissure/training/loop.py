@@ -127,10 +127,14 @@ def segmenter_batch_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor, cf
     return segmentation_loss(module(x), y, cfg.pos_weight)
 
 
-def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights normalised to mean 1 (absent classes get weight 1)."""
+CLASS_WEIGHT_POWER = {"inverse": 1.0, "sqrt_inverse": 0.5, "none": 0.0}
+
+
+def class_weights(labels: list[int], num_classes: int, mode: str = "inverse") -> torch.Tensor:
+    """Inverse-frequency weights (``mode`` sqrt_inverse: their square root; none: all 1) normalised
+    to mean 1 (absent classes get weight 1 before normalising)."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
-    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 1.0)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 1.0) ** CLASS_WEIGHT_POWER[mode]
     return torch.tensor(weights / weights.mean(), dtype=torch.float32)
 
 
@@ -221,7 +225,7 @@ def fit(
     else:
         train_ds = ClassificationDataset(splits.train, pcfg, augment=cfg.augment)
         val_ds = ClassificationDataset(splits.val, pcfg)
-        weights = class_weights([lbl for _, lbl in splits.train], len(splits.classes)).to(dev)
+        weights = class_weights([lbl for _, lbl in splits.train], len(splits.classes), cfg.class_weights).to(dev)
         ce = nn.CrossEntropyLoss(weight=weights)
         criterion = lambda logits, y: ce(logits.float(), y)  # noqa: E731
         batch_loss = lambda x, y: criterion(module(x), y)  # noqa: E731
