@@ -15,13 +15,17 @@ refuse 127.0.0.0/8).
 The backends are the real thing minus TorchServe: one `fissure serve --runtime inprocess
 --model <name>` per model (the serving front with the packaged MAR's model in process: KServe
 v1 and v2 REST and gRPC), on this host's address, with the tiny models of
-tests/serving/_models.py. Each backend serves only its own model, so a request routed to the
-wrong Service would get the other server's 404 / NOT_FOUND, not an answer.
+tests/serving/_models.py, plus a third one as the classifier's canary challenger. Each backend
+serves only its own model, so a request routed to the wrong Service would get the other
+server's 404 / NOT_FOUND, not an answer; which backend answered is read from its own
+fissure_requests_total.
 
-Shown through Traefik: v1 `:predict` (an Exact path, which a PathPrefix would miss), v2 REST
-infer, v2 gRPC (h2c, routed by host), the wrong model's host refused by the right backend, and
-paths and gRPC methods the chart does not route (repository, health, metrics, another verb)
-answered 404 / UNIMPLEMENTED by Traefik itself.
+Shown through Traefik: v1 `:predict` (an Exact path, which a PathPrefix would miss: shown too),
+v2 REST infer, v2 gRPC (h2c, routed by host), the wrong model's host refused by the right
+backend, paths and gRPC methods the chart does not route (repository, health, metrics, another
+verb) answered 404 / UNIMPLEMENTED by Traefik itself, and with canary.enabled (canary.yaml, in
+a namespace of its own) the weighted HTTPRoute following the promotion controller's actuator:
+100/0 all to the champion, 0/100 all to the challenger.
 
 NOT part of `make test`: a cold run builds Traefik from its Go module (~20+ min on 2 cores);
 warm, about a minute. Run it with `make test-cluster`, which sets FISSURE_TEST_CLUSTER=1.
@@ -55,6 +59,11 @@ pytestmark = [
 ]
 
 MODELS = ("crack-classifier", "crack-segmenter")
+# (key, model, FISSURE_MODEL_ROLE): one server per model, and the classifier's canary challenger
+BACKENDS = (("crack-classifier", "crack-classifier", "champion"),
+            ("crack-segmenter", "crack-segmenter", "champion"),
+            ("crack-classifier-challenger", "crack-classifier", "challenger"))
+CANARY_HOST = "canary.fissure.localtest.me"
 HOST = "fissure.localtest.me"            # the chart's route.host
 GRPC_SUFFIX = "grpc.fissure.localtest.me"  # the chart's route.grpcHostSuffix
 K8S_VERSION = "1.34.12"
@@ -162,7 +171,7 @@ def backends(tmp_path_factory, host_ip: str) -> Iterator[dict[str, Backend]]:
     out = base / "out"
     running: dict[str, Backend] = {}
     try:
-        for model in MODELS:
+        for key, model, role in BACKENDS:
             http, grpc, tsi, tsm, tsx, tsg1, tsg2 = free_ports(7)
             cmd = [str(FISSURE), "serve", "--runtime", "inprocess", "--model", model,
                    "--host", host_ip, "--model-store", str(out / "model-store"),
@@ -170,9 +179,9 @@ def backends(tmp_path_factory, host_ip: str) -> Iterator[dict[str, Backend]]:
                    "--http-port", str(http), "--grpc-port", str(grpc),
                    "--ts-inference-port", str(tsi), "--ts-management-port", str(tsm),
                    "--ts-metrics-port", str(tsx), "--ts-grpc-inference-port", str(tsg1),
-                   "--ts-grpc-management-port", str(tsg2), "--workdir", str(base / f"work-{model}")]
-            p = spawn(model, cmd, base / f"serve-{model}.log", env)
-            running[model] = Backend(model, host_ip, http, grpc, p)
+                   "--ts-grpc-management-port", str(tsg2), "--workdir", str(base / f"work-{key}")]
+            p = spawn(key, cmd, base / f"serve-{key}.log", {**env, "FISSURE_MODEL_ROLE": role})
+            running[key] = Backend(model, host_ip, http, grpc, p)
         for b in running.values():
             deadline = time.monotonic() + 300
             while True:
@@ -221,20 +230,22 @@ def kserve_like_service(name: str, namespace: str, backend: Backend) -> list[dic
     ]
 
 
-def render_routes(helm: str, namespace: str, gateway_ns: str) -> list[dict]:
-    """The chart's route.yaml with default values, its parentRefs pointing to our Gateway."""
+def render_routes(helm: str, namespace: str, gateway_ns: str, template: str = "route.yaml",
+                  *values: str) -> list[dict]:
+    """The chart's routes in `template` (default values but `values`), their parentRefs
+    pointing to our Gateway."""
     proc = subprocess.run(
         [helm, "template", "fissure", str(REPO / "charts" / "fissure"), "--namespace", namespace,
          "--kube-version", K8S_VERSION,
          "--api-versions", "gateway.networking.k8s.io/v1/HTTPRoute",
          "--api-versions", "gateway.networking.k8s.io/v1/GRPCRoute",
-         "--show-only", "templates/route.yaml",
+         "--show-only", f"templates/{template}", *values,
          # a list: --set would replace it with one partial entry
          "--set-json", "route.gatewayAPI.parentRefs=" + json.dumps(
              [{"name": "fissure-gateway", "namespace": gateway_ns, "sectionName": "http"}])],
         capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
-    return load_all(proc.stdout)
+    return [d for d in load_all(proc.stdout) if d["kind"] in ("HTTPRoute", "GRPCRoute")]
 
 
 def apply(server: KubeAPIServer, docs: list[dict]) -> None:
@@ -255,6 +266,7 @@ class Gateway:
     namespace: str
     gateway_ns: str
     routes: list[dict]
+    canary_ns: str
     traefik: Proc
     server: KubeAPIServer
 
@@ -274,6 +286,7 @@ def gateway(kube_apiserver: KubeAPIServer, backends: dict[str, Backend],
     server.apply_crds(*sorted(Path(paths["GATEWAY_API_CRDS"]).glob("*.yaml")))
     gw_ns = server.namespace("gw")
     ns = server.namespace("fissure")
+    canary_ns = server.namespace("canary")
 
     # Traefik's own RBAC for its Gateway provider, bound to a ServiceAccount of its namespace
     sa = "traefik-controller"
@@ -308,13 +321,25 @@ def gateway(kube_apiserver: KubeAPIServer, backends: dict[str, Backend],
                     "metadata": {"name": klass},
                     "spec": {"controllerName": "traefik.io/gateway-controller"}}, kind_gw])
 
-    routes = render_routes(str(Path(paths["TRAEFIK"]).with_name("helm")), ns, gw_ns)
+    helm = str(Path(paths["TRAEFIK"]).with_name("helm"))
+    routes = render_routes(helm, ns, gw_ns)
     assert sorted(r["kind"] for r in routes) == ["GRPCRoute", "GRPCRoute", "HTTPRoute"], routes
     services = []
     for model in MODELS:
         services += kserve_like_service(f"fissure-{model}-predictor", ns, backends[model])
+    # canary.enabled, in a namespace (and on a host) of its own: per model a weighted HTTPRoute
+    # over the champion's and the challenger's predictor Services (canary.yaml)
+    canary = render_routes(helm, canary_ns, gw_ns, "canary.yaml", "--set", "canary.enabled=true",
+                           "--set", f"route.host={CANARY_HOST}")
+    assert sorted(r["metadata"]["name"] for r in canary) == [
+        "fissure-crack-classifier-canary", "fissure-crack-segmenter-canary"], canary
+    services += kserve_like_service("fissure-crack-classifier-predictor", canary_ns, backends["crack-classifier"])
+    services += kserve_like_service("fissure-crack-classifier-challenger-predictor", canary_ns,
+                                    backends["crack-classifier-challenger"])
+    for name in ("fissure-crack-segmenter-predictor", "fissure-crack-segmenter-challenger-predictor"):
+        services += kserve_like_service(name, canary_ns, backends["crack-segmenter"])
     apply(server, services)
-    apply(server, routes)
+    apply(server, routes + canary)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE_")}
     env["KUBECONFIG"] = str(kubeconfig)
@@ -322,16 +347,17 @@ def gateway(kube_apiserver: KubeAPIServer, backends: dict[str, Backend],
         paths["TRAEFIK"], "--global.checknewversion=false", "--global.sendanonymoususage=false",
         "--log.level=DEBUG", "--log.nocolor=true", f"--entrypoints.web.address=127.0.0.1:{port}",
         "--providers.kubernetesgateway=true",
-        f"--providers.kubernetesgateway.namespaces={gw_ns},{ns}"], work / "traefik.log", env)
+        f"--providers.kubernetesgateway.namespaces={gw_ns},{ns},{canary_ns}"], work / "traefik.log", env)
     gw = Gateway(url=f"http://127.0.0.1:{port}", port=port, namespace=ns, gateway_ns=gw_ns,
-                 routes=routes, traefik=traefik, server=server)
+                 routes=routes, canary_ns=canary_ns, traefik=traefik, server=server)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if traefik.proc.poll() is not None:
                 pytest.fail(f"traefik exited {traefik.proc.returncode}:\n{traefik.tail()}")
             try:
-                if all(gw.get(f"/v2/models/{m}/ready").status_code == 200 for m in MODELS):
+                if all(gw.get(f"/v2/models/{m}/ready", host=h).status_code == 200
+                       for m in MODELS for h in (HOST, CANARY_HOST)):
                     break
             except httpx.HTTPError:
                 pass
@@ -468,3 +494,56 @@ def test_unrouted_requests_get_404(gateway: Gateway, method: str, path: str, hos
                       json={} if method == "POST" else None)
     assert r.status_code == 404, (r.status_code, r.text)
     assert r.text.strip() == "404 page not found"  # Traefik's, not the serving front's JSON
+
+
+def served(backend: Backend) -> int:
+    """Inference requests this backend answered (its own fissure_requests_total, all codes)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://{backend.ip}:{backend.http}/metrics", timeout=10).text
+    return int(sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "fissure_requests_total" and s.labels.get("model") == backend.model))
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # the test server's own cert
+def test_canary_weights_move_traffic_through_the_gateway(gateway: Gateway, backends: dict[str, Backend]):
+    """canary.yaml's weighted HTTPRoute through Traefik, its weights moved by the promotion
+    controller's own actuator (`fissure promote --actuator kserve-gateway`: a JSON patch, then a
+    wait until the Gateway reports the new generation Accepted): 100/0 sends every request to the
+    champion's Service, 0/100 every one to the challenger's, and back."""
+    from fissure.promotion.kubernetes import (ANN_CHALLENGER_VERSION, ANN_CHAMPION_VERSION, GatewayActuator,
+                                              KubeSettings)
+
+    champion, challenger = backends["crack-classifier"], backends["crack-classifier-challenger"]
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                        "data": [base64.b64encode(png(5)).decode()]}]}
+
+    def infer(n: int) -> tuple[int, int]:
+        before = served(champion), served(challenger)
+        for _ in range(n):
+            r = gateway.post("/v2/models/crack-classifier/infer", host=CANARY_HOST, json=body)
+            assert r.status_code == 200, r.text
+        return served(champion) - before[0], served(challenger) - before[1]
+
+    def until_challenger_gets(percent: int) -> None:
+        """Traefik reports the generation before its new router may take the next request:
+        wait (bounded) for the first request on the new weights."""
+        deadline = time.monotonic() + 60
+        while infer(1) != ((0, 1) if percent == 100 else (1, 0)):
+            assert time.monotonic() < deadline, f"traffic did not follow the {percent}% weight in 60s"
+            time.sleep(1)
+
+    assert infer(6) == (6, 0)  # the chart's defaults: champion 100, challenger 0
+    # what `prepare` leaves on the route once the challenger's InferenceService serves its model
+    gateway.server.kubectl("-n", gateway.canary_ns, "annotate", "httproute", "fissure-crack-classifier-canary",
+                           f"{ANN_CHAMPION_VERSION}=1", f"{ANN_CHALLENGER_VERSION}=2")
+    actuator = GatewayActuator(KubeSettings(namespace=gateway.canary_ns, release="fissure",
+                                            kubeconfig=str(gateway.server.kubeconfig), ready_timeout_s=120))
+    actuator.set_weight("crack-classifier", 100)
+    until_challenger_gets(100)
+    assert infer(6) == (0, 6)
+    actuator.set_weight("crack-classifier", 0)
+    until_challenger_gets(0)
+    assert infer(6) == (6, 0)
+    state = actuator.state("crack-classifier")
+    assert (state.champion_version, state.challenger_version, state.challenger_percent) == ("1", "2", 0)
