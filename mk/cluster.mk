@@ -13,7 +13,7 @@ K8S_BINARIES := kube-apiserver kube-controller-manager kube-scheduler kubelet ku
 K8S_BINARIES_STAMP := $(K8S_RELEASE_BIN)/.built
 ETCD ?= $(shell command -v etcd 2>/dev/null || echo /usr/bin/etcd)
 
-.PHONY: k8s-binaries cluster-apt cluster-paths cluster-node-apt cluster-up cluster-down
+.PHONY: k8s-binaries cluster-apt cluster-paths cluster-node-apt cluster-up cluster-down cluster-images-clean
 
 k8s-binaries: $(K8S_BINARIES_STAMP) cluster-apt ## build Kubernetes $(K8S_VERSION) binaries (Go module proxy, ~7 min once) + etcd
 
@@ -44,9 +44,13 @@ cluster-paths: ## print the cluster tool paths as KEY=VALUE (tests/cluster reads
 	@echo K8S_RELEASE_BIN=$(K8S_RELEASE_BIN)
 	@echo K8S_BINARIES_STAMP=$(K8S_BINARIES_STAMP)
 	@echo ETCD=$(ETCD)
+	@echo CONTAINERD_ROOT=$(CLUSTER_CONTAINERD_ROOT)
 
 # ---------------------------------------------------------------------------- single-node cluster
 CLUSTER_STATE ?= .fissure/cluster
+# containerd's image store, kept between clusters (images only after cluster-down): importing the
+# 5.7 GB serving image takes minutes, a kept one is there at once
+CLUSTER_CONTAINERD_ROOT ?= $(CACHE)/containerd
 
 cluster-node-apt: ## make sure containerd, runc, the CNI plugins, iptables, conntrack and mmdebstrap are there (apt-get when root)
 	@missing=""; for p in containerd:containerd runc:runc iptables:iptables conntrack:conntrack mmdebstrap:mmdebstrap; do \
@@ -61,7 +65,12 @@ cluster-node-apt: ## make sure containerd, runc, the CNI plugins, iptables, conn
 	fi
 
 cluster-up: k8s-binaries cluster-node-apt ## [root] single-node cluster on this machine (etcd, control plane, containerd, kubelet); state in .fissure/cluster
-	GO=$(GO) manifests/cluster/up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
+	GO=$(GO) CONTAINERD_ROOT=$(CLUSTER_CONTAINERD_ROOT) manifests/cluster/up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
 
-cluster-down: ## stop the single-node cluster and remove its state, /var/lib/kubelet and /var/log/pods
+cluster-down: ## stop the single-node cluster and remove its state, /var/lib/kubelet and /var/log/pods (the image store stays)
 	manifests/cluster/down.sh $(CLUSTER_STATE)
+
+cluster-images-clean: ## [root] remove the kept image store (~12 GB with the serving image); refused while a node runs
+	@if [ -e /var/lib/kubelet ] || pgrep -f "containerd --config .*/containerd/config.toml" >/dev/null; then \
+	  echo "cluster-images-clean: a cluster is up: make cluster-down first" >&2; exit 1; fi
+	rm -rf $(CLUSTER_CONTAINERD_ROOT)

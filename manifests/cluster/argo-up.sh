@@ -23,24 +23,17 @@ manifest_version="${ARGO_MANIFEST_VERSION:-v4.1.2}"
 argo_version="${ARGO_WORKFLOWS_VERSION:-v4.0.5}"
 controller="fissure.local/argo-workflow-controller:$argo_version"
 executor="fissure.local/argoexec:$argo_version"
-kubectl=("$bin/kubectl" --kubeconfig "$state/kubeconfigs/admin")
-python="$repo/.venv/bin/python"; [ -x "$python" ] || python=python3
-log() { echo ">> argo-up: $*"; }
-
-"${kubectl[@]}" get --raw /readyz >/dev/null 2>&1 || { echo "argo-up: the cluster's API server does not answer: make cluster-up first" >&2; exit 1; }
-
-upstream="$(cd "$repo/.." && pwd)/shared/k8s-upstream/argo-workflows-$manifest_version/install.yaml"
-dl="$(mktemp -d)"; trap 'rm -rf "$dl"' EXIT
-if [ ! -f "$upstream" ]; then
-  curl -fsSL -o "$dl/install.yaml" "https://github.com/argoproj/argo-workflows/releases/download/$manifest_version/install.yaml"
-  upstream="$dl/install.yaml"
-fi
+name=argo-up
+# shellcheck source=manifests/cluster/lib.sh
+. "$here/lib.sh"
+manifest="$(upstream "argo-workflows-$manifest_version" install.yaml \
+  "https://github.com/argoproj/argo-workflows/releases/download/$manifest_version/install.yaml")"
 
 log "importing $controller and $executor"
 CTR_ADDRESS="$state/containerd/containerd.sock" ARGO_WORKFLOWS_VERSION="$argo_version" "$here/images.sh" import argo-controller argoexec
 
 log "Argo Workflows (manifests $manifest_version, controller $controller, executor $executor)"
-"$python" - "$upstream" "$controller" "$executor" > "$dl/argo.yaml" <<'PY'
+"$python" - "$manifest" "$controller" "$executor" > "$dl/argo.yaml" <<'PY'
 import sys
 import yaml
 
@@ -69,11 +62,6 @@ for doc in yaml.load_all(open(src), Loader=Loader):
     out.append(doc)
 yaml.safe_dump_all(out, sys.stdout, sort_keys=False)
 PY
-for i in $(seq 1 20); do
-  "${kubectl[@]}" apply --server-side --force-conflicts --field-manager=fissure-cluster-up -f "$dl/argo.yaml" >"$dl/apply.log" 2>&1 && break
-  [ "$i" = 20 ] && { cat "$dl/apply.log" >&2; exit 1; }
-  "${kubectl[@]}" wait --for=condition=Established crd --all --timeout=30s >/dev/null 2>&1 || true
-  sleep 3
-done
+apply -f "$dl/argo.yaml"
 "${kubectl[@]}" -n argo rollout status deploy/workflow-controller --timeout=300s
 log "Argo Workflows' controller is up (namespace argo)"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# make cluster-down: stop what up.sh started (by the pids it recorded, newest first), then remove
-# what kubelet and containerd leave behind: pod sandboxes and their mounts, /var/lib/kubelet,
-# /var/log/pods, /var/log/containers, the CNI bridge, and the state directory.
+# make cluster-down: stop what up.sh started (by the pids it recorded: kubelet, the pods, then the
+# rest newest first), then remove what kubelet and containerd leave behind: pod sandboxes and
+# their mounts, /var/lib/kubelet, /var/log/pods, /var/log/containers, the CNI bridge, and the
+# state directory. An image store outside the state (up.sh's CONTAINERD_ROOT) is kept, with
+# images only: `make cluster-images-clean` removes it.
 #
 # usage: down.sh [STATE_DIR]
 set -uo pipefail
@@ -10,7 +12,22 @@ state="${1:-.fissure/cluster}"
 state="$(cd "$state" && pwd)"
 log() { echo ">> cluster-down: $*"; }
 
-# Pods first, while containerd still runs: stop and remove every sandbox via the runtime.
+# kubelet first (it would restart what is removed next), then every pod's containers through
+# the runtime while containerd still runs: with a kept image store (CONTAINERD_ROOT outside the
+# state) the next containerd starts with images only.
+stop_pid() {  # stop_pid NAME: by the pid up.sh recorded
+  local pidfile="$state/pids/$1.pid" pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping $1 (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -0 "$pid" 2>/dev/null && { log "$1 did not stop: SIGKILL"; kill -KILL "$pid" 2>/dev/null; }
+  fi
+  rm -f "$pidfile"
+}
+stop_pid kubelet
 sock="$state/containerd/containerd.sock"
 if [ -S "$sock" ] && command -v ctr >/dev/null; then
   ctr=(ctr --address "$sock" -n k8s.io)
@@ -18,19 +35,12 @@ if [ -S "$sock" ] && command -v ctr >/dev/null; then
   sleep 1
   for t in $("${ctr[@]}" tasks ls -q 2>/dev/null); do "${ctr[@]}" tasks delete -f "$t" >/dev/null 2>&1; done
   for c in $("${ctr[@]}" containers ls -q 2>/dev/null); do "${ctr[@]}" containers delete "$c" >/dev/null 2>&1; done
+  left=$("${ctr[@]}" containers ls -q 2>/dev/null | wc -l)
+  [ "$left" = 0 ] || log "$left containers could not be deleted"
 fi
 
-for name in kubelet kube-proxy containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do
-  pidfile="$state/pids/$name.pid"
-  [ -f "$pidfile" ] || continue
-  pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
-    log "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -0 "$pid" 2>/dev/null && { log "$name did not stop: SIGKILL"; kill -KILL "$pid" 2>/dev/null; }
-  fi
-  rm -f "$pidfile"
+for name in kube-proxy containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do
+  stop_pid "$name"
 done
 # containerd-shim processes outlive containerd by design; they belong to this cluster when
 # their -address is our socket
@@ -44,7 +54,8 @@ unmount_under() {
   mounts=$(awk -v p="$1" 'index($2, p) == 1 {print $2}' /proc/self/mounts | sort -r)
   for m in $mounts; do umount -l "$m" 2>/dev/null || log "could not unmount $m"; done
 }
-for dir in /var/lib/kubelet "$state" /run/containerd/io.containerd.grpc.v1.cri /run/netns; do
+containerd_root=$(cat "$state/containerd-root" 2>/dev/null || echo "$state/containerd/root")
+for dir in /var/lib/kubelet "$state" "$containerd_root" /run/containerd/io.containerd.grpc.v1.cri /run/netns; do
   unmount_under "$dir"
 done
 # iptables: kube-proxy's chains, and what the CNI plugins added per pod (the sandboxes were
@@ -81,4 +92,5 @@ ip link delete fissure0 >/dev/null 2>&1 && log "removed the CNI bridge fissure0"
 for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do ip netns delete "$ns" 2>/dev/null; done
 rm -rf /var/lib/kubelet /var/log/pods /var/log/containers /var/lib/cni/networks/fissure /var/lib/cni/results/fissure-* /var/lib/cni/results/cni-loopback-*
 rm -rf "$state"
+case "$containerd_root" in "$state"/*) ;; *) log "kept the image store $containerd_root (images only)" ;; esac
 log "done: processes stopped, /var/lib/kubelet, /var/log/pods and $state removed"

@@ -418,6 +418,10 @@ cmd=${1:-}; shift || true
 for img in "$@"; do image_ref "$img" >/dev/null; done
 case $cmd in
   build)
+    # one build at a time per cache (`make test` starts one in the background; the tests' own
+    # call then waits here for it and finds the images built)
+    mkdir -p "$cache"; exec 9>"$cache/.build.lock"
+    flock -n 9 || { log "another images.sh build holds $cache/.build.lock: waiting for it"; flock 9; }
     for img in "$@"; do
       case $img in
         serving) build_serving ;;

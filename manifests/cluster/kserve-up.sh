@@ -23,29 +23,9 @@ kserve_version="${KSERVE_VERSION:-v0.20.0}"
 gateway_api_version="${GATEWAY_API_VERSION:-v1.2.1}"
 image="fissure.local/kserve-controller:$kserve_version"
 initializer="fissure.local/kserve-storage-initializer:$kserve_version"
-kubectl=("$bin/kubectl" --kubeconfig "$state/kubeconfigs/admin")
-python="$repo/.venv/bin/python"; [ -x "$python" ] || python=python3
-log() { echo ">> kserve-up: $*"; }
-
-"${kubectl[@]}" get --raw /readyz >/dev/null 2>&1 || { echo "kserve-up: the cluster's API server does not answer: make cluster-up first" >&2; exit 1; }
-
-# Upstream manifests: the pinned copies in ../shared/k8s-upstream when present, else the release URLs.
-upstream_dir="$(cd "$repo/.." && pwd)/shared/k8s-upstream"
-dl="$(mktemp -d)"; trap 'rm -rf "$dl"' EXIT
-upstream() {  # upstream LOCAL_SUBDIR FILE URL -> path of the file
-  if [ -f "$upstream_dir/$1/$2" ]; then echo "$upstream_dir/$1/$2"
-  else curl -fsSL -o "$dl/$1-$2" "$3" && echo "$dl/$1-$2"; fi
-}
-apply() {  # server-side, again while CRDs become established and webhooks come up
-  local i
-  for i in $(seq 1 30); do
-    "${kubectl[@]}" apply --server-side --force-conflicts --field-manager=fissure-cluster-up "$@" >"$dl/apply.log" 2>&1 && return 0
-    [ "$i" = 1 ] && log "apply not complete yet: waiting for CRDs and webhooks ($(grep -m1 -i error "$dl/apply.log" | cut -c1-200))"
-    "${kubectl[@]}" wait --for=condition=Established crd --all --timeout=30s >/dev/null 2>&1 || true
-    sleep 5
-  done
-  cat "$dl/apply.log" >&2; return 1
-}
+name=kserve-up
+# shellcheck source=manifests/cluster/lib.sh
+. "$here/lib.sh"
 
 log "importing $image and $initializer"
 CTR_ADDRESS="$state/containerd/containerd.sock" "$here/images.sh" import kserve-controller storage-initializer
