@@ -18,6 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "cluster"))
 from kube_cluster import kube_apiserver  # noqa: E402,F401
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The tests on the real node (the `node` fixture, tests/cluster/conftest.py) run last: the
+    images they need are built meanwhile (`make test` starts that in the background), and the
+    node's pods then load the machine only after every other test is done."""
+    items.sort(key=lambda item: "node" in getattr(item, "fixturenames", ()))  # stable: order kept otherwise
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct loopback ports free right now (bound together, then released)."""
     import socket

@@ -1,18 +1,18 @@
-"""The fissure chart itself on `make cluster-up`'s node, installed as a user installs it:
-`helm install --wait` with manifests/cluster/values-node.yaml (every image built here, pullPolicy
-Never), into a namespace made by manifests/kind/secrets.sh (Pod Security `restricted` enforced),
-with KServe (kserve-up.sh) and the cluster's DNS (coredns.yaml, CoreDNS built here) running.
-Both InferenceServices become Ready and answer through their Services, `helm test` passes, and
-`helm upgrade` with a changed value (a predictor pod annotation, so KServe rolls both predictor
-Deployments over) completes while a client polls v1 predict throughout with no failed request.
+"""The fissure chart itself on the node (tests/cluster/node_cluster.py), installed as a user
+installs it: `helm install --wait` with manifests/cluster/values-node.yaml (every image built here,
+pullPolicy Never), into a namespace made by manifests/kind/secrets.sh (Pod Security `restricted`
+enforced), with KServe (kserve-up.sh) and the cluster's DNS (coredns.yaml, CoreDNS built here)
+running. Both InferenceServices become Ready and answer through their Services, `helm test`
+passes, and `helm upgrade` with a changed value (a predictor pod annotation, so KServe rolls both
+predictor Deployments over) completes while a client polls v1 predict throughout with no failed
+request.
 
 PostgreSQL runs too (Debian's, images.sh; its data on a hostPath PersistentVolume made here, as
 the node has no provisioner) and answers a password login through its Service's DNS name. The
 API, MLflow and MinIO are off in values-node.yaml (their images are not built here yet:
 docs/cluster.md); the models come from a hostPath PersistentVolume (pvc://).
 
-NOT part of `make test` (the same images as test_cluster_kserve.py, ~6 GB): run it with
-`make test-cluster` (root), which sets FISSURE_TEST_CLUSTER=1.
+Part of `make test` (root), on the same node as the other tests in this folder.
 """
 
 from __future__ import annotations
@@ -20,24 +20,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-from kube_cluster import REPO, cluster_paths
+from node_cluster import CLUSTER, HELM, MODELS, REPO, png, post_json, run
 
-from .test_cluster_kserve import (
-    CLUSTER, FIXED_PORTS, HELM, MODELS, NS, _in_use, _png, _post, _run, _service, _storage, _wait_ready,
-)
-
-pytestmark = [
-    pytest.mark.slow, pytest.mark.timeout(3600),
-    pytest.mark.skipif(os.environ.get("FISSURE_TEST_CLUSTER") != "1",
-                       reason="builds ~6 GB of images: run it with `make test-cluster` (root)"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
+NS = "fissure-it"
 RELEASE = "fissure"
 VALUES = CLUSTER / "values-node.yaml"
 
@@ -65,57 +56,36 @@ class Poller(threading.Thread):
             time.sleep(0.2)
 
 
-def _isvc_names(kubectl: list[str]) -> dict[str, str]:
-    items = json.loads(_run([*kubectl, "-n", NS, "get", "inferenceservice", "-l",
-                             f"app.kubernetes.io/instance={RELEASE}", "-o", "json"]).stdout)["items"]
+def _isvc_names(node) -> dict[str, str]:
+    items = node.get("-n", NS, "inferenceservice", "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]
     return {i["metadata"]["labels"]["fissure.dev/model"]: i["metadata"]["name"] for i in items}
 
 
-def _rolled_over(kubectl: list[str], deployment: str, key: str, value: str, seconds: int = 900) -> None:
+def _rolled_over(node, deployment: str, key: str, value: str, seconds: int = 900) -> None:
     """Wait until KServe has put the annotation on the predictor Deployment and the rollout is done."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        dep = json.loads(_run([*kubectl, "-n", NS, "get", "deployment", deployment, "-o", "json"]).stdout)
+        dep = node.get("-n", NS, "deployment", deployment)
         if dep["spec"]["template"]["metadata"].get("annotations", {}).get(key) == value:
             break
         time.sleep(3)
     else:
         pytest.fail(f"KServe did not roll {deployment} over to {key}={value}")
-    _run([*kubectl, "-n", NS, "rollout", "status", f"deployment/{deployment}", "--timeout=900s"], timeout=960)
+    node.kubectl("-n", NS, "rollout", "status", f"deployment/{deployment}", "--timeout=900s", timeout=960)
 
 
-def test_helm_install_test_and_upgrade_on_the_node(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("the single-node cluster needs root (kubelet, containerd, CNI)")
-    if any(_in_use(p) for p in FIXED_PORTS) or Path("/var/lib/kubelet").exists():
-        pytest.skip("a cluster seems to be up already: `make cluster-down` first")
-    bin_dir = cluster_paths()["K8S_RELEASE_BIN"]
-    _run(["make", "-s", "cluster-images"], cwd=REPO, timeout=3600)  # cached: a warm run only hashes
-    state = tmp_path / "cluster"
-    kubeconfig = state / "kubeconfigs" / "admin"
-    kubectl = [f"{bin_dir}/kubectl", "--kubeconfig", str(kubeconfig)]
-    env = {**os.environ, "CTR_ADDRESS": str(state / "containerd" / "containerd.sock"),
-           "KUBECONFIG": str(kubeconfig), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+def test_helm_install_test_and_upgrade_on_the_node(node):
+    node.kserve()
+    node.dns()
+    node.images("debian-curl", "postgresql")
+    env = node.env()
     times: dict[str, float] = {}
     try:
-        _run(["bash", str(CLUSTER / "up.sh"), bin_dir, str(state)], cwd=REPO, timeout=900)
-        _run(["bash", str(CLUSTER / "images.sh"), "import", "serving", "debian-curl", "postgresql", "coredns"],
-             cwd=REPO, env=env, timeout=1800)
-        _run([*kubectl, "apply", "-f", str(CLUSTER / "coredns.yaml")])
-        _run([*kubectl, "-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=300s"], timeout=360)
-        _run(["bash", str(CLUSTER / "kserve-up.sh"), bin_dir, str(state)], cwd=REPO, env=env, timeout=900)
-
-        models = state / "models"
-        menv = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                "FISSURE_HOME": str(tmp_path / "home"), "FISSURE_TORCH_THREADS": "1"}
-        _run([str(REPO / ".venv" / "bin" / "python"), str(REPO / "tests" / "serving" / "_models.py"), str(models)],
-             env=menv, timeout=600)
-        subprocess.run(["chmod", "-R", "a+rX", str(models)], check=True)
         # the namespace (Pod Security restricted) and the chart's Secrets, as a user makes them
-        _run(["bash", str(REPO / "manifests" / "kind" / "secrets.sh"), NS], env=env)
-        labels = json.loads(_run([*kubectl, "get", "namespace", NS, "-o", "json"]).stdout)["metadata"]["labels"]
+        run(["bash", REPO / "manifests" / "kind" / "secrets.sh", NS], env=env)
+        labels = node.get("namespace", NS)["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
-        pgdata = state / "postgresql"
+        pgdata = node.state / "postgresql"
         pgdata.mkdir()
         os.chown(pgdata, 999, 999)  # the chart runs PostgreSQL as 999; fsGroup does not apply to hostPath
         pg_pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NS}-postgresql"},
@@ -123,70 +93,67 @@ def test_helm_install_test_and_upgrade_on_the_node(tmp_path):
                           "persistentVolumeReclaimPolicy": "Retain",
                           "hostPath": {"path": str(pgdata), "type": "Directory"},
                           "claimRef": {"namespace": NS, "name": f"data-{RELEASE}-postgresql-0"}}}
-        _run([*kubectl, "apply", "-f", "-"], input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                                "items": [*_storage(models), pg_pv]}))
+        node.apply(*node.models_volume(NS), pg_pv)
 
-        helm = [str(HELM), "--kubeconfig", str(kubeconfig)]
-        chart = str(REPO / "charts" / "fissure")
+        helm = [HELM, "--kubeconfig", node.kubeconfig]
+        chart = REPO / "charts" / "fissure"
         start = time.monotonic()
-        _run([*helm, "install", RELEASE, chart, "-n", NS, "-f", str(VALUES), "--wait", "--timeout", "15m"],
-             env=env, timeout=1000)
+        run([*helm, "install", RELEASE, chart, "-n", NS, "-f", VALUES, "--wait", "--timeout", "15m"],
+            env=env, timeout=1000)
         times["helm install --wait"] = time.monotonic() - start
-        isvcs = _isvc_names(kubectl)
+        isvcs = _isvc_names(node)
         assert set(isvcs) == set(MODELS), isvcs
         for name in isvcs.values():
-            _wait_ready(kubectl, name)
+            node.wait_isvc_ready(NS, name)
         times["install to both InferenceServices Ready"] = time.monotonic() - start
         # PostgreSQL (helm --wait waited for its StatefulSet): initialised from the chart's Secret,
         # a password login over TCP to its Service's DNS name
-        login = _run([*kubectl, "-n", NS, "exec", f"{RELEASE}-postgresql-0", "--", "sh", "-c",
-                      'PGPASSWORD="$POSTGRES_PASSWORD" psql -h ' f"{RELEASE}-postgresql.{NS}.svc.cluster.local"
-                      ' -U "$POSTGRES_USER" -d "$POSTGRES_DB" -tAc "select current_user, current_database()"'])
+        login = node.kubectl("-n", NS, "exec", f"{RELEASE}-postgresql-0", "--", "sh", "-c",
+                             'PGPASSWORD="$POSTGRES_PASSWORD" psql -h ' f"{RELEASE}-postgresql.{NS}.svc.cluster.local"
+                             ' -U "$POSTGRES_USER" -d "$POSTGRES_DB" -tAc "select current_user, current_database()"')
         assert login.stdout.strip() == "mlflow|mlflow", login.stdout
 
-        png = _png()
-        b64 = base64.b64encode(png).decode()
-        clf = _service(kubectl, isvcs["crack-classifier"])
+        b64 = base64.b64encode(png()).decode()
+        clf = node.service(NS, isvcs["crack-classifier"])
         v1_url = f"http://{clf}/v1/models/crack-classifier:predict"
         v1_body = {"instances": [{"b64": b64}]}
-        pred = _post(v1_url, v1_body)["predictions"][0]
+        pred = post_json(v1_url, v1_body)["predictions"][0]
         assert pred["label"] in ("crack", "no_crack"), pred
-        seg = _service(kubectl, isvcs["crack-segmenter"])
-        answer = _post(f"http://{seg}/v2/models/crack-segmenter/infer",
-                       {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64]}]})
+        seg = node.service(NS, isvcs["crack-segmenter"])
+        answer = post_json(f"http://{seg}/v2/models/crack-segmenter/infer",
+                           {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64]}]})
         assert {o["name"] for o in answer["outputs"]} >= {"mask_png", "crack_ratio"}, answer
 
         start = time.monotonic()
         # (no --logs: the chart's test pods are deleted on success, hook-delete-policy hook-succeeded,
         # and `helm test --logs` then fails with "unable to get pod logs ... not found")
-        tested = _run([*helm, "test", RELEASE, "-n", NS, "--timeout", "10m"], env=env, timeout=700)
+        tested = run([*helm, "test", RELEASE, "-n", NS, "--timeout", "10m"], env=env, timeout=700)
         times["helm test"] = time.monotonic() - start
         # the test pod resolved the predictors' Service names (CoreDNS), asked each for readiness
         # and ran one v2 inference (curl -f, and its answer has "outputs")
         assert "Phase:          Succeeded" in tested.stdout, tested.stdout
 
         # helm upgrade to changed values while a client polls v1 predict through the Service
-        before = {m: json.loads(_run([*kubectl, "-n", NS, "get", "pods", "-l",
-                                      f"serving.kserve.io/inferenceservice={n}", "-o", "json"]).stdout)["items"]
-                  for m, n in isvcs.items()}
+        def predictor_pods(name: str) -> list[dict]:
+            return node.get("-n", NS, "pods", "-l", f"serving.kserve.io/inferenceservice={name}")["items"]
+
+        before = {m: predictor_pods(n) for m, n in isvcs.items()}
         poller = Poller(v1_url, v1_body)
         poller.start()
         try:
             time.sleep(5)
             start = time.monotonic()
-            _run([*helm, "upgrade", RELEASE, chart, "-n", NS, "-f", str(VALUES), "--wait", "--timeout", "15m",
-                  "--set-string", "serving.podAnnotations.fissure\\.dev/rollout=2"], env=env, timeout=1000)
+            run([*helm, "upgrade", RELEASE, chart, "-n", NS, "-f", VALUES, "--wait", "--timeout", "15m",
+                 "--set-string", "serving.podAnnotations.fissure\\.dev/rollout=2"], env=env, timeout=1000)
             for name in isvcs.values():
-                _rolled_over(kubectl, f"{name}-predictor", "fissure.dev/rollout", "2")
-                _wait_ready(kubectl, name)
+                _rolled_over(node, f"{name}-predictor", "fissure.dev/rollout", "2")
+                node.wait_isvc_ready(NS, name)
             times["helm upgrade to both predictors rolled over"] = time.monotonic() - start
             time.sleep(20)  # the old pods' preStop and drain, and kube-proxy's rules, settle under load
         finally:
             poller.stop.set()
             poller.join(timeout=60)
-        after = {m: json.loads(_run([*kubectl, "-n", NS, "get", "pods", "-l",
-                                     f"serving.kserve.io/inferenceservice={n}", "-o", "json"]).stdout)["items"]
-                 for m, n in isvcs.items()}
+        after = {m: predictor_pods(n) for m, n in isvcs.items()}
         for model in MODELS:
             old = {p["metadata"]["name"] for p in before[model]}
             new = [p for p in after[model] if p["metadata"]["name"] not in old]
@@ -195,14 +162,10 @@ def test_helm_install_test_and_upgrade_on_the_node(tmp_path):
         print(f"poller: {poller.ok} answers, {len(poller.failures)} failures; times: {json.dumps(times)}")
         assert poller.ok > 10, poller.ok
         assert not poller.failures, poller.failures[:20]
-        history = _run([*helm, "history", RELEASE, "-n", NS, "-o", "json"], env=env).stdout
+        history = run([*helm, "history", RELEASE, "-n", NS, "-o", "json"], env=env).stdout
         assert [h["status"] for h in json.loads(history)] == ["superseded", "deployed"], history
+        run([*helm, "uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "5m"], env=env, timeout=400)
     finally:
         if times:
             print(f"times (s): { {k: round(v) for k, v in times.items()} }")
-        down = subprocess.run(["bash", str(CLUSTER / "down.sh"), str(state)], cwd=REPO,
-                              capture_output=True, text=True, timeout=600)
-    assert down.returncode == 0, down.stdout + down.stderr
-    assert not Path("/var/lib/kubelet").exists()
-    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
-    assert "KUBE-" not in rules, rules[-2000:]
+        node.delete_namespace(NS)
