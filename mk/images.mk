@@ -31,11 +31,13 @@ CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl 
 # `make test` runs the node's tests (tests/cluster) last and, so that a cold image cache costs as
 # little suite time as possible, first starts the images they need building in the background at
 # nice 19 (overlapping the rest of the suite); the tests' own `images.sh build` waits for it
-# (a lock) and finds them built. Root only, and only when the node's tools are installed: else the
-# tests install what they need themselves, or skip (not root).
+# (a lock) and finds them built. Root only (it apt-installs the node's packages first, as the
+# tests would); without root the node tests skip.
 CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns
 test: cluster-images-background
 cluster-images-background: venv
+	@# a new machine lacks the node's packages (mmdebstrap, containerd, ...): install them first (root)
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory -s cluster-node-apt || true; fi
 	@if [ "$$(id -u)" = 0 ] && command -v mmdebstrap >/dev/null && command -v ctr >/dev/null && command -v flock >/dev/null; then \
 	  mkdir -p .fissure; echo ">> building the cluster tests' images in the background (nice 19; log .fissure/images-build.log)"; \
 	  $(CLUSTER_IMAGES_ENV) nohup nice -n 19 manifests/cluster/images.sh build $(CLUSTER_TEST_IMAGES) > .fissure/images-build.log 2>&1 & \
