@@ -85,7 +85,7 @@ def cluster_paths() -> dict[str, str]:
 
 
 @dataclass
-class _Process:
+class Process:
     name: str
     proc: subprocess.Popen
     log: Path
@@ -96,13 +96,14 @@ class _Process:
         except OSError:
             return ""
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 20) -> None:
+        """SIGTERM, then after `grace` seconds SIGKILL to its process group (spawned in a new session)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
 
 
@@ -116,7 +117,7 @@ class KubeAPIServer:
     bin_dir: Path
     version: str
     workdir: Path
-    _processes: list[_Process] = field(default_factory=list, repr=False)
+    _processes: list[Process] = field(default_factory=list, repr=False)
 
     @property
     def kubectl_path(self) -> Path:
@@ -206,7 +207,7 @@ def _write_kubeconfig(path: Path, url: str, token: str) -> None:
     path.chmod(0o600)
 
 
-def _wait_ready(server: KubeAPIServer, procs: list[_Process]) -> None:
+def _wait_ready(server: KubeAPIServer, procs: list[Process]) -> None:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # the server's certificate is self-signed, made at start
@@ -246,12 +247,12 @@ def start_kube_apiserver(bin_dir: Path, etcd: str, version: str, workdir: Path) 
                            bin_dir=bin_dir, version=version, workdir=workdir)
     _write_kubeconfig(server.kubeconfig, url, token)
 
-    def spawn(name: str, cmd: list[str]) -> _Process:
+    def spawn(name: str, cmd: list[str]) -> Process:
         log = workdir / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
                                     start_new_session=True)
-        p = _Process(name, proc, log)
+        p = Process(name, proc, log)
         server._processes.append(p)
         return p
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -47,7 +46,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from kube_cluster import REPO, KubeAPIServer, _host_ip
+from kube_cluster import REPO, KubeAPIServer, Process, _host_ip
 
 from ..conftest import free_ports
 
@@ -111,33 +110,11 @@ def png(seed: int = 0) -> bytes:
 # ---------------------------------------------------------------------------- processes
 
 
-@dataclass
-class Proc:
-    name: str
-    proc: subprocess.Popen
-    log: Path
-
-    def tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-
-
-def spawn(name: str, cmd: list[str], log: Path, env: dict[str, str]) -> Proc:
+def spawn(name: str, cmd: list[str], log: Path, env: dict[str, str]) -> Process:
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
-    return Proc(name, proc, log)
+    return Process(name, proc, log)
 
 
 @dataclass
@@ -146,7 +123,7 @@ class Backend:
     ip: str
     http: int
     grpc: int
-    proc: Proc
+    proc: Process
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +175,7 @@ def backends(tmp_path_factory, host_ip: str) -> Iterator[dict[str, Backend]]:
         yield running
     finally:
         for b in running.values():
-            b.proc.stop()
+            b.proc.stop(grace=60)
         for b in running.values():
             assert b.proc.proc.returncode == 0, \
                 f"fissure serve ({b.model}) exited {b.proc.proc.returncode} on SIGTERM:\n{b.proc.tail()}"
@@ -267,7 +244,7 @@ class Gateway:
     gateway_ns: str
     routes: list[dict]
     canary_ns: str
-    traefik: Proc
+    traefik: Process
     server: KubeAPIServer
 
     def post(self, path: str, host: str = HOST, **kw) -> httpx.Response:
@@ -366,7 +343,7 @@ def gateway(kube_apiserver: KubeAPIServer, backends: dict[str, Backend],
             time.sleep(1)
         yield gw
     finally:
-        traefik.stop()
+        traefik.stop(grace=60)
 
 
 # ---------------------------------------------------------------------------- tests
