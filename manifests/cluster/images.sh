@@ -34,9 +34,16 @@
 #   traefik            fissure.local/traefik:TRAEFIK_VERSION, the Gateway API implementation: the static
 #                      binary `make gateway-traefik` builds from Traefik's Go module (mk/gateway.mk),
 #                      one-file image (/traefik, user 65532 as Traefik's Helm chart runs it).
+#   minio              fissure.local/minio:MINIO_VERSION, the chart's MinIO (minio.image in
+#                      values-node.yaml): the server `make minio` builds from its Go module (dynamically
+#                      linked against glibc) as /usr/bin/minio on debian-curl's Debian bookworm layer.
+#   mc                 fissure.local/mc:MC_VERSION, the MinIO client for the chart's buckets Job (which
+#                      runs /bin/sh) and manifests/kind/upload-models.sh: `make minio-mc` (static, from
+#                      its Go module) as /usr/bin/mc on the same Debian layer (sh, sleep, tar).
 #
 # usage: images.sh build|import|digest [IMAGE...] (default: serving kserve-controller storage-initializer)
-#        (env: CACHE, TAG, KSERVE_VERSION, COREDNS_VERSION, TRAEFIK_VERSION, GO, CTR_ADDRESS)
+#        (env: CACHE, TAG, KSERVE_VERSION, COREDNS_VERSION, TRAEFIK_VERSION, MINIO_VERSION, MC_VERSION, GO,
+#        CTR_ADDRESS)
 # `import` needs the cluster's containerd socket (CTR_ADDRESS, default .fissure/cluster/containerd/containerd.sock).
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
@@ -50,6 +57,10 @@ coredns_version="${COREDNS_VERSION:-v1.12.4}"
 argo_version="${ARGO_WORKFLOWS_VERSION:-v4.0.5}"
 # mk/gateway.mk's default (the newest v3.6 the proxy serves)
 traefik_version="${TRAEFIK_VERSION:-v3.6.13}"
+# mk/minio.mk's defaults (Go pseudo-versions: neither publishes module tags); the image tags are
+# the commit dates, the pseudo-versions' middle part
+minio_version="${MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
+mc_version="${MC_VERSION:-v0.0.0-20250313080218-cf909e1063a9}"
 go="${GO:-go}"
 uv="${UV:-${CACHE:-$HOME/.cache/fissure}/bootstrap/bin/uv}"
 uv_cache="${UV_CACHE_DIR:-${CACHE:-$HOME/.cache/fissure}/uv}"
@@ -377,6 +388,22 @@ build_traefik() {  # mk/gateway.mk builds it (version-stamped: a no-op when buil
   grep -q "^Version:[[:space:]]*$traefik_version\$" <<<"$version" || die "$(traefik_bin) is not Traefik $traefik_version"
 }
 
+# ---------------------------------------------------------------- minio, mc
+minio_tag() { local v=${1#v0.0.0-}; echo "${v%%-*}"; }  # v0.0.0-20260212201848-7aac... -> 20260212201848
+build_minio_tool() {  # build_minio_tool minio|mc: mk/minio.mk builds it (version-stamped: a no-op when built)
+  local bin=$1 target=$1 version=$minio_version stamps="${CACHE:-$HOME/.cache/fissure}/bin/.stamps"
+  if [ "$bin" = mc ]; then target=minio-mc; version=$mc_version; fi
+  CACHE="${CACHE:-$HOME/.cache/fissure}" MINIO_VERSION="$minio_version" MC_VERSION="$mc_version" ${GO:+GO="$GO"} \
+    make -C "$repo" --no-print-directory -s "$target" >&2 || die "make $target failed"
+  if [ ! -f "$stamps/$bin-$version" ] || [ ! -x "$(minio_bin "$bin")" ]; then die "make $target did not build $bin $version"; fi
+  build_debian_curl  # the Debian layer under it (glibc for minio; sh for the buckets Job)
+}
+minio_bin() { echo "${CACHE:-$HOME/.cache/fissure}/bin/$1"; }
+debian_tool_args() {  # debian_tool_args BIN USER: BIN as /usr/bin/BIN on debian-curl's layer
+  printf '%s\n' --layer "$(cat "$cache/debian-curl/layers")" --file "$(minio_bin "$1"):/usr/bin/$1" --user "$2" \
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env HOME=/tmp
+}
+
 # ---------------------------------------------------------------- dispatch
 image_ref() {
   case $1 in
@@ -389,7 +416,9 @@ image_ref() {
     argo-controller) echo "fissure.local/argo-workflow-controller:$argo_version" ;;
     argoexec) echo "fissure.local/argoexec:$argo_version" ;;
     traefik) echo "fissure.local/traefik:$traefik_version" ;;
-    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, traefik)" ;;
+    minio) echo "fissure.local/minio:$(minio_tag "$minio_version")" ;;
+    mc) echo "fissure.local/mc:$(minio_tag "$mc_version")" ;;
+    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, traefik, minio, mc)" ;;
   esac
 }
 oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
@@ -409,6 +438,9 @@ oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
     argoexec) args=(--file "$(argo_bin argoexec):/bin/argoexec" --entrypoint /bin/argoexec --user 8737
       --env PATH=/bin) ;;
     traefik) args=(--file "$(traefik_bin):/traefik" --entrypoint /traefik --user 65532:65532) ;;
+    # upstream's entrypoint runs `minio "$@"`: the chart's args start at `server`
+    minio) mapfile -t args < <(debian_tool_args minio 1000:1000); args+=(--entrypoint '["/usr/bin/minio"]' --workdir /tmp) ;;
+    mc) mapfile -t args < <(debian_tool_args mc 1000:1000); args+=(--entrypoint '["/usr/bin/mc"]' --workdir /tmp) ;;
   esac
   python3 "$here/oci-image.py" --name "$(image_ref "$img")" "${args[@]}" "$@"
 }
@@ -433,6 +465,8 @@ case $cmd in
         argo-controller) build_argo workflow-controller ;;
         argoexec) build_argo argoexec ;;
         traefik) build_traefik ;;
+        minio) build_minio_tool minio ;;
+        mc) build_minio_tool mc ;;
       esac
       log "$(image_ref "$img") ready ($(oci "$img" --digest -))"
     done ;;
@@ -448,5 +482,5 @@ case $cmd in
       log "importing $ref ($want)"
       oci "$img" - | "${ctr[@]}" images import - >&2
     done ;;
-  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [traefik]" ;;
+  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [traefik] [minio] [mc]" ;;
 esac
