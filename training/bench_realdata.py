@@ -2,7 +2,7 @@
 
     python training/bench_realdata.py [--out reports/bench_realdata.md] [--work reports/bench_realdata]
                                       [--segment-epochs N] [--classify-epochs N]
-                                      [--only {cracks,magnetic-tile}] [--mt-epochs N] [--mt-size PX]
+                                      [--only {cracks,magnetic-tile}] [--segment-only] [--mt-epochs N] [--mt-size PX]
                                       [--mt-encoder {none,efficientnet-lite0}]
                                       [--mt-class-weights {inverse,sqrt_inverse,none}] [--mt-seed N]
 
@@ -131,6 +131,8 @@ def main() -> None:
     ap.add_argument("--classify-epochs", type=int, default=None)
     ap.add_argument("--only", choices=["cracks", "magnetic-tile"], default=None,
                     help="run one leg: cracks (DeepCrack + CrackForest) or magnetic-tile (N-class defects)")
+    ap.add_argument("--segment-only", action="store_true",
+                    help="cracks: train and score the segmenter only (no classifier: its columns say n/a)")
     ap.add_argument("--mt-epochs", type=int, default=20, help="magnetic-tile: maximum epochs [20]")
     ap.add_argument("--mt-size", type=int, default=128, help="magnetic-tile: classifier input side in px [128]")
     ap.add_argument("--mt-encoder", choices=["none", "efficientnet-lite0"], default="efficientnet-lite0",
@@ -165,6 +167,19 @@ def main() -> None:
     print(text)
 
 
+def _threshold_from(model_dir: Path) -> str:
+    """Where the saved segmenter's mask threshold was tuned, in words (its spec's threshold_from)."""
+    from fissure.models import io
+
+    info = io.load_model(str(model_dir)).spec.get("threshold_from") or {}
+    if info.get("mode") == "fixed":
+        return "nothing (fixed in params.yaml)"
+    what = f"{info.get('images', '?')} validation images of {', '.join(info.get('sources') or ['?'])}"
+    dice = f", validation Dice {info['dice']:.3f} there" if info.get("dice") is not None else ""
+    why = f" ({info['fallback']})" if info.get("fallback") else ""
+    return f"{what} (threshold_from: {info.get('mode', '?')}{why}{dice})"
+
+
 def cracks(work: Path, env: dict, fissure: Path, args) -> str:
     """The cracks leg (module docstring); returns its Markdown section."""
     t0 = time.perf_counter()
@@ -172,7 +187,8 @@ def cracks(work: Path, env: dict, fissure: Path, args) -> str:
     run([fissure, "data", "prepare", "--params", REPO / "params.yaml", "--out", prepared, "--feedback", "",
          "--source", "synth", "--source", SHARED / "deepcrack" / "train"], env)
     results = {}
-    for task, epochs in (("segment", args.segment_epochs), ("classify", args.classify_epochs)):
+    tasks = (("segment", args.segment_epochs),) + (() if args.segment_only else (("classify", args.classify_epochs),))
+    for task, epochs in tasks:
         cmd = [fissure, "train", "--task", task, "--data", prepared / task, "--params", REPO / "params.yaml",
                "--out", work / f"model-{task}", "--no-progress"]
         if epochs:
@@ -192,26 +208,36 @@ def cracks(work: Path, env: dict, fissure: Path, args) -> str:
         seg_json = work / f"eval-segment-{len(rows)}.json"
         run([fissure, "evaluate", "--task", "segment", "--model", work / "model-segment" / "model", "--data", folder,
              "--out", seg_json, "--plots", work / f"plots-segment-{len(rows)}"], env)
-        patches = work / f"patches-{len(rows)}"
-        extract_patches(folder, patches, patch, progress=False)
-        clf_json = work / f"eval-classify-{len(rows)}.json"
-        run([fissure, "evaluate", "--task", "classify", "--model", work / "model-classify" / "model", "--data", patches,
-             "--out", clf_json], env)
-        rows.append((label, n, json.loads(seg_json.read_text()), json.loads(clf_json.read_text())))
+        clf = None
+        if not args.segment_only:
+            patches = work / f"patches-{len(rows)}"
+            extract_patches(folder, patches, patch, progress=False)
+            clf_json = work / f"eval-classify-{len(rows)}.json"
+            run([fissure, "evaluate", "--task", "classify", "--model", work / "model-classify" / "model",
+                 "--data", patches, "--out", clf_json], env)
+            clf = json.loads(clf_json.read_text())
+        rows.append((label, n, json.loads(seg_json.read_text()), clf))
     wall = time.perf_counter() - t0
-    seg_train, clf_train = results["train-segment"], results["train-classify"]
+    seg_train, clf_train = results["train-segment"], results.get("train-classify")
+    thr_from = _threshold_from(work / "model-segment" / "model")
     lines = [
         f"Trained on synthetic ({seg_train['sizes']['train']} segmentation training images incl. DeepCrack's train part) "
-        f"in {wall / 60:.1f} min total wall time; segmenter best epoch {seg_train['best_epoch']}/{seg_train['epochs_run']}, "
-        f"classifier best epoch {clf_train['best_epoch']}/{clf_train['epochs_run']}.",
+        f"in {wall / 60:.1f} min total wall time; segmenter best epoch {seg_train['best_epoch']}/{seg_train['epochs_run']}"
+        + (f", classifier best epoch {clf_train['best_epoch']}/{clf_train['epochs_run']}." if clf_train else
+           " (--segment-only: no classifier).")
+        + f" Mask threshold {seg_train.get('threshold')}, tuned on {thr_from}.",
         "",
         "| held-back real images | images | seg Dice | seg IoU | seg precision | seg recall | patches | clf accuracy | clf F1 | clf ROC-AUC |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, n, s, c in rows:
-        auc = f"{c['roc_auc']:.3f}" if c["roc_auc"] is not None else "n/a"
+        if c is None:
+            clf_cells = "n/a | n/a | n/a | n/a"
+        else:
+            auc = f"{c['roc_auc']:.3f}" if c["roc_auc"] is not None else "n/a"
+            clf_cells = f"{c['n_images']} | {c['accuracy']:.3f} | {c['f1']:.3f} | {auc}"
         lines.append(f"| {label} | {n} | {s['dice']:.3f} | {s['iou']:.3f} | {s['precision']:.3f} | {s['recall']:.3f} "
-                     f"| {c['n_images']} | {c['accuracy']:.3f} | {c['f1']:.3f} | {auc} |")
+                     f"| {clf_cells} |")
     return "\n".join(lines) + "\n"
 
 

@@ -160,3 +160,39 @@ def test_relaxed_scores_forgive_the_rim_not_spurious_cracks():
     empty = M.RelaxedCounts()
     empty.update(np.zeros((4, 4), bool), np.zeros((4, 4), bool))
     assert empty.metrics()["relaxed_f1"] == 1.0
+
+
+def _source_pixels(pos_prob: float, neg_prob: float, pos: int, neg: int, images: int):
+    from fissure.training.loop import SourcePixels
+
+    counts = SourcePixels(images=images)
+    counts.update(np.r_[np.full(pos, pos_prob), np.full(neg, neg_prob)], np.r_[np.ones(pos), np.zeros(neg)])
+    return counts
+
+
+def test_mask_threshold_is_tuned_on_the_real_sources_validation_pixels():
+    """threshold_from real: the real sources' validation pixels pooled pick the threshold, not the
+    (here far more numerous) synthetic ones; all: every pixel; no real image or no real crack
+    pixel: the whole split, saying why."""
+    from fissure.training.loop import select_threshold
+
+    # real cracks at p 0.35 over background at 0.1: any threshold in (0.1, 0.35] is perfect there;
+    # synthetic cracks at 0.75 over hard negatives at 0.5: only thresholds in (0.5, 0.75] are
+    synth = _source_pixels(0.75, 0.5, pos=10_000, neg=10_000, images=60)
+    real_a = _source_pixels(0.35, 0.1, pos=60, neg=1_000, images=45)
+    real_b = _source_pixels(0.35, 0.1, pos=40, neg=500, images=5)
+    by_source = {"synth": synth, "deepcrack-train": real_a, "my-survey": real_b}
+    t, info = select_threshold(by_source, "real")
+    assert t == pytest.approx(0.35)  # the edge of (0.1, 0.35] nearest 0.5
+    assert info == {"mode": "real", "sources": ["deepcrack-train", "my-survey"], "images": 50, "dice": 1.0}
+    t_all, info_all = select_threshold(by_source, "all")
+    assert t_all == pytest.approx(0.505) and info_all["mode"] == "all"
+    assert info_all["sources"] == ["deepcrack-train", "my-survey", "synth"] and info_all["images"] == 110
+    assert select_threshold({"synth": synth}, "real") == (t_all, {
+        "mode": "all", "fallback": "no real-source validation images", "sources": ["synth"], "images": 60,
+        "dice": 1.0})
+    crack_free = _source_pixels(0.35, 0.1, pos=0, neg=1_000, images=3)
+    t_free, info_free = select_threshold({"synth": synth, "site-b": crack_free}, "real")
+    assert t_free == pytest.approx(0.505) and info_free["mode"] == "all"
+    assert info_free["fallback"] == "the real-source validation images hold no crack pixels"
+    assert info_free["sources"] == ["site-b", "synth"]

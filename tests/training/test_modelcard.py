@@ -36,6 +36,11 @@ def test_every_registered_version_gets_its_card(registered_segmenter, seg_data):
     run = client.get_run(outcome.run_id)
     assert f"| dice | {run.data.metrics['final_val_dice']:.3f} | {run.data.metrics['test_dice']:.3f} |" in card
     assert run.data.tags["dvc.data_hash"] in card
+    # where the mask threshold was tuned: the 8 validation images of the one (real, no synth-) source
+    spec = json.loads(run.data.params["spec"])
+    assert spec["threshold_from"]["images"] == 8 and spec["threshold_from"]["mode"] == "real"
+    assert (f"| crack threshold | {spec['threshold']:.3f} (best Dice on the pooled pixels of 8 validation images of "
+            f"{spec['threshold_from']['sources'][0]}: threshold_from real) |") in card
     quality = json.loads(mlflow.artifacts.load_text(f"runs:/{outcome.run_id}/plots/test_quality.json"))
     assert "| width:" in card and f"`{quality['worst'][0]['image']}`" in card
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id, "plots")}

@@ -59,7 +59,55 @@ def test_segmenter_threshold_is_tuned_on_validation_and_shipped(seg_data):
     explicit = evaluate_segmenter(result.module, result.spec, splits.test, overlays=0, threshold=thr).metrics
     assert by_spec == explicit
     # a fixed threshold in the params is kept as is
-    assert _fit("segment", seg_data, epochs=1, threshold=0.35).spec["threshold"] == 0.35
+    fixed = _fit("segment", seg_data, epochs=1, threshold=0.35).spec
+    assert fixed["threshold"] == 0.35 and fixed["threshold_from"] == {"mode": "fixed"}
+
+
+def test_segmenter_threshold_is_tuned_on_the_real_sources_validation_images(tmp_path):
+    """Prepared synthetic + real data: the shipped threshold is the best on the real source's
+    validation images alone (threshold_from: real, the default), on the whole split with
+    threshold_from: all, and on the whole split when validation holds no real image."""
+    import dataclasses
+
+    from fissure.data.prepare import make_params, prepare
+    from fissure.models import preprocess_config
+    from fissure.training.datasets import SegmentationDataset
+    from fissure.training.loop import THRESHOLD_RANGE, _loader, validate
+
+    write_segment_set(tmp_path / "site" / "survey", 24, seed=4)
+    params = make_params({"source": ["synth", {"path": str(tmp_path / "site" / "survey"), "val_fraction": 0.25}],
+                          "count": 16, "size": 64, "patch_size": 32, "patch_stride": 32, "feedback": None})
+    prepare(params, tmp_path / "prepared")
+    cfg = tiny_config("segment", epochs=2, eval_batch_size=1)
+    splits = find_splits("segment", tmp_path / "prepared" / "segment", seed=cfg.seed)
+    real_val = [it for it in splits.val if not it.image.name.startswith("synth-")]
+    synth_val = [it for it in splits.val if it.image.name.startswith("synth-")]
+    assert real_val and synth_val
+
+    def best_on(result, items):
+        """The best threshold and Dice on ``items`` alone, scored again with the returned model."""
+        loader = _loader(SegmentationDataset(items, preprocess_config(result.spec)), 1, shuffle=False, seed=0,
+                         num_workers=0)
+        _, _, pixels = validate("segment", result.module, loader, torch.device(result.device),
+                                lambda logits, y: torch.zeros(()))
+        t, dice = pixels.best_threshold(*THRESHOLD_RANGE)
+        return t, round(dice, 4)
+
+    real = fit("segment", splits, cfg, progress=False)
+    assert real.spec["threshold_from"] == {"mode": "real", "sources": ["site-survey"], "images": len(real_val),
+                                           "dice": best_on(real, real_val)[1]}
+    assert real.spec["threshold"] == best_on(real, real_val)[0]
+
+    whole = fit("segment", splits, cfg.model_copy(update={"threshold_from": "all"}), progress=False)
+    assert whole.spec["threshold_from"] == {"mode": "all", "sources": ["site-survey", "synth"],
+                                            "images": len(splits.val), "dice": best_on(whole, splits.val)[1]}
+    assert whole.spec["threshold"] == best_on(whole, splits.val)[0]
+
+    synth_only = fit("segment", dataclasses.replace(splits, val=synth_val), cfg, progress=False)
+    assert synth_only.spec["threshold_from"] == {
+        "mode": "all", "fallback": "no real-source validation images", "sources": ["synth"],
+        "images": len(synth_val), "dice": best_on(synth_only, synth_val)[1]}
+    assert synth_only.spec["threshold"] == best_on(synth_only, synth_val)[0]
 
 
 def test_seeded_runs_are_reproducible(seg_data):

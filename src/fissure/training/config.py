@@ -48,6 +48,9 @@ class TrainConfig(BaseModel):
     aux_weight: float = Field(0.0, ge=0)  # segment: weight of the deep-supervision loss (needs model.deep_supervision)
     ema: float = Field(0.0, ge=0, lt=1)  # decay of the weights' moving average that is validated and kept (0 = off)
     threshold: float | None = Field(None, gt=0, lt=1)  # segment: mask threshold saved with the model; None = best val Dice
+    # segment, threshold None: the validation images it is tuned on. real: the real (non-synthetic)
+    # sources' images pooled, the whole split when there are none; all: the whole split, synthetic included
+    threshold_from: Literal["real", "all"] = "real"
     augment: bool = True
     # classify: cross-entropy weight of each class from its training count n_c: inverse (N / (K n_c)),
     # sqrt_inverse (its square root: milder, less of the common class's recall traded away) or none

@@ -218,6 +218,7 @@ def fit(
         train_ds = SegmentationDataset(splits.train, pcfg, crop=cfg.crop, augment=cfg.augment, crack_bias=cfg.crack_bias,
                                       hard_negatives=cfg.hard_negatives, extra_cracks=cfg.extra_cracks)
         val_ds = SegmentationDataset(splits.val, pcfg)
+        val_groups = val_sources(splits)  # the source of each validation image: the threshold's pixels
         criterion = lambda logits, y: segmentation_loss(logits, y, cfg.pos_weight)  # noqa: E731
         if cfg.aux_weight > 0 and getattr(module, "aux_heads", None) is None:
             raise FissureError("aux_weight > 0 needs a model with deep_supervision: true (train_segmenter.model)")
@@ -225,6 +226,7 @@ def fit(
     else:
         train_ds = ClassificationDataset(splits.train, pcfg, augment=cfg.augment)
         val_ds = ClassificationDataset(splits.val, pcfg)
+        val_groups = None
         weights = class_weights([lbl for _, lbl in splits.train], len(splits.classes), cfg.class_weights).to(dev)
         ce = nn.CrossEntropyLoss(weight=weights)
         criterion = lambda logits, y: ce(logits.float(), y)  # noqa: E731
@@ -271,7 +273,8 @@ def fit(
                 count += len(x)
                 bar.note(loss=total / count)
             seen += count
-            val_loss, val_metrics, val_pixels = validate(task, scored, val_dl, dev, criterion, amp=amp)
+            val_loss, val_metrics, val_pixels = validate(task, scored, val_dl, dev, criterion, amp=amp,
+                                                         groups=val_groups)
             score = val_metrics[select] if val_metrics[select] is not None else -float("inf")
             improved = score > best_score + cfg.min_delta or best_state is None
             if improved:
@@ -298,29 +301,109 @@ def fit(
         # poorly calibrated around 0.5, and thin cracks make Dice sensitive to a one-pixel rim.
         if cfg.threshold is not None:
             spec["threshold"] = float(cfg.threshold)
-        else:  # the best epoch's validation pixels, kept from its validation pass
-            spec["threshold"], extra["val_dice_at_threshold"] = best_pixels.best_threshold(0.2, 0.8)
+            spec["threshold_from"] = {"mode": "fixed"}
+        else:  # the best epoch's validation pixels (per source), kept from its validation pass
+            spec["threshold"], spec["threshold_from"] = select_threshold(best_pixels, cfg.threshold_from)
+            # the whole validation split's Dice at the shipped threshold (MLflow: final_val_dice_at_threshold)
+            extra["val_dice_at_threshold"] = dice_at(merge_counts(best_pixels.values()), spec["threshold"])
     return FitResult(module=module, spec=spec, history=history, best_epoch=best_epoch, best_val=best_val,
                      stopped_early=stopped_early, seconds=time.perf_counter() - start, device=str(dev),
                      train_images=seen, extra=extra)
 
 
+THRESHOLD_RANGE = (0.2, 0.8)  # the tuned mask threshold stays inside this
+
+
+def val_sources(splits: Splits) -> list[str]:
+    """The source of each validation image, in order: ``synth`` for a synthetic one (its file is
+    ``synth-<seed>-<index>``), else the tag of the real folder ``fissure data prepare`` took it from
+    (:class:`fissure.training.slices.SourceIndex`: the prepared ``manifest.json``; a folder without
+    one is a single real source named after the folder)."""
+    from fissure.training.slices import SourceIndex
+
+    index = SourceIndex(splits.roots.get("val") or next(iter(splits.roots.values())))
+    return [index.source_of(item.image) for item in splits.val]
+
+
+@dataclass
+class SourcePixels(M.PixelCounts):
+    """Validation pixel counts of one source, with its number of images."""
+
+    images: int = 0
+
+
+def merge_counts(counts) -> M.PixelCounts:
+    total = M.PixelCounts()
+    for c in counts:
+        total.merge(c)
+    return total
+
+
+def dice_at(counts: M.PixelCounts, threshold: float) -> float:
+    """Crack-pixel Dice of ``counts`` at ``threshold`` (a bin edge of its histogram); NaN
+    without crack pixels (as :meth:`~fissure.training.metrics.PixelCounts.best_threshold`)."""
+    if counts.pos_hist.sum() == 0:
+        return float("nan")
+    precision, recall, thresholds = counts.pr_curve()
+    i = int(np.argmin(np.abs(thresholds - threshold)))
+    p, r = float(precision[i]), float(recall[i])
+    return 2 * p * r / (p + r) if p + r > 0 else 0.0
+
+
+def select_threshold(by_source: dict, mode: str = "real", low: float = THRESHOLD_RANGE[0],
+                     high: float = THRESHOLD_RANGE[1]) -> tuple[float, dict]:
+    """The mask threshold with the best crack-pixel Dice on validation pixels, and where it came from.
+
+    ``by_source``: :class:`~fissure.training.metrics.PixelCounts` per source (``synth`` for the
+    synthetic images), each with its ``images`` count. ``mode`` real: the pixels of the real
+    sources' validation images pooled (one threshold for the model, at the real images' Dice, the
+    way the held-back real images are scored); the whole split when it holds no real image, or no
+    real crack pixel. ``mode`` all: the whole validation split pooled, synthetic images included.
+    Returns (threshold, ``{"mode", "sources", "images", "dice"}``; ``fallback`` says why the whole
+    split was used in real mode).
+    """
+    real = {name: c for name, c in by_source.items() if name != "synth"}
+    info: dict = {"mode": mode}
+    chosen = by_source
+    if mode == "real":
+        if not real:
+            info["fallback"] = "no real-source validation images"
+        elif sum(int(c.pos_hist.sum()) for c in real.values()) == 0:
+            info["fallback"] = "the real-source validation images hold no crack pixels"
+        else:
+            chosen = real
+        info["mode"] = "real" if chosen is real else "all"
+    threshold, dice = merge_counts(chosen.values()).best_threshold(low, high)
+    info.update(sources=sorted(chosen), images=sum(getattr(c, "images", 0) for c in chosen.values()),
+                dice=None if np.isnan(dice) else round(float(dice), 4))
+    return threshold, info
+
+
 @torch.no_grad()
-def validate(task, module, loader, dev, criterion, *, amp=False):
+def validate(task, module, loader, dev, criterion, *, amp=False, groups: list[str] | None = None):
     """(mean loss, metrics, pixel counts) on a loader at the model's size; the
-    :class:`~fissure.training.metrics.PixelCounts` are None for classification."""
+    :class:`~fissure.training.metrics.PixelCounts` are None for classification. With ``groups``
+    (a name per image of the loader, in its order: it must not shuffle) the segmentation pixel
+    counts are a dict of them by name (each with its ``images`` count), the metrics the pooled ones."""
     module.eval()
     total, count = 0.0, 0
     if task == "segment":
-        pixels = M.PixelCounts()
+        by_group: dict[str, SourcePixels] = {}
         for x, y in loader:
             x, y = x.to(dev), y.to(dev)
             with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
                 logits = module(x)
             total += float(criterion(logits, y)) * len(x)
+            probs = torch.sigmoid(logits.float())
+            names = groups[count : count + len(x)] if groups is not None else ["all"] * len(x)
+            for name in dict.fromkeys(names):
+                rows = [i for i, n in enumerate(names) if n == name]
+                by_group.setdefault(name, SourcePixels())
+                by_group[name].update(probs[rows], y[rows])
+                by_group[name].images += len(rows)
             count += len(x)
-            pixels.update(torch.sigmoid(logits.float()), y)
-        return total / max(count, 1), pixels.metrics(), pixels
+        pixels = merge_counts(by_group.values())
+        return total / max(count, 1), pixels.metrics(), (by_group if groups is not None else pixels)
     labels, probs = [], []
     for x, y in loader:
         x, y = x.to(dev), y.to(dev)

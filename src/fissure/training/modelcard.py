@@ -161,6 +161,19 @@ def _f(v, digits: int = 3) -> str:
     return str(v)
 
 
+def _threshold_text(spec: dict) -> str:
+    """The mask threshold and the validation images it was tuned on (the spec's ``threshold_from``,
+    :func:`fissure.training.loop.select_threshold`; older specs lack it)."""
+    t, info = _f(spec.get("threshold", 0.5)), spec.get("threshold_from") or {}
+    if info.get("mode") == "fixed":
+        return f"{t} (fixed in the params)"
+    if not info:
+        return t
+    why = f"; {info['fallback']}" if info.get("fallback") else ""
+    return (f"{t} (best Dice on the pooled pixels of {info.get('images', '?')} validation images of "
+            f"{', '.join(info.get('sources') or ['?'])}: threshold_from {info.get('mode', '?')}{why})")
+
+
 def _table(header: list[str], rows: list[list]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     out += ["| " + " | ".join(_f(c).replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -260,7 +273,7 @@ def render(facts: CardFacts) -> str:
                ["input size", f"{pre.get('size', '?')} px"]]
     tiling = spec.get("tiling") or {}
     if task == "segment":
-        summary.append(["crack threshold", spec.get("threshold", 0.5)])
+        summary.append(["crack threshold", _threshold_text(spec)])
         summary.append(["resolution", "native, in overlapping tiles" if tiling.get("mode") == "tile"
                         else "whole image resized to the input size"])
     lines += ["## Summary", ""] + _table(["", ""], summary)
