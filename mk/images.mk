@@ -26,14 +26,14 @@ CLUSTER_IMAGES_ENV = CACHE=$(CACHE) GO=$(GO) UV=$(UV) TAG=$(IMAGE_TAG) KSERVE_VE
 	ARGO_WORKFLOWS_VERSION=$(ARGO_WORKFLOWS_VERSION)
 CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl postgresql coredns
 
-.PHONY: cluster-images cluster-kserve cluster-argo cluster-dns test-cluster cluster-images-background
+.PHONY: cluster-images cluster-kserve cluster-argo cluster-metrics-server cluster-dns test-cluster cluster-images-background
 
 # `make test` runs the node's tests (tests/cluster) last and, so that a cold image cache costs as
 # little suite time as possible, first starts the images they need building in the background at
 # nice 19 (overlapping the rest of the suite); the tests' own `images.sh build` waits for it
 # (a lock) and finds them built. Root only (it apt-installs the node's packages first, as the
 # tests would); without root the node tests skip.
-CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns
+CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns metrics-server
 test: cluster-images-background
 cluster-images-background: venv
 	@# a new machine lacks the node's packages (mmdebstrap, containerd, ...): install them first (root)
@@ -56,6 +56,10 @@ cluster-kserve: k8s-binaries cluster-node-apt ## [root] KServe (Standard mode, l
 cluster-argo: k8s-binaries cluster-node-apt ## [root] Argo Workflows (pinned v4.1.2 manifests; controller and argoexec v4.0.5 built here) on the cluster-up node
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build argo-controller argoexec
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/argo-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
+
+cluster-metrics-server: k8s-binaries cluster-node-apt ## [root] metrics-server (built here; the resource metrics API for HPAs and kubectl top) on the cluster-up node
+	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build metrics-server
+	$(CLUSTER_IMAGES_ENV) manifests/cluster/metrics-server-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
 
 cluster-dns: k8s-binaries cluster-node-apt ## [root] CoreDNS (built here) on the cluster-up node, at kubelet's clusterDNS 10.96.0.10
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build coredns

@@ -31,6 +31,10 @@
 #                      and argoexec (the executor its pods' init and wait containers run) built from
 #                      the Go module github.com/argoproj/argo-workflows/v4 (CGO_ENABLED=0), one-file
 #                      images as upstream's distroless ones (user 8737, binaries in /bin).
+#   metrics-server     fissure.local/metrics-server:METRICS_SERVER_VERSION, the resource metrics API
+#                      (HPAs, `kubectl top`): sigs.k8s.io/metrics-server's cmd/metrics-server built from its
+#                      Go module (`go install`, static), one-file image (/metrics-server, user 65532 as
+#                      upstream's distroless one; its Deployment runs it as 1000).
 #   traefik            fissure.local/traefik:TRAEFIK_VERSION, the Gateway API implementation: the static
 #                      binary `make gateway-traefik` builds from Traefik's Go module (mk/gateway.mk),
 #                      one-file image (/traefik, user 65532 as Traefik's Helm chart runs it).
@@ -42,7 +46,7 @@
 #                      its Go module) as /usr/bin/mc on the same Debian layer (sh, sleep, tar).
 #
 # usage: images.sh build|import|digest [IMAGE...] (default: serving kserve-controller storage-initializer)
-#        (env: CACHE, TAG, KSERVE_VERSION, COREDNS_VERSION, TRAEFIK_VERSION, MINIO_VERSION, MC_VERSION, GO,
+#        (env: CACHE, TAG, KSERVE_VERSION, COREDNS_VERSION, METRICS_SERVER_VERSION, TRAEFIK_VERSION, MINIO_VERSION, MC_VERSION, GO,
 #        CTR_ADDRESS)
 # `import` needs the cluster's containerd socket (CTR_ADDRESS, default .fissure/cluster/containerd/containerd.sock).
 set -euo pipefail
@@ -55,6 +59,7 @@ kserve_version="${KSERVE_VERSION:-v0.20.0}"
 coredns_version="${COREDNS_VERSION:-v1.12.4}"
 # the proxy serves v4.0.5 as the newest v4 (v4.0.6, v4.1.0-v4.1.2: 403 "not available")
 argo_version="${ARGO_WORKFLOWS_VERSION:-v4.0.5}"
+metrics_server_version="${METRICS_SERVER_VERSION:-v0.8.0}"  # manifests/kind/versions.env's pin
 # mk/gateway.mk's default (the newest v3.6 the proxy serves)
 traefik_version="${TRAEFIK_VERSION:-v3.6.13}"
 # mk/minio.mk's defaults (Go pseudo-versions: neither publishes module tags); the image tags are
@@ -379,6 +384,17 @@ build_argo() {  # build_argo workflow-controller|argoexec: from the module sourc
   rm -rf "$tmp"; mv "$out.tmp" "$out"
 }
 
+# ---------------------------------------------------------------- metrics-server
+metrics_server_bin() { echo "${CACHE:-$HOME/.cache/fissure}/metrics-server/$metrics_server_version/metrics-server"; }
+build_metrics_server() {  # no replaces in its go.mod: `go install module@version` builds it checksum-checked
+  local out; out=$(metrics_server_bin)
+  [ -x "$out" ] && return 0
+  log "building metrics-server $metrics_server_version from its Go module (~5-10 min cold)"
+  (cd "${TMPDIR:-/tmp}" && CGO_ENABLED=0 GOFLAGS="" GOBIN="$(dirname "$out")" nice -n 10 "$go" install -trimpath \
+     -ldflags "-s -w" "sigs.k8s.io/metrics-server/cmd/metrics-server@$metrics_server_version") >&2 \
+    || die "go install sigs.k8s.io/metrics-server/cmd/metrics-server@$metrics_server_version failed"
+}
+
 # ---------------------------------------------------------------- traefik
 traefik_bin() { echo "${CACHE:-$HOME/.cache/fissure}/bin/traefik"; }
 build_traefik() {  # mk/gateway.mk builds it (version-stamped: a no-op when built)
@@ -415,10 +431,11 @@ image_ref() {
     coredns) echo "fissure.local/coredns:$coredns_version" ;;
     argo-controller) echo "fissure.local/argo-workflow-controller:$argo_version" ;;
     argoexec) echo "fissure.local/argoexec:$argo_version" ;;
+    metrics-server) echo "fissure.local/metrics-server:$metrics_server_version" ;;
     traefik) echo "fissure.local/traefik:$traefik_version" ;;
     minio) echo "fissure.local/minio:$(minio_tag "$minio_version")" ;;
     mc) echo "fissure.local/mc:$(minio_tag "$mc_version")" ;;
-    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, traefik, minio, mc)" ;;
+    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, metrics-server, traefik, minio, mc)" ;;
   esac
 }
 oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
@@ -437,6 +454,7 @@ oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
       --entrypoint /bin/workflow-controller --user 8737) ;;
     argoexec) args=(--file "$(argo_bin argoexec):/bin/argoexec" --entrypoint /bin/argoexec --user 8737
       --env PATH=/bin) ;;
+    metrics-server) args=(--file "$(metrics_server_bin):/metrics-server" --entrypoint /metrics-server --user 65532:65532) ;;
     traefik) args=(--file "$(traefik_bin):/traefik" --entrypoint /traefik --user 65532:65532) ;;
     # upstream's entrypoint runs `minio "$@"`: the chart's args start at `server`
     minio) mapfile -t args < <(debian_tool_args minio 1000:1000); args+=(--entrypoint '["/usr/bin/minio"]' --workdir /tmp) ;;
@@ -464,6 +482,7 @@ case $cmd in
         coredns) build_coredns ;;
         argo-controller) build_argo workflow-controller ;;
         argoexec) build_argo argoexec ;;
+        metrics-server) build_metrics_server ;;
         traefik) build_traefik ;;
         minio) build_minio_tool minio ;;
         mc) build_minio_tool mc ;;
@@ -482,5 +501,5 @@ case $cmd in
       log "importing $ref ($want)"
       oci "$img" - | "${ctr[@]}" images import - >&2
     done ;;
-  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [traefik] [minio] [mc]" ;;
+  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [metrics-server] [traefik] [minio] [mc]" ;;
 esac

@@ -85,6 +85,17 @@ if [ ! -f "$state/pki/kubelet-client.crt" ]; then
     -CAcreateserial -days 3650 -out "$state/pki/kubelet-client.crt" 2>/dev/null
   chmod 600 "$state/pki/kubelet-client.key"
 fi
+if [ ! -f "$state/pki/front-proxy-client.crt" ]; then
+  # the aggregation layer (metrics-server's metrics.k8s.io): the apiserver proxies to extension
+  # API servers with this client certificate, which they check against the front-proxy CA
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=fissure-front-proxy-ca" \
+    -keyout "$state/pki/front-proxy-ca.key" -out "$state/pki/front-proxy-ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=front-proxy-client" \
+    -keyout "$state/pki/front-proxy-client.key" -out "$state/pki/front-proxy-client.csr" 2>/dev/null
+  openssl x509 -req -in "$state/pki/front-proxy-client.csr" -CA "$state/pki/front-proxy-ca.crt" \
+    -CAkey "$state/pki/front-proxy-ca.key" -CAcreateserial -days 3650 -out "$state/pki/front-proxy-client.crt" 2>/dev/null
+  chmod 600 "$state/pki/front-proxy-ca.key" "$state/pki/front-proxy-client.key"
+fi
 kubeconfig() {  # kubeconfig NAME USER
   local token; token=$(awk -F, -v u="$2" '$2 == u {print $1}' "$state/pki/tokens.csv")
   cat > "$state/kubeconfigs/$1" <<EOF
@@ -127,7 +138,12 @@ start kube-apiserver "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etc
   --service-account-key-file "$state/pki/sa.key" --service-account-signing-key-file "$state/pki/sa.key" \
   --service-cluster-ip-range "$service_cidr" --allow-privileged=true --profiling=false \
   --kubelet-preferred-address-types InternalIP,Hostname \
-  --kubelet-client-certificate "$state/pki/kubelet-client.crt" --kubelet-client-key "$state/pki/kubelet-client.key"
+  --kubelet-client-certificate "$state/pki/kubelet-client.crt" --kubelet-client-key "$state/pki/kubelet-client.key" \
+  --requestheader-client-ca-file "$state/pki/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
+  --proxy-client-cert-file "$state/pki/front-proxy-client.crt" --proxy-client-key-file "$state/pki/front-proxy-client.key" \
+  --enable-aggregator-routing=true
 wait_for kube-apiserver 180 "${kubectl[@]}" get --raw /readyz
 start kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig "$state/kubeconfigs/controller-manager" \

@@ -95,7 +95,8 @@ def post_json(url: str, body: dict) -> dict:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return json.load(r)
         except urllib.error.HTTPError as e:  # an answer, not a routing problem: fail with it
-            pytest.fail(f"{url}: {e.code} {e.read()[:2000]!r}")
+            # the headers say who answered (fissure's front is uvicorn's `server`)
+            pytest.fail(f"{url}: {e.code} {e.read()[:2000]!r} headers {dict(e.headers)}")
         except OSError as e:
             last = e
             time.sleep(2)
@@ -173,6 +174,13 @@ class NodeCluster:
         if self._once("argo"):
             self.script("images.sh", "build", "argo-controller", "argoexec", timeout=5400)
             self.script("argo-up.sh", str(self.bin_dir), str(self.state))
+
+    def metrics_server(self) -> None:
+        """metrics-server (metrics-server-up.sh, built here): the resource metrics API that
+        HorizontalPodAutoscalers, KServe's CPU autoscaling among them, read."""
+        if self._once("metrics-server"):
+            self.script("images.sh", "build", "metrics-server", timeout=5400)
+            self.script("metrics-server-up.sh", str(self.bin_dir), str(self.state))
 
     def models(self) -> Path:
         """Two tiny models registered and packaged by `fissure package` (KServe's TorchServe

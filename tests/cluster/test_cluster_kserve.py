@@ -107,25 +107,34 @@ def test_inferenceservices_ready_and_answer_on_the_node(node, tmp_path):
         assert status["state"]["terminated"]["exitCode"] == 0, status
 
         # through each predictor's cluster Service (kube-proxy routes the ClusterIP)
-        image = png()
-        b64 = base64.b64encode(image).decode()
-        clf = node.service(NS, isvcs["crack-classifier"])
-        answer = post_json(f"http://{clf}/v1/models/crack-classifier:predict", {"instances": [{"b64": b64}]})
-        pred = answer["predictions"][0]
-        assert pred["label"] in ("crack", "no_crack"), answer
-        assert abs(sum(pred["probabilities"].values()) - 1) < 1e-4, answer
-        seg = node.service(NS, isvcs["crack-segmenter"])
-        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64]}]}
-        answer = post_json(f"http://{seg}/v2/models/crack-segmenter/infer", body)
-        assert {o["name"] for o in answer["outputs"]} >= {"mask_png", "crack_ratio"}, answer
-        # v2 gRPC on the Service's h2c port
-        import tritonclient.grpc as grpcclient
-
-        client = grpcclient.InferenceServerClient(f"{seg.split(':')[0]}:8081")
-        assert client.is_model_ready("crack-segmenter")
-        inp = grpcclient.InferInput("image", [1], "BYTES")
-        inp.set_data_from_numpy(np.array([image], dtype=object))
-        ratio = float(client.infer("crack-segmenter", [inp]).as_numpy("crack_ratio")[0])
-        assert 0.0 <= ratio <= 1.0
+        try:
+            _infer(node, isvcs)
+        except BaseException:
+            print(node.diagnose(NS))  # pytest shows who answered what with the failure
+            raise
     finally:
         node.delete_namespace(NS)
+
+
+def _infer(node, isvcs: dict[str, str]) -> None:
+    """v1 REST to the classifier, v2 REST and v2 gRPC to the segmenter, each through its Service."""
+    image = png()
+    b64 = base64.b64encode(image).decode()
+    clf = node.service(NS, isvcs["crack-classifier"])
+    answer = post_json(f"http://{clf}/v1/models/crack-classifier:predict", {"instances": [{"b64": b64}]})
+    pred = answer["predictions"][0]
+    assert pred["label"] in ("crack", "no_crack"), answer
+    assert abs(sum(pred["probabilities"].values()) - 1) < 1e-4, answer
+    seg = node.service(NS, isvcs["crack-segmenter"])
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64]}]}
+    answer = post_json(f"http://{seg}/v2/models/crack-segmenter/infer", body)
+    assert {o["name"] for o in answer["outputs"]} >= {"mask_png", "crack_ratio"}, answer
+    # v2 gRPC on the Service's h2c port
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"{seg.split(':')[0]}:8081")
+    assert client.is_model_ready("crack-segmenter")
+    inp = grpcclient.InferInput("image", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([image], dtype=object))
+    ratio = float(client.infer("crack-segmenter", [inp]).as_numpy("crack_ratio")[0])
+    assert 0.0 <= ratio <= 1.0
