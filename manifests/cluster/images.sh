@@ -44,6 +44,16 @@
 #   mc                 fissure.local/mc:MC_VERSION, the MinIO client for the chart's buckets Job (which
 #                      runs /bin/sh) and manifests/kind/upload-models.sh: `make minio-mc` (static, from
 #                      its Go module) as /usr/bin/mc on the same Debian layer (sh, sleep, tar).
+#   api                ghcr.io/fissure/fissure-api:TAG (the chart's default name), the root Dockerfile's
+#                      image: the serving image's layers + an extras layer (below), fissure api as user
+#                      1000 with HOME=/home/fissure (the chart mounts an emptyDir there).
+#   mlflow             fissure.local/mlflow:MLFLOW (the host venv's mlflow version), the chart's MLflow with
+#                      its drivers in the image (mlflow.pipPackages: []): the serving image's layers (its
+#                      /opt/venv has mlflow) + the same extras layer.
+#                      extras: s3fs (the API's s3:// blobs), boto3 (MLflow's S3 artifacts) and
+#                      psycopg2-binary (MLflow's postgresql+psycopg2 store) installed by uv into /opt/venv
+#                      on an overlay over the serving rootfs, constrained to the host venv's versions; the
+#                      layer is the overlay's upper folder, keyed by the deps layer (not rebuilt for src/).
 #
 # usage: images.sh build|import|digest [IMAGE...] (default: serving kserve-controller storage-initializer)
 #        (env: CACHE, TAG, KSERVE_VERSION, COREDNS_VERSION, METRICS_SERVER_VERSION, TRAEFIK_VERSION, MINIO_VERSION, MC_VERSION, GO,
@@ -116,7 +126,8 @@ pack() {  # pack ROOTFS OUT.tar [PATH...]: an uncompressed layer, numeric owners
 }
 mounted=()
 cleanup() { local m; for m in "${mounted[@]}"; do umount "$m" 2>/dev/null || true; done; }
-trap cleanup EXIT
+overlay=""  # build_extras' overlay mount (in_chroot's cleanup must not unmount it under its chroot)
+trap 'cleanup; if [ -n "$overlay" ]; then umount "$overlay" 2>/dev/null || true; fi' EXIT
 in_chroot() {  # in_chroot ROOTFS CMD: with the uv cache, the host's CA bundle and uv mounted
   local root=$1; shift
   mkdir -p "$root/uvcache" "$root/src"; touch "$root/host-ca.crt" "$root/usr/local/bin/uv"
@@ -201,7 +212,7 @@ build_serving() {
     echo "$bk $dk $ak" > "$root.layers"
   fi
   # keep only the current layers (a bump leaves the old ones behind otherwise)
-  find "$d" -maxdepth 1 -name '*.tar*' ! -name "$bk.tar*" ! -name "$dk.tar*" ! -name "$ak.tar*" -delete
+  find "$d" -maxdepth 1 -name '*.tar*' ! -name "$bk.tar*" ! -name "$dk.tar*" ! -name "$ak.tar*" ! -name 'extras-*' -delete
   echo "$d/$bk.tar $d/$dk.tar $d/$ak.tar" > "$d/layers"
 }
 serving_image_args() {
@@ -211,6 +222,51 @@ serving_image_args() {
   local e; for e in "${serving_env[@]}"; do args+=(--env "$e"); done
   args+=(--entrypoint "$serving_entrypoint" --cmd "$serving_cmd" --user 1000:1000 --workdir /home/model-server)
   printf '%s\n' "${args[@]}"
+}
+
+# ---------------------------------------------------------------- extras (api, mlflow)
+# s3fs: the root Dockerfile's pin (= the host venv's); psycopg2-binary: the chart's mlflow.pipPackages pin;
+# boto3: whichever release fits the host venv's botocore (s3fs's aiobotocore pins it)
+extras_packages=("s3fs==2026.9.0" "psycopg2-binary==2.9.10" "boto3")
+extras_key() { { deps_key; printf '%s\n' "${extras_packages[@]}"; sed -n '/^build_extras() {/,/^}/p' "$0"; } | sha; }
+build_extras() {
+  local d="$cache/serving" ek root upper work merged
+  build_serving
+  ek=extras-$(extras_key)
+  if [ ! -f "$d/$ek.tar" ]; then
+    # on base + deps (an app layer present in the rootfs changes nothing uv resolves): a change to
+    # src/ does not rebuild this layer
+    root=$(rootfs_with "base-$(base_key)" "deps-$(deps_key)")
+    log "extras layer $ek: ${extras_packages[*]} into /opt/venv (uv, on an overlay of the serving rootfs)"
+    upper="$d/extras.upper"; work="$d/extras.work"; merged="$d/extras.merged"
+    rm -rf "$upper" "$work"; mkdir -p "$upper" "$work" "$merged"
+    mount -t overlay overlay -o "lowerdir=$root,upperdir=$upper,workdir=$work" "$merged"; overlay=$merged
+    constraints > "$d/constraints.txt"
+    mkdir -p "$merged/src" && cp "$d/constraints.txt" "$merged/src/"
+    local pkgs; pkgs=$(printf "'%s' " "${extras_packages[@]}")
+    in_chroot "$merged" "nice -n 10 uv pip install -q -p /opt/venv/bin/python -c /src/constraints.txt $pkgs"
+    umount "$merged"; overlay=""
+    # an overlay whiteout (a 0/0 character device) would mean uv removed or replaced a file of the
+    # serving layers: the layer would then need OCI whiteouts; with the constraints it only adds
+    if [ -n "$(find "$upper/opt" -type c -print -quit)" ]; then die "uv changed the serving venv's files (whiteouts in $upper)"; fi
+    tar --numeric-owner --sort=name -C "$upper" -cf "$d/$ek.tar.tmp" ./opt/venv && mv "$d/$ek.tar.tmp" "$d/$ek.tar"
+    rm -rf "$upper" "$work"; rmdir "$merged"
+  fi
+  find "$d" -maxdepth 1 -name 'extras-*.tar*' ! -name "$ek.tar*" -delete
+  echo "$d/$ek.tar" > "$d/extras.layer"
+}
+mlflow_version() { "$uv" pip freeze -q -p "$venv_python" | sed -n 's/^mlflow==//p'; }
+extras_image_args() {  # extras_image_args api|mlflow
+  local l layers
+  read -r -a layers < "$cache/serving/layers"
+  for l in "${layers[@]}" "$(cat "$cache/serving/extras.layer")"; do printf '%s\n' --layer "$l"; done
+  printf '%s\n' --env PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --env PYTHONUNBUFFERED=1 --env PYTHONDONTWRITEBYTECODE=1 --user 1000:1000
+  case $1 in
+    api) printf '%s\n' --env HOME=/home/fissure --workdir /home/fissure \
+      --cmd '["fissure", "api", "--host", "0.0.0.0", "--port", "8000"]' ;;
+    mlflow) printf '%s\n' --env HOME=/tmp --workdir /tmp --cmd '["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]' ;;
+  esac
 }
 
 # ---------------------------------------------------------------- kserve-controller
@@ -398,8 +454,8 @@ build_metrics_server() {  # no replaces in its go.mod: `go install module@versio
 # ---------------------------------------------------------------- traefik
 traefik_bin() { echo "${CACHE:-$HOME/.cache/fissure}/bin/traefik"; }
 build_traefik() {  # mk/gateway.mk builds it (version-stamped: a no-op when built)
-  CACHE="${CACHE:-$HOME/.cache/fissure}" TRAEFIK_VERSION="$traefik_version" ${GO:+GO="$GO"} \
-    make -C "$repo" --no-print-directory -s gateway-traefik >&2 || die "make gateway-traefik failed"
+  CACHE="${CACHE:-$HOME/.cache/fissure}" TRAEFIK_VERSION="$traefik_version" \
+    make -C "$repo" --no-print-directory -s ${GO:+"GO=$GO"} gateway-traefik >&2 || die "make gateway-traefik failed"
   local version; version=$("$(traefik_bin)" version)  # not piped: grep -q + pipefail = SIGPIPE
   grep -q "^Version:[[:space:]]*$traefik_version\$" <<<"$version" || die "$(traefik_bin) is not Traefik $traefik_version"
 }
@@ -409,8 +465,9 @@ minio_tag() { local v=${1#v0.0.0-}; echo "${v%%-*}"; }  # v0.0.0-20260212201848-
 build_minio_tool() {  # build_minio_tool minio|mc: mk/minio.mk builds it (version-stamped: a no-op when built)
   local bin=$1 target=$1 version=$minio_version stamps="${CACHE:-$HOME/.cache/fissure}/bin/.stamps"
   if [ "$bin" = mc ]; then target=minio-mc; version=$mc_version; fi
-  CACHE="${CACHE:-$HOME/.cache/fissure}" MINIO_VERSION="$minio_version" MC_VERSION="$mc_version" ${GO:+GO="$GO"} \
-    make -C "$repo" --no-print-directory -s "$target" >&2 || die "make $target failed"
+  # GO as make's argument: a GO=... word from an expansion before `make` would be run as a command
+  CACHE="${CACHE:-$HOME/.cache/fissure}" MINIO_VERSION="$minio_version" MC_VERSION="$mc_version" \
+    make -C "$repo" --no-print-directory -s ${GO:+"GO=$GO"} "$target" >&2 || die "make $target failed"
   if [ ! -f "$stamps/$bin-$version" ] || [ ! -x "$(minio_bin "$bin")" ]; then die "make $target did not build $bin $version"; fi
   build_debian_curl  # the Debian layer under it (glibc for minio; sh for the buckets Job)
 }
@@ -435,7 +492,9 @@ image_ref() {
     traefik) echo "fissure.local/traefik:$traefik_version" ;;
     minio) echo "fissure.local/minio:$(minio_tag "$minio_version")" ;;
     mc) echo "fissure.local/mc:$(minio_tag "$mc_version")" ;;
-    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, metrics-server, traefik, minio, mc)" ;;
+    api) echo "ghcr.io/fissure/fissure-api:$tag" ;;
+    mlflow) echo "fissure.local/mlflow:$(mlflow_version)" ;;
+    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, metrics-server, traefik, minio, mc, api, mlflow)" ;;
   esac
 }
 oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
@@ -459,6 +518,7 @@ oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
     # upstream's entrypoint runs `minio "$@"`: the chart's args start at `server`
     minio) mapfile -t args < <(debian_tool_args minio 1000:1000); args+=(--entrypoint '["/usr/bin/minio"]' --workdir /tmp) ;;
     mc) mapfile -t args < <(debian_tool_args mc 1000:1000); args+=(--entrypoint '["/usr/bin/mc"]' --workdir /tmp) ;;
+    api|mlflow) mapfile -t args < <(extras_image_args "$img") ;;
   esac
   python3 "$here/oci-image.py" --name "$(image_ref "$img")" "${args[@]}" "$@"
 }
@@ -486,6 +546,7 @@ case $cmd in
         traefik) build_traefik ;;
         minio) build_minio_tool minio ;;
         mc) build_minio_tool mc ;;
+        api|mlflow) build_extras ;;
       esac
       log "$(image_ref "$img") ready ($(oci "$img" --digest -))"
     done ;;
@@ -501,5 +562,5 @@ case $cmd in
       log "importing $ref ($want)"
       oci "$img" - | "${ctr[@]}" images import - >&2
     done ;;
-  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [metrics-server] [traefik] [minio] [mc]" ;;
+  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [metrics-server] [traefik] [minio] [mc] [api] [mlflow]" ;;
 esac
