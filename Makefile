@@ -15,8 +15,11 @@ PYTEST_ARGS ?=
 
 .PHONY: help venv test up
 
+# versions the targets' help names, filled in by `make help`
+HELP_VARS = GATEWAY_API_VERSION TRAEFIK_VERSION K8S_VERSION
 help: ## list the targets
-	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n",$$1,$$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n",$$1,$$2}' \
+	  | sed $(foreach v,$(HELP_VARS),-e 's|$$($(v))|$($(v))|g')
 
 $(UV):
 	@echo ">> bootstrapping uv $(UV_VERSION) into $(CACHE)/bootstrap"
