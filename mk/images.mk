@@ -4,7 +4,8 @@
 #   cluster-images   [root] fissure's serving image (serving/Dockerfile's recipe: Debian bookworm
 #                    by mmdebstrap + the venv by uv from its cache), KServe's controller (from its
 #                    Go module), KServe's storage initializer (Debian trixie + kserve-storage), CoreDNS
-#                    (from its Go module), PostgreSQL (Debian's) and a Debian image with curl (`helm test`),
+#                    (from its Go module), PostgreSQL (Debian's), a Debian image with curl (`helm test`) and
+#                    MinIO's server and client (mk/minio.mk's Go builds on that Debian layer),
 #                    cached by content hash under $(CACHE)/images, $(CACHE)/kserve and $(CACHE)/coredns;
 #                    imported into the cluster when it is up. A warm run only hashes and compares digests.
 #   cluster-dns      [root] CoreDNS on the node (manifests/cluster/coredns.yaml): Service names resolve.
@@ -23,8 +24,8 @@ COREDNS_VERSION ?= v1.12.4
 # the newest v4 the Go module proxy serves (v4.1.x: 403); the install manifests are v4.1.2's
 ARGO_WORKFLOWS_VERSION ?= v4.0.5
 CLUSTER_IMAGES_ENV = CACHE=$(CACHE) GO=$(GO) UV=$(UV) TAG=$(IMAGE_TAG) KSERVE_VERSION=$(KSERVE_VERSION) COREDNS_VERSION=$(COREDNS_VERSION) \
-	ARGO_WORKFLOWS_VERSION=$(ARGO_WORKFLOWS_VERSION)
-CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl postgresql coredns
+	ARGO_WORKFLOWS_VERSION=$(ARGO_WORKFLOWS_VERSION) MINIO_VERSION=$(MINIO_VERSION) MC_VERSION=$(MC_VERSION)
+CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc
 
 .PHONY: cluster-images cluster-kserve cluster-argo cluster-metrics-server cluster-dns test-cluster cluster-images-background
 
@@ -33,7 +34,8 @@ CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl 
 # nice 19 (overlapping the rest of the suite); the tests' own `images.sh build` waits for it
 # (a lock) and finds them built. Root only (it apt-installs the node's packages first, as the
 # tests would); without root the node tests skip.
-CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns metrics-server
+# (minio and mc last: `make test` builds the server binary itself, mk/minio.mk, long before)
+CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc metrics-server
 test: cluster-images-background
 cluster-images-background: venv
 	@# a new machine lacks the node's packages (mmdebstrap, containerd, ...): install them first (root)
@@ -43,7 +45,7 @@ cluster-images-background: venv
 	  $(CLUSTER_IMAGES_ENV) nohup nice -n 19 manifests/cluster/images.sh build $(CLUSTER_TEST_IMAGES) > .fissure/images-build.log 2>&1 & \
 	fi
 
-cluster-images: venv cluster-node-apt ## [root] build the serving, KServe controller, storage-initializer, PostgreSQL, CoreDNS and curl images (cached) and import them into a running cluster
+cluster-images: venv cluster-node-apt ## [root] build the serving, KServe controller, storage-initializer, PostgreSQL, CoreDNS, curl, MinIO and mc images (cached) and import them into a running cluster
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build $(CLUSTER_IMAGE_NAMES)
 	@if [ -S $(CLUSTER_STATE)/containerd/containerd.sock ]; then \
 	  CTR_ADDRESS=$(CLUSTER_STATE)/containerd/containerd.sock $(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh import $(CLUSTER_IMAGE_NAMES); \

@@ -44,7 +44,16 @@ FIXED_PORTS = {16443: "kube-apiserver", 12379: "etcd", 10250: "kubelet", 10257: 
 MODELS = ("crack-classifier", "crack-segmenter")
 TAG = yaml.safe_load((REPO / "charts" / "fissure" / "Chart.yaml").read_text())["appVersion"]
 SERVING_IMAGE = f"ghcr.io/fissure/fissure-serving:{TAG}"
+NODE_VALUES = CLUSTER / "values-node.yaml"  # the chart's values for this node
 ARGO_VERSION = "v4.0.5"  # mk/images.mk's ARGO_WORKFLOWS_VERSION: the newest v4 the Go proxy serves
+
+
+def values_image(key: str) -> str:
+    """The image NODE_VALUES names at a dotted key (minio.mcImage, ...)."""
+    part = yaml.safe_load(NODE_VALUES.read_text())
+    for k in key.split("."):
+        part = part[k]
+    return f"{part['registry']}/{part['repository']}:{part['tag']}"
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
@@ -220,6 +229,48 @@ class NodeCluster:
                "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": name,
                         "resources": {"requests": {"storage": "1Gi"}}}}
         return [pv, pvc]
+
+    def host_volume(self, namespace: str, name: str, claim: str, owner: int) -> dict:
+        """A hostPath PersistentVolume (1Gi, a new folder under the node's state owned by `owner`:
+        fsGroup does not apply to hostPath) pre-bound to `claim` in `namespace`, for a
+        StatefulSet's claim template (the node has no provisioner)."""
+        path = self.state / f"{namespace}-{name}"
+        path.mkdir()
+        os.chown(path, owner, owner)
+        return {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{namespace}-{name}"},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                         "persistentVolumeReclaimPolicy": "Retain",
+                         "hostPath": {"path": str(path), "type": "Directory"},
+                         "claimRef": {"namespace": namespace, "name": claim}}}
+
+    def upload_models(self, namespace: str, release: str, mc_image: str) -> str:
+        """manifests/kind/upload-models.sh, as a user runs it after installing the chart: models()
+        streamed into the release's MinIO at s3://fissure-models/<model>/champion (each prefix gets
+        the packaged store: both tiny models and their config) by an mc pod, then the predictors
+        restarted. Returns its output."""
+        staged = self.state / f"upload-{namespace}"
+        staged.mkdir()
+        for model in MODELS:
+            (staged / model).symlink_to(self.models(), target_is_directory=True)
+        out = run(["bash", REPO / "manifests" / "kind" / "upload-models.sh", namespace, release], cwd=REPO,
+                  env=self.env(FISSURE_KSERVE_DIR=str(staged), MC_IMAGE=mc_image), timeout=600).stdout
+        for model in MODELS:
+            for rel in ("model-store/crack-classifier.mar", "model-store/crack-segmenter.mar",
+                        "config/config.properties"):
+                assert f">> s3://fissure-models/{model}/champion/{rel}" in out, out
+        return out
+
+    def assert_models_from_s3(self, namespace: str, isvcs: dict[str, str]) -> None:
+        """Each model's Ready predictor pod got its model from s3://fissure-models/<model>/ through
+        KServe's storage initializer (`isvcs`: model -> InferenceService name)."""
+        for model, name in isvcs.items():
+            pods = self.get("-n", namespace, "pods", "-l", f"serving.kserve.io/inferenceservice={name}")["items"]
+            ready = [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
+                                            for c in p["status"].get("conditions", []))]
+            assert ready, f"{model}: no Ready predictor pod"
+            init = {c["name"]: c for c in ready[0]["spec"].get("initContainers", [])}
+            assert "storage-initializer" in init, ready[0]["spec"]
+            assert init["storage-initializer"]["args"][0].startswith(f"s3://fissure-models/{model}/"), init
 
     def wait_isvc_ready(self, namespace: str, name: str, seconds: int = 1200) -> None:
         deadline, isvc = time.monotonic() + seconds, {}

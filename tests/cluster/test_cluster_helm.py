@@ -7,10 +7,15 @@ passes, and `helm upgrade` with a changed value (a predictor pod annotation, so 
 predictor Deployments over) completes while a client polls v1 predict throughout with no failed
 request.
 
-PostgreSQL runs too (Debian's, images.sh; its data on a hostPath PersistentVolume made here, as
-the node has no provisioner) and answers a password login through its Service's DNS name. The
-API, MLflow and MinIO are off in values-node.yaml (their images are not built here yet:
-docs/cluster.md); the models come from a hostPath PersistentVolume (pvc://).
+The models come from the chart's default `s3://fissure-models/<model>/champion` URIs on the
+chart's own MinIO (server and mc built here from their Go modules, images.sh): the chart's
+buckets Job (a post-install hook) makes the buckets, manifests/kind/upload-models.sh (what a user
+runs after `make deploy`) streams the packaged models into MinIO through an mc pod and restarts
+the predictors, and KServe's storage initializer downloads them with the fissure-s3 Secret's
+credentials and endpoint (by the MinIO Service's DNS name). PostgreSQL runs too (Debian's,
+images.sh) and answers a password login through its Service's DNS name. MinIO's and PostgreSQL's
+data live on hostPath PersistentVolumes made here (the node has no provisioner). The API and
+MLflow are off in values-node.yaml; test_cluster_helm_api.py (opt-in) turns them on.
 
 Part of `make test` (root), on the same node as the other tests in this folder.
 """
@@ -19,18 +24,17 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import threading
 import time
 import urllib.request
 
 import pytest
-from node_cluster import CLUSTER, HELM, MODELS, REPO, png, post_json, run
+from node_cluster import HELM, MODELS, NODE_VALUES, REPO, png, post_json, run, values_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
 NS = "fissure-it"
 RELEASE = "fissure"
-VALUES = CLUSTER / "values-node.yaml"
+VALUES = NODE_VALUES
 
 
 class Poller(threading.Thread):
@@ -77,7 +81,7 @@ def _rolled_over(node, deployment: str, key: str, value: str, seconds: int = 900
 def test_helm_install_test_and_upgrade_on_the_node(node):
     node.kserve()
     node.dns()
-    node.images("debian-curl", "postgresql")
+    node.images("debian-curl", "postgresql", "minio", "mc")
     env = node.env()
     times: dict[str, float] = {}
     try:
@@ -85,15 +89,8 @@ def test_helm_install_test_and_upgrade_on_the_node(node):
         run(["bash", REPO / "manifests" / "kind" / "secrets.sh", NS], env=env)
         labels = node.get("namespace", NS)["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
-        pgdata = node.state / "postgresql"
-        pgdata.mkdir()
-        os.chown(pgdata, 999, 999)  # the chart runs PostgreSQL as 999; fsGroup does not apply to hostPath
-        pg_pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NS}-postgresql"},
-                 "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
-                          "persistentVolumeReclaimPolicy": "Retain",
-                          "hostPath": {"path": str(pgdata), "type": "Directory"},
-                          "claimRef": {"namespace": NS, "name": f"data-{RELEASE}-postgresql-0"}}}
-        node.apply(*node.models_volume(NS), pg_pv)
+        node.apply(node.host_volume(NS, "postgresql", f"data-{RELEASE}-postgresql-0", 999),  # the chart's uid for it
+                   node.host_volume(NS, "minio", f"data-{RELEASE}-minio-0", 1000))  # podSecurityContext's
 
         helm = [HELM, "--kubeconfig", node.kubeconfig]
         chart = REPO / "charts" / "fissure"
@@ -104,8 +101,17 @@ def test_helm_install_test_and_upgrade_on_the_node(node):
         isvcs = _isvc_names(node)
         assert set(isvcs) == set(MODELS), isvcs
         for name in isvcs.values():
+            isvc = node.get("-n", NS, "inferenceservice", name)
+            assert isvc["spec"]["predictor"]["model"]["storageUri"].startswith("s3://fissure-models/"), isvc["spec"]
+        # the buckets Job (post-install hook, deleted when it succeeded) made fissure-models; now
+        # the user's step: upload-models.sh streams each packaged model's files into MinIO with
+        # `mc pipe` in an mc pod and restarts the predictors (the first ones found no model)
+        node.upload_models(NS, RELEASE, values_image("minio.mcImage"))
+        times["upload-models.sh"] = time.monotonic() - start - times["helm install --wait"]
+        for name in isvcs.values():
             node.wait_isvc_ready(NS, name)
         times["install to both InferenceServices Ready"] = time.monotonic() - start
+        node.assert_models_from_s3(NS, isvcs)
         # PostgreSQL (helm --wait waited for its StatefulSet): initialised from the chart's Secret,
         # a password login over TCP to its Service's DNS name
         login = node.kubectl("-n", NS, "exec", f"{RELEASE}-postgresql-0", "--", "sh", "-c",
