@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fissure.errors import ConfigError
@@ -118,6 +118,16 @@ class Settings(BaseSettings):
     prometheus_url: str | None = None
     grafana_url: str | None = None
     argo_url: str | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_a_service_link(cls, value, info):
+        # Kubernetes gives every pod `<SERVICE>_PORT=tcp://<ip>:<port>` for each Service of its
+        # namespace (service links): the release `fissure`'s `fissure-mlflow` Service makes
+        # FISSURE_MLFLOW_PORT. That is not a setting: keep the default, as with the variable unset.
+        if info.field_name.endswith("_port") and isinstance(value, str) and value.startswith(("tcp://", "udp://")):
+            return cls.model_fields[info.field_name].default
+        return value
 
 
 @functools.lru_cache(maxsize=1)
