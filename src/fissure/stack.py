@@ -599,7 +599,10 @@ def up(opts: StackOptions, detach: bool = False, echo=print, live: bool = False)
     logs.mkdir(parents=True, exist_ok=True)
     token = admin_token_once()
     host = _url_host(client_host(opts.host))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "PYTHONUNBUFFERED": "1",
+    # MLflow 3's server otherwise starts a job runner with seven huey consumers (~1.7 GB, and CPU
+    # at every start) for GenAI jobs fissure never submits; a user's own setting wins
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           **os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "PYTHONUNBUFFERED": "1",
            # the API calls the front and links to MLflow on this stack's ports
            "FISSURE_INFERENCE_URL": f"http://{host}:{opts.http_port}", "FISSURE_MLFLOW_URL": f"http://{host}:{opts.mlflow_port}",
            **({"FISSURE_PROMETHEUS_URL": prometheus_url(opts)} if opts.prometheus else {})}

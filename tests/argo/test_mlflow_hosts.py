@@ -24,7 +24,8 @@ def _free_port() -> int:
     return free_ports(1)[0]
 
 
-def _allowed_hosts(release: str, namespace: str) -> str:
+def _chart_env(release: str, namespace: str) -> dict[str, str]:
+    """The MLFLOW_* variables the chart gives MLflow's container (allowed hosts, job runner off)."""
     if not os.access(HELM, os.X_OK):
         subprocess.run(["make", "-s", "k8s-tools"], cwd=REPO, check=True, capture_output=True)
     out = subprocess.run([str(HELM), "template", release, str(REPO / "charts" / "fissure"), "--namespace", namespace,
@@ -32,7 +33,7 @@ def _allowed_hosts(release: str, namespace: str) -> str:
                          capture_output=True, text=True, check=True).stdout
     dep = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment")
     env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-    return env["MLFLOW_SERVER_ALLOWED_HOSTS"]
+    return {k: v for k, v in env.items() if k.startswith("MLFLOW_SERVER_")}
 
 
 def _status(port: int, host: str) -> int:
@@ -48,7 +49,7 @@ def _status(port: int, host: str) -> int:
 def test_mlflow_accepts_the_service_names_and_refuses_others(tmp_path):
     port = _free_port()
     mlflow = str(Path(sys.executable).with_name("mlflow"))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_SERVER_ALLOWED_HOSTS": _allowed_hosts("fissure", "ml")}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **_chart_env("fissure", "ml")}
     log = open(tmp_path / "mlflow.log", "wb")
     proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}",
                              "--default-artifact-root", str(tmp_path / "art"), "--host", "127.0.0.1",

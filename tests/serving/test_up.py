@@ -47,6 +47,21 @@ def _run(args, cwd, env, timeout=120):
     return subprocess.run([FISSURE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _mlflow_job_runners(port: int) -> tuple[int, list[str]]:
+    """How many `mlflow server ... --port PORT` processes run, and their job-runner descendants."""
+    servers, jobs = 0, []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "server" in cmd and "--port" in cmd and str(port) in cmd and any(a.endswith("mlflow") for a in cmd):
+            servers += 1
+            try:
+                jobs += [" ".join(c.cmdline()) for c in proc.children(recursive=True)
+                         if any("huey" in a or "_job_runner" in a for a in c.cmdline())]
+            except psutil.Error:  # a child that ended meanwhile
+                pass
+    return servers, jobs
+
+
 def test_up_trains_packages_serves_and_down_stops_everything(pipeline_copy, images, tmp_path):
     http, grpc, mlflow, api, prom, ts_inf, ts_mgmt, ts_met, ts_g1, ts_g2 = free_ports(10)
     env = dict(os.environ, FISSURE_THREADS="1", FISSURE_TS_INFERENCE_PORT=str(ts_inf),
@@ -83,6 +98,10 @@ def test_up_trains_packages_serves_and_down_stops_everything(pipeline_copy, imag
 
         assert httpx.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=10).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{mlflow}/health", timeout=10).status_code == 200
+        # MLflow's server-side job runner (huey consumers) is off: fissure submits no MLflow jobs
+        servers, jobs = _mlflow_job_runners(mlflow)
+        assert servers, "the stack's MLflow server process"
+        assert not jobs, jobs
         models = httpx.get(f"http://127.0.0.1:{mlflow}/api/2.0/mlflow/registered-models/search", timeout=10).json()
         assert {m["name"] for m in models["registered_models"]} == {"crack-classifier", "crack-segmenter"}
 
