@@ -442,7 +442,9 @@ def test_champion_from_an_mlflow_server_stays_while_it_is_down(tmp_path, monkeyp
     proc = api_conftest.start_process(
         [mlflow, "server", "--backend-store-uri", backend, "--default-artifact-root", str(tmp_path / "art"),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        {**os.environ, "PYTHONUNBUFFERED": "1"}, tmp_path / "mlflow.log", f"http://127.0.0.1:{port}/health",
+        # as the chart runs it: no job runner (seven huey consumers otherwise)
+        {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        tmp_path / "mlflow.log", f"http://127.0.0.1:{port}/health",
         timeout=300)
     try:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
