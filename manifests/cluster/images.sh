@@ -559,8 +559,11 @@ case $cmd in
       ref=$(image_ref "$img"); want=$(oci "$img" --digest -)
       have=$("${ctr[@]}" images ls "name==$ref" | awk 'NR > 1 {print $3}')
       if [ "$have" = "$want" ]; then log "$ref already imported ($want)"; continue; fi
+      # only the layers the store lacks travel: a changed app layer, not the 5 GB beneath it
+      present=$(mktemp); "${ctr[@]}" content ls -q > "$present"
       log "importing $ref ($want)"
-      oci "$img" - | "${ctr[@]}" images import - >&2
+      oci "$img" --omit-blobs "$present" - | "${ctr[@]}" images import - >&2
+      rm -f "$present"
     done ;;
   *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [metrics-server] [traefik] [minio] [mc] [api] [mlflow]" ;;
 esac

@@ -5,7 +5,10 @@ No registry is reachable here, so the cluster's images (the pod sandbox's `pause
 controller, fissure's serving image) are assembled from what is built on this machine: tar
 layers, an image config, a manifest and an index, as the OCI image-layout spec lays them out.
 Layers are uncompressed tars (their digest is their diff id) and are streamed, never held in
-memory, so a multi-GB layer (a Python environment with torch) is fine.
+memory, so a multi-GB layer (a Python environment with torch) is fine. `--omit-blobs` leaves out
+the layers the runtime's content store already holds (`ctr content ls -q`): containerd's import
+writes what the archive carries and unpacks from its store, so re-importing the serving image
+after a change to fissure's code streams the small app layer, not the 5 GB beneath it.
 
   oci-image.py --name fissure.local/pause:3.10 --file /tmp/pause:/pause --entrypoint /pause out.tar
   oci-image.py --name ghcr.io/fissure/fissure-serving:0.1.0 --layer base.tar --layer venv.tar \\
@@ -114,11 +117,14 @@ def manifest_digest(**kwargs) -> str:
 
 def build(name: str, out: BinaryIO, *, files: list[tuple[Path, str]] = (), layers: list[Path] = (),
           entrypoint: list[str] | None = None, cmd: list[str] | None = None, user: str = "",
-          env: list[str] = (), workdir: str = "") -> str:
-    """Write the archive to `out`; return the manifest's digest."""
+          env: list[str] = (), workdir: str = "", omit: frozenset[str] = frozenset()) -> str:
+    """Write the archive to `out`, without the layers whose digests are in `omit`; return the
+    manifest's digest. (The config, manifest and index are always written.)"""
     descriptors, config, manifest = _plan(files, layers, entrypoint, cmd, user, env, workdir)
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for digest, size, source in descriptors:
+            if digest in omit:
+                continue
             name_in_tar = f"blobs/sha256/{digest.removeprefix('sha256:')}"
             if isinstance(source, bytes):
                 _add(tar, name_in_tar, size, io.BytesIO(source))
@@ -160,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="environment (repeatable)")
     parser.add_argument("--workdir", default="", help="working directory")
     parser.add_argument("--user", default="65535:65535", help="default user (default: %(default)s)")
+    parser.add_argument("--omit-blobs", type=Path, metavar="FILE",
+                        help="a file of digests (sha256:..., one per line, e.g. `ctr content ls -q`) "
+                             "whose layers the runtime already has: left out of the archive")
     parser.add_argument("--digest", action="store_true",
                         help="only print the manifest digest the image would have (writes nothing)")
     parser.add_argument("out", help="the archive to write, or - for standard output")
@@ -187,14 +196,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     kwargs = dict(files=files, layers=args.layer, entrypoint=entrypoint, cmd=cmd, user=args.user,
                   env=args.env, workdir=args.workdir)
+    if args.omit_blobs and not args.omit_blobs.is_file():
+        parser.error(f"no such file: {args.omit_blobs}")
     if args.digest:
         print(manifest_digest(**kwargs))
-    elif args.out == "-":
-        build(args.name, sys.stdout.buffer, **kwargs)
+        return 0
+    omit = frozenset(args.omit_blobs.read_text().split()) if args.omit_blobs else frozenset()
+    if args.out == "-":
+        build(args.name, sys.stdout.buffer, omit=omit, **kwargs)
     else:
         tmp = Path(args.out + ".tmp")
         with open(tmp, "wb") as f:
-            build(args.name, f, **kwargs)
+            build(args.name, f, omit=omit, **kwargs)
         shutil.move(tmp, args.out)
     return 0
 

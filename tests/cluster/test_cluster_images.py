@@ -59,6 +59,29 @@ def test_oci_image_streams_layers_and_knows_its_digest(tmp_path):
     assert (tmp_path / "base.tar.sha256").read_text().split()[-1] == layer_digests[0]
 
 
+def test_oci_image_omits_the_layers_the_store_has(tmp_path):
+    base, app = tmp_path / "base.tar", tmp_path / "app.tar"
+    _layer(base, {"opt/venv/big": b"x" * 4096})
+    _layer(app, {"opt/app/run": b"new code"})
+    common = [str(PYTHON), str(OCI), "--name", "fissure.local/test:2", "--layer", str(base), "--layer", str(app)]
+    full, thin = tmp_path / "full.tar", tmp_path / "thin.tar"
+    subprocess.run([*common, str(full)], check=True)
+    have = tmp_path / "have.txt"  # as `ctr content ls -q` prints it, with an unrelated digest
+    have.write_text(f"sha256:{hashlib.sha256(base.read_bytes()).hexdigest()}\nsha256:{'0' * 64}\n")
+    subprocess.run([*common, "--omit-blobs", str(have), str(thin)], check=True)
+
+    def blobs(path):
+        with tarfile.open(path) as tar:
+            return {m.name for m in tar if m.name.startswith("blobs/")}, json.loads(tar.extractfile("index.json").read())
+
+    full_blobs, full_index = blobs(full)
+    thin_blobs, thin_index = blobs(thin)
+    assert full_blobs - thin_blobs == {f"blobs/sha256/{hashlib.sha256(base.read_bytes()).hexdigest()}"}
+    assert thin_index == full_index  # the same image: the manifest still names every layer
+    proc = subprocess.run([*common, "--omit-blobs", str(tmp_path / "nope.txt"), "-"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_oci_image_refuses_bad_input(tmp_path):
     for args, needle in ((["--layer", str(tmp_path / "nope.tar"), "o.tar"], "no such layer"),
                          (["o.tar"], "at least one"),
