@@ -34,7 +34,8 @@ $(STAMP): pyproject.toml | $(UV)
 
 venv: $(STAMP) ## create .venv with fissure installed (editable)
 
+# the tests on the single-node cluster run in a second pytest beside the others (mk/run-tests.sh)
 test: venv java ## run the whole test suite (installs what it needs, Java 17 for TorchServe included)
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	@mk/run-tests.sh $(VENV)/bin/python $(PYTEST_ARGS)
 
 -include mk/*.mk
