@@ -36,11 +36,18 @@ def test_every_registered_version_gets_its_card(registered_segmenter, seg_data):
     run = client.get_run(outcome.run_id)
     assert f"| dice | {run.data.metrics['final_val_dice']:.3f} | {run.data.metrics['test_dice']:.3f} |" in card
     assert run.data.tags["dvc.data_hash"] in card
-    # where the mask threshold was tuned: the 8 validation images of the one (real, no synth-) source
+    # where the mask threshold was tuned and the best epoch chosen: the 8 validation images of the one
+    # (real, no synth-) source, below min_real_val_images (10), so on the whole split, as the card says
     spec = json.loads(run.data.params["spec"])
-    assert spec["threshold_from"]["images"] == 8 and spec["threshold_from"]["mode"] == "real"
+    why = "only 8 real-source validation images (min_real_val_images: 10)"
+    assert spec["threshold_from"]["images"] == 8 and spec["threshold_from"]["mode"] == "all"
+    source = spec["threshold_from"]["sources"][0]
     assert (f"| crack threshold | {spec['threshold']:.3f} (best Dice on the pooled pixels of 8 validation images of "
-            f"{spec['threshold_from']['sources'][0]}: threshold_from real) |") in card
+            f"{source}: threshold_from all; {why}) |") in card
+    assert spec["select_on"] == {"mode": "all", "fallback": why, "sources": [source], "images": 8, "epoch": 1,
+                                 "dice": round(run.data.metrics["final_val_dice"], 4)}
+    assert (f"| best epoch | epoch 1: best Dice at 0.5 ({spec['select_on']['dice']:.3f}) on the pooled pixels of 8 "
+            f"validation images of {source}: select_on all; {why} |") in card
     quality = json.loads(mlflow.artifacts.load_text(f"runs:/{outcome.run_id}/plots/test_quality.json"))
     assert "| width:" in card and f"`{quality['worst'][0]['image']}`" in card
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id, "plots")}

@@ -66,7 +66,8 @@ def test_segmenter_threshold_is_tuned_on_validation_and_shipped(seg_data):
 def test_segmenter_threshold_is_tuned_on_the_real_sources_validation_images(tmp_path):
     """Prepared synthetic + real data: the shipped threshold is the best on the real source's
     validation images alone (threshold_from: real, the default), on the whole split with
-    threshold_from: all, and on the whole split when validation holds no real image."""
+    threshold_from: all, and on the whole split when validation holds no real image or fewer than
+    min_real_val_images. The best epoch is chosen on the same images (select_on follows it)."""
     import dataclasses
 
     from fissure.data.prepare import make_params, prepare
@@ -78,7 +79,7 @@ def test_segmenter_threshold_is_tuned_on_the_real_sources_validation_images(tmp_
     params = make_params({"source": ["synth", {"path": str(tmp_path / "site" / "survey"), "val_fraction": 0.25}],
                           "count": 16, "size": 64, "patch_size": 32, "patch_stride": 32, "feedback": None})
     prepare(params, tmp_path / "prepared")
-    cfg = tiny_config("segment", epochs=2, eval_batch_size=1)
+    cfg = tiny_config("segment", epochs=3, eval_batch_size=1, min_real_val_images=2)
     splits = find_splits("segment", tmp_path / "prepared" / "segment", seed=cfg.seed)
     real_val = [it for it in splits.val if not it.image.name.startswith("synth-")]
     synth_val = [it for it in splits.val if it.image.name.startswith("synth-")]
@@ -97,17 +98,48 @@ def test_segmenter_threshold_is_tuned_on_the_real_sources_validation_images(tmp_
     assert real.spec["threshold_from"] == {"mode": "real", "sources": ["site-survey"], "images": len(real_val),
                                            "dice": best_on(real, real_val)[1]}
     assert real.spec["threshold"] == best_on(real, real_val)[0]
+    # the best epoch: the best real-source validation Dice (logged per epoch as val_real_dice)
+    scores = [h.real_dice for h in real.history]
+    assert None not in scores and all("val_real_dice" in h.row() for h in real.history)
+    assert real.best_epoch == _first_best(scores) and real.best_val == real.history[real.best_epoch - 1].val
+    assert real.spec["select_on"] == {"mode": "real", "sources": ["site-survey"], "images": len(real_val),
+                                      "epoch": real.best_epoch, "dice": round(scores[real.best_epoch - 1], 4)}
 
     whole = fit("segment", splits, cfg.model_copy(update={"threshold_from": "all"}), progress=False)
     assert whole.spec["threshold_from"] == {"mode": "all", "sources": ["site-survey", "synth"],
                                             "images": len(splits.val), "dice": best_on(whole, splits.val)[1]}
     assert whole.spec["threshold"] == best_on(whole, splits.val)[0]
+    whole_dice = [h.val["dice"] for h in whole.history]
+    assert whole.best_epoch == _first_best(whole_dice) and "val_real_dice" not in whole.history[0].row()
+    assert whole.spec["select_on"] == {"mode": "all", "sources": ["site-survey", "synth"], "images": len(splits.val),
+                                       "epoch": whole.best_epoch, "dice": round(whole_dice[whole.best_epoch - 1], 4)}
+    # select_on overrides threshold_from for the epoch only
+    mixed = fit("segment", splits, cfg.model_copy(update={"threshold_from": "all", "select_on": "real"}),
+                progress=False)
+    assert mixed.spec["select_on"]["mode"] == "real" and mixed.spec["threshold_from"]["mode"] == "all"
+
+    # fewer real validation images than min_real_val_images: both on the whole split, saying why
+    few = fit("segment", splits, cfg.model_copy(update={"min_real_val_images": len(real_val) + 1}), progress=False)
+    why = f"only {len(real_val)} real-source validation images (min_real_val_images: {len(real_val) + 1})"
+    assert few.spec["select_on"]["mode"] == "all" and few.spec["select_on"]["fallback"] == why
+    assert few.spec["threshold_from"]["mode"] == "all" and few.spec["threshold_from"]["fallback"] == why
+    assert few.best_epoch == _first_best([h.val["dice"] for h in few.history])
 
     synth_only = fit("segment", dataclasses.replace(splits, val=synth_val), cfg, progress=False)
     assert synth_only.spec["threshold_from"] == {
         "mode": "all", "fallback": "no real-source validation images", "sources": ["synth"],
         "images": len(synth_val), "dice": best_on(synth_only, synth_val)[1]}
     assert synth_only.spec["threshold"] == best_on(synth_only, synth_val)[0]
+    assert synth_only.spec["select_on"]["fallback"] == "no real-source validation images"
+
+
+def _first_best(scores: list[float], min_delta: float = 1e-4) -> int:
+    """The epoch (1-based) the loop keeps: the last one to beat the best so far by more than min_delta."""
+    best, epoch = -float("inf"), 0
+    for i, score in enumerate(scores, start=1):
+        if score > best + min_delta:
+            best, epoch = score, i
+    return epoch
 
 
 def test_seeded_runs_are_reproducible(seg_data):

@@ -51,6 +51,12 @@ class TrainConfig(BaseModel):
     # segment, threshold None: the validation images it is tuned on. real: the real (non-synthetic)
     # sources' images pooled, the whole split when there are none; all: the whole split, synthetic included
     threshold_from: Literal["real", "all"] = "real"
+    # segment: the validation images the best epoch (kept weights, early stopping) is chosen on, by
+    # their Dice at 0.5: real, all (as threshold_from), or None = whatever threshold_from says
+    select_on: Literal["real", "all"] | None = None
+    # segment: fewer real validation images than this and threshold_from / select_on real use the
+    # whole split (a handful of images must not set the threshold or pick the epoch)
+    min_real_val_images: int = Field(10, ge=0)
     augment: bool = True
     # classify: cross-entropy weight of each class from its training count n_c: inverse (N / (K n_c)),
     # sqrt_inverse (its square root: milder, less of the common class's recall traded away) or none
@@ -88,6 +94,10 @@ class TrainConfig(BaseModel):
         if self.crop and (self.crop > self.size or self.crop % 16):
             raise ValueError(f"crop {self.crop} must be a multiple of 16 and <= size {self.size}")
         return self
+
+    def selection_mode(self) -> str:
+        """segment: the validation images the best epoch is chosen on (``select_on``, else ``threshold_from``)."""
+        return self.select_on or self.threshold_from
 
     def to_dict(self) -> dict:
         return self.model_dump()

@@ -147,10 +147,12 @@ class EpochLog:
     seconds: float
     lr: float
     best: bool = False
+    real_dice: float | None = None  # segment, select_on real: the real sources' validation Dice it was chosen on
 
     def row(self) -> dict:
+        extra = {"val_real_dice": self.real_dice} if self.real_dice is not None else {}
         return {"epoch": self.epoch, "train_loss": self.train_loss, "val_loss": self.val_loss,
-                **{f"val_{k}": v for k, v in self.val.items()}, "seconds": self.seconds, "lr": self.lr}
+                **{f"val_{k}": v for k, v in self.val.items()}, **extra, "seconds": self.seconds, "lr": self.lr}
 
 
 @dataclass
@@ -240,6 +242,11 @@ def fit(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     select = M.SELECTION_METRIC[task]
+    # the best epoch (kept weights, early stopping): on the real sources' validation images with
+    # select_on real (segment), else on the whole split (EpochSelector)
+    selector = EpochSelector(select, mode=cfg.selection_mode() if task == "segment" else "all",
+                             min_images=cfg.min_real_val_images, min_delta=cfg.min_delta, patience=cfg.patience,
+                             min_epochs=cfg.min_epochs)
     # An exponential moving average of the weights is what gets validated and kept: it smooths
     # the epoch-to-epoch jumps of a small-batch one-cycle run (validation Dice swung by 0.07).
     ema = None
@@ -250,8 +257,8 @@ def fit(
     scored = ema.module if ema is not None else module
 
     history: list[EpochLog] = []
-    best_score, best_epoch, best_state, best_val, best_pixels = -float("inf"), 0, None, {}, None
-    stale, stopped_early, seen = 0, False, 0
+    best_epoch, best_state, best_val, best_pixels = 0, None, {}, None
+    stopped_early, seen = False, 0
     with Progress(f"train {MODEL_NAMES[task]}", cfg.epochs, unit="epoch", every=1, enabled=progress) as bar:
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
@@ -275,27 +282,26 @@ def fit(
             seen += count
             val_loss, val_metrics, val_pixels = validate(task, scored, val_dl, dev, criterion, amp=amp,
                                                          groups=val_groups)
-            score = val_metrics[select] if val_metrics[select] is not None else -float("inf")
-            improved = score > best_score + cfg.min_delta or best_state is None
+            improved = selector.update(epoch, val_metrics, val_pixels)
             if improved:
-                best_score, best_epoch, best_val, best_pixels, stale = score, epoch, val_metrics, val_pixels, 0
+                best_epoch, best_val, best_pixels = epoch, val_metrics, val_pixels
                 best_state = copy.deepcopy(scored.state_dict())
-            else:
-                stale += 1
             log = EpochLog(epoch, total / max(count, 1), val_loss, val_metrics, time.perf_counter() - t0,
-                           optimizer.param_groups[0]["lr"], best=improved)
+                           optimizer.param_groups[0]["lr"], best=improved,
+                           real_dice=selector.last if selector.on_real else None)
             history.append(log)
             bar.advance(loss=log.train_loss, val_loss=val_loss, **{f"val_{select}": val_metrics[select]},
-                        best=best_epoch)
+                        **({"val_real_dice": selector.last} if selector.on_real else {}), best=best_epoch)
             if on_epoch:
                 on_epoch(log)
-            if stale >= cfg.patience and epoch >= cfg.min_epochs:
+            if selector.stop(epoch):
                 stopped_early = True
                 break
     module.load_state_dict(best_state)
     module.eval()
     extra = {"threads": threads}
     if task == "segment":
+        spec["select_on"] = selector.info()
         # The decision threshold ships in the spec (serving and evaluate read it): a fixed one,
         # or the one with the best validation Dice. Soft-Dice training leaves crack probabilities
         # poorly calibrated around 0.5, and thin cracks make Dice sensitive to a one-pixel rim.
@@ -303,7 +309,8 @@ def fit(
             spec["threshold"] = float(cfg.threshold)
             spec["threshold_from"] = {"mode": "fixed"}
         else:  # the best epoch's validation pixels (per source), kept from its validation pass
-            spec["threshold"], spec["threshold_from"] = select_threshold(best_pixels, cfg.threshold_from)
+            spec["threshold"], spec["threshold_from"] = select_threshold(best_pixels, cfg.threshold_from,
+                                                                         min_images=cfg.min_real_val_images)
             # the whole validation split's Dice at the shipped threshold (MLflow: final_val_dice_at_threshold)
             extra["val_dice_at_threshold"] = dice_at(merge_counts(best_pixels.values()), spec["threshold"])
     return FitResult(module=module, spec=spec, history=history, best_epoch=best_epoch, best_val=best_val,
@@ -350,33 +357,101 @@ def dice_at(counts: M.PixelCounts, threshold: float) -> float:
     return 2 * p * r / (p + r) if p + r > 0 else 0.0
 
 
-def select_threshold(by_source: dict, mode: str = "real", low: float = THRESHOLD_RANGE[0],
-                     high: float = THRESHOLD_RANGE[1]) -> tuple[float, dict]:
-    """The mask threshold with the best crack-pixel Dice on validation pixels, and where it came from.
+def validation_pool(by_source: dict, mode: str = "real", min_images: int = 0) -> tuple[dict, dict]:
+    """The validation sources a segmenter's choice is made on (its mask threshold, its best epoch).
 
     ``by_source``: :class:`~fissure.training.metrics.PixelCounts` per source (``synth`` for the
-    synthetic images), each with its ``images`` count. ``mode`` real: the pixels of the real
-    sources' validation images pooled (one threshold for the model, at the real images' Dice, the
-    way the held-back real images are scored); the whole split when it holds no real image, or no
-    real crack pixel. ``mode`` all: the whole validation split pooled, synthetic images included.
-    Returns (threshold, ``{"mode", "sources", "images", "dice"}``; ``fallback`` says why the whole
-    split was used in real mode).
+    synthetic images), each with its ``images`` count. ``mode`` real: the real sources (all but
+    ``synth``); the whole split instead when validation holds no real image, fewer than
+    ``min_images`` real images (a handful must not decide), or no real crack pixel. ``mode`` all:
+    the whole split. Returns (the chosen sources' counts, ``{"mode", "sources", "images"}``; in
+    real mode, ``mode`` says what was used and ``fallback`` why the whole split was).
     """
     real = {name: c for name, c in by_source.items() if name != "synth"}
     info: dict = {"mode": mode}
     chosen = by_source
     if mode == "real":
+        real_images = sum(getattr(c, "images", 0) for c in real.values())
         if not real:
             info["fallback"] = "no real-source validation images"
+        elif real_images < min_images:
+            info["fallback"] = (f"only {real_images} real-source validation images "
+                                f"(min_real_val_images: {min_images})")
         elif sum(int(c.pos_hist.sum()) for c in real.values()) == 0:
             info["fallback"] = "the real-source validation images hold no crack pixels"
         else:
             chosen = real
         info["mode"] = "real" if chosen is real else "all"
+    info.update(sources=sorted(chosen), images=sum(getattr(c, "images", 0) for c in chosen.values()))
+    return chosen, info
+
+
+def select_threshold(by_source: dict, mode: str = "real", low: float = THRESHOLD_RANGE[0],
+                     high: float = THRESHOLD_RANGE[1], *, min_images: int = 0) -> tuple[float, dict]:
+    """The mask threshold with the best crack-pixel Dice on validation pixels, and where it came from.
+
+    ``by_source``, ``mode``, ``min_images``: which validation pixels, pooled (:func:`validation_pool`):
+    ``mode`` real, the real sources' validation images (one threshold for the model, at the real
+    images' Dice, the way the held-back real images are scored), else the whole split, synthetic
+    images included. Returns (threshold, ``{"mode", "sources", "images", "dice"}``; ``fallback``
+    says why the whole split was used in real mode).
+    """
+    chosen, info = validation_pool(by_source, mode, min_images)
     threshold, dice = merge_counts(chosen.values()).best_threshold(low, high)
-    info.update(sources=sorted(chosen), images=sum(getattr(c, "images", 0) for c in chosen.values()),
-                dice=None if np.isnan(dice) else round(float(dice), 4))
+    info["dice"] = None if np.isnan(dice) else round(float(dice), 4)
     return threshold, info
+
+
+class EpochSelector:
+    """The best epoch (whose weights are kept) and early stopping, on one validation metric.
+
+    ``mode`` all: the metric of the whole validation split, as :func:`validate` returns it.
+    ``mode`` real (the segmenter's ``select_on``): the crack-pixel Dice (at 0.5, as the whole
+    split's) of the real sources' validation images pooled, decided at the first epoch by
+    :func:`validation_pool` from its per-source pixel counts: the whole split when it falls back
+    (no, too few, or crack-free real images) or when the counts are not per source. An epoch
+    improves when its score beats the best by more than ``min_delta`` (the first always does);
+    :meth:`stop` after ``patience`` epochs without, once ``min_epochs`` have run.
+    """
+
+    def __init__(self, metric: str, *, mode: str = "all", min_images: int = 0, min_delta: float = 0.0,
+                 patience: int = 5, min_epochs: int = 0):
+        self.metric, self.mode, self.min_images = metric, mode, min_images
+        self.min_delta, self.patience, self.min_epochs = min_delta, patience, min_epochs
+        self.pool: dict | None = None  # validation_pool's info, once seen
+        self.on_real = False
+        self.best_score, self.best_epoch, self.stale = -float("inf"), 0, 0
+        self.last: float | None = None
+
+    def score(self, metrics: dict, pixels=None) -> float:
+        """The epoch's score: ``metrics[metric]``, or the real sources' Dice (``pixels`` by source)."""
+        if self.pool is None and isinstance(pixels, dict):
+            chosen, self.pool = validation_pool(pixels, self.mode, self.min_images)
+            self.on_real = self.pool["mode"] == "real"
+            self._sources = set(chosen)
+        if self.on_real:
+            metrics = merge_counts(c for name, c in pixels.items() if name in self._sources).metrics()
+        value = metrics.get(self.metric)
+        return -float("inf") if value is None else float(value)
+
+    def update(self, epoch: int, metrics: dict, pixels=None) -> bool:
+        """Score ``epoch``; True when it is the new best."""
+        self.last = score = self.score(metrics, pixels)
+        if score > self.best_score + self.min_delta or self.best_epoch == 0:
+            self.best_score, self.best_epoch, self.stale = score, epoch, 0
+            return True
+        self.stale += 1
+        return False
+
+    def stop(self, epoch: int) -> bool:
+        return self.stale >= self.patience and epoch >= self.min_epochs
+
+    def info(self) -> dict:
+        """What the best epoch was chosen on (the segmenter spec's ``select_on``): the pool's mode,
+        sources, images and any fallback, the best ``epoch`` and its score under the metric's name."""
+        pool = dict(self.pool or {"mode": "all"})
+        best = None if self.best_epoch == 0 or not np.isfinite(self.best_score) else round(self.best_score, 4)
+        return {**pool, "epoch": self.best_epoch, self.metric: best}
 
 
 @torch.no_grad()

@@ -174,6 +174,18 @@ def _threshold_text(spec: dict) -> str:
             f"{', '.join(info.get('sources') or ['?'])}: threshold_from {info.get('mode', '?')}{why})")
 
 
+def _select_text(spec: dict) -> str | None:
+    """The validation images the best epoch was chosen on (the spec's ``select_on``,
+    :class:`fissure.training.loop.EpochSelector`; older specs lack it: None)."""
+    info = spec.get("select_on")
+    if not info:
+        return None
+    why = f"; {info['fallback']}" if info.get("fallback") else ""
+    return (f"epoch {_f(info.get('epoch'), 0)}: best Dice at 0.5 ({_f(info.get('dice'))}) on the pooled pixels of "
+            f"{info.get('images', '?')} validation images of {', '.join(info.get('sources') or ['?'])}: "
+            f"select_on {info.get('mode', '?')}{why}")
+
+
 def _table(header: list[str], rows: list[list]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     out += ["| " + " | ".join(_f(c).replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -274,6 +286,8 @@ def render(facts: CardFacts) -> str:
     tiling = spec.get("tiling") or {}
     if task == "segment":
         summary.append(["crack threshold", _threshold_text(spec)])
+        if _select_text(spec):
+            summary.append(["best epoch", _select_text(spec)])
         summary.append(["resolution", "native, in overlapping tiles" if tiling.get("mode") == "tile"
                         else "whole image resized to the input size"])
     lines += ["## Summary", ""] + _table(["", ""], summary)

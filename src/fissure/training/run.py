@@ -103,6 +103,8 @@ def train(
 
         result = fit(task, splits, cfg, device=device, progress=progress, on_epoch=on_epoch, init_state=init_state)
         spec = result.spec
+        for line in selection_notes(spec):
+            echo(line)
         if cfg.tiling is not None:  # native-resolution inference (fissure.models.tiling), as params say
             spec["tiling"] = {"tile": cfg.size, **cfg.tiling}
         mlflow.log_params({**tracking.flat_params("", params), **{f"split.{k}": v for k, v in sizes.items()},
@@ -232,6 +234,27 @@ def class_metrics(report: dict, prefix: str) -> dict:
         safe = re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
         out.update({f"{prefix}.{safe}.{k}": m[k] for k in ("precision", "recall", "f1") if m.get(k) is not None})
     return out
+
+
+def _pool_text(info: dict) -> str:
+    where = (f"the real sources' {info.get('images', '?')} validation images ({', '.join(info.get('sources') or [])})"
+             if info.get("mode") == "real" else f"the whole validation split ({info.get('images', '?')} images)")
+    return where + (f": {info['fallback']}" if info.get("fallback") else "")
+
+
+def selection_notes(spec: dict) -> list[str]:
+    """A segmenter's spec in words: the validation images its best epoch and its mask threshold were
+    chosen on, and why the whole split when real mode fell back (a line each)."""
+    notes = []
+    if spec.get("select_on"):
+        sel = spec["select_on"]
+        notes.append(f"best epoch {sel.get('epoch')} chosen on {_pool_text(sel)} (Dice at 0.5 {sel.get('dice')}; "
+                     f"select_on {sel.get('mode')})")
+    info = spec.get("threshold_from") or {}
+    if info and info.get("mode") != "fixed":
+        notes.append(f"mask threshold {spec.get('threshold')} tuned on {_pool_text(info)} "
+                     f"(Dice {info.get('dice')}; threshold_from {info.get('mode')})")
+    return notes
 
 
 @torch.no_grad()
