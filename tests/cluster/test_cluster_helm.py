@@ -14,8 +14,17 @@ runs after `make deploy`) streams the packaged models into MinIO through an mc p
 the predictors, and KServe's storage initializer downloads them with the fissure-s3 Secret's
 credentials and endpoint (by the MinIO Service's DNS name). PostgreSQL runs too (Debian's,
 images.sh) and answers a password login through its Service's DNS name. MinIO's and PostgreSQL's
-data live on hostPath PersistentVolumes made here (the node has no provisioner). The API and
-MLflow are off in values-node.yaml; test_cluster_helm_api.py (opt-in) turns them on.
+data live on hostPath PersistentVolumes made here (the node has no provisioner).
+
+The API and MLflow run too (images.sh `api` and `mlflow`: the serving image's layers plus one
+layer with s3fs, boto3 and psycopg2-binary). `helm test` runs the API's test pod as well (/ping,
+401 without a token, the UI). Through the API's Service with the admin token from the
+fissure-api Secret: POST /predict with an image (the API asks the classifier's predictor by its
+in-cluster name, stores the prediction in PostgreSQL and the image on s3://fissure-feedback
+through s3fs), the image read back, the list. MLflow: a run logged from inside the cluster by the
+Service name (MLflow 3's allowed hosts, issue 16 item 5), its parameter in PostgreSQL
+(psycopg2) and its artifact proxied to MinIO (boto3), read back; a request by the Service's IP is
+refused (403: the Host guard is on) and one with the Service's DNS name as Host is served.
 
 Part of `make test` (root), on the same node as the other tests in this folder.
 """
@@ -24,9 +33,12 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import threading
 import time
+import urllib.error
 import urllib.request
+import uuid
 
 import pytest
 from node_cluster import HELM, MODELS, NODE_VALUES, REPO, png, post_json, run, values_image
@@ -35,6 +47,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
 NS = "fissure-it"
 RELEASE = "fissure"
 VALUES = NODE_VALUES
+
+MLFLOW_SCRIPT = """
+import json, mlflow
+mlflow.set_tracking_uri("http://{release}-mlflow:5000")
+mlflow.set_experiment("node-test")
+with mlflow.start_run() as run:
+    mlflow.log_param("where", "node")
+    mlflow.log_text("hello from the node", "notes/hello.txt")
+got = mlflow.get_run(run.info.run_id)
+text = mlflow.artifacts.load_text(run.info.artifact_uri + "/notes/hello.txt")
+print(json.dumps({{"params": got.data.params, "artifact_uri": run.info.artifact_uri, "text": text}}))
+"""
 
 
 class Poller(threading.Thread):
@@ -60,6 +84,64 @@ class Poller(threading.Thread):
             time.sleep(0.2)
 
 
+def _multipart(fields: dict[str, str], file: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+                 "Content-Type: image/png\r\n\r\n".encode() + file + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _http(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _check_api(node, token: str) -> None:
+    """A prediction through the API's Service: stored (PostgreSQL), its image on s3:// (s3fs)."""
+    svc = node.get("-n", NS, "service", f"{RELEASE}-api")
+    api = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    auth = {"Authorization": f"Bearer {token}"}
+    picture = png()
+    body, ctype = _multipart({"model": "crack-classifier"}, picture)
+    code, out = _http(f"{api}/predict", body, {**auth, "Content-Type": ctype})
+    assert code == 201, (code, out[:2000], node.diagnose(NS))
+    prediction = json.loads(out)
+    assert prediction["model_name"] == "crack-classifier", prediction
+    code, got = _http(f"{api}/predictions/{prediction['id']}/image", headers=auth)
+    assert code == 200 and got == picture, (code, got[:200])
+    code, out = _http(f"{api}/predictions", headers=auth)
+    assert code == 200 and json.loads(out)["total"] == 1, (code, out[:2000])
+    code, _ = _http(f"{api}/predictions")
+    assert code == 401, code
+
+
+def _check_mlflow(node) -> None:
+    """MLflow by its Service name from a pod (the API's image has mlflow): PostgreSQL store,
+    artifacts proxied to MinIO; by the Service's IP (a Host it was not told about): refused."""
+    logged = node.kubectl("-n", NS, "exec", f"deploy/{RELEASE}-api", "--", "python", "-c",
+                          MLFLOW_SCRIPT.format(release=RELEASE), timeout=300)
+    result = json.loads(logged.stdout.strip().splitlines()[-1])
+    assert result["params"] == {"where": "node"}, result
+    assert result["text"] == "hello from the node", result
+    assert result["artifact_uri"].startswith("mlflow-artifacts:/"), result
+    ls = node.kubectl("-n", NS, "exec", f"{RELEASE}-minio-0", "--", "sh", "-c",
+                      "ls -R /data/mlflow-artifacts | grep -c hello.txt", check=False)
+    assert ls.stdout.strip() not in ("", "0"), (ls.stdout, ls.stderr)
+    msvc = node.get("-n", NS, "service", f"{RELEASE}-mlflow")
+    mlflow_ip = f"http://{msvc['spec']['clusterIP']}:{msvc['spec']['ports'][0]['port']}"
+    search = "/api/2.0/mlflow/experiments/search?max_results=5"
+    code, out = _http(mlflow_ip + search)
+    assert code == 403, (code, out[:500])
+    code, out = _http(mlflow_ip + search, headers={"Host": f"{RELEASE}-mlflow.{NS}.svc.cluster.local:5000"})
+    assert code == 200 and b"node-test" in out, (code, out[:500])
+
+
 def _isvc_names(node) -> dict[str, str]:
     items = node.get("-n", NS, "inferenceservice", "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]
     return {i["metadata"]["labels"]["fissure.dev/model"]: i["metadata"]["name"] for i in items}
@@ -81,12 +163,14 @@ def _rolled_over(node, deployment: str, key: str, value: str, seconds: int = 900
 def test_helm_install_test_and_upgrade_on_the_node(node):
     node.kserve()
     node.dns()
-    node.images("debian-curl", "postgresql", "minio", "mc")
+    node.images("debian-curl", "postgresql", "minio", "mc", "api", "mlflow")
     env = node.env()
     times: dict[str, float] = {}
+    token = secrets.token_hex(16)
     try:
         # the namespace (Pod Security restricted) and the chart's Secrets, as a user makes them
         run(["bash", REPO / "manifests" / "kind" / "secrets.sh", NS], env=env)
+        node.kubectl("-n", NS, "create", "secret", "generic", "fissure-api", f"--from-literal=admin-token={token}")
         labels = node.get("namespace", NS)["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
         node.apply(node.host_volume(NS, "postgresql", f"data-{RELEASE}-postgresql-0", 999),  # the chart's uid for it
@@ -135,9 +219,15 @@ def test_helm_install_test_and_upgrade_on_the_node(node):
         # and `helm test --logs` then fails with "unable to get pod logs ... not found")
         tested = run([*helm, "test", RELEASE, "-n", NS, "--timeout", "10m"], env=env, timeout=700)
         times["helm test"] = time.monotonic() - start
-        # the test pod resolved the predictors' Service names (CoreDNS), asked each for readiness
-        # and ran one v2 inference (curl -f, and its answer has "outputs")
-        assert "Phase:          Succeeded" in tested.stdout, tested.stdout
+        # the inference test pod resolved the predictors' Service names (CoreDNS), asked each for
+        # readiness and ran one v2 inference (curl -f, and its answer has "outputs"); the API's
+        # asked /ping, a write without a token (401) and the UI
+        assert f"TEST SUITE:     {RELEASE}-test-api" in tested.stdout, tested.stdout
+        assert tested.stdout.count("Phase:          Succeeded") == 2, tested.stdout
+        start = time.monotonic()
+        _check_api(node, token)
+        _check_mlflow(node)
+        times["API predict + MLflow run"] = time.monotonic() - start
 
         # helm upgrade to changed values while a client polls v1 predict through the Service
         def predictor_pods(name: str) -> list[dict]:
