@@ -57,11 +57,14 @@ def test_hand_made_counts_have_the_intended_dice():
 def test_best_epoch_follows_the_real_sources_or_the_whole_split():
     real, _ = _select("real")
     assert real.best_epoch == 4 and real.on_real
-    assert real.info() == {"mode": "real", "sources": ["deepcrack-train"], "images": 12, "epoch": 4, "dice": 0.7}
+    assert real.info() == {"mode": "real", "sources": ["deepcrack-train"], "images": 12, "metric": "dice", "epoch": 4,
+                           "dice": 0.7}
+    assert real.logged() == {"val_real_dice": pytest.approx(0.7)}
     whole, _ = _select("all")
     assert whole.best_epoch == 3 and not whole.on_real
-    assert whole.info() == {"mode": "all", "sources": ["deepcrack-train", "synth"], "images": 72, "epoch": 3,
-                            "dice": 0.8762}
+    assert whole.info() == {"mode": "all", "sources": ["deepcrack-train", "synth"], "images": 72, "metric": "dice",
+                            "epoch": 3, "dice": 0.8762}
+    assert whole.logged() == {}  # the whole split's score is val_dice already
 
 
 def test_early_stopping_watches_the_same_score():
@@ -77,7 +80,7 @@ def test_too_few_real_validation_images_fall_back_to_the_whole_split():
     assert sel.best_epoch == 3 and not sel.on_real
     why = "only 6 real-source validation images (min_real_val_images: 10)"
     assert sel.info() == {"mode": "all", "fallback": why, "sources": ["deepcrack-train", "synth"], "images": 66,
-                          "epoch": 3, "dice": 0.8762}
+                          "metric": "dice", "epoch": 3, "dice": 0.8762}
     # the threshold falls back alike (same rule, same counts)
     by_source, _ = list(_epochs(6))[2]
     _, info = select_threshold(by_source, "real", min_images=10)
@@ -93,11 +96,50 @@ def test_too_few_real_validation_images_fall_back_to_the_whole_split():
                      f"(Dice {thr_info['dice']}; threshold_from all)"]
 
 
+def _separated(pos_prob: float, neg_prob: float, pos: int, images: int) -> SourcePixels:
+    counts = SourcePixels(images=images)
+    counts.update(np.r_[np.full(pos, pos_prob), np.full(4 * pos, neg_prob)], np.r_[np.ones(pos), np.zeros(4 * pos)])
+    return counts
+
+
+def test_tuned_dice_scores_each_epoch_at_the_threshold_it_would_ship_with():
+    """Epoch 1: Dice 0.7 at any threshold; epoch 2: cracks at p 0.3 over background at 0.1, nothing
+    at 0.5 (Dice 0) but perfect at a tuned threshold. dice picks 1, tuned_dice 2, a fixed 0.5 1."""
+    epochs = [{"synth": _pixels(0.9, 10_000, 60), "deepcrack-train": _pixels(0.7, 500, 12)},
+              {"synth": _pixels(0.9, 10_000, 60), "deepcrack-train": _separated(0.3, 0.1, 500, 12)}]
+
+    def run(**kw):
+        sel = EpochSelector("dice", mode="real", min_images=10, min_delta=1e-4, **kw)
+        logged = []
+        for epoch, by_source in enumerate(epochs, start=1):
+            sel.update(epoch, merge_counts(by_source.values()).metrics(), by_source)
+            logged.append(sel.logged())
+        return sel, logged
+
+    at_half, logged = run()
+    assert at_half.best_epoch == 1 and logged == [{"val_real_dice": pytest.approx(0.7)}, {"val_real_dice": 0.0}]
+    tuned, logged = run(tuned=True)
+    assert tuned.best_epoch == 2 and logged == [{"val_real_tuned_dice": pytest.approx(0.7)},
+                                                {"val_real_tuned_dice": pytest.approx(1.0)}]
+    assert tuned.info() == {"mode": "real", "sources": ["deepcrack-train"], "images": 12, "metric": "tuned_dice",
+                            "epoch": 2, "dice": 1.0}
+    fixed, _ = run(tuned=True, threshold=0.5)
+    assert fixed.best_epoch == 1
+    # on the whole split (select_on all) tuned_dice scores the pooled split, logged as val_tuned_dice
+    whole = EpochSelector("dice", mode="all", tuned=True)
+    whole.update(1, merge_counts(epochs[0].values()).metrics(), epochs[0])
+    assert list(whole.logged()) == ["val_tuned_dice"] and whole.info()["metric"] == "tuned_dice"
+    assert selection_notes({"select_on": tuned.info()}) == [
+        "best epoch 2 chosen on the real sources' 12 validation images (deepcrack-train) (tuned Dice 1.0; "
+        "select_on real)"]
+
+
 def test_select_on_follows_threshold_from_unless_set(tmp_path):
     assert TrainConfig().selection_mode() == "real" and TrainConfig().min_real_val_images == 10
     assert TrainConfig(threshold_from="all").selection_mode() == "all"
     assert TrainConfig(threshold_from="all", select_on="real").selection_mode() == "real"
     assert TrainConfig(select_on="all").selection_mode() == "all"
+    assert TrainConfig().select_metric == "dice"
     bad = tmp_path / "params.yaml"
     bad.write_text("train_segmenter:\n  select_on: best\n")
     with pytest.raises(Exception) as err:
@@ -108,7 +150,8 @@ def test_select_on_follows_threshold_from_unless_set(tmp_path):
 def test_model_card_rows_say_where_epoch_and_threshold_were_chosen():
     spec = {"arch": "attention_unet", "preprocess": {"size": 256}, "threshold": 0.35,
             "threshold_from": {"mode": "real", "sources": ["deepcrack-train"], "images": 45, "dice": 0.71},
-            "select_on": {"mode": "real", "sources": ["deepcrack-train"], "images": 45, "epoch": 14, "dice": 0.64}}
+            "select_on": {"mode": "real", "sources": ["deepcrack-train"], "images": 45, "metric": "dice", "epoch": 14,
+                          "dice": 0.64}}
     card = modelcard.render(modelcard.CardFacts(name="crack-segmenter", version="3", run_id="r", task="segment",
                                                 spec=spec))
     assert ("| crack threshold | 0.350 (best Dice on the pooled pixels of 45 validation images of deepcrack-train: "
@@ -122,6 +165,10 @@ def test_model_card_rows_say_where_epoch_and_threshold_were_chosen():
                                                 spec=spec))
     assert ("| best epoch | epoch 3: best Dice at 0.5 (0.876) on the pooled pixels of 66 validation images of "
             f"deepcrack-train, synth: select_on all; {why} |") in card
+    spec["select_on"].update(metric="tuned_dice")
+    card = modelcard.render(modelcard.CardFacts(name="crack-segmenter", version="3", run_id="r", task="segment",
+                                                spec=spec))
+    assert "| best epoch | epoch 3: best tuned Dice (0.876) on the pooled pixels of 66 validation images" in card
     # a spec from before select_on: no row
     del spec["select_on"]
     assert "| best epoch |" not in modelcard.render(modelcard.CardFacts(name="crack-segmenter", version="3",

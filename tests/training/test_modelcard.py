@@ -44,7 +44,8 @@ def test_every_registered_version_gets_its_card(registered_segmenter, seg_data):
     source = spec["threshold_from"]["sources"][0]
     assert (f"| crack threshold | {spec['threshold']:.3f} (best Dice on the pooled pixels of 8 validation images of "
             f"{source}: threshold_from all; {why}) |") in card
-    assert spec["select_on"] == {"mode": "all", "fallback": why, "sources": [source], "images": 8, "epoch": 1,
+    assert spec["select_on"] == {"mode": "all", "fallback": why, "sources": [source], "images": 8, "metric": "dice",
+                                 "epoch": 1,
                                  "dice": round(run.data.metrics["final_val_dice"], 4)}
     assert (f"| best epoch | epoch 1: best Dice at 0.5 ({spec['select_on']['dice']:.3f}) on the pooled pixels of 8 "
             f"validation images of {source}: select_on all; {why} |") in card

@@ -99,11 +99,18 @@ def test_segmenter_threshold_is_tuned_on_the_real_sources_validation_images(tmp_
                                            "dice": best_on(real, real_val)[1]}
     assert real.spec["threshold"] == best_on(real, real_val)[0]
     # the best epoch: the best real-source validation Dice (logged per epoch as val_real_dice)
-    scores = [h.real_dice for h in real.history]
+    scores = [h.select.get("val_real_dice") for h in real.history]
     assert None not in scores and all("val_real_dice" in h.row() for h in real.history)
     assert real.best_epoch == _first_best(scores) and real.best_val == real.history[real.best_epoch - 1].val
+    # select_metric tuned_dice: the real images' Dice at each epoch's tuned threshold; the best one's is
+    # the shipped threshold's Dice there
+    tuned = fit("segment", splits, cfg.model_copy(update={"select_metric": "tuned_dice"}), progress=False)
+    tuned_scores = [h.select["val_real_tuned_dice"] for h in tuned.history]
+    assert tuned.best_epoch == _first_best(tuned_scores)
+    assert tuned.spec["select_on"]["dice"] == tuned.spec["threshold_from"]["dice"] == round(max(tuned_scores), 4)
     assert real.spec["select_on"] == {"mode": "real", "sources": ["site-survey"], "images": len(real_val),
-                                      "epoch": real.best_epoch, "dice": round(scores[real.best_epoch - 1], 4)}
+                                      "metric": "dice", "epoch": real.best_epoch,
+                                      "dice": round(scores[real.best_epoch - 1], 4)}
 
     whole = fit("segment", splits, cfg.model_copy(update={"threshold_from": "all"}), progress=False)
     assert whole.spec["threshold_from"] == {"mode": "all", "sources": ["site-survey", "synth"],
@@ -112,7 +119,8 @@ def test_segmenter_threshold_is_tuned_on_the_real_sources_validation_images(tmp_
     whole_dice = [h.val["dice"] for h in whole.history]
     assert whole.best_epoch == _first_best(whole_dice) and "val_real_dice" not in whole.history[0].row()
     assert whole.spec["select_on"] == {"mode": "all", "sources": ["site-survey", "synth"], "images": len(splits.val),
-                                       "epoch": whole.best_epoch, "dice": round(whole_dice[whole.best_epoch - 1], 4)}
+                                       "metric": "dice", "epoch": whole.best_epoch,
+                                       "dice": round(whole_dice[whole.best_epoch - 1], 4)}
     # select_on overrides threshold_from for the epoch only
     mixed = fit("segment", splits, cfg.model_copy(update={"threshold_from": "all", "select_on": "real"}),
                 progress=False)

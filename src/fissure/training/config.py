@@ -57,6 +57,9 @@ class TrainConfig(BaseModel):
     # segment: fewer real validation images than this and threshold_from / select_on real use the
     # whole split (a handful of images must not set the threshold or pick the epoch)
     min_real_val_images: int = Field(10, ge=0)
+    # segment: the best epoch's score on those images: dice (at 0.5) or tuned_dice (at the threshold
+    # it would ship with: the fixed one, else the best in 0.2-0.8, tuned again each epoch)
+    select_metric: Literal["dice", "tuned_dice"] = "dice"
     augment: bool = True
     # classify: cross-entropy weight of each class from its training count n_c: inverse (N / (K n_c)),
     # sqrt_inverse (its square root: milder, less of the common class's recall traded away) or none

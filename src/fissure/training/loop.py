@@ -147,10 +147,12 @@ class EpochLog:
     seconds: float
     lr: float
     best: bool = False
-    real_dice: float | None = None  # segment, select_on real: the real sources' validation Dice it was chosen on
+    # segment: the score the epoch was chosen on when it is not val_dice ({"val_real_dice": ...}:
+    # EpochSelector.logged)
+    select: dict = field(default_factory=dict)
 
     def row(self) -> dict:
-        extra = {"val_real_dice": self.real_dice} if self.real_dice is not None else {}
+        extra = dict(self.select)
         return {"epoch": self.epoch, "train_loss": self.train_loss, "val_loss": self.val_loss,
                 **{f"val_{k}": v for k, v in self.val.items()}, **extra, "seconds": self.seconds, "lr": self.lr}
 
@@ -246,7 +248,8 @@ def fit(
     # select_on real (segment), else on the whole split (EpochSelector)
     selector = EpochSelector(select, mode=cfg.selection_mode() if task == "segment" else "all",
                              min_images=cfg.min_real_val_images, min_delta=cfg.min_delta, patience=cfg.patience,
-                             min_epochs=cfg.min_epochs)
+                             min_epochs=cfg.min_epochs, tuned=task == "segment" and cfg.select_metric == "tuned_dice",
+                             threshold=cfg.threshold)
     # An exponential moving average of the weights is what gets validated and kept: it smooths
     # the epoch-to-epoch jumps of a small-batch one-cycle run (validation Dice swung by 0.07).
     ema = None
@@ -288,10 +291,10 @@ def fit(
                 best_state = copy.deepcopy(scored.state_dict())
             log = EpochLog(epoch, total / max(count, 1), val_loss, val_metrics, time.perf_counter() - t0,
                            optimizer.param_groups[0]["lr"], best=improved,
-                           real_dice=selector.last if selector.on_real else None)
+                           select=selector.logged())
             history.append(log)
             bar.advance(loss=log.train_loss, val_loss=val_loss, **{f"val_{select}": val_metrics[select]},
-                        **({"val_real_dice": selector.last} if selector.on_real else {}), best=best_epoch)
+                        **selector.logged(), best=best_epoch)
             if on_epoch:
                 on_epoch(log)
             if selector.stop(epoch):
@@ -403,34 +406,48 @@ def select_threshold(by_source: dict, mode: str = "real", low: float = THRESHOLD
 
 
 class EpochSelector:
-    """The best epoch (whose weights are kept) and early stopping, on one validation metric.
+    """The best epoch (whose weights are kept) and early stopping, on one validation score.
 
-    ``mode`` all: the metric of the whole validation split, as :func:`validate` returns it.
-    ``mode`` real (the segmenter's ``select_on``): the crack-pixel Dice (at 0.5, as the whole
-    split's) of the real sources' validation images pooled, decided at the first epoch by
+    ``mode`` all: ``metric`` of the whole validation split, as :func:`validate` returns it (the
+    segmenter's Dice at 0.5). ``mode`` real (the segmenter's ``select_on``): the crack-pixel Dice
+    at 0.5 of the real sources' validation images pooled, decided at the first epoch by
     :func:`validation_pool` from its per-source pixel counts: the whole split when it falls back
-    (no, too few, or crack-free real images) or when the counts are not per source. An epoch
-    improves when its score beats the best by more than ``min_delta`` (the first always does);
-    :meth:`stop` after ``patience`` epochs without, once ``min_epochs`` have run.
+    (no, too few, or crack-free real images) or when the counts are not per source. ``tuned``
+    (``select_metric: tuned_dice``, per-source counts needed): instead of Dice at 0.5, the Dice the
+    epoch would ship with: at ``threshold`` when fixed, else at the best threshold in
+    :data:`THRESHOLD_RANGE` of the same pooled pixels. An epoch improves when its score beats the
+    best by more than ``min_delta`` (the first always does); :meth:`stop` after ``patience`` epochs
+    without, once ``min_epochs`` have run.
     """
 
     def __init__(self, metric: str, *, mode: str = "all", min_images: int = 0, min_delta: float = 0.0,
-                 patience: int = 5, min_epochs: int = 0):
+                 patience: int = 5, min_epochs: int = 0, tuned: bool = False, threshold: float | None = None):
         self.metric, self.mode, self.min_images = metric, mode, min_images
         self.min_delta, self.patience, self.min_epochs = min_delta, patience, min_epochs
+        self.tuned, self.threshold = tuned, threshold
         self.pool: dict | None = None  # validation_pool's info, once seen
         self.on_real = False
         self.best_score, self.best_epoch, self.stale = -float("inf"), 0, 0
         self.last: float | None = None
 
+    @property
+    def name(self) -> str:
+        """The score's name: ``metric`` (at 0.5), or ``tuned_dice``."""
+        return "tuned_dice" if self.tuned and self.pool is not None else self.metric
+
     def score(self, metrics: dict, pixels=None) -> float:
-        """The epoch's score: ``metrics[metric]``, or the real sources' Dice (``pixels`` by source)."""
+        """The epoch's score: ``metrics[metric]``, or from ``pixels`` by source (real pool, tuned)."""
         if self.pool is None and isinstance(pixels, dict):
             chosen, self.pool = validation_pool(pixels, self.mode, self.min_images)
             self.on_real = self.pool["mode"] == "real"
             self._sources = set(chosen)
-        if self.on_real:
-            metrics = merge_counts(c for name, c in pixels.items() if name in self._sources).metrics()
+        if self.pool is not None and (self.on_real or self.tuned):
+            counts = merge_counts(c for name, c in pixels.items() if name in self._sources)
+            if self.tuned:
+                value = (dice_at(counts, self.threshold) if self.threshold is not None
+                         else counts.best_threshold(*THRESHOLD_RANGE)[1])
+                return -float("inf") if np.isnan(value) else float(value)
+            metrics = counts.metrics()
         value = metrics.get(self.metric)
         return -float("inf") if value is None else float(value)
 
@@ -446,12 +463,20 @@ class EpochSelector:
     def stop(self, epoch: int) -> bool:
         return self.stale >= self.patience and epoch >= self.min_epochs
 
+    def logged(self) -> dict:
+        """The last score under its per-epoch metric name (``val_real_dice``, ``val_tuned_dice``,
+        ``val_real_tuned_dice``), or nothing when it is the whole split's ``val_<metric>``."""
+        if self.last is None or not (self.on_real or self.name != self.metric):
+            return {}
+        return {f"val_{'real_' if self.on_real else ''}{self.name}": self.last if np.isfinite(self.last) else None}
+
     def info(self) -> dict:
         """What the best epoch was chosen on (the segmenter spec's ``select_on``): the pool's mode,
-        sources, images and any fallback, the best ``epoch`` and its score under the metric's name."""
+        sources, images and any fallback, the ``metric`` (dice: at 0.5; tuned_dice), the best
+        ``epoch`` and its score (``dice``)."""
         pool = dict(self.pool or {"mode": "all"})
         best = None if self.best_epoch == 0 or not np.isfinite(self.best_score) else round(self.best_score, 4)
-        return {**pool, "epoch": self.best_epoch, self.metric: best}
+        return {**pool, "metric": self.name, "epoch": self.best_epoch, "dice": best}
 
 
 @torch.no_grad()

@@ -181,7 +181,8 @@ def _select_text(spec: dict) -> str | None:
     if not info:
         return None
     why = f"; {info['fallback']}" if info.get("fallback") else ""
-    return (f"epoch {_f(info.get('epoch'), 0)}: best Dice at 0.5 ({_f(info.get('dice'))}) on the pooled pixels of "
+    score = "tuned Dice" if info.get("metric") == "tuned_dice" else "Dice at 0.5"
+    return (f"epoch {_f(info.get('epoch'), 0)}: best {score} ({_f(info.get('dice'))}) on the pooled pixels of "
             f"{info.get('images', '?')} validation images of {', '.join(info.get('sources') or ['?'])}: "
             f"select_on {info.get('mode', '?')}{why}")
 

@@ -242,13 +242,18 @@ def _pool_text(info: dict) -> str:
     return where + (f": {info['fallback']}" if info.get("fallback") else "")
 
 
+def _score_name(select_on: dict) -> str:
+    """The best epoch's score in words (the spec's ``select_on.metric``; specs without it: dice)."""
+    return "tuned Dice" if select_on.get("metric") == "tuned_dice" else "Dice at 0.5"
+
+
 def selection_notes(spec: dict) -> list[str]:
     """A segmenter's spec in words: the validation images its best epoch and its mask threshold were
     chosen on, and why the whole split when real mode fell back (a line each)."""
     notes = []
     if spec.get("select_on"):
         sel = spec["select_on"]
-        notes.append(f"best epoch {sel.get('epoch')} chosen on {_pool_text(sel)} (Dice at 0.5 {sel.get('dice')}; "
+        notes.append(f"best epoch {sel.get('epoch')} chosen on {_pool_text(sel)} ({_score_name(sel)} {sel.get('dice')}; "
                      f"select_on {sel.get('mode')})")
     info = spec.get("threshold_from") or {}
     if info and info.get("mode") != "fixed":
