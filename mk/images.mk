@@ -29,13 +29,13 @@ CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl 
 
 .PHONY: cluster-images cluster-kserve cluster-argo cluster-metrics-server cluster-dns test-cluster cluster-images-background
 
-# `make test` runs the node's tests (tests/cluster) last and, so that a cold image cache costs as
-# little suite time as possible, first starts the images they need building in the background at
-# nice 19 (overlapping the rest of the suite); the tests' own `images.sh build` waits for it
-# (a lock) and finds them built. Root only (it apt-installs the node's packages first, as the
+# `make test` runs the node's tests (tests/cluster) in a second pytest beside the others
+# (mk/run-tests.sh) and, so that a cold image cache costs as little suite time as possible, first
+# starts the images they need building in the background at nice 19 (overlapping the rest of the
+# suite); the tests' own `images.sh build` waits for it (a lock) and finds them built. Root only (it apt-installs the node's packages first, as the
 # tests would); without root the node tests skip.
 # (minio and mc last: `make test` builds the server binary itself, mk/minio.mk, long before)
-CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc metrics-server
+CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc metrics-server api mlflow argo-controller argoexec
 test: cluster-images-background
 cluster-images-background: venv
 	@# a new machine lacks the node's packages (mmdebstrap, containerd, ...): install them first (root)
@@ -69,5 +69,5 @@ cluster-dns: k8s-binaries cluster-node-apt ## [root] CoreDNS (built here) on the
 	$(K8S_RELEASE_BIN)/kubectl --kubeconfig $(CLUSTER_STATE)/kubeconfigs/admin apply -f manifests/cluster/coredns.yaml
 	$(K8S_RELEASE_BIN)/kubectl --kubeconfig $(CLUSTER_STATE)/kubeconfigs/admin -n kube-system rollout status deployment/coredns --timeout=300s
 
-test-cluster: venv k8s-binaries k8s-tools cluster-node-apt ## [root] only the cluster tests (tests/cluster; the node, KServe and the chart are part of `make test` too) plus the opt-in ones: Argo's fissure-train workflow and Traefik (FISSURE_TEST_CLUSTER=1)
+test-cluster: venv k8s-binaries k8s-tools cluster-node-apt ## [root] only the cluster tests (tests/cluster; the node, KServe, the chart and Argo are part of `make test` too) plus the opt-in Traefik gateway test (FISSURE_TEST_CLUSTER=1)
 	FISSURE_TEST_CLUSTER=1 $(VENV)/bin/python -m pytest -q tests/cluster $(PYTEST_ARGS)

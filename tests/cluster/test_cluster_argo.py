@@ -14,10 +14,10 @@ with Pod Security `restricted` enforced, and the models it trains are registered
 - DVC's remote: a folder in the pod's /work volume (the workflow's dvc-remote parameter); the
   `fissure-minio` Secret the template reads holds placeholders (no S3 here).
 
-Opt-in (FISSURE_TEST_CLUSTER=1, set by `make test-cluster`; root), on the same node as the other
-tests in this folder: its two images (the workflow controller and argoexec, built from Argo's Go
-module) take ~30 min to build cold on 2 cores, more than `make test` has room for until CI's
-cache holds them (docs/cluster.md has the times).
+Part of `make test` (root), on the same node as the other tests in this folder, in the node
+tests' own process beside the rest of the suite (mk/run-tests.sh): its two images (the workflow
+controller and argoexec, built from Argo's Go module, ~30 min cold on 2 cores) are built in the
+background from the suite's start (mk/images.mk), then kept in ~/.cache/fissure.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ from node_cluster import ARGO_VERSION, REPO, SERVING_IMAGE, free_ports, host_ip,
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.timeout(5400),
-    pytest.mark.skipif(os.environ.get("FISSURE_TEST_CLUSTER") != "1",
-                       reason="builds Argo's controller and executor (~30 min cold): run it with `make test-cluster` (root)"),
 ]
 NS = "fissure-argo"
 # small enough that prepare + both trainings + evaluate take minutes on a shared CPU
