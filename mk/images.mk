@@ -24,18 +24,18 @@ COREDNS_VERSION ?= v1.12.4
 # the newest v4 the Go module proxy serves (v4.1.x: 403); the install manifests are v4.1.2's
 ARGO_WORKFLOWS_VERSION ?= v4.0.5
 CLUSTER_IMAGES_ENV = CACHE=$(CACHE) GO=$(GO) UV=$(UV) TAG=$(IMAGE_TAG) KSERVE_VERSION=$(KSERVE_VERSION) COREDNS_VERSION=$(COREDNS_VERSION) \
-	ARGO_WORKFLOWS_VERSION=$(ARGO_WORKFLOWS_VERSION) MINIO_VERSION=$(MINIO_VERSION) MC_VERSION=$(MC_VERSION)
+	ARGO_WORKFLOWS_VERSION=$(ARGO_WORKFLOWS_VERSION) MINIO_VERSION=$(MINIO_VERSION) MC_VERSION=$(MC_VERSION) TRAEFIK_VERSION=$(TRAEFIK_VERSION)
 CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc
 
-.PHONY: cluster-images cluster-kserve cluster-argo cluster-metrics-server cluster-dns test-cluster cluster-images-background
+.PHONY: cluster-images cluster-kserve cluster-argo cluster-metrics-server cluster-gateway cluster-dns test-cluster cluster-images-background
 
 # `make test` runs the node's tests (tests/cluster) in a second pytest beside the others
 # (mk/run-tests.sh) and, so that a cold image cache costs as little suite time as possible, first
 # starts the images they need building in the background at nice 19 (overlapping the rest of the
-# suite); the tests' own `images.sh build` waits for it (a lock) and finds them built. Root only (it apt-installs the node's packages first, as the
-# tests would); without root the node tests skip.
+# suite); the tests' own `images.sh build` waits for it (a lock) and finds them built. Root only
+# (it apt-installs the node's packages first, as the tests would); without root the node tests skip.
 # (minio and mc last: `make test` builds the server binary itself, mk/minio.mk, long before)
-CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc metrics-server api mlflow argo-controller argoexec
+CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc metrics-server api mlflow argo-controller argoexec traefik
 test: cluster-images-background
 cluster-images-background: venv
 	@# a new machine lacks the node's packages (mmdebstrap, containerd, ...): install them first (root)
@@ -62,6 +62,9 @@ cluster-argo: k8s-binaries cluster-node-apt ## [root] Argo Workflows (pinned v4.
 cluster-metrics-server: k8s-binaries cluster-node-apt ## [root] metrics-server (built here; the resource metrics API for HPAs and kubectl top) on the cluster-up node
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build metrics-server
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/metrics-server-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
+
+cluster-gateway: k8s-binaries cluster-node-apt ## [root] a Gateway on the cluster-up node: Traefik (built here), Gateway API $(GATEWAY_API_VERSION) CRDs, fissure-gateway/fissure-gateway (after cluster-kserve)
+	$(CLUSTER_IMAGES_ENV) manifests/cluster/traefik-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
 
 cluster-dns: k8s-binaries cluster-node-apt ## [root] CoreDNS (built here) on the cluster-up node, at kubelet's clusterDNS 10.96.0.10
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build coredns

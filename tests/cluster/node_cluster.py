@@ -64,6 +64,13 @@ def run(cmd, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
+def assert_uploaded(out: str) -> None:
+    """upload-models.sh's output names every file of both packaged stores, for each model."""
+    for model in MODELS:
+        for rel in ("model-store/crack-classifier.mar", "model-store/crack-segmenter.mar", "config/config.properties"):
+            assert f">> s3://fissure-models/{model}/champion/{rel}" in out, out
+
+
 def in_use(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -184,6 +191,13 @@ class NodeCluster:
             self.script("images.sh", "build", "argo-controller", "argoexec", timeout=5400)
             self.script("argo-up.sh", str(self.bin_dir), str(self.state))
 
+    def gateway(self) -> None:
+        """A Gateway (traefik-up.sh: Traefik built here, the Gateway API v1.4 CRDs, the GatewayClass
+        and fissure-gateway/fissure-gateway the chart's routes attach to); after kserve(), whose
+        v1.2.1 CRDs it upgrades."""
+        if self._once("gateway"):
+            self.script("traefik-up.sh", str(self.bin_dir), str(self.state), timeout=5400)
+
     def metrics_server(self) -> None:
         """metrics-server (metrics-server-up.sh, built here): the resource metrics API that
         HorizontalPodAutoscalers, KServe's CPU autoscaling among them, read."""
@@ -248,17 +262,20 @@ class NodeCluster:
         streamed into the release's MinIO at s3://fissure-models/<model>/champion (each prefix gets
         the packaged store: both tiny models and their config) by an mc pod, then the predictors
         restarted. Returns its output."""
-        staged = self.state / f"upload-{namespace}"
-        staged.mkdir()
-        for model in MODELS:
-            (staged / model).symlink_to(self.models(), target_is_directory=True)
         out = run(["bash", REPO / "manifests" / "kind" / "upload-models.sh", namespace, release], cwd=REPO,
-                  env=self.env(FISSURE_KSERVE_DIR=str(staged), MC_IMAGE=mc_image), timeout=600).stdout
-        for model in MODELS:
-            for rel in ("model-store/crack-classifier.mar", "model-store/crack-segmenter.mar",
-                        "config/config.properties"):
-                assert f">> s3://fissure-models/{model}/champion/{rel}" in out, out
+                  env=self.env(FISSURE_KSERVE_DIR=str(self.staged_models(namespace)), MC_IMAGE=mc_image),
+                  timeout=600).stdout
+        assert_uploaded(out)
         return out
+
+    def staged_models(self, namespace: str) -> Path:
+        """A FISSURE_KSERVE_DIR for upload-models.sh: <model>/ -> models() for each model."""
+        staged = self.state / f"upload-{namespace}"
+        staged.mkdir(exist_ok=True)
+        for model in MODELS:
+            if not (staged / model).exists():
+                (staged / model).symlink_to(self.models(), target_is_directory=True)
+        return staged
 
     def assert_models_from_s3(self, namespace: str, isvcs: dict[str, str]) -> None:
         """Each model's Ready predictor pod got its model from s3://fissure-models/<model>/ through
