@@ -329,11 +329,23 @@ def pid_file() -> Path:
     return state_dir() / "stack.pid"
 
 
+def _start_ticks(pid: int) -> int | None:
+    """The kernel's start time of `pid` in clock ticks since boot (/proc/PID/stat field 22), or
+    None without /proc. Unlike create_time() it does not move with the wall clock: create_time()
+    adds the boot time, which the kernel derives from the clock, so a clock step made one
+    process read as another (seen once in CI: `foreign` for the stack just started)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _identity(pid: int) -> dict | None:
-    """Start time and command line of a live pid, None when it is gone."""
+    """Start time (wall clock and kernel ticks) and command line of a live pid, None when it is gone."""
     try:
         proc = psutil.Process(pid)
-        return {"pid": pid, "started": proc.create_time(), "cmdline": proc.cmdline()}
+        return {"pid": pid, "started": proc.create_time(), "ticks": _start_ticks(pid), "cmdline": proc.cmdline()}
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
 
@@ -376,10 +388,12 @@ def check_pid_file() -> PidCheck:
         return PidCheck("stale", pid)
     if recorded is None:
         return PidCheck("foreign", pid, "the pid file does not say which process it was")
-    started = recorded.get("started")
-    # create_time() derives from the boot time, in whole seconds: compare to the second
-    if (not isinstance(started, (int, float)) or abs(now["started"] - started) > 1.0
-            or now["cmdline"] != recorded.get("cmdline")):
+    started, ticks = recorded.get("started"), recorded.get("ticks")
+    if isinstance(ticks, int) and now["ticks"] is not None:
+        same_start = ticks == now["ticks"]
+    else:  # a pid file of an older fissure, or no /proc: create_time() is in whole seconds of boot time
+        same_start = isinstance(started, (int, float)) and abs(now["started"] - started) <= 1.0
+    if not same_start or now["cmdline"] != recorded.get("cmdline"):
         return PidCheck("foreign", pid, f"it is now another process (`{shlex.join(now['cmdline'])[:60]}`)")
     return PidCheck("running", pid)
 

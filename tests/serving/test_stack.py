@@ -180,6 +180,23 @@ def test_down_stops_the_stack_its_pid_file_names(sleeper):
     assert sleeper.wait(timeout=10) == -signal.SIGTERM
 
 
+def test_a_clock_step_does_not_make_the_stack_foreign(sleeper):
+    """The pid file's identity is the kernel's start ticks, not create_time(): psutil adds the boot
+    time, which the kernel derives from the wall clock, so a clock step between `fissure up` and
+    `fissure down` moved it (one CI run: `foreign` for the stack just started). Simulated here by
+    moving psutil's cached boot time by 5 s."""
+    import psutil._pslinux as pslinux
+    from fissure.stack import check_pid_file, write_pid_file
+
+    write_pid_file(sleeper.pid)
+    saved = pslinux.BOOT_TIME
+    pslinux.BOOT_TIME = (saved or psutil.boot_time()) + 5.0
+    try:
+        assert check_pid_file().state == "running"
+    finally:
+        pslinux.BOOT_TIME = saved
+
+
 @pytest.mark.parametrize("form", ["identity of another process", "bare pid of an older fissure"])
 def test_down_leaves_a_reused_pid_alone_and_says_so(sleeper, form):
     from fissure.stack import down, pid_file
