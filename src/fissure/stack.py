@@ -332,8 +332,8 @@ def pid_file() -> Path:
 def _start_ticks(pid: int) -> int | None:
     """The kernel's start time of `pid` in clock ticks since boot (/proc/PID/stat field 22), or
     None without /proc. Unlike create_time() it does not move with the wall clock: create_time()
-    adds the boot time, which the kernel derives from the clock, so a clock step made one
-    process read as another (seen once in CI: `foreign` for the stack just started)."""
+    adds the boot time, which the kernel derives from the clock, so a clock step would make one
+    process read as another."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return int(f.read().rsplit(b")", 1)[1].split()[19])
@@ -352,6 +352,13 @@ def _identity(pid: int) -> dict | None:
 
 def write_pid_file(pid: int) -> None:
     found = _identity(pid)
+    # Popen returns once the child's exec has swapped its memory, a moment before the kernel
+    # sets the new argv: /proc/PID/cmdline can still read empty then, and recording that made
+    # the stack read as `foreign` later (CI, twice). Wait (at most 2 s) for the real one.
+    deadline = time.monotonic() + 2.0
+    while found is not None and not found["cmdline"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+        found = _identity(pid)
     if found is None:
         raise FissureError(f"the stack (pid {pid}) exited as it started; see {state_dir() / 'logs'}")
     pid_file().write_text(json.dumps(found) + "\n")

@@ -183,8 +183,7 @@ def test_down_stops_the_stack_its_pid_file_names(sleeper):
 def test_a_clock_step_does_not_make_the_stack_foreign(sleeper):
     """The pid file's identity is the kernel's start ticks, not create_time(): psutil adds the boot
     time, which the kernel derives from the wall clock, so a clock step between `fissure up` and
-    `fissure down` moved it (one CI run: `foreign` for the stack just started). Simulated here by
-    moving psutil's cached boot time by 5 s."""
+    `fissure down` would move it. Simulated here by moving psutil's cached boot time by 5 s."""
     import psutil._pslinux as pslinux
     from fissure.stack import check_pid_file, write_pid_file
 
@@ -195,6 +194,26 @@ def test_a_clock_step_does_not_make_the_stack_foreign(sleeper):
         assert check_pid_file().state == "running"
     finally:
         pslinux.BOOT_TIME = saved
+
+
+def test_the_pid_file_waits_for_the_argv_of_a_process_still_in_exec(sleeper, monkeypatch):
+    """Popen returns when the child's exec has swapped its memory, a moment before the kernel sets
+    the new argv, so /proc/PID/cmdline can read empty (CI, twice: the stack just started read as
+    `foreign`). Simulated: the first two reads of the command line are empty."""
+    from fissure.stack import check_pid_file, write_pid_file
+
+    real = psutil.Process.cmdline
+    reads = []
+
+    def cmdline_mid_exec(self):
+        reads.append(self.pid)
+        return [] if len(reads) <= 2 else real(self)
+
+    monkeypatch.setattr(psutil.Process, "cmdline", cmdline_mid_exec)
+    write_pid_file(sleeper.pid)
+    assert len(reads) >= 3
+    monkeypatch.setattr(psutil.Process, "cmdline", real)
+    assert check_pid_file().state == "running"
 
 
 @pytest.mark.parametrize("form", ["identity of another process", "bare pid of an older fissure"])
