@@ -69,10 +69,16 @@ CHART_VALUES: dict[str, tuple[str, str]] = {
     "min_feedback": ("50", ".Values.argo.feedbackTrigger.minFeedback"),
 }
 CHART_ONLY = {"namespace": ".Release.Namespace"}  # argo/ leaves these out (kubectl -n / argo -n)
+# Chart-owned objects: a placeholder standing for a whole map (the default here, `toJson` of the
+# value in the chart), so a user's keys (nvidia.com/gpu, ephemeral-storage) pass through as given.
+TRAIN_RESOURCES = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
+CHART_OBJECTS: dict[str, tuple[dict, str]] = {
+    "train_resources": (TRAIN_RESOURCES, ".Values.argo.trainResources"),
+}
 
 
 def _ph(key: str) -> str:
-    assert key in CHART_VALUES or key in CHART_ONLY, key
+    assert key in CHART_VALUES or key in CHART_ONLY or key in CHART_OBJECTS, key
     return f"@@{key}@@"
 
 
@@ -207,7 +213,7 @@ def train_template() -> WorkflowTemplate:
                  m.Volume(name="tmp", empty_dir=m.EmptyDirVolumeSource())],
         **_common_spec(),
     ) as wt:
-        c = _container("train", TRAIN_SCRIPT, cpu="2", memory="4Gi", memory_limit="8Gi",
+        c = _container("train", TRAIN_SCRIPT,
                        config_map="{{workflow.parameters.config-map}}",
                        inputs=_source_artifact("{{workflow.parameters.revision}}"),
                        env=_env(REVISION="{{workflow.parameters.revision}}",
@@ -395,7 +401,7 @@ def retrain_template() -> WorkflowTemplate:
                      name=_ph("db_secret"), key=_ph("db_password_key"))))],
             outputs=_out("new-feedback", "due"),
         )
-        train = _container("train", RETRAIN_SCRIPT, cpu="2", memory="4Gi", memory_limit="8Gi",
+        train = _container("train", RETRAIN_SCRIPT,
                            env=_env(REVISION=p % "revision", MODELS=p % "models"))
         train.retry_strategy = m.RetryStrategy(limit="1", retry_policy="OnError")
         model_env = _env(MODEL="{{inputs.parameters.model}}")
@@ -487,7 +493,16 @@ def objects() -> dict[str, dict]:
                                          "fissure-retrain when argo.feedbackTrigger.minFeedback judged "
                                          "feedback items arrived since the last registered version."),
     }
-    return {stem: o.to_dict() for stem, o in objs.items()}
+    return {stem: _train_resources(o.to_dict()) for stem, o in objs.items()}
+
+
+def _train_resources(obj: dict) -> dict:
+    """The `train` steps take the chart's argo.trainResources whole (hera's models want a typed
+    map, so the placeholder goes into the exported object)."""
+    for t in obj["spec"].get("templates", []):
+        if t["name"] == "train":
+            t["container"]["resources"] = _ph("train_resources")
+    return obj
 
 
 # ------------------------------------------------------------------------------ RBAC
@@ -540,6 +555,9 @@ def _substitute(node, values: dict[str, str]):
     if isinstance(node, list):
         return [_substitute(v, values) for v in node]
     if isinstance(node, str):
+        whole = _PH.fullmatch(node)
+        if whole and whole.group(1) in CHART_OBJECTS:
+            return CHART_OBJECTS[whole.group(1)][0]
         return _PH.sub(lambda mt: values[mt.group(1)], node)
     return node
 
@@ -563,7 +581,10 @@ def chart(obj: dict) -> str:
     exprs = {k: e for k, (_, e) in CHART_VALUES.items()} | CHART_ONLY
 
     def helm(mt: re.Match) -> str:
-        return "{{ %s | quote }}" % exprs[mt.group(1)]
+        key = mt.group(1)
+        if key in CHART_OBJECTS:  # a whole map: JSON is YAML's flow style
+            return "{{ toJson %s }}" % CHART_OBJECTS[key][1]
+        return "{{ %s | quote }}" % exprs[key]
 
     # a whole placeholder value (quoted by the dumper or not) becomes one quoted Helm value
     text = re.sub(r"""(['"]?)@@(\w+)@@\1(?=\s*$)""", lambda mt: helm(re.match(r"@@(\w+)@@", f"@@{mt.group(2)}@@")),

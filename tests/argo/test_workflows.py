@@ -410,6 +410,26 @@ def test_the_chart_names_the_release_objects(tools):
     assert "{{workflow.parameters.models}}" in text  # Argo's own expressions survive Helm
 
 
+def test_the_training_steps_take_argo_train_resources_whole(tools):
+    def train_resources(*args: str) -> list[dict]:
+        return [t["container"]["resources"] for d in helm_template(tools, *args) if d["kind"] == "WorkflowTemplate"
+                for t in templates(d) if t["name"] == "train"]
+
+    assert train_resources() == [fw.TRAIN_RESOURCES] * 2  # fissure-train and fissure-retrain
+    gpu = train_resources("--set", "argo.trainResources.requests.cpu=500m",
+                          "--set-string", "argo.trainResources.limits.nvidia\\.com/gpu=1")
+    assert gpu == [{"requests": {"cpu": "500m", "memory": "4Gi"}, "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"}}] * 2
+    # the other steps keep their own requests
+    wt = next(d for d in helm_template(tools, "--set", "argo.trainResources.requests.cpu=500m")
+              if d["metadata"]["name"] == "fissure-retrain")
+    assert {t["name"]: t["container"]["resources"]["requests"]["cpu"] for t in templates(wt)
+            if "container" in t}["gate"] == "1"
+    bad = subprocess.run([tools["HELM"], "template", "fissure", str(CHART), "--kube-version", "1.33.0", "--set",
+                          "argo.enabled=true", "--set", "argo.trainResources.requests.cpu=two"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "trainResources" in bad.stderr, bad.stderr
+
+
 def test_the_chart_leaves_out_the_cron_workflows_when_asked(tools):
     kinds = [d["kind"] for d in helm_template(tools, "--set", "argo.schedule=", "--set", "argo.feedbackTrigger.enabled=false")]
     assert sorted(kinds) == ["WorkflowTemplate", "WorkflowTemplate"]
