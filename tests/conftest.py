@@ -21,21 +21,22 @@ from kube_cluster import kube_apiserver  # noqa: E402,F401
 def pytest_collection_modifyitems(session, config, items):
     """The tests on the real node (the `node` fixture, tests/cluster/conftest.py) run last in a
     plain `pytest` run: the images they need are built meanwhile, and the node's pods load the
-    machine only after every other test is done. `make test` instead runs them in a process of
-    their own beside the others (mk/run-tests.sh, FISSURE_TEST_PART=node|rest): they mostly wait
-    on imports and pods, so the suite takes less wall time."""
+    machine only after every other test is done. `make test` instead runs them, and the tests
+    marked `beside` (minutes spent waiting on a canary's bake or Prometheus' scrapes), in a
+    process of their own beside the others (mk/run-tests.sh, FISSURE_TEST_PART=beside|rest), so
+    the suite takes about the longer part's wall time, not the sum."""
     on_node = {id(item) for item in items if "node" in getattr(item, "fixturenames", ())}
     items.sort(key=lambda item: id(item) in on_node)  # stable: order kept otherwise
-    # `make test` (mk/run-tests.sh) runs the node tests in a second process beside the others
+    beside = on_node | {id(item) for item in items if item.get_closest_marker("beside")}
     part = os.environ.get("FISSURE_TEST_PART", "")
-    if part in ("node", "rest"):
-        keep = [item for item in items if (id(item) in on_node) == (part == "node")]
-        dropped = [item for item in items if (id(item) in on_node) != (part == "node")]
+    if part in ("beside", "rest"):
+        keep = [item for item in items if (id(item) in beside) == (part == "beside")]
+        dropped = [item for item in items if (id(item) in beside) != (part == "beside")]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
         items[:] = keep
     elif part:
-        raise pytest.UsageError(f"FISSURE_TEST_PART={part!r}: use node, rest or leave it unset")
+        raise pytest.UsageError(f"FISSURE_TEST_PART={part!r}: use beside, rest or leave it unset")
 
 
 def free_ports(n: int) -> list[int]:

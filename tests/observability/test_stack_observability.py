@@ -24,7 +24,7 @@ import yaml
 from fissure.observability.grafana import DASHBOARDS, panel_queries
 from fissure.observability.prometheus import RULES_FILE
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.beside]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

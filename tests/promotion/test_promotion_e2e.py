@@ -32,7 +32,7 @@ import yaml
 
 from ..conftest import REPO_ROOT, TINY_PARAMS, free_ports
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # a stack, two trainings, two canaries
+pytestmark = [pytest.mark.slow, pytest.mark.beside, pytest.mark.timeout(2400)]  # a stack, two trainings, two canaries
 
 BIN = Path(sys.executable).parent
 FISSURE = str(BIN / "fissure")
