@@ -460,8 +460,10 @@ def retrain_template() -> WorkflowTemplate:
 
         with Steps(name="abort-canaries"):
             with Parallel():
-                abort(name="abort", when="{{workflow.status}} != Succeeded", with_param=p % "models",
-                      arguments={"model": "{{item}}"})
+                # promote=false starts no canary: nothing to roll back (and without canary.enabled
+                # the account may not read the canary routes at all)
+                abort(name="abort", when=f"{{{{workflow.status}}}} != Succeeded && {p % 'promote'} == true",
+                      with_param=p % "models", arguments={"model": "{{item}}"})
                 record(name="record-failure", when="{{workflow.status}} != Succeeded",
                        arguments={"result": "failed"})
     return wt

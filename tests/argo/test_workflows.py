@@ -309,11 +309,13 @@ def test_retrain_runs_ingest_train_then_gate_package_promote_per_model():
     assert 'fissure package --model "models:/$MODEL/$VERSION"' in by["package"]["container"]["args"][0]
     assert '--actuator "$ACTUATOR"' in by["promote"]["container"]["args"][0]
 
-    # the exit handler rolls back what is in flight, for each model, unless the run succeeded
+    # the exit handler rolls back what is in flight, for each model, unless the run succeeded or
+    # promoted nothing (promote=false starts no canary); a failure is recorded either way
     assert spec["onExit"] == "abort-canaries"
     (group,) = by["abort-canaries"]["steps"]
     steps = {s["name"]: s for s in group}
-    assert all(s["when"] == "{{workflow.status}} != Succeeded" for s in group)
+    assert steps["abort"]["when"] == "{{workflow.status}} != Succeeded && {{workflow.parameters.promote}} == true"
+    assert steps["record-failure"]["when"] == "{{workflow.status}} != Succeeded"
     assert steps["abort"]["withParam"] == "{{workflow.parameters.models}}"
     assert "fissure promote" in by["abort"]["container"]["args"][0] and "--abort" in by["abort"]["container"]["args"][0]
     # the run's end is recorded in the API: succeeded at the end of the DAG, failed from the exit handler

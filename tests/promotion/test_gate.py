@@ -130,3 +130,33 @@ def test_segmenter_gate_uses_dice(tmp_path):
     uri = _register(build_model(spec), spec)
     decision = run_gate("crack-segmenter", uri, uri, data, None, _policy())
     assert decision.passed and decision.task == "segment" and "dice" in decision.check("gate_set").reason
+
+
+def test_an_export_without_the_tasks_items_is_no_items(tmp_path):
+    """`fissure feedback export` writes manifest.json even when nothing was judged, and one folder
+    for both tasks: the segmenter's gate on an export holding only the classifier's feedback (and
+    the classifier's on one holding only the segmenter's) skips the feedback check instead of
+    failing on the layout (seen on the node: `a segmentation set needs images/ and masks/`)."""
+    from fissure.promotion.gate import has_task_items
+
+    export = tmp_path / "feedback"
+    export.mkdir()
+    (export / "manifest.json").write_text("{}")
+    assert not has_task_items("segment", export) and not has_task_items("classify", export / "images")
+    write_classify_set(export / "images", 4, seed=6)  # images/<class>/ only: the classifier's feedback
+    assert has_task_items("classify", export / "images") and not has_task_items("segment", export)
+    spec = default_spec("segment", size=64, base=4, depth=2)
+    uri = _register(build_model(spec), spec)
+    gate = write_segment_set(tmp_path / "gate", 4, seed=5)
+    decision = run_gate("crack-segmenter", uri, uri, gate, export, _policy())
+    assert decision.check("feedback").passed and "no items" in decision.check("feedback").reason
+    # the segmenter's own items make it count, and a broken pair is still an error
+    seg = write_segment_set(tmp_path / "seg", 3, seed=7)
+    shutil.copytree(seg / "images", export / "images", dirs_exist_ok=True)
+    shutil.copytree(seg / "masks", export / "masks")
+    assert has_task_items("segment", export)
+    decision = run_gate("crack-segmenter", uri, uri, gate, export, _policy())
+    assert "3 items" in decision.check("feedback").reason
+    next((export / "masks").iterdir()).unlink()
+    with pytest.raises(Exception, match="mask"):
+        run_gate("crack-segmenter", uri, uri, gate, export, _policy())

@@ -101,6 +101,27 @@ class GateDecision:
         return out
 
 
+def has_task_items(task: str, data: str | Path) -> bool:
+    """Whether a feedback set holds items of `task`. `fissure feedback export` writes one folder
+    for both tasks (images/<class>/ for the classifier, images/ + masks/ for the segmenter) and its
+    manifest.json even when nothing was judged, so a set with none, or only the other task's,
+    has none of this one (seen on a cluster: the segmenter's gate failed on an export without
+    masks/). A set that has this task's folders is loaded, and a malformed one is an error then.
+    `data` is the task's path in the export (policy.FEEDBACK_DATA): the root for `segment`,
+    images/ for `classify`."""
+    from fissure.data.loaders import IMAGE_SUFFIXES
+
+    data = Path(data)
+    if not data.is_dir():
+        return False
+    if task == "segment":
+        images = data / "images"
+        loose = images.is_dir() and any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in images.iterdir())
+        return (data / "masks").is_dir() or loose
+    return any(d.is_dir() and not d.name.startswith(".") and any(f.is_file() for f in d.rglob("*"))
+               for d in data.iterdir())
+
+
 def _score(loaded, data, task: str, classes, metric: str) -> tuple[float | None, int]:
     from fissure.training.datasets import eval_items
     from fissure.training.evaluate import evaluate_items
@@ -174,8 +195,8 @@ def run_gate(model_name: str, challenger_uri: str, champion_uri: str | None, gat
                                      + f" ({n} items)"))
 
     # feedback: an improvement over the champion, when there are items to judge on
-    # a missing or empty export is "no items"; a malformed one is an error
-    if feedback_data is not None and any(f.is_file() for f in Path(feedback_data).rglob("*")):
+    # a missing export, or one without this task's items, is "no items"; a malformed one is an error
+    if feedback_data is not None and has_task_items(task, feedback_data):
         fscore, fn = _score(challenger, feedback_data, task, classes, metric)
     else:
         fscore, fn = None, 0
