@@ -25,7 +25,7 @@ COREDNS_VERSION ?= v1.12.4
 ARGO_WORKFLOWS_VERSION ?= v4.0.5
 CLUSTER_IMAGES_ENV = CACHE=$(CACHE) GO=$(GO) UV=$(UV) TAG=$(IMAGE_TAG) KSERVE_VERSION=$(KSERVE_VERSION) COREDNS_VERSION=$(COREDNS_VERSION) \
 	ARGO_WORKFLOWS_VERSION=$(ARGO_WORKFLOWS_VERSION) MINIO_VERSION=$(MINIO_VERSION) MC_VERSION=$(MC_VERSION) TRAEFIK_VERSION=$(TRAEFIK_VERSION)
-CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc
+CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc api mlflow training
 
 .PHONY: cluster-images cluster-kserve cluster-argo cluster-metrics-server cluster-gateway cluster-dns test-cluster cluster-images-background
 
@@ -35,7 +35,7 @@ CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl 
 # suite); the tests' own `images.sh build` waits for it (a lock) and finds them built. Root only
 # (it apt-installs the node's packages first, as the tests would); without root the node tests skip.
 # (minio and mc last: `make test` builds the server binary itself, mk/minio.mk, long before)
-CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc metrics-server api mlflow argo-controller argoexec traefik
+CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc metrics-server api mlflow training argo-controller argoexec traefik
 test: cluster-images-background
 cluster-images-background: venv
 	@# a new machine lacks the node's packages (mmdebstrap, containerd, ...): install them first (root)
@@ -45,7 +45,7 @@ cluster-images-background: venv
 	  $(CLUSTER_IMAGES_ENV) nohup nice -n 19 manifests/cluster/images.sh build $(CLUSTER_TEST_IMAGES) > .fissure/images-build.log 2>&1 & \
 	fi
 
-cluster-images: venv cluster-node-apt ## [root] build the serving, KServe controller, storage-initializer, PostgreSQL, CoreDNS, curl, MinIO and mc images (cached) and import them into a running cluster
+cluster-images: venv cluster-node-apt ## [root] build the serving, KServe controller, storage-initializer, PostgreSQL, CoreDNS, curl, MinIO, mc, API, MLflow and training images (cached) and import them into a running cluster
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build $(CLUSTER_IMAGE_NAMES)
 	@if [ -S $(CLUSTER_STATE)/containerd/containerd.sock ]; then \
 	  CTR_ADDRESS=$(CLUSTER_STATE)/containerd/containerd.sock $(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh import $(CLUSTER_IMAGE_NAMES); \

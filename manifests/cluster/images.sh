@@ -50,8 +50,12 @@
 #   mlflow             fissure.local/mlflow:MLFLOW (the host venv's mlflow version), the chart's MLflow with
 #                      its drivers in the image (mlflow.pipPackages: []): the serving image's layers (its
 #                      /opt/venv has mlflow) + the same extras layer.
-#                      extras: s3fs (the API's s3:// blobs), boto3 (MLflow's S3 artifacts) and
-#                      psycopg2-binary (MLflow's postgresql+psycopg2 store) installed by uv into /opt/venv
+#   training           ghcr.io/fissure/fissure-training:TAG (the chart's argo.image), training/Dockerfile's
+#                      image for the Argo workflows' steps: the serving image's layers (torch, dvc, mlflow,
+#                      fissure) + the same extras layer (dvc-s3: the DVC remote on S3), user 1000.
+#                      extras: s3fs (the API's s3:// blobs), boto3 (MLflow's S3 artifacts),
+#                      psycopg2-binary (MLflow's postgresql+psycopg2 store) and dvc-s3 (training/Dockerfile's
+#                      pin: `dvc push` to s3://) installed by uv into /opt/venv
 #                      on an overlay over the serving rootfs, constrained to the host venv's versions; the
 #                      layer is the overlay's upper folder, keyed by the deps layer (not rebuilt for src/).
 #
@@ -224,10 +228,10 @@ serving_image_args() {
   printf '%s\n' "${args[@]}"
 }
 
-# ---------------------------------------------------------------- extras (api, mlflow)
+# ---------------------------------------------------------------- extras (api, mlflow, training)
 # s3fs: the root Dockerfile's pin (= the host venv's); psycopg2-binary: the chart's mlflow.pipPackages pin;
 # boto3: whichever release fits the host venv's botocore (s3fs's aiobotocore pins it)
-extras_packages=("s3fs==2026.9.0" "psycopg2-binary==2.9.10" "boto3")
+extras_packages=("s3fs==2026.9.0" "psycopg2-binary==2.9.10" "boto3" "dvc-s3==3.3.0")
 extras_key() { { deps_key; printf '%s\n' "${extras_packages[@]}"; sed -n '/^build_extras() {/,/^}/p' "$0"; } | sha; }
 build_extras() {
   local d="$cache/serving" ek root upper work merged
@@ -256,7 +260,7 @@ build_extras() {
   echo "$d/$ek.tar" > "$d/extras.layer"
 }
 mlflow_version() { "$uv" pip freeze -q -p "$venv_python" | sed -n 's/^mlflow==//p'; }
-extras_image_args() {  # extras_image_args api|mlflow
+extras_image_args() {  # extras_image_args api|mlflow|training
   local l layers
   read -r -a layers < "$cache/serving/layers"
   for l in "${layers[@]}" "$(cat "$cache/serving/extras.layer")"; do printf '%s\n' --layer "$l"; done
@@ -266,6 +270,7 @@ extras_image_args() {  # extras_image_args api|mlflow
     api) printf '%s\n' --env HOME=/home/fissure --workdir /home/fissure \
       --cmd '["fissure", "api", "--host", "0.0.0.0", "--port", "8000"]' ;;
     mlflow) printf '%s\n' --env HOME=/tmp --workdir /tmp --cmd '["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]' ;;
+    training) printf '%s\n' --env HOME=/tmp --workdir /tmp --cmd '["fissure", "--help"]' ;;
   esac
 }
 
@@ -493,8 +498,9 @@ image_ref() {
     minio) echo "fissure.local/minio:$(minio_tag "$minio_version")" ;;
     mc) echo "fissure.local/mc:$(minio_tag "$mc_version")" ;;
     api) echo "ghcr.io/fissure/fissure-api:$tag" ;;
+    training) echo "ghcr.io/fissure/fissure-training:$tag" ;;
     mlflow) echo "fissure.local/mlflow:$(mlflow_version)" ;;
-    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, metrics-server, traefik, minio, mc, api, mlflow)" ;;
+    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, metrics-server, traefik, minio, mc, api, training, mlflow)" ;;
   esac
 }
 oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
@@ -518,7 +524,7 @@ oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
     # upstream's entrypoint runs `minio "$@"`: the chart's args start at `server`
     minio) mapfile -t args < <(debian_tool_args minio 1000:1000); args+=(--entrypoint '["/usr/bin/minio"]' --workdir /tmp) ;;
     mc) mapfile -t args < <(debian_tool_args mc 1000:1000); args+=(--entrypoint '["/usr/bin/mc"]' --workdir /tmp) ;;
-    api|mlflow) mapfile -t args < <(extras_image_args "$img") ;;
+    api|mlflow|training) mapfile -t args < <(extras_image_args "$img") ;;
   esac
   python3 "$here/oci-image.py" --name "$(image_ref "$img")" "${args[@]}" "$@"
 }
@@ -546,7 +552,7 @@ case $cmd in
         traefik) build_traefik ;;
         minio) build_minio_tool minio ;;
         mc) build_minio_tool mc ;;
-        api|mlflow) build_extras ;;
+        api|mlflow|training) build_extras ;;
       esac
       log "$(image_ref "$img") ready ($(oci "$img" --digest -))"
     done ;;
@@ -565,5 +571,5 @@ case $cmd in
       oci "$img" --omit-blobs "$present" - | "${ctr[@]}" images import - >&2
       rm -f "$present"
     done ;;
-  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [metrics-server] [traefik] [minio] [mc] [api] [mlflow]" ;;
+  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [metrics-server] [traefik] [minio] [mc] [api] [training] [mlflow]" ;;
 esac

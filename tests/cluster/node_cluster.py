@@ -102,6 +102,16 @@ def png(size: int = 64) -> bytes:
     return buf.getvalue()
 
 
+def http(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+    """One request: (status, body), an HTTP error's status included (the tests assert on it)."""
+    req = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
 def post_json(url: str, body: dict) -> dict:
     """POST JSON; retried briefly while kube-proxy's rules for a new Service settle."""
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
@@ -117,6 +127,74 @@ def post_json(url: str, body: dict) -> dict:
             last = e
             time.sleep(2)
     pytest.fail(f"no answer from {url}: {last}")
+
+
+# The Argo tests' source: small enough that prepare + both trainings + evaluate take minutes on a
+# shared CPU. encoder none: the from-scratch segmenter (the default became the pretrained one).
+TINY_PARAMS = {
+    "prepare": {"count": 24, "size": 128, "patch_size": 64, "patch_stride": 64},
+    "train_classifier": {"epochs": 1, "batch_size": 16, "size": 64, "patience": 0},
+    "train_segmenter": {"epochs": 1, "min_epochs": 0, "batch_size": 4, "size": 128, "crop": 64, "patience": 0,
+                        "model": {"encoder": "none"}},
+    "evaluate": {"overlays": 1},
+    # one epoch on 24 images is no model to judge: fissure-retrain's gate lets it through, so its
+    # package step runs (the gate's refusals are tested in tests/promotion)
+    "gate": {"floor": {"classify": 0.0, "segment": 0.0}, "latency_ms": 100000},
+}
+
+
+def source_repo(root: Path) -> Path:
+    """This repository's committed tree as a one-commit repository (branch main) with TINY_PARAMS,
+    for `git daemon` to serve as the workflows' source (the chart's argo.repo)."""
+    src = root / "fissure.git"
+    src.mkdir(parents=True)
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", "HEAD"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(src)], input=tar.stdout, check=True)
+    params = yaml.safe_load((src / "params.yaml").read_text())
+    for section, values in TINY_PARAMS.items():
+        params[section].update(values)
+    (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-C", str(src), "-c", "user.name=fissure-test", "-c", "user.email=test@fissure.invalid"]
+    run([*git, "init", "-q", "-b", "main"])
+    run([*git, "add", "-A"])
+    run([*git, "commit", "-q", "-m", "fissure at HEAD with tiny params"])
+    return src
+
+
+def git_daemon_command(repo: Path, host: str, port: int) -> list[str]:
+    """`git daemon` serving source_repo()'s folder read-only at git://HOST:PORT/fissure.git."""
+    return ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={repo.parent}",
+            f"--listen={host}", f"--port={port}", str(repo.parent)]
+
+
+def _wait_port(host: str, port: int, proc: subprocess.Popen, log: Path, seconds: int = 600) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[0]} exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(1)
+    pytest.fail(f"nothing listens on {host}:{port} after {seconds}s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def background(cmd: list[str], log: Path, host: str, port: int, **kw) -> Iterator[subprocess.Popen]:
+    """A host process (git daemon, mlflow server) listening on HOST:PORT while the block runs."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    try:
+        _wait_port(host, port, proc, log)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(timeout=10)
 
 
 class NodeCluster:
@@ -306,6 +384,32 @@ class NodeCluster:
         """IP:PORT of the predictor's cluster Service (its first port: REST)."""
         svc = self.get("-n", namespace, "service", f"{isvc}-predictor")
         return f"{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+
+    def wait_workflow(self, namespace: str, name: str, seconds: int = 1800) -> tuple[dict, list[dict], float]:
+        """Poll a Workflow until it ends: (the Workflow, its pods as last seen while they lived
+        (podGC deletes them on success), seconds taken); a phase other than Succeeded fails the
+        test with the pods' logs and the controller's."""
+        started, phase, wf, pods = time.monotonic(), "", {}, {}
+        while time.monotonic() - started < seconds and phase not in ("Succeeded", "Failed", "Error"):
+            time.sleep(10)
+            got = self.kubectl("-n", namespace, "get", "pods", "-o", "json", "-l",
+                               f"workflows.argoproj.io/workflow={name}", check=False)
+            if got.returncode == 0:
+                pods.update({p["metadata"]["name"]: p for p in json.loads(got.stdout)["items"]})
+            got = self.kubectl("-n", namespace, "get", "workflow", name, "-o", "json", check=False)
+            if got.returncode == 0:
+                wf = json.loads(got.stdout)
+                phase = wf.get("status", {}).get("phase", "")
+        took = time.monotonic() - started
+        if phase != "Succeeded":
+            logs = self.kubectl("-n", namespace, "logs", "-l", f"workflows.argoproj.io/workflow={name}",
+                                "--all-containers", "--prefix", "--tail", "80", check=False)
+            ctrl = self.kubectl("-n", "argo", "logs", "deploy/workflow-controller", "--tail", "40", check=False)
+            pytest.fail(f"workflow {name} ended {phase or 'not'} after {took:.0f}s: "
+                        f"{wf.get('status', {}).get('message')}\n{self.diagnose(namespace)}\n"
+                        f"$ kubectl logs (workflow pods)\n{logs.stdout[-8000:]}{logs.stderr[-1000:]}\n"
+                        f"$ controller logs\n{ctrl.stdout[-4000:]}{ctrl.stderr[-1000:]}")
+        return wf, list(pods.values()), took
 
     def diagnose(self, namespace: str) -> str:
         out = []

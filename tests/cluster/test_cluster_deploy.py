@@ -19,9 +19,19 @@ Also shown: Traefik accepted the chart's HTTPRoute and GRPCRoutes (their status)
 on the Gateway's listener; a v1 predict straight to Traefik's Service's cluster IP with the REST
 host answers, and with another host is Traefik's 404.
 
+Then the retraining the chart installed runs on the release as a user starts it (docs/retraining.md):
+a `fissure-retrain` Workflow (promote=false, min-feedback=0) from the chart's WorkflowTemplate, its
+source this repository's committed tree with tiny params (`git daemon` on the node's address: the
+chart's argo.repo), its image the training image built here (images.sh training). It ingests the
+feedback from the release's PostgreSQL, trains with `dvc repro` and pushes to the DVC remote on the
+release's MinIO, registers both models in the release's MLflow, gates each and puts the MAR of
+each that passed into the model store (s3://fissure-models/<model>/<version>), all under Pod
+Security `restricted`.
+
 Left out on this 2-core node: canary.enabled (two more predictors; the weighted route is shown
-through Traefik in test_gateway_traefik.py). The node has no volume provisioner, so the
-PersistentVolumes for MinIO's and PostgreSQL's claims are made first (as in test_cluster_helm).
+through Traefik in test_gateway_traefik.py) and so the retraining's promote step (a canary judged
+by Prometheus: tests/promotion). The node has no volume provisioner, so the PersistentVolumes for
+MinIO's and PostgreSQL's claims and the workflow's workspace are made first (as in test_cluster_helm).
 """
 
 from __future__ import annotations
@@ -29,26 +39,17 @@ from __future__ import annotations
 import base64
 import json
 import time
-import urllib.error
-import urllib.request
+from pathlib import Path
 
 import pytest
-from node_cluster import HELM, MODELS, NODE_VALUES, REPO, assert_uploaded, free_ports, png, run, values_image
+from node_cluster import (HELM, MODELS, NODE_VALUES, REPO, NodeCluster, assert_uploaded, background, free_ports,
+                          git_daemon_command, host_ip, http, png, run, source_repo, values_image)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
 NS = "fissure-deploy"
 RELEASE = "fissure"
 HOST = "fissure.localtest.me"  # mk/k8s.mk's GATEWAY_HOST
-
-
-def _post(url: str, body: dict, host: str) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json", "Host": host})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+RETRAIN = "fissure-retrain-node"  # a fixed name: its workspace claim is <name>-work (the PV made for it)
 
 
 def _accepted(route: dict) -> bool:
@@ -56,20 +57,25 @@ def _accepted(route: dict) -> bool:
                for parent in route.get("status", {}).get("parents", []) for c in parent.get("conditions", []))
 
 
-def test_make_deploy_and_e2e_through_the_gateway(node):
+def test_make_deploy_e2e_through_the_gateway_and_retrain(node, tmp_path):
     node.kserve()
     node.dns()
     node.argo()
     node.gateway()
-    node.images("debian-curl", "postgresql", "minio", "mc", "api", "mlflow")
+    node.images("debian-curl", "postgresql", "minio", "mc", "api", "mlflow", "training")
     node.apply(node.host_volume(NS, "postgresql", f"data-{RELEASE}-postgresql-0", 999),
-               node.host_volume(NS, "minio", f"data-{RELEASE}-minio-0", 1000))
+               node.host_volume(NS, "minio", f"data-{RELEASE}-minio-0", 1000),
+               node.host_volume(NS, "work", f"{RETRAIN}-work", 1000))
+    host = host_ip()
+    (git_port,) = free_ports(1, host)
+    repo = source_repo(tmp_path / "git")
     env = node.env(FISSURE_KSERVE_DIR=str(node.staged_models(NS)), MC_IMAGE=values_image("minio.mcImage"))
     times: dict[str, float] = {}
     try:
         start = time.monotonic()
         deployed = run(["make", "--no-print-directory", "deploy", f"NAMESPACE={NS}", f"RELEASE={RELEASE}",
-                        f"HELM_ARGS=-f {NODE_VALUES} --set route.type=gatewayAPI --set canary.enabled=false"],
+                        f"HELM_ARGS=-f {NODE_VALUES} --set route.type=gatewayAPI --set canary.enabled=false "
+                        f"--set argo.repo=git://{host}:{git_port}/{repo.name}"],
                        cwd=REPO, env=env, timeout=1800)
         times["make deploy"] = time.monotonic() - start
         assert_uploaded(deployed.stdout)
@@ -93,9 +99,10 @@ def test_make_deploy_and_e2e_through_the_gateway(node):
         svc = node.get("-n", "fissure-gateway", "service", "traefik")
         url = f"http://{svc['spec']['clusterIP']}:80/v1/models/crack-classifier:predict"
         body = {"instances": [{"b64": base64.b64encode(png()).decode()}]}
-        code, out = _post(url, body, HOST)
+        data = json.dumps(body).encode()
+        code, out = http(url, data, {"Content-Type": "application/json", "Host": HOST})
         assert code == 200 and json.loads(out)["predictions"][0]["label"] in ("crack", "no_crack"), (code, out[:500])
-        code, out = _post(url, body, "not-fissure.example")
+        code, out = http(url, data, {"Content-Type": "application/json", "Host": "not-fissure.example"})
         assert code == 404, (code, out[:300])
 
         start = time.monotonic()
@@ -108,8 +115,71 @@ def test_make_deploy_and_e2e_through_the_gateway(node):
         for model in MODELS:
             assert f">> gRPC v2 infer through the gateway: {model}" in out, out
         assert ">> e2e-kind: REST and gRPC predictions through the gateway succeeded" in out, out
+
+        start = time.monotonic()
+        with background(git_daemon_command(repo, host, git_port), tmp_path / "git-daemon.log", host, git_port):
+            _retrain_and_check(node)
+        times["fissure-retrain"] = time.monotonic() - start
         run([HELM, "--kubeconfig", node.kubeconfig, "uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "5m"],
             env=env, timeout=400)
     finally:
         print(f"times (s): { {k: round(v) for k, v in times.items()} }")
         node.delete_namespace(NS)
+
+
+def _retrain_and_check(node: NodeCluster) -> None:
+    workflow = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": {"name": RETRAIN, "namespace": NS},
+                "spec": {"workflowTemplateRef": {"name": "fissure-retrain"},
+                         "arguments": {"parameters": [{"name": "min-feedback", "value": "0"},
+                                                      {"name": "promote", "value": "false"}]}}}
+    node.kubectl("create", "-f", "-", input=json.dumps(workflow))
+    wf, pods, took = node.wait_workflow(NS, RETRAIN, seconds=2400)
+    print(f"\n{RETRAIN} Succeeded in {took:.0f}s")
+
+    # each step ran (or was skipped) as the DAG says: gate per model, package what passed, no promote
+    steps: dict[str, list[dict]] = {}
+    for n in wf["status"]["nodes"].values():
+        if n.get("type") in ("Pod", "Skipped"):
+            steps.setdefault(n["templateName"], []).append(n)
+    assert [n["phase"] for n in steps["ingest"]] == ["Succeeded"], steps["ingest"]
+    assert [n["phase"] for n in steps["train"]] == ["Succeeded"], steps["train"]
+    assert len(steps["gate"]) == len(MODELS) and all(n["phase"] == "Succeeded" for n in steps["gate"]), steps["gate"]
+    assert all(n["phase"] == "Skipped" for n in steps.get("promote", [])), steps.get("promote")
+
+    def outputs(n: dict) -> dict[str, str]:
+        return {p["name"]: p.get("value", "") for p in n.get("outputs", {}).get("parameters", [])}
+
+    ingest = outputs(steps["ingest"][0])
+    assert ingest["due"] == "true", ingest
+    # TINY_PARAMS' gate lets the one-epoch models through: both are packaged
+    decisions = [outputs(n) for n in steps["gate"]]
+    assert all(d["decision"] == "passed" and d["challenger-version"] for d in decisions), decisions
+    packaged = [outputs(n)["storage-uri"] for n in steps["package"] if n["phase"] == "Succeeded"]
+    assert sorted(Path(uri.removeprefix("s3://")).parts[1] for uri in packaged) == sorted(MODELS), packaged
+
+    # both models registered in the release's MLflow (asked from its own pod: localhost is an allowed host)
+    search = ("import json, urllib.request; r = urllib.request.urlopen('http://localhost:5000/api/2.0/mlflow/"
+              "registered-models/search?max_results=100'); print(json.dumps(json.load(r)))")
+    got = node.kubectl("-n", NS, "exec", f"deploy/{RELEASE}-mlflow", "--", "python", "-c", search)
+    registered = {m["name"]: m for m in json.loads(got.stdout).get("registered_models", [])}
+    assert set(MODELS) <= set(registered), registered
+    for model in MODELS:
+        assert any(v["status"] == "READY" for v in registered[model].get("latest_versions", [])), registered[model]
+
+    # the MAR of each model that passed is in the model store, as KServe's TorchServe layout
+    import s3fs
+
+    secret = node.get("-n", NS, "secret", f"{RELEASE}-minio")["data"]
+    svc = node.get("-n", NS, "service", f"{RELEASE}-minio")["spec"]["clusterIP"]
+    fs = s3fs.S3FileSystem(key=base64.b64decode(secret["root-user"]).decode(),
+                           secret=base64.b64decode(secret["root-password"]).decode(),
+                           client_kwargs={"endpoint_url": f"http://{svc}:9000"})
+    for uri in packaged:
+        model = Path(uri.removeprefix("s3://")).parts[1]
+        assert uri.startswith(f"s3://fissure-models/{model}/"), uri
+        assert fs.isfile(f"{uri}/model-store/{model}.mar") and fs.isfile(f"{uri}/config/config.properties"), \
+            fs.find(uri)
+    # the DVC remote on MinIO got what `dvc push` sent
+    assert fs.find("s3://fissure-dvc"), "nothing in the DVC remote s3://fissure-dvc"
+    for pod in pods:  # Pod Security `restricted` admitted every step with Argo's init and wait containers
+        assert {c["name"] for c in pod["spec"]["containers"]} == {"wait", "main"}, pod["spec"]["containers"]

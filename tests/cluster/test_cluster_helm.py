@@ -36,12 +36,11 @@ import json
 import secrets
 import threading
 import time
-import urllib.error
 import urllib.request
 import uuid
 
 import pytest
-from node_cluster import HELM, MODELS, NODE_VALUES, REPO, png, post_json, run, values_image
+from node_cluster import HELM, MODELS, NODE_VALUES, REPO, http, png, post_json, run, values_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
 NS = "fissure-it"
@@ -93,15 +92,6 @@ def _multipart(fields: dict[str, str], file: bytes) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def _http(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=data, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def _check_api(node, token: str) -> None:
     """A prediction through the API's Service: stored (PostgreSQL), its image on s3:// (s3fs)."""
     svc = node.get("-n", NS, "service", f"{RELEASE}-api")
@@ -109,15 +99,15 @@ def _check_api(node, token: str) -> None:
     auth = {"Authorization": f"Bearer {token}"}
     picture = png()
     body, ctype = _multipart({"model": "crack-classifier"}, picture)
-    code, out = _http(f"{api}/predict", body, {**auth, "Content-Type": ctype})
+    code, out = http(f"{api}/predict", body, {**auth, "Content-Type": ctype})
     assert code == 201, (code, out[:2000], node.diagnose(NS))
     prediction = json.loads(out)
     assert prediction["model_name"] == "crack-classifier", prediction
-    code, got = _http(f"{api}/predictions/{prediction['id']}/image", headers=auth)
+    code, got = http(f"{api}/predictions/{prediction['id']}/image", headers=auth)
     assert code == 200 and got == picture, (code, got[:200])
-    code, out = _http(f"{api}/predictions", headers=auth)
+    code, out = http(f"{api}/predictions", headers=auth)
     assert code == 200 and json.loads(out)["total"] == 1, (code, out[:2000])
-    code, _ = _http(f"{api}/predictions")
+    code, _ = http(f"{api}/predictions")
     assert code == 401, code
 
 
@@ -136,9 +126,9 @@ def _check_mlflow(node) -> None:
     msvc = node.get("-n", NS, "service", f"{RELEASE}-mlflow")
     mlflow_ip = f"http://{msvc['spec']['clusterIP']}:{msvc['spec']['ports'][0]['port']}"
     search = "/api/2.0/mlflow/experiments/search?max_results=5"
-    code, out = _http(mlflow_ip + search)
+    code, out = http(mlflow_ip + search)
     assert code == 403, (code, out[:500])
-    code, out = _http(mlflow_ip + search, headers={"Host": f"{RELEASE}-mlflow.{NS}.svc.cluster.local:5000"})
+    code, out = http(mlflow_ip + search, headers={"Host": f"{RELEASE}-mlflow.{NS}.svc.cluster.local:5000"})
     assert code == 200 and b"node-test" in out, (code, out[:500])
 
 
