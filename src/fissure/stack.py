@@ -341,6 +341,20 @@ def _start_ticks(pid: int) -> int | None:
         return None
 
 
+def _age(pid: int) -> float:
+    """Seconds since `pid` started, on the kernel's boot clock (immune to wall-clock steps,
+    like the ticks above); from create_time() only without /proc."""
+    ticks = _start_ticks(pid)
+    try:
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        uptime = None
+    if ticks is None or uptime is None:
+        return time.time() - psutil.Process(pid).create_time()
+    return uptime - ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _identity(pid: int) -> dict | None:
     """Start time (wall clock and kernel ticks) and command line of a live pid, None when it is gone."""
     try:
@@ -452,11 +466,13 @@ def _reap_torchserve() -> bool:
     pid_path = state_dir() / "serve" / "tmp" / ".model_server.pid"
     try:
         pid = int(pid_path.read_text().strip())
-        written = pid_path.stat().st_mtime
+        file_age = time.time() - pid_path.stat().st_mtime
         found = _identity(pid)
+        # Ages, not timestamps: create_time() moves with the wall clock (CI saw a step make a
+        # fresh TorchServe read as started after its own pid file).
         ours = (found is not None and "org.pytorch.serve.ModelServer" in found["cmdline"]
                 and f"-Djava.io.tmpdir={pid_path.parent}" in found["cmdline"]
-                and found["started"] <= written + 1.0)
+                and _age(pid) >= file_age - 1.0)
         if ours and any(str(pid_path.parent.parent) in p.cmdline() for p in psutil.Process(pid).parents()):
             return False  # a running stack's own TorchServe, not a leftover
     except (OSError, ValueError, psutil.Error):

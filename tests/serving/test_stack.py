@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -264,8 +265,13 @@ def test_up_refuses_while_the_stack_runs(sleeper):
 
 def _torchserve_lookalike(tmpdir):
     """A process whose command line is that of a TorchServe with ``tmpdir`` as its temp dir."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "org.pytorch.serve.ModelServer",
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "org.pytorch.serve.ModelServer",
                              f"-Djava.io.tmpdir={tmpdir}"], start_new_session=True)
+    for _ in range(200):  # its argv is set a moment after Popen returns
+        if psutil.Process(proc.pid).cmdline():
+            break
+        time.sleep(0.01)
+    return proc
 
 
 def test_leftover_torchserve_is_reaped_only_when_it_is_still_ours(sleeper):
@@ -287,6 +293,26 @@ def test_leftover_torchserve_is_reaped_only_when_it_is_still_ours(sleeper):
         pid_path.write_text(str(leftover.pid))
         assert _reap_torchserve() is True
         assert leftover.wait(timeout=10) == -signal.SIGTERM and not pid_path.exists()
+    finally:
+        if leftover.poll() is None:
+            leftover.kill()
+            leftover.wait()
+
+
+def test_a_wall_clock_step_does_not_hide_a_leftover_torchserve(monkeypatch):
+    """create_time() adds a boot time derived from the wall clock: after a clock step a fresh
+    process can read as started after its own pid file (CI). The age on the boot clock cannot."""
+    from fissure.settings import state_dir
+    from fissure.stack import _reap_torchserve
+
+    tmp = state_dir() / "serve" / "tmp"
+    tmp.mkdir(parents=True)
+    leftover = _torchserve_lookalike(tmp)
+    try:
+        (tmp / ".model_server.pid").write_text(str(leftover.pid))
+        monkeypatch.setattr(psutil.Process, "create_time", lambda self: time.time() + 30.0)
+        assert _reap_torchserve() is True
+        assert leftover.wait(timeout=10) == -signal.SIGTERM
     finally:
         if leftover.poll() is None:
             leftover.kill()
