@@ -12,6 +12,9 @@
 #   cluster-kserve   [root] KServe on `make cluster-up`'s node (manifests/cluster/kserve-up.sh).
 #   cluster-argo     [root] Argo Workflows on the node (manifests/cluster/argo-up.sh): the pinned
 #                    v4.1.2 manifests, controller and argoexec built here from the Go module.
+#   cluster-prometheus [root] the Prometheus Operator and a Prometheus on the node
+#                    (manifests/cluster/prometheus-up.sh): the pinned v0.93.0 bundle, the operator and
+#                    config reloader built here from the Go module, Prometheus v3.13.1 too.
 #   test-cluster     [root] tests/cluster/test_cluster_kserve.py: both InferenceServices Ready and
 #                    answering on the node; tests/cluster/test_cluster_helm.py: `helm install` of the
 #                    chart (manifests/cluster/values-node.yaml), `helm test`, `helm upgrade` under a
@@ -23,11 +26,15 @@ KSERVE_VERSION ?= v0.20.0
 COREDNS_VERSION ?= v1.12.4
 # the newest v4 the Go module proxy serves (v4.1.x: 403); the install manifests are v4.1.2's
 ARGO_WORKFLOWS_VERSION ?= v4.0.5
+# ../shared/k8s-upstream's bundle (prometheus-up.sh)
+PROMETHEUS_OPERATOR_VERSION ?= v0.93.0
+# the newest in that operator's compatibility matrix (built from the module github.com/prometheus/prometheus v0.313.1)
+PROMETHEUS_VERSION ?= v3.13.1
 CLUSTER_IMAGES_ENV = CACHE=$(CACHE) GO=$(GO) UV=$(UV) TAG=$(IMAGE_TAG) KSERVE_VERSION=$(KSERVE_VERSION) COREDNS_VERSION=$(COREDNS_VERSION) \
-	ARGO_WORKFLOWS_VERSION=$(ARGO_WORKFLOWS_VERSION) MINIO_VERSION=$(MINIO_VERSION) MC_VERSION=$(MC_VERSION) TRAEFIK_VERSION=$(TRAEFIK_VERSION)
+	ARGO_WORKFLOWS_VERSION=$(ARGO_WORKFLOWS_VERSION) PROMETHEUS_OPERATOR_VERSION=$(PROMETHEUS_OPERATOR_VERSION) PROMETHEUS_VERSION=$(PROMETHEUS_VERSION) MINIO_VERSION=$(MINIO_VERSION) MC_VERSION=$(MC_VERSION) TRAEFIK_VERSION=$(TRAEFIK_VERSION)
 CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc api mlflow training
 
-.PHONY: cluster-images cluster-kserve cluster-argo cluster-metrics-server cluster-gateway cluster-dns test-cluster cluster-images-background
+.PHONY: cluster-images cluster-kserve cluster-argo cluster-metrics-server cluster-prometheus cluster-gateway cluster-dns test-cluster cluster-images-background
 
 # `make test` runs the node's tests (tests/cluster) in a second pytest beside the others
 # (mk/run-tests.sh) and, so that a cold image cache costs as little suite time as possible, first
@@ -35,7 +42,7 @@ CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl 
 # suite); the tests' own `images.sh build` waits for it (a lock) and finds them built. Root only
 # (it apt-installs the node's packages first, as the tests would); without root the node tests skip.
 # (minio and mc last: `make test` builds the server binary itself, mk/minio.mk, long before)
-CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc metrics-server api mlflow training argo-controller argoexec traefik
+CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc metrics-server api mlflow training argo-controller argoexec prometheus-operator prometheus-config-reloader prometheus traefik
 test: cluster-images-background
 cluster-images-background: venv
 	@# a new machine lacks the node's packages (mmdebstrap, containerd, ...): install them first (root)
@@ -62,6 +69,10 @@ cluster-argo: k8s-binaries cluster-node-apt ## [root] Argo Workflows (pinned v4.
 cluster-metrics-server: k8s-binaries cluster-node-apt ## [root] metrics-server (built here; the resource metrics API for HPAs and kubectl top) on the cluster-up node
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build metrics-server
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/metrics-server-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
+
+cluster-prometheus: k8s-binaries cluster-node-apt ## [root] the Prometheus Operator $(PROMETHEUS_OPERATOR_VERSION) and Prometheus $(PROMETHEUS_VERSION) (built here; kube-prometheus-stack's names and selectors) on the cluster-up node
+	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build prometheus-operator prometheus-config-reloader prometheus
+	$(CLUSTER_IMAGES_ENV) manifests/cluster/prometheus-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
 
 cluster-gateway: k8s-binaries cluster-node-apt ## [root] a Gateway on the cluster-up node: Traefik (built here), Gateway API $(GATEWAY_API_VERSION) CRDs, fissure-gateway/fissure-gateway (after cluster-kserve)
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/traefik-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)

@@ -35,6 +35,17 @@
 #                      (HPAs, `kubectl top`): sigs.k8s.io/metrics-server's cmd/metrics-server built from its
 #                      Go module (`go install`, static), one-file image (/metrics-server, user 65532 as
 #                      upstream's distroless one; its Deployment runs it as 1000).
+#   prometheus-operator  fissure.local/prometheus-operator:PROMETHEUS_OPERATOR_VERSION and
+#   prometheus-config-reloader  fissure.local/prometheus-config-reloader:PROMETHEUS_OPERATOR_VERSION:
+#                      the Prometheus Operator's cmd/operator and cmd/prometheus-config-reloader built
+#                      from its Go module through a wrapper module (its go.mod replaces two nested
+#                      modules with local folders that the module zip lacks; the wrapper takes their
+#                      published versions instead), one-file images as upstream's (user 65534).
+#   prometheus         fissure.local/prometheus:PROMETHEUS_VERSION (v3.13.1, the newest in the operator's
+#                      compatibility matrix), what the operator's Prometheus StatefulSet runs:
+#                      cmd/prometheus built from its Go module with only the Kubernetes service
+#                      discovery (tags remove_all_sd,enable_kubernetes_sd; Debian's package has none),
+#                      one-file image (/bin/prometheus, user 65534), no web UI assets (the API only).
 #   traefik            fissure.local/traefik:TRAEFIK_VERSION, the Gateway API implementation: the static
 #                      binary `make gateway-traefik` builds from Traefik's Go module (mk/gateway.mk),
 #                      one-file image (/traefik, user 65532 as Traefik's Helm chart runs it).
@@ -60,7 +71,7 @@
 #                      layer is the overlay's upper folder, keyed by the deps layer (not rebuilt for src/).
 #
 # usage: images.sh build|import|digest [IMAGE...] (default: serving kserve-controller storage-initializer)
-#        (env: CACHE, TAG, KSERVE_VERSION, COREDNS_VERSION, METRICS_SERVER_VERSION, TRAEFIK_VERSION, MINIO_VERSION, MC_VERSION, GO,
+#        (env: CACHE, TAG, KSERVE_VERSION, COREDNS_VERSION, METRICS_SERVER_VERSION, PROMETHEUS_OPERATOR_VERSION, PROMETHEUS_VERSION, TRAEFIK_VERSION, MINIO_VERSION, MC_VERSION, GO,
 #        CTR_ADDRESS)
 # `import` needs the cluster's containerd socket (CTR_ADDRESS, default .fissure/cluster/containerd/containerd.sock).
 set -euo pipefail
@@ -74,6 +85,10 @@ coredns_version="${COREDNS_VERSION:-v1.12.4}"
 # the proxy serves v4.0.5 as the newest v4 (v4.0.6, v4.1.0-v4.1.2: 403 "not available")
 argo_version="${ARGO_WORKFLOWS_VERSION:-v4.0.5}"
 metrics_server_version="${METRICS_SERVER_VERSION:-v0.8.0}"  # manifests/kind/versions.env's pin
+prometheus_operator_version="${PROMETHEUS_OPERATOR_VERSION:-v0.93.0}"  # ../shared/k8s-upstream's bundle
+# the newest in that operator's compatibility matrix; Prometheus' Go module numbers v3.X.Y as v0.3XX.Y
+prometheus_version="${PROMETHEUS_VERSION:-v3.13.1}"
+prometheus_module="v0.3$(printf '%02d' "$(cut -d. -f2 <<<"$prometheus_version")").$(cut -d. -f3 <<<"$prometheus_version")"
 # mk/gateway.mk's default (the newest v3.6 the proxy serves)
 traefik_version="${TRAEFIK_VERSION:-v3.6.13}"
 # mk/minio.mk's defaults (Go pseudo-versions: neither publishes module tags); the image tags are
@@ -456,6 +471,42 @@ build_metrics_server() {  # no replaces in its go.mod: `go install module@versio
     || die "go install sigs.k8s.io/metrics-server/cmd/metrics-server@$metrics_server_version failed"
 }
 
+# ---------------------------------------------------------------- prometheus-operator, config reloader
+prometheus_operator_bin() { echo "${CACHE:-$HOME/.cache/fissure}/prometheus-operator/$prometheus_operator_version/$1"; }
+build_prometheus_operator() {  # build_prometheus_operator operator|prometheus-config-reloader
+  local name=$1 out tmp v=$prometheus_operator_version m=github.com/prometheus-operator/prometheus-operator
+  out=$(prometheus_operator_bin "$name")
+  [ -x "$out" ] && return 0
+  log "building the Prometheus Operator $v's $name from its Go module (~5-10 min cold)"
+  tmp=$(mktemp -d); mkdir -p "$(dirname "$out")"
+  # the nested modules at the tag's own version, as the repository's replaces would give them
+  printf 'module fissure.local/prometheus-operator\n\ngo 1.26.0\n\nrequire (\n\t%s %s\n\t%s/pkg/apis/monitoring %s\n\t%s/pkg/client %s\n)\n' \
+    "$m" "$v" "$m" "$v" "$m" "$v" > "$tmp/go.mod"
+  printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "%s/cmd/operator"\n\t_ "%s/cmd/prometheus-config-reloader"\n)\n' "$m" "$m" > "$tmp/tools.go"
+  (cd "$tmp" && GOFLAGS='' "$go" mod tidy \
+     && GOFLAGS='' CGO_ENABLED=0 nice -n 10 "$go" build -trimpath -o "$out.tmp" -ldflags "-s -w \
+          -X github.com/prometheus/common/version.Version=${v#v} -X github.com/prometheus/common/version.Branch=$v \
+          -X github.com/prometheus/common/version.BuildUser=fissure" "$m/cmd/$name") >&2 \
+    || { rm -rf "$tmp"; die "go build of the Prometheus Operator $v cmd/$name failed"; }
+  rm -rf "$tmp"; mv "$out.tmp" "$out"
+}
+prometheus_bin() { echo "${CACHE:-$HOME/.cache/fissure}/prometheus/$prometheus_version/prometheus"; }
+build_prometheus() {  # from the module directory (its go.mod's one replace is a version, not a folder)
+  local out dir tmp m=github.com/prometheus/prometheus; out=$(prometheus_bin)
+  [ -x "$out" ] && return 0
+  log "building Prometheus $prometheus_version (module $m@$prometheus_module) from its Go module (~5 min cold)"
+  dir=$(cd "${TMPDIR:-/tmp}" && "$go" mod download -json "$m@$prometheus_module" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -n "$dir" ] || die "go mod download $m@$prometheus_module failed"
+  tmp=$(mktemp -d); cp -R "$dir/." "$tmp/"; chmod -R u+w "$tmp"; mkdir -p "$(dirname "$out")"
+  # only the Kubernetes service discovery (the operator's configs use nothing else): upstream's
+  # build tags for a Prometheus without the cloud SDKs (its go.work names folders the zip lacks)
+  (cd "$tmp" && CGO_ENABLED=0 GOWORK=off GOFLAGS=-mod=mod nice -n 10 "$go" build -trimpath -tags remove_all_sd,enable_kubernetes_sd \
+     -ldflags "-s -w -X github.com/prometheus/common/version.Version=${prometheus_version#v} \
+       -X github.com/prometheus/common/version.Branch=$prometheus_version -X github.com/prometheus/common/version.BuildUser=fissure" \
+     -o "$out.tmp" ./cmd/prometheus) >&2 || { rm -rf "$tmp"; die "go build of Prometheus $prometheus_version failed"; }
+  rm -rf "$tmp"; mv "$out.tmp" "$out"
+}
+
 # ---------------------------------------------------------------- traefik
 traefik_bin() { echo "${CACHE:-$HOME/.cache/fissure}/bin/traefik"; }
 build_traefik() {  # mk/gateway.mk builds it (version-stamped: a no-op when built)
@@ -495,12 +546,15 @@ image_ref() {
     argoexec) echo "fissure.local/argoexec:$argo_version" ;;
     metrics-server) echo "fissure.local/metrics-server:$metrics_server_version" ;;
     traefik) echo "fissure.local/traefik:$traefik_version" ;;
+    prometheus-operator) echo "fissure.local/prometheus-operator:$prometheus_operator_version" ;;
+    prometheus-config-reloader) echo "fissure.local/prometheus-config-reloader:$prometheus_operator_version" ;;
+    prometheus) echo "fissure.local/prometheus:$prometheus_version" ;;
     minio) echo "fissure.local/minio:$(minio_tag "$minio_version")" ;;
     mc) echo "fissure.local/mc:$(minio_tag "$mc_version")" ;;
     api) echo "ghcr.io/fissure/fissure-api:$tag" ;;
     training) echo "ghcr.io/fissure/fissure-training:$tag" ;;
     mlflow) echo "fissure.local/mlflow:$(mlflow_version)" ;;
-    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, metrics-server, traefik, minio, mc, api, training, mlflow)" ;;
+    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, metrics-server, prometheus-operator, prometheus-config-reloader, prometheus, traefik, minio, mc, api, training, mlflow)" ;;
   esac
 }
 oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
@@ -521,6 +575,13 @@ oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
       --env PATH=/bin) ;;
     metrics-server) args=(--file "$(metrics_server_bin):/metrics-server" --entrypoint /metrics-server --user 65532:65532) ;;
     traefik) args=(--file "$(traefik_bin):/traefik" --entrypoint /traefik --user 65532:65532) ;;
+    prometheus-operator) args=(--file "$(prometheus_operator_bin operator):/bin/operator"
+      --entrypoint /bin/operator --user 65534:65534) ;;
+    prometheus-config-reloader) args=(--file "$(prometheus_operator_bin prometheus-config-reloader):/bin/prometheus-config-reloader"
+      --entrypoint /bin/prometheus-config-reloader --user 65534:65534) ;;
+    # upstream's image: ENTRYPOINT /bin/prometheus, the operator passes only args
+    prometheus) args=(--file "$(prometheus_bin):/bin/prometheus" --entrypoint /bin/prometheus --user 65534:65534
+      --workdir /prometheus) ;;
     # upstream's entrypoint runs `minio "$@"`: the chart's args start at `server`
     minio) mapfile -t args < <(debian_tool_args minio 1000:1000); args+=(--entrypoint '["/usr/bin/minio"]' --workdir /tmp) ;;
     mc) mapfile -t args < <(debian_tool_args mc 1000:1000); args+=(--entrypoint '["/usr/bin/mc"]' --workdir /tmp) ;;
@@ -550,6 +611,9 @@ case $cmd in
         argoexec) build_argo argoexec ;;
         metrics-server) build_metrics_server ;;
         traefik) build_traefik ;;
+        prometheus-operator) build_prometheus_operator operator ;;
+        prometheus-config-reloader) build_prometheus_operator prometheus-config-reloader ;;
+        prometheus) build_prometheus ;;
         minio) build_minio_tool minio ;;
         mc) build_minio_tool mc ;;
         api|mlflow|training) build_extras ;;
@@ -571,5 +635,5 @@ case $cmd in
       oci "$img" --omit-blobs "$present" - | "${ctr[@]}" images import - >&2
       rm -f "$present"
     done ;;
-  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [metrics-server] [traefik] [minio] [mc] [api] [training] [mlflow]" ;;
+  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [metrics-server] [prometheus-operator] [prometheus-config-reloader] [prometheus] [traefik] [minio] [mc] [api] [training] [mlflow]" ;;
 esac

@@ -283,6 +283,16 @@ class NodeCluster:
             self.script("images.sh", "build", "metrics-server", timeout=5400)
             self.script("metrics-server-up.sh", str(self.bin_dir), str(self.state))
 
+    def prometheus(self) -> str:
+        """The Prometheus Operator and a Prometheus (prometheus-up.sh, built here; named and
+        selecting as kube-prometheus-stack's); its URL from the host (the Service's IP)."""
+        if self._once("prometheus"):
+            self.script("images.sh", "build", "prometheus-operator", "prometheus-config-reloader", "prometheus",
+                        timeout=5400)
+            self.script("prometheus-up.sh", str(self.bin_dir), str(self.state))
+        svc = self.get("-n", "monitoring", "service", "kube-prometheus-stack-prometheus")
+        return f"http://{svc['spec']['clusterIP']}:9090"
+
     def models(self) -> Path:
         """Two tiny models registered and packaged by `fissure package` (KServe's TorchServe
         layout: model-store/ and config/), readable by the pods' users; made once."""
