@@ -27,10 +27,12 @@ Service name (MLflow 3's allowed hosts, issue 16 item 5), its parameter in Postg
 refused (403: the Host guard is on) and one with the Service's DNS name as Host is served.
 
 Monitoring as on a user's cluster with kube-prometheus-stack: the Prometheus Operator and a
-Prometheus built here (prometheus-up.sh) select the release's PodMonitors and PrometheusRule (on
-with `monitoring.*.enabled=true`, which the chart renders only when the cluster serves the API);
-after the upgrade every running predictor pod (front and TorchServe) and the API are scraped and
-up, both rule groups are loaded and the SLI recording rule carries the client's traffic.
+Prometheus built here (prometheus-up.sh) select the release's monitors and PrometheusRule (on
+with `monitoring.*.enabled=true`, which the chart renders only when the cluster serves the API).
+Installed with PodMonitors: every predictor pod (front and TorchServe) and the API scraped once
+and up, both rule groups loaded. The upgrade switches to ServiceMonitors (on the predictor
+Services KServe makes): the new pods scraped once each through them only, and the SLI recording
+rule carries the polling client's traffic.
 
 Part of `make test` (root), on the same node as the other tests in this folder.
 """
@@ -55,8 +57,11 @@ RELEASE = "fissure"
 VALUES = NODE_VALUES
 # the Prometheus Operator on the node (node.prometheus()) serves the API these need; a short
 # interval so the check after the upgrade sees the new pods soon
-MONITORING = ["--set", "monitoring.podMonitors.enabled=true", "--set", "monitoring.prometheusRule.enabled=true",
-              "--set", "monitoring.interval=10s", "--set", "monitoring.scrapeTimeout=5s"]
+MONITORING = ["--set", "monitoring.prometheusRule.enabled=true", "--set", "monitoring.interval=10s",
+              "--set", "monitoring.scrapeTimeout=5s"]
+# installed with PodMonitors, upgraded to ServiceMonitors (on the Services KServe makes)
+POD_MONITORS = ["--set", "monitoring.podMonitors.enabled=true"]
+SERVICE_MONITORS = ["--set", "monitoring.podMonitors.enabled=false", "--set", "monitoring.serviceMonitors.enabled=true"]
 
 MLFLOW_SCRIPT = """
 import json, mlflow
@@ -149,34 +154,35 @@ def _prometheus(url: str, path: str) -> dict:
     return json.loads(out)["data"]
 
 
-def _check_prometheus(node, url: str) -> dict:
-    """The operator turned the release's PodMonitors and PrometheusRule into Prometheus' config:
-    every running predictor pod scraped on 8080 (the front) and 8082 (TorchServe) and the API on
-    8000, all up; both rule groups loaded; and the SLI recording rule carrying the clients'
-    traffic by namespace, model and version (the labels the alerts and dashboards group by)."""
+def _check_prometheus(node, url: str, kind: str, traffic: bool) -> dict:
+    """The operator turned the release's monitors (`kind`: podMonitor or serviceMonitor) and its
+    PrometheusRule into Prometheus' config: every running predictor pod scraped on 8080 (the
+    front) and 8082 (TorchServe) and the API on 8000, each once, all up, through that kind only;
+    both rule groups loaded; with `traffic`, the SLI recording rule carrying the clients' requests
+    by namespace, model and version (the labels the alerts and dashboards group by)."""
     deadline, last = time.monotonic() + 300, {}
     while time.monotonic() < deadline:
-        pods = node.get("-n", NS, "pods", "-l", "serving.kserve.io/inferenceservice",
-                        "--field-selector=status.phase=Running")["items"]
-        api = node.get("-n", NS, "pods", "-l", "app.kubernetes.io/component=api",
-                       "--field-selector=status.phase=Running")["items"]
-        want = {(p["metadata"]["name"], port) for p in pods for port in ("8080", "8082")}
-        want |= {(p["metadata"]["name"], "8000") for p in api}
+        running = "--field-selector=status.phase=Running"
+        pods = node.get("-n", NS, "pods", "-l", "serving.kserve.io/inferenceservice", running)["items"]
+        api = node.get("-n", NS, "pods", "-l", "app.kubernetes.io/component=api", running)["items"]
+        want = sorted({(p["metadata"]["name"], port) for p in pods for port in ("8080", "8082")}
+                      | {(p["metadata"]["name"], "8000") for p in api})
         ours = [t for t in _prometheus(url, "/api/v1/targets?state=active")["activeTargets"]
                 if t["labels"].get("namespace") == NS]
-        up = {(t["labels"].get("pod"), t["labels"]["instance"].rsplit(":", 1)[1]) for t in ours if t["health"] == "up"}
+        scraped = sorted((t["labels"].get("pod"), t["labels"]["instance"].rsplit(":", 1)[1]) for t in ours)
         rules = {g["name"] for g in _prometheus(url, "/api/v1/rules")["groups"]}
         rate = _prometheus(url, "/api/v1/query?query=" + urllib.parse.quote(
             f'namespace_model_version:fissure_requests:rate5m{{namespace="{NS}"}} > 0'))["result"]
-        last = {"want": sorted(want), "targets": sorted((t["scrapePool"], t["labels"].get("pod"), t["labels"]["instance"],
-                                                         t["health"], t["lastError"]) for t in ours),
+        last = {"want": want, "targets": sorted((t["scrapePool"], t["labels"].get("pod"), t["labels"]["instance"],
+                                                 t["health"], t["lastError"]) for t in ours),
                 "rules": sorted(rules), "rate": rate}
-        if (len(pods) == len(MODELS) and api and want <= up
+        if (len(pods) == len(MODELS) and api and scraped == want
+                and all(t["health"] == "up" and t["scrapePool"].startswith(f"{kind}/{NS}/") for t in ours)
                 and {"fissure-slis", "fissure-alerts"} <= rules
-                and "crack-classifier" in {r["metric"].get("model") for r in rate}):
+                and (not traffic or "crack-classifier" in {r["metric"].get("model") for r in rate})):
             return last
         time.sleep(5)
-    pytest.fail(f"Prometheus did not scrape the release as expected: {json.dumps(last, indent=1)}")
+    pytest.fail(f"Prometheus did not scrape the release through its {kind}s as expected: {json.dumps(last, indent=1)}")
 
 
 def _isvc_names(node) -> dict[str, str]:
@@ -217,7 +223,7 @@ def test_helm_install_test_and_upgrade_on_the_node(node):
         helm = [HELM, "--kubeconfig", node.kubeconfig]
         chart = REPO / "charts" / "fissure"
         start = time.monotonic()
-        run([*helm, "install", RELEASE, chart, "-n", NS, "-f", VALUES, *MONITORING, "--wait", "--timeout", "15m"],
+        run([*helm, "install", RELEASE, chart, "-n", NS, "-f", VALUES, *MONITORING, *POD_MONITORS, "--wait", "--timeout", "15m"],
             env=env, timeout=1000)
         times["helm install --wait"] = time.monotonic() - start
         isvcs = _isvc_names(node)
@@ -266,6 +272,10 @@ def test_helm_install_test_and_upgrade_on_the_node(node):
         _check_api(node, token)
         _check_mlflow(node)
         times["API predict + MLflow run"] = time.monotonic() - start
+        start = time.monotonic()
+        scraped = _check_prometheus(node, prometheus, "podMonitor", traffic=False)
+        times["Prometheus scraping through the PodMonitors"] = time.monotonic() - start
+        print(f"prometheus (PodMonitors): {json.dumps(scraped)}")
 
         # helm upgrade to changed values while a client polls v1 predict through the Service
         def predictor_pods(name: str) -> list[dict]:
@@ -277,7 +287,7 @@ def test_helm_install_test_and_upgrade_on_the_node(node):
         try:
             time.sleep(5)
             start = time.monotonic()
-            run([*helm, "upgrade", RELEASE, chart, "-n", NS, "-f", VALUES, *MONITORING, "--wait", "--timeout", "15m",
+            run([*helm, "upgrade", RELEASE, chart, "-n", NS, "-f", VALUES, *MONITORING, *SERVICE_MONITORS, "--wait", "--timeout", "15m",
                  "--set-string", "serving.podAnnotations.fissure\\.dev/rollout=2"], env=env, timeout=1000)
             for name in isvcs.values():
                 _rolled_over(node, f"{name}-predictor", "fissure.dev/rollout", "2")
@@ -297,9 +307,9 @@ def test_helm_install_test_and_upgrade_on_the_node(node):
         assert poller.ok > 10, poller.ok
         assert not poller.failures, poller.failures[:20]
         start = time.monotonic()
-        scraped = _check_prometheus(node, prometheus)
-        times["Prometheus scraping the new pods"] = time.monotonic() - start
-        print(f"prometheus: {json.dumps(scraped)}")
+        scraped = _check_prometheus(node, prometheus, "serviceMonitor", traffic=True)
+        times["Prometheus scraping the new pods through the ServiceMonitors"] = time.monotonic() - start
+        print(f"prometheus (ServiceMonitors): {json.dumps(scraped)}")
         history = run([*helm, "history", RELEASE, "-n", NS, "-o", "json"], env=env).stdout
         assert [h["status"] for h in json.loads(history)] == ["superseded", "deployed"], history
         run([*helm, "uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "5m"], env=env, timeout=400)
