@@ -70,7 +70,7 @@
 #                      on an overlay over the serving rootfs, constrained to the host venv's versions; the
 #                      layer is the overlay's upper folder, keyed by the deps layer (not rebuilt for src/).
 #
-# usage: images.sh build|import|digest [IMAGE...] (default: serving kserve-controller storage-initializer)
+# usage: images.sh build|import|digest|ref [IMAGE...] (default: serving kserve-controller storage-initializer)
 #        (env: CACHE, TAG, KSERVE_VERSION, COREDNS_VERSION, METRICS_SERVER_VERSION, PROMETHEUS_OPERATOR_VERSION, PROMETHEUS_VERSION, TRAEFIK_VERSION, MINIO_VERSION, MC_VERSION, GO,
 #        CTR_ADDRESS)
 # `import` needs the cluster's containerd socket (CTR_ADDRESS, default .fissure/cluster/containerd/containerd.sock).
@@ -620,6 +620,8 @@ case $cmd in
       esac
       log "$(image_ref "$img") ready ($(oci "$img" --digest -))"
     done ;;
+  ref)
+    for img in "$@"; do image_ref "$img"; done ;;
   digest)
     for img in "$@"; do echo "$(image_ref "$img") $(oci "$img" --digest -)"; done ;;
   import)
@@ -635,5 +637,5 @@ case $cmd in
       oci "$img" --omit-blobs "$present" - | "${ctr[@]}" images import - >&2
       rm -f "$present"
     done ;;
-  *) die "usage: images.sh build|import|digest [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [metrics-server] [prometheus-operator] [prometheus-config-reloader] [prometheus] [traefik] [minio] [mc] [api] [training] [mlflow]" ;;
+  *) die "usage: images.sh build|import|digest|ref [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [metrics-server] [prometheus-operator] [prometheus-config-reloader] [prometheus] [traefik] [minio] [mc] [api] [training] [mlflow]" ;;
 esac

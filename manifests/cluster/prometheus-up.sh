@@ -26,7 +26,7 @@ name="prometheus-up"
 . "$here/lib.sh"
 bundle="$(upstream "prometheus-operator-$version" bundle.yaml \
   "https://github.com/prometheus-operator/prometheus-operator/releases/download/$version/bundle.yaml")"
-refs=$(PROMETHEUS_OPERATOR_VERSION="$version" "$here/images.sh" digest prometheus-operator prometheus-config-reloader prometheus | cut -d' ' -f1)
+refs=$(PROMETHEUS_OPERATOR_VERSION="$version" "$here/images.sh" ref prometheus-operator prometheus-config-reloader prometheus)
 operator=$(sed -n 1p <<<"$refs"); reloader=$(sed -n 2p <<<"$refs"); prometheus=$(sed -n 3p <<<"$refs")
 
 log "importing $operator, $reloader and $prometheus"
