@@ -19,8 +19,9 @@
 #                    answering on the node; tests/cluster/test_cluster_helm.py: `helm install` of the
 #                    chart (manifests/cluster/values-node.yaml), `helm test`, `helm upgrade` under a
 #                    polling client; tests/cluster/test_cluster_argo.py: the fissure-train workflow
-#                    Succeeded in a `restricted` namespace, its models registered in MLflow. Not part of `make test` (each ~7-12 min with the images cached,
-#                    ~30 min more from an empty cache: see docs/cluster.md).
+#                    Succeeded in a `restricted` namespace, its models registered in MLflow, and the
+#                    rest of tests/cluster/ (also in `make test` as root, beside the other tests), plus
+#                    the opt-in tests/cluster/test_gateway_traefik.py (docs/cluster.md).
 
 KSERVE_VERSION ?= v0.20.0
 COREDNS_VERSION ?= v1.12.4
@@ -42,7 +43,7 @@ CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl 
 # suite); the tests' own `images.sh build` waits for it (a lock) and finds them built. Root only
 # (it apt-installs the node's packages first, as the tests would); without root the node tests skip.
 # (minio and mc last: `make test` builds the server binary itself, mk/minio.mk, long before)
-CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc metrics-server api mlflow training argo-controller argoexec prometheus-operator prometheus-config-reloader prometheus traefik
+CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc metrics-server api mlflow training argo-controller argoexec argocli prometheus-operator prometheus-config-reloader prometheus traefik
 test: cluster-images-background
 cluster-images-background: venv
 	@# a new machine lacks the node's packages (mmdebstrap, containerd, ...): install them first (root)
@@ -62,8 +63,8 @@ cluster-kserve: k8s-binaries cluster-node-apt ## [root] KServe (Standard mode, l
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build kserve-controller storage-initializer
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/kserve-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
 
-cluster-argo: k8s-binaries cluster-node-apt ## [root] Argo Workflows (pinned v4.1.2 manifests; controller and argoexec v4.0.5 built here) on the cluster-up node
-	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build argo-controller argoexec
+cluster-argo: k8s-binaries cluster-node-apt ## [root] Argo Workflows (pinned v4.1.2 manifests; controller, argoexec and argo-server v4.0.5 built here) on the cluster-up node
+	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build argo-controller argoexec argocli
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/argo-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
 
 cluster-metrics-server: k8s-binaries cluster-node-apt ## [root] metrics-server (built here; the resource metrics API for HPAs and kubectl top) on the cluster-up node

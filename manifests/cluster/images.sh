@@ -31,6 +31,10 @@
 #                      and argoexec (the executor its pods' init and wait containers run) built from
 #                      the Go module github.com/argoproj/argo-workflows/v4 (CGO_ENABLED=0), one-file
 #                      images as upstream's distroless ones (user 8737, binaries in /bin).
+#   argocli            fissure.local/argocli:ARGO_WORKFLOWS_VERSION, what upstream's argo-server Deployment
+#                      runs (`argo server`, the workflows' API): cmd/argo from the same module, its web
+#                      UI an empty placeholder (the UI's JavaScript is built with yarn upstream; the
+#                      API does not need it), one-file image (/bin/argo, user 8737).
 #   metrics-server     fissure.local/metrics-server:METRICS_SERVER_VERSION, the resource metrics API
 #                      (HPAs, `kubectl top`): sigs.k8s.io/metrics-server's cmd/metrics-server built from its
 #                      Go module (`go install`, static), one-file image (/metrics-server, user 65532 as
@@ -441,7 +445,7 @@ GO
 
 # ---------------------------------------------------------------- argo workflow-controller, argoexec
 argo_bin() { echo "${CACHE:-$HOME/.cache/fissure}/argo-workflows/$argo_version/$1"; }
-build_argo() {  # build_argo workflow-controller|argoexec: from the module source (go mod download: checksum-checked)
+build_argo() {  # build_argo workflow-controller|argoexec|argo: from the module source (go mod download: checksum-checked)
   local name=$1 out dir tmp; out=$(argo_bin "$name")
   [ -x "$out" ] && return 0
   log "building Argo Workflows $argo_version's $name from its Go module (~10 min cold)"
@@ -453,6 +457,8 @@ build_argo() {  # build_argo workflow-controller|argoexec: from the module sourc
   # out (argoexec: "osspecific/command_unix.go:37:3: undefined: Setpgid" without it)
   local os_dir="$tmp/workflow/executor/osspecific"
   [ -e "$os_dir/signal_linux.go" ] || cp "$os_dir/signal_darwin.go" "$os_dir/signal_linux.go"
+  # cmd/argo embeds the web UI (ui/embed.go: dist/app), which upstream builds with yarn first
+  mkdir -p "$tmp/ui/dist/app"; [ -e "$tmp/ui/dist/app/index.html" ] || echo placeholder > "$tmp/ui/dist/app/index.html"
   mkdir -p "$(dirname "$out")"
   (cd "$tmp" && CGO_ENABLED=0 GOFLAGS=-mod=mod "$go" build -trimpath \
      -ldflags "-s -w -X github.com/argoproj/argo-workflows/v4.version=$argo_version" -o "$out.tmp" "./cmd/$name") >&2 \
@@ -544,6 +550,7 @@ image_ref() {
     coredns) echo "fissure.local/coredns:$coredns_version" ;;
     argo-controller) echo "fissure.local/argo-workflow-controller:$argo_version" ;;
     argoexec) echo "fissure.local/argoexec:$argo_version" ;;
+    argocli) echo "fissure.local/argocli:$argo_version" ;;
     metrics-server) echo "fissure.local/metrics-server:$metrics_server_version" ;;
     traefik) echo "fissure.local/traefik:$traefik_version" ;;
     prometheus-operator) echo "fissure.local/prometheus-operator:$prometheus_operator_version" ;;
@@ -554,7 +561,7 @@ image_ref() {
     api) echo "ghcr.io/fissure/fissure-api:$tag" ;;
     training) echo "ghcr.io/fissure/fissure-training:$tag" ;;
     mlflow) echo "fissure.local/mlflow:$(mlflow_version)" ;;
-    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, metrics-server, prometheus-operator, prometheus-config-reloader, prometheus, traefik, minio, mc, api, training, mlflow)" ;;
+    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, argocli, metrics-server, prometheus-operator, prometheus-config-reloader, prometheus, traefik, minio, mc, api, training, mlflow)" ;;
   esac
 }
 oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
@@ -573,6 +580,7 @@ oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
       --entrypoint /bin/workflow-controller --user 8737) ;;
     argoexec) args=(--file "$(argo_bin argoexec):/bin/argoexec" --entrypoint /bin/argoexec --user 8737
       --env PATH=/bin) ;;
+    argocli) args=(--file "$(argo_bin argo):/bin/argo" --entrypoint /bin/argo --user 8737) ;;
     metrics-server) args=(--file "$(metrics_server_bin):/metrics-server" --entrypoint /metrics-server --user 65532:65532) ;;
     traefik) args=(--file "$(traefik_bin):/traefik" --entrypoint /traefik --user 65532:65532) ;;
     prometheus-operator) args=(--file "$(prometheus_operator_bin operator):/bin/operator"
@@ -609,6 +617,7 @@ case $cmd in
         coredns) build_coredns ;;
         argo-controller) build_argo workflow-controller ;;
         argoexec) build_argo argoexec ;;
+        argocli) build_argo argo ;;
         metrics-server) build_metrics_server ;;
         traefik) build_traefik ;;
         prometheus-operator) build_prometheus_operator operator ;;
@@ -637,5 +646,5 @@ case $cmd in
       oci "$img" --omit-blobs "$present" - | "${ctr[@]}" images import - >&2
       rm -f "$present"
     done ;;
-  *) die "usage: images.sh build|import|digest|ref [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [metrics-server] [prometheus-operator] [prometheus-config-reloader] [prometheus] [traefik] [minio] [mc] [api] [training] [mlflow]" ;;
+  *) die "usage: images.sh build|import|digest|ref [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [argocli] [metrics-server] [prometheus-operator] [prometheus-config-reloader] [prometheus] [traefik] [minio] [mc] [api] [training] [mlflow]" ;;
 esac

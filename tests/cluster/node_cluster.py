@@ -264,9 +264,9 @@ class NodeCluster:
             self.script("kserve-up.sh", str(self.bin_dir), str(self.state))
 
     def argo(self) -> None:
-        """Argo Workflows (argo-up.sh: the pinned install, controller and executor built here)."""
+        """Argo Workflows (argo-up.sh: the pinned install, controller, executor and server built here)."""
         if self._once("argo"):
-            self.script("images.sh", "build", "argo-controller", "argoexec", timeout=5400)
+            self.script("images.sh", "build", "argo-controller", "argoexec", "argocli", timeout=5400)
             self.script("argo-up.sh", str(self.bin_dir), str(self.state))
 
     def gateway(self) -> None:

@@ -13,6 +13,8 @@ with Pod Security `restricted` enforced, and the models it trains are registered
   proxied (--serve-artifacts): the workflow logs and registers over HTTP only.
 - DVC's remote: a folder in the pod's /work volume (the workflow's dvc-remote parameter); the
   `fissure-minio` Secret the template reads holds placeholders (no S3 here).
+- argo-server (built here too): its API lists the workflow as Succeeded to a ServiceAccount allowed
+  to read workflows in the namespace, and refuses a caller without a token (client auth mode).
 
 Part of `make test` (root), on the same node as the other tests in this folder, in the node
 tests' own process beside the rest of the suite (mk/run-tests.sh): its two images (the workflow
@@ -25,6 +27,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
+import urllib.error
 import urllib.request
 
 import pytest
@@ -47,6 +51,32 @@ def _template(image: str, repo_url: str) -> dict:
     (source,) = tmpl["inputs"]["artifacts"]
     source["git"]["repo"] = repo_url
     return wft
+
+
+def _argo_server_get(base: str, path: str, token: str | None) -> tuple[int, dict]:
+    """GET argo-server's API (TLS with its own self-signed certificate, as upstream runs it)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=60, context=ctx) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, {"body": e.read().decode(errors="replace")[:500]}
+
+
+def _workflow_reader(node, namespace: str) -> str:
+    """A ServiceAccount that may read the namespace's workflows, and a short-lived token for it."""
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "workflow-reader", "namespace": namespace}}
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "workflow-reader", "namespace": namespace},
+            "rules": [{"apiGroups": ["argoproj.io"], "resources": ["workflows"], "verbs": ["get", "list", "watch"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "workflow-reader", "namespace": namespace},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "workflow-reader"},
+               "subjects": [{"kind": "ServiceAccount", "name": "workflow-reader", "namespace": namespace}]}
+    node.apply(sa, role, binding)
+    return node.kubectl("-n", namespace, "create", "token", "workflow-reader", "--duration", "10m").stdout.strip()
 
 
 def test_fissure_train_workflow_succeeds_and_registers(node, tmp_path):
@@ -112,5 +142,17 @@ def test_fissure_train_workflow_succeeds_and_registers(node, tmp_path):
         assert steps and all(n["phase"] == "Succeeded" for n in steps), nodes
         labels = node.get("namespace", NS)["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+        # argo-server's API, as the UI and `argo --argo-server` use it: the workflow, Succeeded
+        svc = node.get("-n", "argo", "service", "argo-server")
+        base = f"https://{svc['spec']['clusterIP']}:2746"
+        status, body = _argo_server_get(base, f"/api/v1/workflows/{NS}", None)
+        assert status == 401, (status, body)
+        status, body = _argo_server_get(base, f"/api/v1/workflows/{NS}", _workflow_reader(node, NS))
+        assert status == 200, (status, body)
+        listed = {w["metadata"]["name"]: w["status"]["phase"] for w in body.get("items") or []}
+        assert listed.get(name.split("/")[-1]) == "Succeeded", listed
+        server_pod = node.get("-n", "argo", "pods", "-l", "app=argo-server")["items"][0]
+        assert server_pod["spec"]["containers"][0]["image"] == f"fissure.local/argocli:{ARGO_VERSION}"
     finally:
         node.delete_namespace(NS)
