@@ -405,8 +405,10 @@ def retrain_template() -> WorkflowTemplate:
                            env=_env(REVISION=p % "revision", MODELS=p % "models"))
         train.retry_strategy = m.RetryStrategy(limit="1", retry_policy="OnError")
         model_env = _env(MODEL="{{inputs.parameters.model}}")
+        # 500m requested like the other steps (no CPU limit: it uses what is free); one gate per
+        # model runs at once, and a whole core each kept them Pending on a small node
         gate = _container(
-            "gate", GATE_SCRIPT, cpu="1", memory="2Gi", env=[*out_env, *model_env],
+            "gate", GATE_SCRIPT, cpu="500m", memory="2Gi", env=[*out_env, *model_env],
             inputs=m.Inputs(parameters=[m.Parameter(name="model")]),
             outputs=_out(
                 "decision", "challenger-version", "champion-version", "numbers", "reasons"),

@@ -8,7 +8,8 @@
 # routes KServe's controller watches), and Traefik's own RBAC for its Gateway provider. Clients
 # in the cluster (and on this host, which routes the service network) reach the Gateway at the
 # `traefik` Service in fissure-gateway, port 80; the REST host picks the routes
-# (route.host), gRPC's :authority the model (<model>.<route.grpcHostSuffix>).
+# (route.host), gRPC's :authority the model (<model>.<route.grpcHostSuffix>). The same Traefik is
+# the node's Ingress controller (IngressClass `traefik`) for the chart's route.type=ingress.
 # Re-runnable (one server-side apply under one field manager).
 #
 # usage: traefik-up.sh BIN_DIR [STATE_DIR]      (env: TRAEFIK_VERSION, GO)

@@ -425,7 +425,7 @@ def test_the_training_steps_take_argo_train_resources_whole(tools):
     wt = next(d for d in helm_template(tools, "--set", "argo.trainResources.requests.cpu=500m")
               if d["metadata"]["name"] == "fissure-retrain")
     assert {t["name"]: t["container"]["resources"]["requests"]["cpu"] for t in templates(wt)
-            if "container" in t}["gate"] == "1"
+            if "container" in t}["gate"] == "500m"
     bad = subprocess.run([tools["HELM"], "template", "fissure", str(CHART), "--kube-version", "1.33.0", "--set",
                           "argo.enabled=true", "--set", "argo.trainResources.requests.cpu=two"],
                          capture_output=True, text=True, timeout=120)

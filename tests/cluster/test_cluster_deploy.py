@@ -17,7 +17,10 @@ built here). Then, as a user:
 
 Also shown: Traefik accepted the chart's HTTPRoute and GRPCRoutes (their status) and counts them
 on the Gateway's listener; a v1 predict straight to Traefik's Service's cluster IP with the REST
-host answers, and with another host is Traefik's 404.
+host answers, and with another host is Traefik's 404. Then `helm upgrade --set route.type=ingress`
+swaps the routes for the chart's Ingresses, which the same Traefik serves as the cluster's Ingress
+controller (IngressClass `traefik`): v1 predict (the ImplementationSpecific path, which must take in
+`<name>:predict`), v2 ready and infer, and the API's host.
 
 Then the retraining the chart installed runs on the release as a user starts it (docs/retraining.md):
 a `fissure-retrain` Workflow (promote=false, min-feedback=0) from the chart's WorkflowTemplate, its
@@ -117,6 +120,10 @@ def test_make_deploy_e2e_through_the_gateway_and_retrain(node, tmp_path):
         assert ">> e2e-kind: REST and gRPC predictions through the gateway succeeded" in out, out
 
         start = time.monotonic()
+        _ingress_instead_of_routes(node, env, f"http://{svc['spec']['clusterIP']}:80", data)
+        times["route.type=ingress"] = time.monotonic() - start
+
+        start = time.monotonic()
         with background(git_daemon_command(repo, host, git_port), tmp_path / "git-daemon.log", host, git_port):
             _retrain_and_check(node)
         times["fissure-retrain"] = time.monotonic() - start
@@ -125,6 +132,39 @@ def test_make_deploy_e2e_through_the_gateway_and_retrain(node, tmp_path):
     finally:
         print(f"times (s): { {k: round(v) for k, v in times.items()} }")
         node.delete_namespace(NS)
+
+
+def _ingress_instead_of_routes(node: NodeCluster, env: dict, traefik: str, classify: bytes) -> None:
+    """`helm upgrade --set route.type=ingress`: the chart's Ingresses replace its HTTPRoutes, and
+    Traefik's Ingress provider (IngressClass `traefik`) serves v1 predict (ImplementationSpecific:
+    the `<name>:predict` segment), v2 infer (Prefix) and the API under their hosts."""
+    run([HELM, "--kubeconfig", node.kubeconfig, "upgrade", RELEASE, str(REPO / "charts" / "fissure"), "-n", NS,
+         "--reuse-values", "--set", "route.type=ingress", "--set", "route.ingress.className=traefik",
+         "--set", "route.grpc=false", "--wait", "--timeout", "5m"], env=env, timeout=400)
+    assert not node.get("-n", NS, "httproutes")["items"], "the HTTPRoutes outlived route.type=ingress"
+    ingresses = node.get("-n", NS, "ingresses")["items"]
+    assert {i["spec"]["ingressClassName"] for i in ingresses} == {"traefik"}, ingresses
+    hosts = {r["host"] for i in ingresses for r in i["spec"]["rules"]}
+    assert {HOST, f"api.{HOST}"} <= hosts, hosts
+    json_type = {"Content-Type": "application/json"}
+    deadline = time.monotonic() + 120  # Traefik picks the Ingresses up from its watch
+    while True:
+        code, out = http(f"{traefik}/v1/models/crack-classifier:predict", classify, {**json_type, "Host": HOST})
+        if code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert code == 200 and json.loads(out)["predictions"][0]["label"] in ("crack", "no_crack"), (code, out[:500])
+    image = json.loads(classify)["instances"][0]["b64"]
+    infer = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [image]}]}
+    for model in MODELS:
+        code, out = http(f"{traefik}/v2/models/{model}/ready", None, {"Host": HOST})
+        assert code == 200, (model, code, out[:300])
+    code, out = http(f"{traefik}/v2/models/crack-classifier/infer", json.dumps(infer).encode(), {**json_type, "Host": HOST})
+    assert code == 200 and json.loads(out)["model_name"] == "crack-classifier", (code, out[:500])
+    code, out = http(f"{traefik}/ping", None, {"Host": f"api.{HOST}"})
+    assert code == 200, (code, out[:300])
+    code, _ = http(f"{traefik}/v1/models/crack-classifier:predict", classify, {**json_type, "Host": "not-fissure.example"})
+    assert code == 404, code
 
 
 def _retrain_and_check(node: NodeCluster) -> None:
