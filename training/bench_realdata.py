@@ -2,7 +2,9 @@
 
     python training/bench_realdata.py [--out reports/bench_realdata.md] [--work reports/bench_realdata]
                                       [--segment-epochs N] [--classify-epochs N]
-                                      [--only {cracks,magnetic-tile}] [--segment-only] [--mt-epochs N] [--mt-size PX]
+                                      [--classify-encoder {none,efficientnet-lite0}]
+                                      [--only {cracks,magnetic-tile}] [--segment-only | --classify-only]
+                                      [--mt-epochs N] [--mt-size PX]
                                       [--mt-encoder {none,efficientnet-lite0}]
                                       [--mt-class-weights {inverse,sqrt_inverse,none}] [--mt-seed N]
 
@@ -13,7 +15,10 @@ cracks:
 1. `fissure data prepare --source synth --source ../shared/datasets/deepcrack/train`: synthetic
    images plus DeepCrack, each source split 70/15/15 by a seeded hash (DeepCrack test images
    are never trained on or used for early stopping).
-2. Train both models with params.yaml (their own MLflow store under the work folder).
+2. Train both models with params.yaml (their own MLflow store under the work folder), the
+   classifier on the pretrained EfficientNet-Lite0 (lr 1e-3, 5 epochs, as params.yaml's comment
+   says for real data; --classify-encoder none: params.yaml's from-scratch model and epochs),
+   --classify-epochs its maximum epochs.
 3. Evaluate the segmenter on the DeepCrack test part and on all of CrackForest (a dataset the
    models never saw), and the classifier on patches cut from the same held-back images.
 
@@ -131,8 +136,14 @@ def main() -> None:
     ap.add_argument("--classify-epochs", type=int, default=None)
     ap.add_argument("--only", choices=["cracks", "magnetic-tile"], default=None,
                     help="run one leg: cracks (DeepCrack + CrackForest) or magnetic-tile (N-class defects)")
-    ap.add_argument("--segment-only", action="store_true",
-                    help="cracks: train and score the segmenter only (no classifier: its columns say n/a)")
+    only_one = ap.add_mutually_exclusive_group()
+    only_one.add_argument("--segment-only", action="store_true",
+                          help="cracks: train and score the segmenter only (no classifier: its columns say n/a)")
+    only_one.add_argument("--classify-only", action="store_true",
+                          help="cracks: train and score the classifier only (no segmenter: its columns say n/a)")
+    ap.add_argument("--classify-encoder", choices=["none", "efficientnet-lite0"], default="efficientnet-lite0",
+                    help="cracks: the classifier from scratch (none: params.yaml's model and epochs) or on the "
+                         "pretrained encoder (lr 1e-3, 5 epochs unless --classify-epochs) [efficientnet-lite0]")
     ap.add_argument("--mt-epochs", type=int, default=20, help="magnetic-tile: maximum epochs [20]")
     ap.add_argument("--mt-size", type=int, default=128, help="magnetic-tile: classifier input side in px [128]")
     ap.add_argument("--mt-encoder", choices=["none", "efficientnet-lite0"], default="efficientnet-lite0",
@@ -180,6 +191,22 @@ def _threshold_from(model_dir: Path) -> str:
     return f"{what} (threshold_from: {info.get('mode', '?')}{why}{dice})"
 
 
+def _classifier_params(work: Path, encoder: str) -> Path:
+    """params.yaml as it is (`none`: its from-scratch classifier), or a copy whose classifier sits
+    on the pretrained encoder: lr 1e-3 (as the magnetic-tile leg's), 5 epochs (it passed the
+    from-scratch model's best validation F1 at its second; docs/benchmarks.md)."""
+    if encoder == "none":
+        return REPO / "params.yaml"
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    clf = params["train_classifier"]
+    clf.update(model={"encoder": encoder, "pretrained": True, "dropout": 0.2}, lr=1e-3, epochs=5)
+    pfile = work / "params-cracks-classify.yaml"
+    pfile.write_text(yaml.safe_dump(params, sort_keys=False))
+    return pfile
+
+
 def cracks(work: Path, env: dict, fissure: Path, args) -> str:
     """The cracks leg (module docstring); returns its Markdown section."""
     t0 = time.perf_counter()
@@ -187,9 +214,11 @@ def cracks(work: Path, env: dict, fissure: Path, args) -> str:
     run([fissure, "data", "prepare", "--params", REPO / "params.yaml", "--out", prepared, "--feedback", "",
          "--source", "synth", "--source", SHARED / "deepcrack" / "train"], env)
     results = {}
-    tasks = (("segment", args.segment_epochs),) + (() if args.segment_only else (("classify", args.classify_epochs),))
+    tasks = (() if args.classify_only else (("segment", args.segment_epochs),)) + \
+        (() if args.segment_only else (("classify", args.classify_epochs),))
     for task, epochs in tasks:
-        cmd = [fissure, "train", "--task", task, "--data", prepared / task, "--params", REPO / "params.yaml",
+        pfile = _classifier_params(work, args.classify_encoder) if task == "classify" else REPO / "params.yaml"
+        cmd = [fissure, "train", "--task", task, "--data", prepared / task, "--params", pfile,
                "--out", work / f"model-{task}", "--no-progress"]
         if epochs:
             cmd += ["--epochs", str(epochs)]
@@ -205,9 +234,12 @@ def cracks(work: Path, env: dict, fissure: Path, args) -> str:
     rows = []
     for label, folder in sets.items():
         n = len(list((Path(folder) / "images").iterdir()))
-        seg_json = work / f"eval-segment-{len(rows)}.json"
-        run([fissure, "evaluate", "--task", "segment", "--model", work / "model-segment" / "model", "--data", folder,
-             "--out", seg_json, "--plots", work / f"plots-segment-{len(rows)}"], env)
+        seg = None
+        if not args.classify_only:
+            seg_json = work / f"eval-segment-{len(rows)}.json"
+            run([fissure, "evaluate", "--task", "segment", "--model", work / "model-segment" / "model", "--data",
+                 folder, "--out", seg_json, "--plots", work / f"plots-segment-{len(rows)}"], env)
+            seg = json.loads(seg_json.read_text())
         clf = None
         if not args.segment_only:
             patches = work / f"patches-{len(rows)}"
@@ -216,16 +248,22 @@ def cracks(work: Path, env: dict, fissure: Path, args) -> str:
             run([fissure, "evaluate", "--task", "classify", "--model", work / "model-classify" / "model",
                  "--data", patches, "--out", clf_json], env)
             clf = json.loads(clf_json.read_text())
-        rows.append((label, n, json.loads(seg_json.read_text()), clf))
+        rows.append((label, n, seg, clf))
     wall = time.perf_counter() - t0
-    seg_train, clf_train = results["train-segment"], results.get("train-classify")
-    thr_from = _threshold_from(work / "model-segment" / "model")
+    seg_train, clf_train = results.get("train-segment"), results.get("train-classify")
+    if seg_train:
+        head = (f"Trained on synthetic ({seg_train['sizes']['train']} segmentation training images incl. DeepCrack's "
+                f"train part) in {wall / 60:.1f} min total wall time; segmenter best epoch "
+                f"{seg_train['best_epoch']}/{seg_train['epochs_run']}")
+        tail = f" Mask threshold {seg_train.get('threshold')}, tuned on {_threshold_from(work / 'model-segment' / 'model')}."
+    else:
+        head = f"--classify-only: {wall / 60:.1f} min total wall time; no segmenter"
+        tail = ""
+    clf_arch = "params.yaml's model" if args.classify_encoder == "none" else f"pretrained {args.classify_encoder}"
     lines = [
-        f"Trained on synthetic ({seg_train['sizes']['train']} segmentation training images incl. DeepCrack's train part) "
-        f"in {wall / 60:.1f} min total wall time; segmenter best epoch {seg_train['best_epoch']}/{seg_train['epochs_run']}"
-        + (f", classifier best epoch {clf_train['best_epoch']}/{clf_train['epochs_run']}." if clf_train else
-           " (--segment-only: no classifier).")
-        + f" Mask threshold {seg_train.get('threshold')}, tuned on {thr_from}.",
+        head + (f", classifier ({clf_arch}, {clf_train['sizes']['train']} training patches) best epoch "
+                f"{clf_train['best_epoch']}/{clf_train['epochs_run']}." if clf_train else
+                " (--segment-only: no classifier).") + tail,
         "",
         "| held-back real images | images | seg Dice | seg IoU | seg precision | seg recall | patches | clf accuracy | clf F1 | clf ROC-AUC |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -236,8 +274,9 @@ def cracks(work: Path, env: dict, fissure: Path, args) -> str:
         else:
             auc = f"{c['roc_auc']:.3f}" if c["roc_auc"] is not None else "n/a"
             clf_cells = f"{c['n_images']} | {c['accuracy']:.3f} | {c['f1']:.3f} | {auc}"
-        lines.append(f"| {label} | {n} | {s['dice']:.3f} | {s['iou']:.3f} | {s['precision']:.3f} | {s['recall']:.3f} "
-                     f"| {clf_cells} |")
+        seg_cells = "n/a | n/a | n/a | n/a" if s is None else \
+            f"{s['dice']:.3f} | {s['iou']:.3f} | {s['precision']:.3f} | {s['recall']:.3f}"
+        lines.append(f"| {label} | {n} | {seg_cells} | {clf_cells} |")
     return "\n".join(lines) + "\n"
 
 
