@@ -71,6 +71,12 @@ def link_subset(src_split: Path, dst: Path, keep) -> Path:
 MT_CLASSES = ("blowhole", "break", "crack", "fray", "uneven", "free")
 
 
+def pretrained_classifier(encoder: str) -> dict:
+    """train_classifier keys both legs use for a classifier on the pretrained encoder: a lower LR
+    than from scratch spares the ImageNet features."""
+    return {"model": {"encoder": encoder, "pretrained": True, "dropout": 0.2}, "lr": 1e-3}
+
+
 def magnetic_tile(work: Path, env: dict, fissure: Path, *, epochs: int, size: int, encoder: str,
                   class_weights: str | None = None, seed: int | None = None) -> str:
     """The magnetic-tile leg (module docstring); returns its Markdown section."""
@@ -81,12 +87,12 @@ def magnetic_tile(work: Path, env: dict, fissure: Path, *, epochs: int, size: in
         raise SystemExit(f"magnetic-tile class folders not found in {source / 'images'}; nothing to benchmark")
     t0 = time.perf_counter()
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    model = {"encoder": encoder, "pretrained": True, "dropout": 0.2} if encoder != "none" else \
-        {**params["train_classifier"].get("model", {}), "encoder": "none"}
+    arch = pretrained_classifier(encoder) if encoder != "none" else \
+        {"model": {**params["train_classifier"].get("model", {}), "encoder": "none"}}
     params["prepare"] = {**params["prepare"], "feedback": None,
                          "source": [{"path": str(source), "val_fraction": 0.15, "test_fraction": 0.2}]}
     params["train_classifier"] = {**params["train_classifier"], "epochs": epochs, "size": size, "patience": 8,
-                                  "model": model, **({"lr": 1e-3} if encoder != "none" else {}),
+                                  **arch,
                                   **({"class_weights": class_weights} if class_weights else {}),
                                   **({"seed": seed} if seed is not None else {})}
     pfile = work / "params-magnetic-tile.yaml"
@@ -201,7 +207,7 @@ def _classifier_params(work: Path, encoder: str) -> Path:
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     clf = params["train_classifier"]
-    clf.update(model={"encoder": encoder, "pretrained": True, "dropout": 0.2}, lr=1e-3, epochs=5)
+    clf.update(pretrained_classifier(encoder), epochs=5)
     pfile = work / "params-cracks-classify.yaml"
     pfile.write_text(yaml.safe_dump(params, sort_keys=False))
     return pfile
