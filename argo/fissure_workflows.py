@@ -20,7 +20,8 @@ Two renderings come out of the same objects:
                                   `argo lint`); argo/ is what people read and lint.
   charts/fissure/files/argo/*.yaml the chart's copy (templates/argo-workflows.yaml renders it with
                                   `tpl` when argo.enabled): Argo's own `{{...}}` escaped, and
-                                  every chart-owned value (names of the ConfigMap, Secrets and
+                                  every chart-owned value (the objects' own names, which are
+                                  <fullname>-train etc., the names of the ConfigMap, Secrets and
                                   service account, image, repository) a Helm expression.
 
 Rules the objects keep (tests/argo checks them): workflow parameters reach scripts only as
@@ -49,10 +50,20 @@ CHART_DIR = REPO / "charts" / "fissure" / "files" / "argo"
 
 # Chart-owned values: a placeholder in the objects, replaced by the default (release `fissure`,
 # default values) in argo/ and by the Helm expression in the chart's copy.
+def _component(name: str) -> str:
+    return 'include "fissure.componentName" (dict "ctx" $ "component" "%s")' % name
+
+
 CHART_VALUES: dict[str, tuple[str, str]] = {
     "release": ("fissure", ".Release.Name"),
-    "config_map": ("fissure-config", 'include "fissure.componentName" (dict "ctx" $ "component" "config")'),
-    "service_account": ("fissure-workflow", ".Values.argo.serviceAccount.name"),
+    # the objects' own names are the release's (<release>-train for a release not named
+    # fissure), so two releases can run Argo in one namespace
+    "train_name": ("fissure-train", _component("train")),
+    "retrain_name": ("fissure-retrain", _component("retrain")),
+    "weekly_name": ("fissure-retrain-weekly", _component("retrain-weekly")),
+    "feedback_name": ("fissure-retrain-feedback", _component("retrain-feedback")),
+    "config_map": ("fissure-config", _component("config")),
+    "service_account": ("fissure-workflow", 'include "fissure.argo.serviceAccountName" $'),
     "image": ("ghcr.io/fissure/fissure-training:0.1.0", 'include "fissure.image" (dict "image" .Values.argo.image "ctx" $)'),
     "repo": ("https://github.com/fissure/fissure.git", ".Values.argo.repo"),
     "revision": ("main", ".Values.argo.revision"),
@@ -196,7 +207,7 @@ dvc push
 
 def train_template() -> WorkflowTemplate:
     with WorkflowTemplate(
-        name="fissure-train",
+        name=_ph("train_name"),
         labels=_labels("training"),
         annotations={"workflows.argoproj.io/description": "dvc pull, dvc repro, dvc push for one revision "
                      "of the repository the chart names (argo.repo)."},
@@ -360,15 +371,15 @@ fissure promote --model "$MODEL" --abort --actuator "$ACTUATOR" --namespace "$NA
 def retrain_template() -> WorkflowTemplate:
     p = "{{workflow.parameters.%s}}"
     with WorkflowTemplate(
-        name="fissure-retrain",
+        name=_ph("retrain_name"),
         labels=_labels("retraining"),
         annotations={"workflows.argoproj.io/description": "Feedback -> dvc repro -> gate -> MAR to the "
                      "model store -> canary promotion, per model; rolls back on failure."},
         entrypoint="retrain",
         on_exit="abort-canaries",
         active_deadline_seconds=43200,
-        # one retraining at a time, whoever started it (schedule, trigger, CLI, API, UI)
-        synchronization=m.Synchronization(mutexes=[m.Mutex(name="fissure-retrain")]),
+        # one retraining of the release at a time, whoever started it (schedule, trigger, CLI, API, UI)
+        synchronization=m.Synchronization(mutexes=[m.Mutex(name=_ph("retrain_name"))]),
         arguments=[
             Parameter(name="revision", value=_ph("revision"),
                       description="Git revision (branch, tag or commit) of the chart's repository (argo.repo) to train from."),
@@ -471,9 +482,9 @@ def retrain_template() -> WorkflowTemplate:
     return wt
 
 
-def cron(name: str, schedule_key: str, min_feedback: str, description: str) -> CronWorkflow:
+def cron(name_key: str, schedule_key: str, min_feedback: str, description: str) -> CronWorkflow:
     return CronWorkflow(
-        name=name,
+        name=_ph(name_key),
         labels=_labels("retraining"),
         annotations={"workflows.argoproj.io/description": description},
         schedule=_ph(schedule_key),
@@ -481,7 +492,7 @@ def cron(name: str, schedule_key: str, min_feedback: str, description: str) -> C
         starting_deadline_seconds=600,
         successful_jobs_history_limit=3,
         failed_jobs_history_limit=3,
-        workflow_template_ref=m.WorkflowTemplateRef(name="fissure-retrain"),
+        workflow_template_ref=m.WorkflowTemplateRef(name=_ph("retrain_name")),
         arguments=[Parameter(name="min-feedback", value=min_feedback)],
     )
 
@@ -491,9 +502,9 @@ def objects() -> dict[str, dict]:
     objs = {
         "train-pipeline": train_template(),  # the file name the first version had
         "fissure-retrain": retrain_template(),
-        "fissure-retrain-weekly": cron("fissure-retrain-weekly", "schedule", "0",
+        "fissure-retrain-weekly": cron("weekly_name", "schedule", "0",
                                        "fissure-retrain on a schedule (argo.schedule)."),
-        "fissure-retrain-feedback": cron("fissure-retrain-feedback", "feedback_schedule", _ph("min_feedback"),
+        "fissure-retrain-feedback": cron("feedback_name", "feedback_schedule", _ph("min_feedback"),
                                          "fissure-retrain when argo.feedbackTrigger.minFeedback judged "
                                          "feedback items arrived since the last registered version."),
     }

@@ -401,7 +401,13 @@ def test_the_chart_names_the_release_objects(tools):
                          release="lab", namespace="ml")
     text = json.dumps(docs)
     assert {d["metadata"]["namespace"] for d in docs} == {"ml"}
-    wt = next(d for d in docs if d["metadata"]["name"] == "fissure-retrain")
+    # the objects are the release's own: lab-fissure-*, the CronWorkflows start lab's template
+    assert {d["metadata"]["name"] for d in docs if d["kind"] in ("WorkflowTemplate", "CronWorkflow")} == \
+        {"lab-fissure-train", "lab-fissure-retrain", "lab-fissure-retrain-weekly", "lab-fissure-retrain-feedback"}
+    assert {d["spec"]["workflowSpec"]["workflowTemplateRef"]["name"] for d in docs if d["kind"] == "CronWorkflow"} == \
+        {"lab-fissure-retrain"}
+    wt = next(d for d in docs if d["metadata"]["name"] == "lab-fissure-retrain")
+    assert wt["spec"]["synchronization"]["mutexes"] == [{"name": "lab-fissure-retrain"}]
     assert wt["spec"]["serviceAccountName"] == "trainer"
     ingest = wt["spec"]["templates"][0]["container"]
     assert ingest["envFrom"] == [{"configMapRef": {"name": "lab-fissure-config"}}]
@@ -409,6 +415,9 @@ def test_the_chart_names_the_release_objects(tools):
     assert {e["valueFrom"]["secretKeyRef"]["name"] for e in ingest["env"] if e["name"].startswith("AWS_")} == {"s3-creds"}
     assert next(p for p in wt["spec"]["arguments"]["parameters"] if p["name"] == "revision")["value"] == "v2"
     assert "fissure-config" not in text.replace("lab-fissure-config", "") and "@@" not in text
+    # without argo.serviceAccount.name the pods run as the release's own account
+    docs = helm_template(tools, release="lab", namespace="ml")
+    assert {spec_of(d)["serviceAccountName"] for d in docs if d["kind"] == "WorkflowTemplate"} == {"lab-fissure-workflow"}
     assert "{{workflow.parameters.models}}" in text  # Argo's own expressions survive Helm
 
 

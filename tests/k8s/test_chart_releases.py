@@ -2,11 +2,11 @@
 
 `helm template` renders the chart twice, as releases `alpha` and `beta` in the same namespace,
 with every optional part on (canary rollouts, ServiceMonitors or PodMonitors, the Gateway API
-routes or Ingresses, the Argo workflows), and the (kind, name) sets must not meet, except for
-Argo's WorkflowTemplates and CronWorkflows and their service account, whose names the CLI,
-the API and the CronWorkflows use (docs/deploy-kubernetes.md: one release per namespace with
-argo.enabled). Clients keep calling the model by its name (/v1/models/crack-classifier:predict):
-the served name comes from the model's MAR, whatever the InferenceService is called.
+routes or Ingresses, the Argo workflows), and the (kind, name) sets must not meet: Argo's
+WorkflowTemplates, CronWorkflows and service account are <release>-fissure-* too, and each
+release's CronWorkflows, API and RBAC name its own template. Clients keep calling the model by
+its name (/v1/models/crack-classifier:predict): the served name comes from the model's MAR,
+whatever the InferenceService is called.
 """
 
 from __future__ import annotations
@@ -21,13 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_k8s import CHART, run, tools  # noqa: E402,F401 (fixture)
 
 pytestmark = pytest.mark.timeout(3600)
-
-# Argo's objects keep fixed names (fissure retrain --argo and POST /retrain submit
-# `fissure-retrain` by name; argo.serviceAccount.name is a value): documented as one release
-# per namespace with argo.enabled.
-ARGO_SHARED = {("WorkflowTemplate", "fissure-train"), ("WorkflowTemplate", "fissure-retrain"),
-               ("CronWorkflow", "fissure-retrain-weekly"), ("CronWorkflow", "fissure-retrain-feedback"),
-               ("ServiceAccount", "fissure-workflow")}
 
 PROFILES = {
     "default": [],
@@ -57,12 +50,31 @@ def test_two_releases_share_a_namespace(tools, profile):
     beta = render(tools, "beta", *PROFILES[profile])
     assert len(alpha) > 20 and len(names(alpha)) == len(alpha), "duplicate objects within one release"
     shared = names(alpha) & names(beta)
-    argo = "argo.enabled=true" in PROFILES[profile]
-    assert shared == (ARGO_SHARED if argo else set()), sorted(shared)
+    assert shared == set(), sorted(shared)
     # every namespaced object is in the release's namespace, and nothing is cluster-scoped
     assert {d["metadata"].get("namespace") for d in alpha} == {"shared"}
     for kind in ("InferenceService", "ServingRuntime", "PodDisruptionBudget"):
         assert all(n.startswith("alpha-") for k, n in names(alpha) if k == kind), kind
+
+
+def test_each_release_submits_and_schedules_its_own_retrain_template(tools):
+    docs = render(tools, "beta", "--set", "argo.enabled=true", "--set", "canary.enabled=true")
+    template = "beta-fissure-retrain"
+    kinds = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    assert ("WorkflowTemplate", template) in kinds and ("WorkflowTemplate", "beta-fissure-train") in kinds
+    crons = [d for d in docs if d["kind"] == "CronWorkflow"]
+    assert crons and {c["spec"]["workflowSpec"]["workflowTemplateRef"]["name"] for c in crons} == {template}
+    api = kinds[("Deployment", "beta-fissure-api")]
+    env = {e["name"]: e.get("value") for e in api["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FISSURE_ARGO_TEMPLATE"] == template  # `fissure retrain --argo` reads it
+    (rule,) = [r for r in kinds[("Role", "beta-fissure-api-retrain")]["rules"] if "workflowtemplates" in r["resources"]]
+    assert rule["resourceNames"] == [template]
+    # the workflow pods' account exists, runs the templates and is bound to the promotion Role
+    account = "beta-fissure-workflow"
+    assert ("ServiceAccount", account) in kinds
+    assert {d["spec"]["serviceAccountName"] for d in docs if d["kind"] == "WorkflowTemplate"} == {account}
+    promotion = kinds[("RoleBinding", "beta-fissure-promotion")]
+    assert account in {s["name"] for s in promotion["subjects"]}
 
 
 def test_inference_services_are_release_prefixed_but_serve_the_model_names(tools):

@@ -85,6 +85,11 @@ tag falls back to the chart's appVersion. Call with (dict "image" .Values.x.imag
 {{- end -}}
 {{- end -}}
 
+{{/* Service account the Argo workflows' pods run as: argo.serviceAccount.name, else <fullname>-workflow. */}}
+{{- define "fissure.argo.serviceAccountName" -}}
+{{- default (include "fissure.componentName" (dict "ctx" . "component" "workflow")) .Values.argo.serviceAccount.name -}}
+{{- end -}}
+
 {{/* Models that are switched on, as a sorted list of names. */}}
 {{- define "fissure.enabledModels" -}}
 {{- $names := list -}}

@@ -206,10 +206,12 @@ def promote(model, version, actuator, namespace, release, prometheus_url, storag
               help="Canary every challenger that passes the gate (`fissure promote`, local stack).")
 @click.option("--argo", is_flag=True, help="Submit the Argo WorkflowTemplate fissure-retrain in the cluster instead.")
 @click.option("--namespace", envvar="FISSURE_NAMESPACE", default=None, help="Namespace for --argo.")
+@click.option("--template", envvar="FISSURE_ARGO_TEMPLATE", default=None,
+              help="WorkflowTemplate for --argo: the chart's <release>-retrain [default: fissure-retrain, release fissure's].")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the gate decisions as JSON.")
 @_params_option
-def retrain(models, min_feedback, no_export, then_promote, argo, namespace, out, params):
+def retrain(models, min_feedback, no_export, then_promote, argo, namespace, template, out, params):
     """Export feedback, `dvc repro`, gate each new challenger (and canary it with --promote).
 
     Exit 0 when every new challenger passed (or nothing was new), 3 when the gate refused one."""
@@ -220,7 +222,8 @@ def retrain(models, min_feedback, no_export, then_promote, argo, namespace, out,
         given = {"models": list(models) or None, "min_feedback": min_feedback or None,
                  "promote": bool(then_promote)}  # as locally: the canary only with --promote
         name = argo_submit.submit_retrain(argo_submit.params_from(**{k: v for k, v in given.items() if v is not None}),
-                                          namespace=namespace, submitted_by=who())
+                                          namespace=namespace, template=template or argo_submit.TEMPLATE,
+                                          submitted_by=who())
         click.echo(f"submitted workflow {name}: `argo get {name}` or the Argo UI show its steps and the gate's numbers")
         return
     models = list(models) or sorted(MODEL_NAMES.values())
