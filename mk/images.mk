@@ -33,7 +33,7 @@ PROMETHEUS_OPERATOR_VERSION ?= v0.93.0
 PROMETHEUS_VERSION ?= v3.13.1
 CLUSTER_IMAGES_ENV = CACHE=$(CACHE) GO=$(GO) UV=$(UV) TAG=$(IMAGE_TAG) KSERVE_VERSION=$(KSERVE_VERSION) COREDNS_VERSION=$(COREDNS_VERSION) \
 	ARGO_WORKFLOWS_VERSION=$(ARGO_WORKFLOWS_VERSION) PROMETHEUS_OPERATOR_VERSION=$(PROMETHEUS_OPERATOR_VERSION) PROMETHEUS_VERSION=$(PROMETHEUS_VERSION) MINIO_VERSION=$(MINIO_VERSION) MC_VERSION=$(MC_VERSION) TRAEFIK_VERSION=$(TRAEFIK_VERSION)
-CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc api mlflow training
+CLUSTER_IMAGE_NAMES = serving kserve-controller llmisvc-controller storage-initializer debian-curl postgresql coredns minio mc api mlflow training
 
 .PHONY: cluster-images cluster-kserve cluster-argo cluster-metrics-server cluster-prometheus cluster-gateway cluster-dns test-cluster cluster-images-background
 
@@ -43,7 +43,7 @@ CLUSTER_IMAGE_NAMES = serving kserve-controller storage-initializer debian-curl 
 # suite); the tests' own `images.sh build` waits for it (a lock) and finds them built. Root only
 # (it apt-installs the node's packages first, as the tests would); without root the node tests skip.
 # (minio and mc last: `make test` builds the server binary itself, mk/minio.mk, long before)
-CLUSTER_TEST_IMAGES = serving kserve-controller storage-initializer debian-curl postgresql coredns minio mc metrics-server api mlflow training argo-controller argoexec argocli prometheus-operator prometheus-config-reloader prometheus traefik
+CLUSTER_TEST_IMAGES = serving kserve-controller llmisvc-controller storage-initializer debian-curl postgresql coredns minio mc metrics-server api mlflow training argo-controller argoexec argocli prometheus-operator prometheus-config-reloader prometheus traefik
 test: cluster-images-background
 cluster-images-background: venv
 	@# a new machine lacks the node's packages (mmdebstrap, containerd, ...): install them first (root)
@@ -53,14 +53,14 @@ cluster-images-background: venv
 	  $(CLUSTER_IMAGES_ENV) nohup nice -n 19 manifests/cluster/images.sh build $(CLUSTER_TEST_IMAGES) > .fissure/images-build.log 2>&1 & \
 	fi
 
-cluster-images: venv cluster-node-apt ## [root] build the serving, KServe controller, storage-initializer, PostgreSQL, CoreDNS, curl, MinIO, mc, API, MLflow and training images (cached) and import them into a running cluster
+cluster-images: venv cluster-node-apt ## [root] build the serving, KServe controller, llmisvc controller, storage-initializer, PostgreSQL, CoreDNS, curl, MinIO, mc, API, MLflow and training images (cached) and import them into a running cluster
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build $(CLUSTER_IMAGE_NAMES)
 	@if [ -S $(CLUSTER_STATE)/containerd/containerd.sock ]; then \
 	  CTR_ADDRESS=$(CLUSTER_STATE)/containerd/containerd.sock $(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh import $(CLUSTER_IMAGE_NAMES); \
 	else echo ">> no cluster up: images built, not imported (make cluster-up, then make cluster-images)"; fi
 
-cluster-kserve: k8s-binaries cluster-node-apt ## [root] KServe (Standard mode, local controller image, own webhook certificates) on the cluster-up node
-	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build kserve-controller storage-initializer
+cluster-kserve: k8s-binaries cluster-node-apt ## [root] KServe (Standard mode, local controller and llmisvc images, own webhook certificates, cluster resources) on the cluster-up node
+	$(CLUSTER_IMAGES_ENV) manifests/cluster/images.sh build kserve-controller llmisvc-controller storage-initializer
 	$(CLUSTER_IMAGES_ENV) manifests/cluster/kserve-up.sh $(K8S_RELEASE_BIN) $(CLUSTER_STATE)
 
 cluster-argo: k8s-binaries cluster-node-apt ## [root] Argo Workflows (pinned v4.1.2 manifests; controller, argoexec and argo-server v4.0.5 built here) on the cluster-up node

@@ -12,6 +12,8 @@
 #   kserve-controller  fissure.local/kserve-controller:KSERVE_VERSION, KServe's cmd/manager built
 #                      from its Go module (the module proxy, checksum-checked) as a static binary
 #                      in a one-file image (as upstream's distroless one, user 65532).
+#   llmisvc-controller fissure.local/llmisvc-controller:KSERVE_VERSION, the LLMInferenceService
+#                      controller and webhooks (KServe's cmd/llmisvc, built the same way; /manager).
 #   storage-initializer  fissure.local/kserve-storage-initializer:KSERVE_VERSION, KServe's storage
 #                      initializer (what KServe injects as an init container for s3://, https://,
 #                      ... storageUris): Debian trixie's python3 (3.13: kserve-storage unpacks
@@ -293,20 +295,20 @@ extras_image_args() {  # extras_image_args api|mlflow|training
   esac
 }
 
-# ---------------------------------------------------------------- kserve-controller
-kserve_bin() { echo "${CACHE:-$HOME/.cache/fissure}/kserve/$kserve_version/manager"; }
-build_kserve_controller() {
-  local out; out=$(kserve_bin)
+# ---------------------------------------------------------------- kserve-controller, llmisvc-controller
+kserve_bin() { echo "${CACHE:-$HOME/.cache/fissure}/kserve/$kserve_version/$1"; }  # kserve_bin manager|llmisvc
+build_kserve_cmd() {  # build_kserve_cmd manager|llmisvc: KServe's cmd/$1
+  local cmd=$1 out; out=$(kserve_bin "$1")
   [ -x "$out" ] && return 0
-  log "building KServe $kserve_version's controller (cmd/manager) from its Go module (~10-20 min cold)"
+  log "building KServe $kserve_version's cmd/$cmd from its Go module (~5-20 min cold)"
   local dir tmp
   dir=$(cd "${TMPDIR:-/tmp}" && "$go" mod download -json "github.com/kserve/kserve@$kserve_version" \
     | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
   [ -n "$dir" ] || die "go mod download github.com/kserve/kserve@$kserve_version failed"
   tmp=$(mktemp -d); cp -R "$dir/." "$tmp/"; chmod -R u+w "$tmp"
   mkdir -p "$(dirname "$out")"
-  (cd "$tmp" && CGO_ENABLED=0 GOFLAGS=-mod=mod nice -n 10 "$go" build -trimpath -ldflags "-s -w" -o "$out.tmp" ./cmd/manager) \
-    || { rm -rf "$tmp"; die "go build of kserve $kserve_version cmd/manager failed"; }
+  (cd "$tmp" && CGO_ENABLED=0 GOFLAGS=-mod=mod nice -n 10 "$go" build -trimpath -ldflags "-s -w" -o "$out.tmp" "./cmd/$cmd") \
+    || { rm -rf "$tmp"; die "go build of kserve $kserve_version cmd/$cmd failed"; }
   rm -rf "$tmp"; mv "$out.tmp" "$out"
 }
 
@@ -544,6 +546,7 @@ image_ref() {
   case $1 in
     serving) echo "ghcr.io/fissure/fissure-serving:$tag" ;;
     kserve-controller) echo "fissure.local/kserve-controller:$kserve_version" ;;
+    llmisvc-controller) echo "fissure.local/llmisvc-controller:$kserve_version" ;;
     storage-initializer) echo "fissure.local/kserve-storage-initializer:$kserve_version" ;;
     debian-curl) echo "fissure.local/debian-curl:$suite" ;;
     postgresql) echo "fissure.local/postgresql:15-$suite" ;;
@@ -561,14 +564,15 @@ image_ref() {
     api) echo "ghcr.io/fissure/fissure-api:$tag" ;;
     training) echo "ghcr.io/fissure/fissure-training:$tag" ;;
     mlflow) echo "fissure.local/mlflow:$(mlflow_version)" ;;
-    *) die "unknown image '$1' (serving, kserve-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, argocli, metrics-server, prometheus-operator, prometheus-config-reloader, prometheus, traefik, minio, mc, api, training, mlflow)" ;;
+    *) die "unknown image '$1' (serving, kserve-controller, llmisvc-controller, storage-initializer, debian-curl, postgresql, coredns, argo-controller, argoexec, argocli, metrics-server, prometheus-operator, prometheus-config-reloader, prometheus, traefik, minio, mc, api, training, mlflow)" ;;
   esac
 }
 oci() {  # oci IMAGE ARGS...: run oci-image.py for IMAGE
   local img=$1; shift; local args=()
   case $img in
     serving) mapfile -t args < <(serving_image_args) ;;
-    kserve-controller) args=(--file "$(kserve_bin):/manager" --entrypoint /manager --user 65532:65532) ;;
+    kserve-controller) args=(--file "$(kserve_bin manager):/manager" --entrypoint /manager --user 65532:65532) ;;
+    llmisvc-controller) args=(--file "$(kserve_bin llmisvc):/manager" --entrypoint /manager --user 65532:65532) ;;
     storage-initializer) mapfile -t args < <(si_image_args) ;;
     debian-curl) args=(--layer "$(cat "$cache/debian-curl/layers")" --user 65532:65532
       --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --entrypoint '["/bin/sh"]') ;;
@@ -610,7 +614,8 @@ case $cmd in
     for img in "$@"; do
       case $img in
         serving) build_serving ;;
-        kserve-controller) build_kserve_controller ;;
+        kserve-controller) build_kserve_cmd manager ;;
+        llmisvc-controller) build_kserve_cmd llmisvc ;;
         storage-initializer) build_storage_initializer ;;
         debian-curl) build_debian_curl ;;
         postgresql) build_postgresql ;;
@@ -646,5 +651,5 @@ case $cmd in
       oci "$img" --omit-blobs "$present" - | "${ctr[@]}" images import - >&2
       rm -f "$present"
     done ;;
-  *) die "usage: images.sh build|import|digest|ref [serving] [kserve-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [argocli] [metrics-server] [prometheus-operator] [prometheus-config-reloader] [prometheus] [traefik] [minio] [mc] [api] [training] [mlflow]" ;;
+  *) die "usage: images.sh build|import|digest|ref [serving] [kserve-controller] [llmisvc-controller] [storage-initializer] [debian-curl] [postgresql] [coredns] [argo-controller] [argoexec] [argocli] [metrics-server] [prometheus-operator] [prometheus-config-reloader] [prometheus] [traefik] [minio] [mc] [api] [training] [mlflow]" ;;
 esac

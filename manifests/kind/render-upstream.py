@@ -8,6 +8,7 @@ apply of kserve.yaml fail).
 
   render-upstream.py kserve kserve.yaml [--gateway NS/NAME]   > kserve-install.yaml
   render-upstream.py kserve kserve.yaml --controller-image IMG --webhook-certs DIR  (no cert-manager)
+                     [--llmisvc-image IMG] [--storage-initializer-image IMG]
   render-upstream.py argo   install.yaml                      > argo-install.yaml
 
 kserve: prepends the `kserve` Namespace (the v0.20 release manifest has none); Standard
@@ -16,11 +17,14 @@ kserve: prepends the `kserve` Namespace (the v0.20 release manifest has none); S
   ClusterStorageContainer, so the storage initializer KServe injects is admitted.
   With --controller-image (the single-node cluster of `make cluster-up`, where every image is
   built locally): only KServe's main controller runs, from IMG with imagePullPolicy Never and
-  without its kube-rbac-proxy sidecar; the llmisvc and localmodel controllers and their webhook
-  configurations are dropped (their images are not built here). With --webhook-certs DIR
-  (ca.crt, tls.crt, tls.key: see manifests/cluster/kserve-up.sh): no cert-manager either, the
-  Certificates and the Issuer are dropped, the webhook's Secret is written from DIR and the
-  CA bundle set on the webhook configurations. With --storage-initializer-image IMG: the
+  without its kube-rbac-proxy sidecar; the localmodel controllers and their webhook
+  configurations are dropped (their images are not built here), and so is the llmisvc controller
+  unless --llmisvc-image IMG names its image (then it runs from IMG, asking for less CPU: a
+  two-core node). With --webhook-certs DIR (ca.crt, and tls.crt and tls.key valid for both
+  webhook Services: see manifests/cluster/kserve-up.sh): no cert-manager either, the
+  Certificates and the Issuer are dropped, the webhooks' Secrets are written from DIR and the
+  CA bundle set on the webhook configurations and on the llmisvc CRDs' conversion webhooks
+  (their v1alpha1 API is served through it). With --storage-initializer-image IMG: the
   `default` ClusterStorageContainer and inferenceservice-config's storageInitializer use IMG.
 argo: the same securityContext for the executor (init and wait containers) in
   workflow-controller-configmap.
@@ -95,8 +99,14 @@ def _rewrite(text: str, edits: dict[tuple[str, str], object]) -> list[str]:
 CONTROLLER = "kserve-controller-manager"
 WEBHOOK_SERVICE = "kserve-webhook-server-service"
 WEBHOOK_SECRET = "kserve-webhook-server-cert"
+LLMISVC = "llmisvc-controller-manager"
+LLMISVC_WEBHOOK_SERVICE = "llmisvc-webhook-server-service"
+LLMISVC_WEBHOOK_SECRET = "llmisvc-webhook-server-cert"
+# upstream asks 100m; the node's two cores are shared by the tests' pods (a gate step waited
+# 40 min for CPU once), and an idle controller uses a few millicores
+LLMISVC_CPU_REQUEST = "20m"
 # what --controller-image drops: the controllers whose images are not built here, and their webhooks
-OTHER_CONTROLLERS = {("Deployment", "llmisvc-controller-manager"),
+OTHER_CONTROLLERS = {("Deployment", LLMISVC),
                      ("Deployment", "kserve-localmodel-controller-manager"),
                      ("DaemonSet", "kserve-localmodelnode-agent")}
 CERT_MANAGER_KINDS = {"Certificate", "Issuer"}
@@ -113,10 +123,12 @@ def _webhook_services(doc: str) -> set[str]:
 
 
 def kserve_local(docs: list[str], controller_image: str | None, certs: Path | None,
-                 storage_initializer_image: str | None = None) -> list[str]:
+                 storage_initializer_image: str | None = None, llmisvc_image: str | None = None) -> list[str]:
     """Keep only what runs on a cluster without registry or cert-manager (see the module doc)."""
     out = []
     ca = (certs / "ca.crt").read_bytes() if certs else None
+    ca_b64 = base64.b64encode(ca).decode() if ca else None
+    ours = {WEBHOOK_SERVICE} | ({LLMISVC_WEBHOOK_SERVICE} if llmisvc_image else set())
     for doc in docs:
         kind, name = _kind_name(doc)
         if storage_initializer_image and (kind, name) == ("ClusterStorageContainer", "default"):
@@ -129,10 +141,16 @@ def kserve_local(docs: list[str], controller_image: str | None, certs: Path | No
             initializer["image"] = storage_initializer_image
             obj["data"]["storageInitializer"] = json.dumps(initializer, indent=2)
             doc = _dump(obj)
-        if controller_image:
+        if llmisvc_image and (kind, name) == ("Deployment", LLMISVC):
+            obj = yaml.safe_load(doc)
+            (container,) = obj["spec"]["template"]["spec"]["containers"]
+            container.update(image=llmisvc_image, imagePullPolicy="Never")
+            container["resources"]["requests"]["cpu"] = LLMISVC_CPU_REQUEST
+            doc = _dump(obj)
+        elif controller_image:
             if (kind, name) in OTHER_CONTROLLERS:
                 continue
-            if kind.endswith("WebhookConfiguration") and _webhook_services(doc) - {WEBHOOK_SERVICE}:
+            if kind.endswith("WebhookConfiguration") and _webhook_services(doc) - ours:
                 continue
             if kind == "Deployment" and name == CONTROLLER:
                 obj = yaml.safe_load(doc)
@@ -143,21 +161,41 @@ def kserve_local(docs: list[str], controller_image: str | None, certs: Path | No
         if certs:
             if kind in CERT_MANAGER_KINDS and "cert-manager.io/" in doc:
                 continue
-            if kind.endswith("WebhookConfiguration") and WEBHOOK_SERVICE in _webhook_services(doc):
+            if kind.endswith("WebhookConfiguration") and _webhook_services(doc) & ours:
                 obj = yaml.safe_load(doc)
                 obj["metadata"].get("annotations", {}).pop("cert-manager.io/inject-ca-from", None)
                 for hook in obj["webhooks"]:
-                    hook["clientConfig"]["caBundle"] = base64.b64encode(ca).decode()
+                    hook["clientConfig"]["caBundle"] = ca_b64
                 doc = _dump(obj)
+            if kind == "CustomResourceDefinition" and llmisvc_image and _conversion_service(doc) == LLMISVC_WEBHOOK_SERVICE:
+                doc = _conversion_ca(doc, ca_b64)
         out.append(doc)
     if certs:
-        out.append(_dump({
-            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": WEBHOOK_SECRET, "namespace": "kserve"},
-            "data": {"tls.crt": base64.b64encode((certs / "tls.crt").read_bytes()).decode(),
-                     "tls.key": base64.b64encode((certs / "tls.key").read_bytes()).decode(),
-                     "ca.crt": base64.b64encode(ca).decode()}}))
+        for secret in [WEBHOOK_SECRET] + ([LLMISVC_WEBHOOK_SECRET] if llmisvc_image else []):
+            out.append(_dump({
+                "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": secret, "namespace": "kserve"},
+                "data": {"tls.crt": base64.b64encode((certs / "tls.crt").read_bytes()).decode(),
+                         "tls.key": base64.b64encode((certs / "tls.key").read_bytes()).decode(),
+                         "ca.crt": ca_b64}}))
     return out
+
+
+# A CRD's conversion webhook, edited as text: the llmisvc CRDs are ~40k lines each, too slow to
+# parse and dump for two fields.
+_CONVERSION = re.compile(r"^  conversion:\n    strategy: Webhook\n    webhook:\n      clientConfig:\n"
+                         r"        service:\n          name: (\S+)\n", re.M)
+
+
+def _conversion_service(doc: str) -> str | None:
+    found = _CONVERSION.search(doc)
+    return found.group(1) if found else None
+
+
+def _conversion_ca(doc: str, ca_b64: str) -> str:
+    doc = re.sub(r"^    cert-manager\.io/inject-ca-from: \S+\n", "", doc, count=1, flags=re.M)
+    return _CONVERSION.sub(lambda m: m.group(0).replace("      clientConfig:\n",
+                                                        f"      clientConfig:\n        caBundle: {ca_b64}\n"), doc)
 
 
 def kserve(text: str, gateway: str) -> list[str]:
@@ -199,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="KServe's Gateway as NAMESPACE/NAME (default: %(default)s)")
     parser.add_argument("--controller-image", metavar="IMG",
                         help="kserve: run only KServe's main controller, from IMG (pullPolicy Never)")
+    parser.add_argument("--llmisvc-image", metavar="IMG",
+                        help="kserve: with --controller-image, also run the llmisvc controller, from IMG")
     parser.add_argument("--storage-initializer-image", metavar="IMG",
                         help="kserve: the storage initializer KServe injects, from IMG (pullPolicy Never)")
     parser.add_argument("--webhook-certs", type=Path, metavar="DIR",
@@ -206,9 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.manifest.is_file():
         parser.error(f"no such file: {args.manifest}")
-    local = args.controller_image or args.webhook_certs or args.storage_initializer_image
+    local = args.controller_image or args.webhook_certs or args.storage_initializer_image or args.llmisvc_image
     if args.which != "kserve" and local:
-        parser.error("--controller-image, --storage-initializer-image and --webhook-certs are for kserve")
+        parser.error("--controller-image, --llmisvc-image, --storage-initializer-image and --webhook-certs are for kserve")
+    if args.llmisvc_image and not args.controller_image:
+        parser.error("--llmisvc-image goes with --controller-image")
     if args.webhook_certs:
         missing = [f for f in ("ca.crt", "tls.crt", "tls.key") if not (args.webhook_certs / f).is_file()]
         if missing:
@@ -218,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     text = args.manifest.read_text()
     docs = kserve(text, args.gateway) if args.which == "kserve" else argo(text)
     if local:
-        docs = kserve_local(docs, args.controller_image, args.webhook_certs, args.storage_initializer_image)
+        docs = kserve_local(docs, args.controller_image, args.webhook_certs, args.storage_initializer_image,
+                            args.llmisvc_image)
     sys.stdout.write("---\n".join(docs))
     return 0
 

@@ -256,11 +256,12 @@ class NodeCluster:
             self.kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=300s")
 
     def kserve(self) -> None:
-        """KServe (kserve-up.sh: CRDs, the controller built here, webhook certificates) and the
+        """KServe (kserve-up.sh: CRDs, the controllers built here, webhook certificates) and the
         serving image the chart's ServingRuntimes name."""
         if self._once("kserve"):
             self.images("serving")
-            self.script("images.sh", "build", "kserve-controller", "storage-initializer", timeout=5400)
+            self.script("images.sh", "build", "kserve-controller", "llmisvc-controller", "storage-initializer",
+                        timeout=5400)
             self.script("kserve-up.sh", str(self.bin_dir), str(self.state))
 
     def argo(self) -> None:

@@ -103,34 +103,49 @@ def certs(tmp_path):
     return d
 
 
-def test_render_kserve_local_runs_only_the_main_controller_without_cert_manager(certs):
+@pytest.mark.parametrize("llmisvc", [False, True], ids=["main-controller-only", "with-llmisvc"])
+def test_render_kserve_local_runs_the_controllers_built_here_without_cert_manager(certs, llmisvc):
     if not KSERVE.is_file():
         pytest.skip(f"KServe's pinned install manifest is not at {KSERVE} (../shared/k8s-upstream)")
     image = "fissure.local/kserve-controller:v0.20.0"
+    llm_image = "fissure.local/llmisvc-controller:v0.20.0"
     initializer = "fissure.local/kserve-storage-initializer:v0.20.0"
     proc = subprocess.run([str(PYTHON), str(RENDER), "kserve", str(KSERVE), "--controller-image", image,
-                           "--webhook-certs", str(certs), "--storage-initializer-image", initializer],
+                           "--webhook-certs", str(certs), "--storage-initializer-image", initializer,
+                           *(["--llmisvc-image", llm_image] if llmisvc else [])],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs make ~7 MB of YAML
     docs = [d for d in yaml.load_all(proc.stdout, Loader=loader) if d]
     kinds = {d["kind"] for d in docs}
     assert not kinds & {"Certificate", "Issuer", "DaemonSet"}
-    deployments = [d for d in docs if d["kind"] == "Deployment"]
-    assert [d["metadata"]["name"] for d in deployments] == ["kserve-controller-manager"]
-    (container,) = deployments[0]["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == image and container["imagePullPolicy"] == "Never"
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    want = {"kserve-controller-manager": image, **({"llmisvc-controller-manager": llm_image} if llmisvc else {})}
+    assert set(deployments) == set(want)
+    for name, img in want.items():
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == img and container["imagePullPolicy"] == "Never"
+    services = {"kserve-webhook-server-service"} | ({"llmisvc-webhook-server-service"} if llmisvc else set())
     ca = base64.b64encode((certs / "ca.crt").read_bytes()).decode()
     hooks = [d for d in docs if d["kind"].endswith("WebhookConfiguration")]
     assert {d["metadata"]["name"] for d in hooks} >= {"inferenceservice.serving.kserve.io",
                                                       "servingruntime.serving.kserve.io"}
+    assert ("llminferenceserviceconfig.serving.kserve.io" in {d["metadata"]["name"] for d in hooks}) == llmisvc
     for hook_config in hooks:
         assert "cert-manager.io/inject-ca-from" not in hook_config["metadata"].get("annotations", {})
         for hook in hook_config["webhooks"]:
-            assert hook["clientConfig"]["service"]["name"] == "kserve-webhook-server-service"
+            assert hook["clientConfig"]["service"]["name"] in services
             assert hook["clientConfig"]["caBundle"] == ca
-    (secret,) = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "kserve-webhook-server-cert"]
-    assert base64.b64decode(secret["data"]["tls.key"]) == (certs / "tls.key").read_bytes()
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    for secret in ["kserve-webhook-server-cert"] + (["llmisvc-webhook-server-cert"] if llmisvc else []):
+        assert base64.b64decode(secrets[secret]["data"]["tls.key"]) == (certs / "tls.key").read_bytes()
+    # llmisvc's CRDs convert v1alpha1 <-> v1alpha2 through its webhook: that needs the CA too
+    converting = [d for d in docs if d["kind"] == "CustomResourceDefinition"
+                  and d["spec"].get("conversion", {}).get("strategy") == "Webhook"]
+    assert {d["metadata"]["name"] for d in converting} == {"llminferenceservices.serving.kserve.io",
+                                                           "llminferenceserviceconfigs.serving.kserve.io"}
+    for crd in converting:
+        assert (crd["spec"]["conversion"]["webhook"]["clientConfig"].get("caBundle") == ca) == llmisvc
     # the rest is as up.sh renders it for kind
     config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "inferenceservice-config")
     assert json.loads(config["data"]["deploy"])["defaultDeploymentMode"] == "Standard"

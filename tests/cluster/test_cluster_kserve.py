@@ -4,7 +4,8 @@ chart's ServingRuntimes and both InferenceServices in a namespace with Pod Secur
 enforced: the classifier over http:// through KServe's storage initializer (built here too,
 injected as an init container), the segmenter from a hostPath PersistentVolume (`pvc://`, mounted
 directly). Both become Ready and answer through their cluster Services: v1 predict (classifier),
-v2 REST and v2 gRPC infer (segmenter).
+v2 REST and v2 gRPC infer (segmenter). KServe's llmisvc controller runs too (built here), and
+kserve-cluster-resources.yaml goes in through its webhooks, as up.sh applies it on kind.
 
 Part of `make test` (root). Cold, the images take tens of minutes to build (the serving image's
 Python environment with torch, KServe's controller); warm, a hash check, and the image store is
@@ -114,6 +115,42 @@ def test_inferenceservices_ready_and_answer_on_the_node(node, tmp_path):
             raise
     finally:
         node.delete_namespace(NS)
+
+
+def test_cluster_resources_go_through_the_llmisvc_webhooks(node):
+    """kserve-up.sh applied kserve-cluster-resources.yaml once the webhooks answered (issue 16,
+    item 7: applied too early, the LLMInferenceServiceConfigs are refused); the webhooks and the
+    CRDs' conversion webhook are live, not just registered."""
+    node.kserve()
+    upstream = REPO.parent / "shared" / "k8s-upstream" / "kserve-v0.20.0" / "kserve-cluster-resources.yaml"
+    if not upstream.is_file():
+        pytest.skip(f"KServe's pinned cluster resources are not at {upstream} (../shared/k8s-upstream)")
+    want: dict[str, set[str]] = {}
+    for d in yaml.safe_load_all(upstream.read_text()):
+        if d:
+            want.setdefault(d["kind"], set()).add(d["metadata"]["name"])
+    assert len(want["LLMInferenceServiceConfig"]) == 10 and len(want["ClusterServingRuntime"]) == 14, want
+    deploy = node.get("-n", "kserve", "deployment", "llmisvc-controller-manager")
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == "fissure.local/llmisvc-controller:v0.20.0"
+    assert deploy["status"].get("availableReplicas") == 1, deploy["status"]
+    stored = node.get("-n", "kserve", "llminferenceserviceconfigs.v1alpha2.serving.kserve.io")["items"]
+    assert {d["metadata"]["name"] for d in stored} == want["LLMInferenceServiceConfig"]
+    runtimes = node.get("clusterservingruntimes")["items"]
+    assert want["ClusterServingRuntime"] <= {d["metadata"]["name"] for d in runtimes}
+    # v1alpha1 is served from the stored v1alpha2 through the conversion webhook (needs its CA)
+    old = node.get("-n", "kserve", "llminferenceserviceconfigs.v1alpha1.serving.kserve.io")["items"]
+    assert {d["metadata"]["name"] for d in old} == want["LLMInferenceServiceConfig"]
+    assert {d["apiVersion"] for d in old} == {"serving.kserve.io/v1alpha1"}
+    # the validating webhook answers: a well-known config may not be deleted...
+    name = "kserve-config-llm-template"
+    assert name in want["LLMInferenceServiceConfig"]
+    refused = node.kubectl("-n", "kserve", "delete", "llminferenceserviceconfig", name, "--dry-run=server", check=False)
+    assert refused.returncode != 0 and "cannot be deleted" in refused.stderr, refused.stderr
+    # ...and a config with baseRefs is refused on create
+    bad = {"apiVersion": "serving.kserve.io/v1alpha2", "kind": "LLMInferenceServiceConfig",
+           "metadata": {"name": "fissure-probe", "namespace": "kserve"}, "spec": {"baseRefs": [{"name": name}]}}
+    refused = node.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(bad), check=False)
+    assert refused.returncode != 0 and "baseRefs is not a permitted field" in refused.stderr, refused.stderr
 
 
 def _infer(node, isvcs: dict[str, str]) -> None:
