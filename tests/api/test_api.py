@@ -289,6 +289,36 @@ def test_stopping_the_api_stops_its_run_and_the_next_start_fails_it(tmp_path):
     store.close()
 
 
+def test_close_while_a_command_is_starting_still_stops_it(tmp_path, monkeypatch):
+    """The run is marked running before its process exists: close() in between (a loaded
+    machine's slow fork) must wait for the process and stop it, not leave it running."""
+    import subprocess
+    import threading
+
+    from fissure.api import retrain as retrain_mod
+    from fissure.api.store import Store
+
+    real_popen, started = subprocess.Popen, threading.Event()
+
+    def slow_popen(*args, **kwargs):
+        started.set()
+        time.sleep(0.5)  # close() is called in this window
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(retrain_mod.subprocess, "Popen", slow_popen)
+    store = Store(f"sqlite:///{tmp_path / 'api.db'}", str(tmp_path / "blobs"))
+    store.migrate()
+    worker = retrain_mod.Retrainer(store, f"sleep 60; touch {tmp_path / 'x'}", tmp_path / "logs")
+    run = worker.submit("ana")
+    assert started.wait(10)
+    begun = time.monotonic()
+    worker.close(timeout=5)
+    got = store.get_run(run.id)
+    assert (got.state, got.exit_code) == ("failed", -15), got
+    assert time.monotonic() - begun < 5 and not (tmp_path / "x").exists()
+    store.close()
+
+
 def test_default_retrain_command_is_fissure_retrain():
     """export + dvc repro + the gate (docs/retraining.md); exit 3 (refused) is kept as the run's code"""
     from fissure.settings import Settings

@@ -48,6 +48,9 @@ class Retrainer:
         self._thread: threading.Thread | None = None
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
+        # close() and the start of a command exclude each other: a run marked running always has
+        # its process in _proc by the time close() looks (else close() found none to stop)
+        self._start_lock = threading.Lock()
         self._closing = False
 
     def recover(self) -> None:
@@ -69,36 +72,37 @@ class Retrainer:
             self._run(run_id)
 
     def _run(self, run_id: str) -> None:
-        if self._closing:
-            return  # stays queued; the next start marks it failed
         run = self.store.get_run(run_id)
         env = dict(os.environ)
         # the default command runs `fissure` and `dvc`: those of this interpreter's environment
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        self.store.update_run(run_id, state="running", started_at=utcnow())
-        try:
-            with open(run.log_path, "ab") as log:
+        with open(run.log_path, "ab") as log:
+            with self._start_lock:
+                if self._closing:
+                    return  # stays queued; the next start marks it failed
+                self.store.update_run(run_id, state="running", started_at=utcnow())
                 log.write(f"$ {run.command}\n".encode())
                 log.flush()
-                self._proc = subprocess.Popen(["/bin/sh", "-c", run.command], cwd=self.cwd, env=env,
-                                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True)
-                code = self._proc.wait()
-        except OSError as exc:
-            with open(run.log_path, "a", encoding="utf-8") as log:
-                log.write(f"could not start the command: {exc}\n")
-            code = 127
-        finally:
-            self._proc = None
+                try:
+                    self._proc = subprocess.Popen(["/bin/sh", "-c", run.command], cwd=self.cwd, env=env,
+                                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                                  start_new_session=True)
+                except OSError as exc:
+                    log.write(f"could not start the command: {exc}\n".encode())
+            try:
+                code = self._proc.wait() if self._proc is not None else 127
+            finally:
+                self._proc = None
         self.store.update_run(run_id, state="succeeded" if code == 0 else "failed", exit_code=code,
                               finished_at=utcnow())
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the worker: the running command's process group gets SIGTERM, then SIGKILL; runs
         still queued stay queued (the next start marks them failed)."""
-        self._closing = True
+        with self._start_lock:
+            self._closing = True
+            proc = self._proc
         self._queue.put(None)
-        proc = self._proc
         if proc is not None and proc.poll() is None:
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 try:
