@@ -7,7 +7,7 @@ pipeline: venv ## run the DVC pipeline (prepare, train both models, evaluate): d
 bench-train: venv ## CPU images/s of both models (train step, inference) + wall time of the default dvc repro from scratch
 	$(VENV)/bin/python training/bench_train.py --out reports/bench_train.md
 
-bench-realdata: venv ## train on synthetic + shared real sets, report Dice/F1 on held-back real images, and the magnetic-tile defect classes (~35 + ~15 min on 2 busy cores, measured 2026-12-02; training/bench_realdata.py --only one leg, --segment-only the segmenter alone: ~22 min)
+bench-realdata: venv ## train on synthetic + shared real sets, report Dice/F1 on held-back real images, and the magnetic-tile defect classes (15 min on 2 quiet cores, 2026-12-03: cracks 11.7 + magnetic tile 3.5; training/bench_realdata.py --only one leg)
 	$(VENV)/bin/python training/bench_realdata.py --out reports/bench_realdata.md
 
 .PHONY: bench-promotion
