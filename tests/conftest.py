@@ -39,17 +39,33 @@ def pytest_collection_modifyitems(session, config, items):
         raise pytest.UsageError(f"FISSURE_TEST_PART={part!r}: use beside, rest or leave it unset")
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports free right now (bound together, then released)."""
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free on ``host`` right now, from below the kernel's ephemeral range.
+
+    A port the kernel hands out (bind to 0) is in that range, and so is every outgoing
+    connection's local port: between this call and the server's own bind (MLflow takes seconds
+    to start) another test's client could take it ("address already in use", seen in CI with
+    the suite's two halves running side by side). Ports below the range are only taken by
+    explicit binds like these."""
+    import random
     import socket
 
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    candidates = random.sample(range(10000, max(low, 10000 + 4 * n)), k=min(2000, max(low, 10000 + 4 * n) - 10000))
+    ports: list[int] = []
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free ports on {host} between 10000 and {low}")
 
 
 @pytest.fixture(autouse=True)

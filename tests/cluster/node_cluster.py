@@ -82,16 +82,7 @@ def host_ip() -> str:
     return route.split(" src ")[1].split()[0]
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """`n` distinct ports free on `host` right now (bound together, then released)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((host, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from tests.conftest import free_ports  # noqa: E402,F401  (below the ephemeral range; the tests import it from here)
 
 
 def png(size: int = 64) -> bytes:

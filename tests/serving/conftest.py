@@ -9,7 +9,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,16 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+from tests.conftest import free_ports  # noqa: E402,F401  (one picker for the suite, below the ephemeral range; absolute: test_front_metrics loads this file on its own)
 
 
 @dataclass
