@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from tests.conftest import free_ports  # below the ephemeral range (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 FISSURE = str(Path(sys.executable).with_name("fissure"))
@@ -33,9 +33,7 @@ PG_ROOT = Path("/usr/lib/postgresql")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 # ---------------------------------------------------------------------------- PostgreSQL
@@ -302,7 +300,7 @@ def serving(tmp_path_factory):
         pytest.fail(f"building the test models failed:\n{made.stderr[-3000:]}")
     models = json.loads(made.stdout.strip().splitlines()[-1])
     out = base / "out"
-    http, grpc = free_port(), free_port()
+    http, grpc = free_ports(2)
     proc = start_process([FISSURE, "serve", "--runtime", "inprocess", "--model-store", str(out / "model-store"),
                           "--config", str(out / "config" / "config.properties"), "--http-port", str(http),
                           "--grpc-port", str(grpc), "--workdir", str(base / "work")],

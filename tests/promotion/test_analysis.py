@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -20,15 +19,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from fissure.errors import Unavailable
 from fissure.observability import catalog
 from fissure.promotion import StepPolicy, analyse
+from tests.conftest import free_ports  # below the ephemeral range (tests/conftest.py)
 
 CHAMPION, CHALLENGER = "1", "2"
 POLICY = StepPolicy(min_requests=100, min_verdicts=20)
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class Exporter:
