@@ -54,7 +54,8 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
-    candidates = random.sample(range(10000, max(low, 10000 + 4 * n)), k=min(2000, max(low, 10000 + 4 * n) - 10000))
+    high = max(low, 10000 + 4 * n)
+    candidates = random.sample(range(10000, high), k=min(2000, high - 10000))
     ports: list[int] = []
     for port in candidates:
         with socket.socket() as s:

@@ -171,13 +171,11 @@ def kserve_local(docs: list[str], controller_image: str | None, certs: Path | No
                 doc = _conversion_ca(doc, ca_b64)
         out.append(doc)
     if certs:
+        tls = {"tls.crt": base64.b64encode((certs / "tls.crt").read_bytes()).decode(),
+               "tls.key": base64.b64encode((certs / "tls.key").read_bytes()).decode(), "ca.crt": ca_b64}
         for secret in [WEBHOOK_SECRET] + ([LLMISVC_WEBHOOK_SECRET] if llmisvc_image else []):
-            out.append(_dump({
-                "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-                "metadata": {"name": secret, "namespace": "kserve"},
-                "data": {"tls.crt": base64.b64encode((certs / "tls.crt").read_bytes()).decode(),
-                         "tls.key": base64.b64encode((certs / "tls.key").read_bytes()).decode(),
-                         "ca.crt": ca_b64}}))
+            out.append(_dump({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                              "metadata": {"name": secret, "namespace": "kserve"}, "data": tls}))
     return out
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from kube_cluster import REPO
+from kube_cluster import REPO, UPSTREAM
 from node_cluster import HELM, MODELS, SERVING_IMAGE, TAG, free_ports, host_ip, png, post_json, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
@@ -122,7 +122,7 @@ def test_cluster_resources_go_through_the_llmisvc_webhooks(node):
     item 7: applied too early, the LLMInferenceServiceConfigs are refused); the webhooks and the
     CRDs' conversion webhook are live, not just registered."""
     node.kserve()
-    upstream = REPO.parent / "shared" / "k8s-upstream" / "kserve-v0.20.0" / "kserve-cluster-resources.yaml"
+    upstream = UPSTREAM / "kserve-v0.20.0" / "kserve-cluster-resources.yaml"
     if not upstream.is_file():
         pytest.skip(f"KServe's pinned cluster resources are not at {upstream} (../shared/k8s-upstream)")
     want: dict[str, set[str]] = {}

@@ -76,6 +76,7 @@ class Retrainer:
         env = dict(os.environ)
         # the default command runs `fissure` and `dvc`: those of this interpreter's environment
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        proc = None
         with open(run.log_path, "ab") as log:
             with self._start_lock:
                 if self._closing:
@@ -84,13 +85,13 @@ class Retrainer:
                 log.write(f"$ {run.command}\n".encode())
                 log.flush()
                 try:
-                    self._proc = subprocess.Popen(["/bin/sh", "-c", run.command], cwd=self.cwd, env=env,
-                                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                                  start_new_session=True)
+                    proc = self._proc = subprocess.Popen(["/bin/sh", "-c", run.command], cwd=self.cwd, env=env,
+                                                         stdin=subprocess.DEVNULL, stdout=log,
+                                                         stderr=subprocess.STDOUT, start_new_session=True)
                 except OSError as exc:
                     log.write(f"could not start the command: {exc}\n".encode())
             try:
-                code = self._proc.wait() if self._proc is not None else 127
+                code = proc.wait() if proc is not None else 127
             finally:
                 self._proc = None
         self.store.update_run(run_id, state="succeeded" if code == 0 else "failed", exit_code=code,
