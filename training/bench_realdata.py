@@ -1,12 +1,14 @@
 """Real-data quality: train on synthetic + real images, score held-back real images never trained on.
 
     python training/bench_realdata.py [--out reports/bench_realdata.md] [--work reports/bench_realdata]
+                                      [--params params.yaml]
                                       [--segment-epochs N] [--classify-epochs N]
                                       [--classify-encoder {none,efficientnet-lite0}]
                                       [--only {cracks,magnetic-tile}] [--segment-only | --classify-only]
                                       [--mt-epochs N] [--mt-size PX]
                                       [--mt-encoder {none,efficientnet-lite0}]
                                       [--mt-class-weights {inverse,sqrt_inverse,none}] [--mt-seed N]
+                                      [--mt-tta {none,flips,d8}]
 
 Legs (both by default; ``--only`` runs one):
 
@@ -20,7 +22,8 @@ cracks:
    says for real data; --classify-encoder none: params.yaml's from-scratch model and epochs),
    --classify-epochs its maximum epochs.
 3. Evaluate the segmenter on the DeepCrack test part and on all of CrackForest (a dataset the
-   models never saw), and the classifier on patches cut from the same held-back images.
+   models never saw), as the model is and with `--tta d8` (8 views averaged), and the classifier
+   on patches cut from the same held-back images.
 
 magnetic-tile (an N-class defect classifier from class folders):
 1. `fissure data prepare` with the one source `{path: ../shared/datasets/magnetic-tile/train,
@@ -29,9 +32,11 @@ magnetic-tile (an N-class defect classifier from class folders):
 2. `fissure train --task classify` with params.yaml's train_classifier section and the leg's
    overrides: --mt-size (128), --mt-epochs (20), --mt-encoder (the pretrained EfficientNet-Lite0,
    lr 1e-3; the from-scratch resnet-lite did not learn the set, docs/benchmarks.md), patience 8,
-   --mt-class-weights and --mt-seed (params.yaml's train_classifier values when not given).
+   --mt-class-weights and --mt-seed (params.yaml's train_classifier values when not given),
+   --mt-tta (d8: probabilities averaged over the 8 flips and quarter turns, validation included).
 3. Balanced accuracy, per-class recall and the confusion matrix on the held-back 20 %
-   (`fissure evaluate`), never trained on or used for early stopping.
+   (`fissure evaluate`), never trained on or used for early stopping; with --mt-tta, also the same
+   model on one view (`--tta none`).
 
 Needs ../shared/datasets (exits with a message when absent).
 """
@@ -49,6 +54,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
+PARAMS = REPO / "params.yaml"  # --params replaces it: a variant measured without editing the pipeline's
 
 
 def run(cmd, env):
@@ -78,7 +84,7 @@ def pretrained_classifier(encoder: str) -> dict:
 
 
 def magnetic_tile(work: Path, env: dict, fissure: Path, *, epochs: int, size: int, encoder: str,
-                  class_weights: str | None = None, seed: int | None = None) -> str:
+                  class_weights: str | None = None, seed: int | None = None, tta: str = "d8") -> str:
     """The magnetic-tile leg (module docstring); returns its Markdown section."""
     import yaml
 
@@ -86,13 +92,13 @@ def magnetic_tile(work: Path, env: dict, fissure: Path, *, epochs: int, size: in
     if not all((source / "images" / c).is_dir() for c in MT_CLASSES):
         raise SystemExit(f"magnetic-tile class folders not found in {source / 'images'}; nothing to benchmark")
     t0 = time.perf_counter()
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     arch = pretrained_classifier(encoder) if encoder != "none" else \
         {"model": {**params["train_classifier"].get("model", {}), "encoder": "none"}}
     params["prepare"] = {**params["prepare"], "feedback": None,
                          "source": [{"path": str(source), "val_fraction": 0.15, "test_fraction": 0.2}]}
     params["train_classifier"] = {**params["train_classifier"], "epochs": epochs, "size": size, "patience": 8,
-                                  **arch,
+                                  **arch, "tta": tta,
                                   **({"class_weights": class_weights} if class_weights else {}),
                                   **({"seed": seed} if seed is not None else {})}
     pfile = work / "params-magnetic-tile.yaml"
@@ -108,17 +114,26 @@ def magnetic_tile(work: Path, env: dict, fissure: Path, *, epochs: int, size: in
          prepared / "classify" / "test", "--out", report_json, "--plots", work / "plots-magnetic-tile"], env)
     r = json.loads(report_json.read_text())
     wall = time.perf_counter() - t0
+    plain = None
+    if tta != "none":  # the same model on one view: what the averaging adds
+        plain_json = work / "eval-magnetic-tile-one-view.json"
+        run([fissure, "evaluate", "--task", "classify", "--model", model_dir / "model", "--data",
+             prepared / "classify" / "test", "--out", plain_json, "--tta", "none"], env)
+        plain = json.loads(plain_json.read_text())
     classes = r["confusion"]["classes"]
     sizes = trained["sizes"]
     arch = f"pretrained {encoder}" if encoder != "none" else "from scratch (resnet-lite)"
     weighting = params["train_classifier"].get("class_weights", "inverse")
     lines = [
         f"magnetic-tile, {len(classes)} classes from class folders: {sizes['train']} train / {sizes['val']} val / "
-        f"{sizes['test']} held-back test images; classifier {arch} at {size} px, class weights {weighting}, seed {params['train_classifier'].get('seed', 0)}, best epoch "
+        f"{sizes['test']} held-back test images; classifier {arch} at {size} px, class weights {weighting}, "
+        f"test-time augmentation {tta}, seed {params['train_classifier'].get('seed', 0)}, best epoch "
         f"{trained['best_epoch']}/{trained['epochs_run']} (max {epochs}); {wall / 60:.1f} min wall time.",
         "",
         f"**balanced accuracy {r['balanced_accuracy']:.3f}**, accuracy {r['accuracy']:.3f}, macro F1 {r['f1']:.3f} "
-        f"(test, {r['n_images']} images)",
+        f"(test, {r['n_images']} images)" + (
+            f"; the same model on one view (--tta none): balanced accuracy {plain['balanced_accuracy']:.3f}, "
+            f"accuracy {plain['accuracy']:.3f}, macro F1 {plain['f1']:.3f}" if plain else ""),
         "",
         "| class | test images | recall | precision | F1 |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -135,9 +150,12 @@ def magnetic_tile(work: Path, env: dict, fissure: Path, *, epochs: int, size: in
 
 
 def main() -> None:
+    global PARAMS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="reports/bench_realdata.md")
     ap.add_argument("--work", default="reports/bench_realdata")
+    ap.add_argument("--params", type=Path, default=PARAMS,
+                    help="the pipeline parameters both legs start from (a variant to measure) [params.yaml]")
     ap.add_argument("--segment-epochs", type=int, default=None)
     ap.add_argument("--classify-epochs", type=int, default=None)
     ap.add_argument("--only", choices=["cracks", "magnetic-tile"], default=None,
@@ -156,9 +174,14 @@ def main() -> None:
                     help="magnetic-tile: from scratch (none) or the pretrained encoder [efficientnet-lite0]")
     ap.add_argument("--mt-seed", type=int, default=None,
                     help="magnetic-tile: the training seed (the split stays) [params.yaml's train_classifier.seed]")
+    ap.add_argument("--mt-tta", choices=["none", "flips", "d8"], default="d8",
+                    help="magnetic-tile: test-time augmentation saved with the model (fissure.models.tta) [d8]")
     ap.add_argument("--mt-class-weights", choices=["inverse", "sqrt_inverse", "none"], default=None,
                     help="magnetic-tile: the loss's class weights [params.yaml's train_classifier.class_weights]")
     args = ap.parse_args()
+    if not args.params.is_file():
+        raise SystemExit(f"--params {args.params}: no such file")
+    PARAMS = args.params.resolve()
     legs = [args.only] if args.only else ["cracks", "magnetic-tile"]
     if not SHARED.is_dir():
         raise SystemExit(f"real datasets not found at {SHARED}; nothing to benchmark")
@@ -177,7 +200,7 @@ def main() -> None:
     if "magnetic-tile" in legs:
         sections.append(magnetic_tile(work, env, fissure, epochs=args.mt_epochs, size=args.mt_size,
                                       encoder=args.mt_encoder, class_weights=args.mt_class_weights,
-                                      seed=args.mt_seed))
+                                      seed=args.mt_seed, tta=args.mt_tta))
     text = "\n".join(sections)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
@@ -202,10 +225,10 @@ def _classifier_params(work: Path, encoder: str) -> Path:
     on the pretrained encoder: lr 1e-3 (as the magnetic-tile leg's), 5 epochs (it passed the
     from-scratch model's best validation F1 at its second; docs/benchmarks.md)."""
     if encoder == "none":
-        return REPO / "params.yaml"
+        return PARAMS
     import yaml
 
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     clf = params["train_classifier"]
     clf.update(pretrained_classifier(encoder), epochs=5)
     pfile = work / "params-cracks-classify.yaml"
@@ -217,13 +240,13 @@ def cracks(work: Path, env: dict, fissure: Path, args) -> str:
     """The cracks leg (module docstring); returns its Markdown section."""
     t0 = time.perf_counter()
     prepared = work / "prepared"
-    run([fissure, "data", "prepare", "--params", REPO / "params.yaml", "--out", prepared, "--feedback", "",
+    run([fissure, "data", "prepare", "--params", PARAMS, "--out", prepared, "--feedback", "",
          "--source", "synth", "--source", SHARED / "deepcrack" / "train"], env)
     results = {}
     tasks = (() if args.classify_only else (("segment", args.segment_epochs),)) + \
         (() if args.segment_only else (("classify", args.classify_epochs),))
     for task, epochs in tasks:
-        pfile = _classifier_params(work, args.classify_encoder) if task == "classify" else REPO / "params.yaml"
+        pfile = _classifier_params(work, args.classify_encoder) if task == "classify" else PARAMS
         cmd = [fissure, "train", "--task", task, "--data", prepared / task, "--params", pfile,
                "--out", work / f"model-{task}", "--no-progress"]
         if epochs:
@@ -236,7 +259,7 @@ def cracks(work: Path, env: dict, fissure: Path, args) -> str:
     from fissure.data.patches import PatchSpec, extract_patches
     from fissure.training.config import load_config
 
-    patch = PatchSpec(size=load_config("classify", REPO / "params.yaml").size)
+    patch = PatchSpec(size=load_config("classify", PARAMS).size)
     rows = []
     for label, folder in sets.items():
         n = len(list((Path(folder) / "images").iterdir()))
@@ -246,6 +269,11 @@ def cracks(work: Path, env: dict, fissure: Path, args) -> str:
             run([fissure, "evaluate", "--task", "segment", "--model", work / "model-segment" / "model", "--data",
                  folder, "--out", seg_json, "--plots", work / f"plots-segment-{len(rows)}"], env)
             seg = json.loads(seg_json.read_text())
+            # what averaging the 8 views would add (not the default: 8x the serving CPU)
+            d8_json = work / f"eval-segment-{len(rows)}-d8.json"
+            run([fissure, "evaluate", "--task", "segment", "--model", work / "model-segment" / "model", "--data",
+                 folder, "--out", d8_json, "--tta", "d8"], env)
+            seg["d8"] = json.loads(d8_json.read_text())
         clf = None
         if not args.segment_only:
             patches = work / f"patches-{len(rows)}"
@@ -285,6 +313,10 @@ def cracks(work: Path, env: dict, fissure: Path, args) -> str:
         seg_cells = "n/a | n/a | n/a | n/a | n/a" if s is None else \
             f"{s['dice']:.3f} | {s['iou']:.3f} | {s['precision']:.3f} | {s['recall']:.3f} | {s['relaxed_f1']:.3f}"
         lines.append(f"| {label} | {n} | {seg_cells} | {clf_cells} |")
+    d8 = [f"{label} {s['d8']['dice']:.3f} (relaxed F1 {s['d8']['relaxed_f1']:.3f})" for label, _, s, _ in rows if s]
+    if d8:
+        lines += ["", "The same segmenter with its probabilities averaged over 8 views (`fissure evaluate --tta d8`, "
+                  "same threshold): Dice " + "; ".join(d8) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from torch import nn
 
@@ -70,3 +71,31 @@ def test_evaluate_cli_native(tmp_path, capsys):
     rc = main(["evaluate", "--task", "classify", "--model", model, "--data", str(data), "--out", str(out), "--native"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("fissure: error: --native applies to --task segment") and len(err.splitlines()) == 1
+
+
+def test_evaluate_cli_tta_overrides_the_spec(tmp_path, capsys):
+    """--tta scores the model with the views asked for, whatever its spec says, and the report
+    and the summary line say which."""
+    data = write_segment_set(tmp_path / "seg", 4, size=96)
+    spec = {**default_spec("segment", base=8, depth=2, size=64), "tta": "d8"}
+    module = build_model(spec)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # wild weights: an untrained model answers ~0.5 everywhere, whatever the view
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    model = str(save_model(module, spec, tmp_path / "model"))
+    reports = {}
+    for tta in (None, "none", "flips"):
+        out = tmp_path / f"{tta}.json"
+        rc = main(["evaluate", "--task", "segment", "--model", model, "--data", str(data), "--out", str(out)]
+                  + (["--tta", tta] if tta else []))
+        assert rc == 0
+        reports[tta] = json.loads(out.read_text())
+        err = capsys.readouterr().err
+        assert (f"(tta {reports[tta]['tta']})" in err) == (reports[tta]["tta"] != "none")
+    assert [reports[t]["tta"] for t in reports] == ["d8", "none", "flips"]
+    sweeps = [(reports[t]["threshold_sweep"]["best_threshold"], reports[t]["threshold_sweep"]["best_dice"]) for t in reports]
+    assert len(set(sweeps)) == 3  # three different models
+    rc = main(["evaluate", "--task", "segment", "--model", model, "--data", str(data), "--out", str(out), "--tta", "d4"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'d4' is not one of 'none', 'flips', 'd8'" in err

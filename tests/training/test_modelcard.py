@@ -131,3 +131,15 @@ def test_classifier_card_counts_false_alarms_on_crack_free_slices(tmp_path):
     old["sources"] = quality["datasets"]
     assert modelcard.render(modelcard.CardFacts(name="crack-classifier", version="1", run_id="r", task="classify",
                                                 spec=CLF_SPEC, quality=old)).count(f"| {source} | 8 |") == 1
+
+
+def test_card_names_the_test_time_augmentation():
+    from .test_quality_report import CLF_SPEC
+
+    def card(spec):
+        return modelcard.render(modelcard.CardFacts(name="crack-classifier", version="1", run_id="r", task="classify",
+                                                    spec=spec))
+
+    assert "| test-time augmentation | probabilities averaged over the image, its mirror images and quarter turns " \
+           "(8 forward passes) |" in card({**CLF_SPEC, "tta": "d8"})
+    assert "test-time augmentation" not in card(CLF_SPEC) and "test-time augmentation" not in card({**CLF_SPEC, "tta": "none"})

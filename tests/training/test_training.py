@@ -452,3 +452,23 @@ def test_dvc_stages_depend_on_the_code_they_import():
         assert not missing, f"{name}: add to deps: {missing}"
         unused = [d for d in code if not any(covered(p, d) for p in imported)]
         assert not unused, f"{name}: deps it does not import: {unused}"
+
+
+def test_tta_is_saved_in_the_spec_and_scores_validation_as_served(clf_data):
+    """tta: d8 trains the same network (the views are for inference only) but validates the averaged
+    model, and the spec it ships with says so; evaluate_items then scores that model by default."""
+    from fissure.models import tta
+    from fissure.training.evaluate import evaluate_items
+
+    plain = _fit("classify", clf_data, epochs=2, min_epochs=2)
+    averaged = _fit("classify", clf_data, epochs=2, min_epochs=2, tta="d8")
+    assert "tta" not in plain.spec and averaged.spec["tta"] == "d8"
+    for a, b in zip(plain.module.state_dict().values(), averaged.module.state_dict().values()):
+        assert torch.equal(a, b)  # same seed, same training: only the validation differs
+    assert plain.history[-1].val_loss != averaged.history[-1].val_loss
+    splits = find_splits("classify", clf_data, seed=0)
+    served = evaluate_items(averaged.module, averaged.spec, splits.val).metrics
+    one_view = evaluate_items(averaged.module, {**averaged.spec, "tta": "none"}, splits.val).metrics
+    assert served["roc_auc"] == pytest.approx(averaged.best_val["roc_auc"], abs=1e-6)
+    assert one_view["roc_auc"] == pytest.approx(plain.best_val["roc_auc"], abs=1e-6)
+    assert not isinstance(averaged.module, tta.TestTimeAugmented)  # what gets saved is the plain model

@@ -31,14 +31,18 @@ from fissure import MODEL_NAMES
               help="segment: score at each image's own resolution in overlapping tiles of the model's size "
                    "(as served), or the whole image resized to it [default: as the model's spec says "
                    "(tiling.mode), resized for models without one]. --batch-size then counts tiles.")
-def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst, native):
+@click.option("--tta", type=click.Choice(["none", "flips", "d8"]), default=None,
+              help="Average the model's probabilities over views of each input: none, flips (4 forward "
+                   "passes) or d8 (8: flips and quarter turns) [default: as the model's spec says (tta), "
+                   "none for models without one].")
+def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst, native, tta):
     """Evaluate a model on a dataset and write its metrics JSON.
 
     \b
     Keys: classify -> accuracy, precision, recall, f1, roc_auc (positive class: crack)
           segment  -> dice, iou, precision, recall, f1 (crack pixels, threshold 0.5,
                       at each mask's native resolution)
-    plus n_images, task, model, model_version, model_uri, run_id, data, and where the
+    plus n_images, task, model, model_version, model_uri, run_id, data, tta, and where the
     model fails: slices (segment: crack / no_crack, hard_negative[:kind], width:thin /
     width:wide, size:...; classify: class:NAME, hard_negative[:kind], size:...),
     datasets (per --data folder when several, else per source of the one folder; see
@@ -60,13 +64,14 @@ def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst,
 
     folders = dataset_folders(data)
     report = run_evaluation(model, task, folders if len(folders) > 1 else next(iter(folders.values())), out, plots, device=device,
-                            batch_size=batch_size, overlays=overlays, native=native, worst=worst)
+                            batch_size=batch_size, overlays=overlays, native=native, worst=worst, tta=tta)
     names = ("accuracy", "precision", "recall", "f1", "roc_auc") if task == "classify" else ("dice", "iou", "precision", "recall", "f1")
     if len(report["datasets"]) > 1:
         click.echo(_table(report, names), err=True)
     summary = ", ".join(f"{k} {report[k]:.4f}" if report[k] is not None else f"{k} n/a" for k in names)
     click.echo(f"{report['model']}" + (f" v{report['model_version']}" if report["model_version"] else "")
                + f" on {report['n_images']} images" + (f" ({report['resolution']})" if "resolution" in report else "")
+               + (f" (tta {report['tta']})" if report["tta"] != "none" else "")
                + f": {summary} -> {out}", err=True)
     weakest = report.get("weakest_slice")
     if weakest:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from fissure.errors import FissureError
+from fissure.models import tta
 
 WEIGHTS_FILE = "weights.pt"
 SPEC_FILE = "spec.json"
@@ -62,7 +63,8 @@ def read(folder: str | Path, map_location: str = "cpu", where: str | None = None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FissureError(f"{where}: weights and spec do not make a fissure model ({reason})") from None
     # build_model's layout, which load_state_dict keeps; the device is the caller's choice
-    return module.to(map_location).to(memory_format=torch.channels_last).eval(), spec
+    module = module.to(map_location).to(memory_format=torch.channels_last).eval()
+    return tta.wrap(module, spec.get("tta")), spec
 
 
 class FissurePyfunc:

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from fissure.errors import FissureError, InputError, PayloadTooLarge, status_of
 from fissure.models import build_model, preprocess_config
 from fissure.models import tiling as T
+from fissure.models import tta
 from fissure.preprocess import (finish_decode, image_to_array, image_to_tensor, normalize, open_image,
                                 validate_tensor_batch)
 from fissure.serving import codec
@@ -95,7 +96,8 @@ class ModelRuntime:
     def __init__(self, module: torch.nn.Module, spec: dict, meta: dict | None = None,
                  device: str | torch.device = "cpu"):
         self.device = torch.device(device)
-        self.module = module.to(self.device).eval()
+        # the views the spec averages (a model loaded by fissure.models.io already has them)
+        self.module = tta.wrap(module, spec.get("tta")).to(self.device).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.spec = spec
@@ -313,7 +315,8 @@ class ModelRuntime:
             return [{"method": "probability-map", "heatmap_png": codec.b64encode(codec.heatmap_to_png(m)),
                      "summary": codec.summarize(m)} for m in maps]
         batch = self._batch(items)
-        layer = getattr(self.module, "cam_layer", None)
+        plain = tta.unwrap(self.module)  # Grad-CAM follows one forward pass, the image as it is
+        layer = getattr(plain, "cam_layer", None)
         if layer is None:
             raise FissureError("this classifier has no cam_layer to explain")
         acts = {}
@@ -321,7 +324,7 @@ class ModelRuntime:
         try:
             with torch.enable_grad():
                 x = batch.clone().requires_grad_(True)
-                logits = self.module(x)
+                logits = plain(x)
                 target = logits.argmax(dim=1)
                 score = logits.gather(1, target[:, None]).sum()
                 grads = torch.autograd.grad(score, acts["a"])[0]

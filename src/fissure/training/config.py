@@ -61,6 +61,9 @@ class TrainConfig(BaseModel):
     # it would ship with: the fixed one, else the best in 0.2-0.8, tuned again each epoch)
     select_metric: Literal["dice", "tuned_dice"] = "dice"
     augment: bool = True
+    # inference views averaged, saved in the spec (fissure.models.tta): none, flips (4 passes) or d8
+    # (8: flips and quarter turns); validation scores the model that way too
+    tta: Literal["none", "flips", "d8"] = "none"
     # classify: cross-entropy weight of each class from its training count n_c: inverse (N / (K n_c)),
     # sqrt_inverse (its square root: milder, less of the common class's recall traded away) or none
     class_weights: Literal["inverse", "sqrt_inverse", "none"] = "inverse"

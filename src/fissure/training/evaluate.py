@@ -31,6 +31,7 @@ from fissure.data.loaders import source_tag
 from fissure.errors import FissureError, UsageError
 from fissure.models import preprocess_config
 from fissure.models import tiling as T
+from fissure.models import tta
 from fissure.preprocess import image_to_tensor, load_image, load_mask
 from fissure.progress import Progress
 from fissure.training import metrics as M
@@ -388,7 +389,9 @@ def evaluate_items(module, spec, items, *, device="cpu", batch_size=None, overla
                    native: bool | None = None, worst: int = 8) -> EvalResult:
     """``progress`` as in :class:`fissure.progress.Progress` (``enabled``); ``native``: tile a
     segmenter at each image's own resolution (None: as the spec says); ``worst``: how many of the
-    worst predictions to keep for the gallery."""
+    worst predictions to keep for the gallery. The module answers with the views the spec's ``tta``
+    averages, as served."""
+    module = tta.wrap(module, spec.get("tta"))
     if spec["task"] == "segment":
         tiling = T.tiling_config(spec, native)
         if tiling.tiles and batch_size:  # tiles per forward pass
@@ -448,11 +451,13 @@ def _headline(result: EvalResult) -> dict:
 
 def run_evaluation(model_uri: str, task: str, data, out: str | Path, plots_dir=None,
                    *, device: str | None = None, batch_size: int | None = None, overlays: int = 4,
-                   progress: bool | None = True, native: bool | None = None, worst: int = 8) -> dict:
+                   progress: bool | None = True, native: bool | None = None, worst: int = 8,
+                   tta: str | None = None) -> dict:
     """Load ``model_uri``, check its task, evaluate on ``data`` (showing ``progress`` on stderr),
     write ``out`` JSON (+ plots). ``data``: one folder, or folders by name (:func:`dataset_folders`),
     each scored on its own and all together. ``native``: segment at native resolution in tiles
-    (True), the whole image resized (False), or as the model's spec says (None).
+    (True), the whole image resized (False), or as the model's spec says (None). ``tta``: the views
+    averaged (:mod:`fissure.models.tta`), None as the spec says.
 
     ``datasets`` in the JSON: per folder when there are several (each with its slices, sources,
     threshold sweep and weakest slice; plots in ``PLOTS/datasets/<name>/``), else per source of the
@@ -472,10 +477,11 @@ def run_evaluation(model_uri: str, task: str, data, out: str | Path, plots_dir=N
             f"--task {task} but {model_uri} is a {loaded.task} model ({loaded.spec.get('name')}); "
             f"use --task {loaded.task}"
         )
-    classes = loaded.spec["classes"] if task == "classify" else None
+    spec = loaded.spec if tta is None else {**loaded.spec, "tta": tta}
+    classes = spec["classes"] if task == "classify" else None
     items = {name: eval_items(task, folder, classes)[0] for name, folder in folders.items()}  # every folder before any work
     dev = pick_device(device)
-    results = {name: evaluate_items(loaded.module, loaded.spec, its, device=str(dev), batch_size=batch_size,
+    results = {name: evaluate_items(loaded.module, spec, its, device=str(dev), batch_size=batch_size,
                                     overlays=overlays, progress=progress, native=native, worst=worst)
                for name, its in items.items()}
     result = results[""] if "" in results else EvalResult.combine(results, folders)
@@ -487,6 +493,7 @@ def run_evaluation(model_uri: str, task: str, data, out: str | Path, plots_dir=N
         model_uri=model_uri,
         run_id=loaded.run_id,
         data=str(folders[""]) if "" in folders else [str(f) for f in folders.values()],
+        tta=spec.get("tta") or "none",
     )
     if task == "segment":
         tiling = T.tiling_config(loaded.spec, native)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from fissure import MODEL_NAMES
 from fissure.errors import FissureError
-from fissure.models import build_model, default_spec, preprocess_config
+from fissure.models import build_model, default_spec, preprocess_config, tta
 from fissure.progress import Progress
 from fissure.settings import settings
 from fissure.training import metrics as M
@@ -176,7 +176,10 @@ class FitResult:
 
 
 def make_spec(task: str, cfg: TrainConfig, classes: list[str]) -> dict:
-    return default_spec(task, size=cfg.size, classes=list(classes), **dict(cfg.model))
+    spec = default_spec(task, size=cfg.size, classes=list(classes), **dict(cfg.model))
+    if cfg.tta != "none":
+        spec["tta"] = cfg.tta
+    return spec
 
 
 def _loader(dataset, batch_size, *, shuffle, seed, num_workers, drop_last=False):
@@ -283,8 +286,9 @@ def fit(
                 count += len(x)
                 bar.note(loss=total / count)
             seen += count
-            val_loss, val_metrics, val_pixels = validate(task, scored, val_dl, dev, criterion, amp=amp,
-                                                         groups=val_groups)
+            # scored as it will be served: the best epoch and the threshold see the same views
+            val_loss, val_metrics, val_pixels = validate(task, tta.wrap(scored, cfg.tta), val_dl, dev, criterion,
+                                                         amp=amp, groups=val_groups)
             improved = selector.update(epoch, val_metrics, val_pixels)
             if improved:
                 best_epoch, best_val, best_pixels = epoch, val_metrics, val_pixels

@@ -291,6 +291,10 @@ def render(facts: CardFacts) -> str:
             summary.append(["best epoch", _select_text(spec)])
         summary.append(["resolution", "native, in overlapping tiles" if tiling.get("mode") == "tile"
                         else "whole image resized to the input size"])
+    views = {"flips": "the image and its 3 mirror images (4 forward passes)",
+             "d8": "the image, its mirror images and quarter turns (8 forward passes)"}
+    if spec.get("tta") in views:
+        summary.append(["test-time augmentation", "probabilities averaged over " + views[spec["tta"]]])
     lines += ["## Summary", ""] + _table(["", ""], summary)
 
     lines += ["## Intended use", "", INTENDED_USE.get(task, "See docs/."), "", "## Limits", "", "- " + NOT_FOR]

@@ -17,7 +17,7 @@ import torch
 
 from fissure import MODEL_NAMES, __version__
 from fissure.errors import FissureError
-from fissure.models import preprocess_config
+from fissure.models import preprocess_config, tta
 from fissure.observability import drift
 from fissure.preprocess import image_to_array, load_image, normalize
 from fissure.training import metrics as M
@@ -268,7 +268,7 @@ def reference_profile(module, spec: dict, items, *, device="cpu", batch_size: in
     (:func:`fissure.observability.drift.input_stats`) and the model's confidence on it as served
     (classifier: top-class probability; segmenter: mean over pixels of max(p, 1-p))."""
     pcfg = preprocess_config(spec)
-    module = module.to(device).eval()
+    module = tta.wrap(module, spec.get("tta")).to(device).eval()
     samples: dict[str, list[float]] = {}
     for start in range(0, len(items), max(batch_size, 1)):
         pixels = []
