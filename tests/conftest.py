@@ -69,6 +69,11 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     raise RuntimeError(f"no {n} free ports on {host} between 10000 and {low}")
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """One port as :func:`free_ports` picks them."""
+    return free_ports(1, host)[0]
+
+
 @pytest.fixture(autouse=True)
 def _isolated_state(tmp_path, monkeypatch):
     """Every test gets its own .fissure/ and MLflow store; nothing leaks into the checkout."""

@@ -25,15 +25,11 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from tests.conftest import free_ports  # below the ephemeral range (tests/conftest.py)
+from tests.conftest import free_port, free_ports  # below the ephemeral range (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 FISSURE = str(Path(sys.executable).with_name("fissure"))
 PG_ROOT = Path("/usr/lib/postgresql")
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 # ---------------------------------------------------------------------------- PostgreSQL

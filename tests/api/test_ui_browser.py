@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ..conftest import free_ports
+from ..conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,10 +44,6 @@ expect = playwright_api.expect
 if not CHROMIUM.exists():
     pytest.skip(f"no Chromium at {CHROMIUM}: `make chromium` (apt-get install chromium) for the browser tests",
                 allow_module_level=True)
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 def crack_y(fx: float) -> float:

@@ -14,14 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ..conftest import free_ports
+from ..conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 HELM = Path.home() / ".cache" / "fissure" / "bin" / "helm"
-
-
-def _free_port() -> int:
-    return free_ports(1)[0]
 
 
 def _chart_env(release: str, namespace: str) -> dict[str, str]:
@@ -47,7 +43,7 @@ def _status(port: int, host: str) -> int:
 
 @pytest.mark.slow
 def test_mlflow_accepts_the_service_names_and_refuses_others(tmp_path):
-    port = _free_port()
+    port = free_port()
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **_chart_env("fissure", "ml")}
     log = open(tmp_path / "mlflow.log", "wb")

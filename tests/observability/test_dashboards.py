@@ -37,7 +37,7 @@ if str(REPO) not in sys.path:  # dashboards/ is a folder of the repository, not 
 
 import dashboards  # noqa: E402
 
-from ..conftest import free_ports
+from ..conftest import free_port
 
 UIDS = {"fissure-service", "fissure-model-health", "fissure-canary", "fissure-pipeline"}
 CLF, SEG = "crack-classifier", "crack-segmenter"
@@ -279,10 +279,6 @@ def test_provision_writes_datasource_dashboards_and_ini(tmp_path):
 
 
 # --------------------------------------------------------------------------- a real Prometheus
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 LABEL_VALUES = {

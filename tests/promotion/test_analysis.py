@@ -19,14 +19,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from fissure.errors import Unavailable
 from fissure.observability import catalog
 from fissure.promotion import StepPolicy, analyse
-from tests.conftest import free_ports  # below the ephemeral range (tests/conftest.py)
+from tests.conftest import free_port  # below the ephemeral range (tests/conftest.py)
 
 CHAMPION, CHALLENGER = "1", "2"
 POLICY = StepPolicy(min_requests=100, min_verdicts=20)
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 class Exporter:

@@ -6,19 +6,13 @@ namespace, and the other tests use tritonclient in this process."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 from aiohttp import web
 
 from fissure.errors import Unavailable
 from fissure.serving.backend import Backend, ts_error
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port
 
 
 async def _with_server(handler, body, **backend_kw):
@@ -26,7 +20,7 @@ async def _with_server(handler, body, **backend_kw):
     app.router.add_post("/predictions/m", handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     backend = Backend(f"http://127.0.0.1:{port}", **backend_kw)
     try:
@@ -66,7 +60,7 @@ def test_backend_error_answer_gives_a_one_line_reason():
 
 
 def test_backend_unreachable_is_a_503_not_a_traceback():
-    backend = Backend(f"http://127.0.0.1:{_free_port()}")
+    backend = Backend(f"http://127.0.0.1:{free_port()}")
 
     async def call():
         try:
