@@ -34,8 +34,10 @@ $(STAMP): pyproject.toml | $(UV)
 
 venv: $(STAMP) ## create .venv with fissure installed (editable)
 
-# the tests on the single-node cluster run in a second pytest beside the others (mk/run-tests.sh)
-test: venv java ## run the whole test suite (installs what it needs, Java 17 for TorchServe included)
+# the tests on the single-node cluster run in a second pytest beside the others (mk/run-tests.sh).
+# The Go-built tools are built first: on a new machine that takes many minutes, which must not
+# count against the timeout of whichever test asks for them first.
+test: venv java k8s-tools ## run the whole test suite (installs what it needs: Java 17 for TorchServe, the Go-built Kubernetes tools)
 	@mk/run-tests.sh $(VENV)/bin/python $(PYTEST_ARGS)
 
 -include mk/*.mk
