@@ -24,6 +24,8 @@ def _params(tmp_path, text: str):
     ("train_segmenter:\n  model: {depth: 2.5}\n", "train_segmenter.model.depth: Input should be a valid integer"),
     ("train_segmenter:\n  crop: 100\n", "train_segmenter: crop 100 must be a multiple of 16"),
     ("train_segmenter: [1, 2]\n", "train_segmenter must be a mapping"),
+    ("train_segmenter:\n  contrast: [1.2, 0.8]\n", "train_segmenter: contrast [1.2, 0.8] must be [low, high] with 0 < low <= high"),
+    ("train_segmenter:\n  contrast: [0.5]\n", "train_segmenter.contrast: List should have at least 2 items"),
 ])
 def test_bad_value_names_the_file_and_the_key(tmp_path, text, message):
     path = _params(tmp_path, text)

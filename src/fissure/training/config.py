@@ -21,6 +21,8 @@ PARAMS_SECTION = {"classify": "train_classifier", "segment": "train_segmenter"}
 # strict: YAML already gives typed values, so "10" (a string) for an integer is a mistake to report.
 _STRICT = ConfigDict(extra="forbid", strict=True)
 _SHARE = dict(ge=0.0, le=1.0)
+# the training contrast jitter's factor range (the segmenter's default floor is lower: DEFAULTS)
+CONTRAST = (0.75, 1.25)
 
 
 class TrainConfig(BaseModel):
@@ -61,6 +63,9 @@ class TrainConfig(BaseModel):
     # it would ship with: the fixed one, else the best in 0.2-0.8, tuned again each epoch)
     select_metric: Literal["dice", "tuned_dice"] = "dice"
     augment: bool = True
+    # training images' contrast is scaled by a factor drawn from [low, high] (80 % of images, with
+    # flips, turns and a brightness shift): a low floor shows the model faint cracks on dull surfaces
+    contrast: list[float] = Field(default_factory=lambda: list(CONTRAST), min_length=2, max_length=2)
     # inference views averaged, saved in the spec (fissure.models.tta): none, flips (4 passes) or d8
     # (8: flips and quarter turns); validation scores the model that way too
     tta: Literal["none", "flips", "d8"] = "none"
@@ -93,6 +98,13 @@ class TrainConfig(BaseModel):
                 where = ".".join(str(p) for p in err.get("loc", ()))
                 raise ValueError(f"tiling{'.' + where if where else ''}: "
                                  f"{err['msg'].removeprefix('Value error, ')}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _contrast_range(self) -> "TrainConfig":
+        low, high = self.contrast
+        if not 0 < low <= high:
+            raise ValueError(f"contrast {self.contrast} must be [low, high] with 0 < low <= high")
         return self
 
     @model_validator(mode="after")
@@ -148,7 +160,7 @@ DEFAULTS = {
     ),
     "segment": dict(
         epochs=18, batch_size=8, lr=4e-3, patience=8, min_epochs=12, size=256, crop=128, crack_bias=0.5,
-        hard_negatives=0.6, extra_cracks=0.3, aux_weight=0.5, ema=0.99, eval_batch_size=8,
+        hard_negatives=0.6, extra_cracks=0.3, aux_weight=0.5, ema=0.99, eval_batch_size=8, contrast=[0.25, 1.25],
         model={"encoder": "efficientnet-lite0", "pretrained": True, "base": 8, "depth": 4, "norm": "group",
                "deep_supervision": True},
     ),

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from fissure.data import loaders
 from fissure.errors import DataError
 from fissure.settings import settings
+from fissure.training.config import CONTRAST
 from fissure.preprocess import PreprocessConfig, image_to_array, load_image, load_mask, mask_to_tensor, normalize
 
 SPLITS = ("train", "val", "test")
@@ -47,8 +48,9 @@ def _rand() -> float:
     return float(torch.rand(()))
 
 
-def augment(x: torch.Tensor, y: torch.Tensor | None, cfg: PreprocessConfig):
-    """Random flips, rot90 (square inputs) and brightness/contrast jitter of a normalised image."""
+def augment(x: torch.Tensor, y: torch.Tensor | None, cfg: PreprocessConfig, contrast: tuple[float, float] = CONTRAST):
+    """Random flips, rot90 (square inputs) and brightness/contrast jitter of a normalised image;
+    the contrast factor is drawn from ``contrast`` (low, high)."""
     if _rand() < 0.5:
         x, y = x.flip(-1), (y.flip(-1) if y is not None else None)
     if _rand() < 0.5:
@@ -61,10 +63,10 @@ def augment(x: torch.Tensor, y: torch.Tensor | None, cfg: PreprocessConfig):
         mean = torch.tensor(cfg.mean, dtype=x.dtype).view(3, 1, 1)
         std = torch.tensor(cfg.std, dtype=x.dtype).view(3, 1, 1)
         raw = x * std + mean
-        contrast = 0.75 + 0.5 * _rand()
+        factor = contrast[0] + (contrast[1] - contrast[0]) * _rand()
         brightness = 0.2 * (_rand() - 0.5)
         centre = raw.mean()
-        raw = ((raw - centre) * contrast + centre + brightness).clamp(0.0, 1.0)
+        raw = ((raw - centre) * factor + centre + brightness).clamp(0.0, 1.0)
         x = (raw - mean) / std
     return x.contiguous(), (y.contiguous() if y is not None else None)
 
@@ -76,9 +78,10 @@ class SegmentationDataset(Dataset):
     crack, often a wide one (:func:`fissure.data.synth.add_crack`)."""
 
     def __init__(self, items, cfg: PreprocessConfig, *, crop: int = 0, augment: bool = False, crack_bias: float = 0.7,
-                 hard_negatives: float = 0.0, extra_cracks: float = 0.0):
+                 hard_negatives: float = 0.0, extra_cracks: float = 0.0, contrast: tuple[float, float] = CONTRAST):
         self.items = list(items)
         self.cfg = cfg
+        self.contrast = tuple(contrast)
         self.crop = crop
         self.crack_bias = crack_bias
         self.augment = augment
@@ -104,7 +107,7 @@ class SegmentationDataset(Dataset):
             pixels, y = self._draw(np.ascontiguousarray(pixels), y)
         x = normalize(torch.from_numpy(np.ascontiguousarray(pixels))[None], self.cfg)[0].contiguous()
         if self.augment:
-            x, y = augment(x, y, self.cfg)
+            x, y = augment(x, y, self.cfg, self.contrast)
         return x, y
 
     def _draw(self, pixels: np.ndarray, y: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -137,10 +140,11 @@ class SegmentationDataset(Dataset):
 class ClassificationDataset(Dataset):
     """(image [3,S,S], label) for ``(path, class_index)`` items."""
 
-    def __init__(self, items, cfg: PreprocessConfig, *, augment: bool = False):
+    def __init__(self, items, cfg: PreprocessConfig, *, augment: bool = False, contrast: tuple[float, float] = CONTRAST):
         self.items = list(items)
         self.cfg = cfg
         self.augment = augment
+        self.contrast = tuple(contrast)
         self._decoded = _Decoded(len(self.items), cfg.size**2 * 3)
 
     def __len__(self) -> int:
@@ -151,7 +155,7 @@ class ClassificationDataset(Dataset):
         pixels = self._decoded.get(i, lambda: image_to_array(load_image(path), self.cfg))
         x = normalize(torch.from_numpy(pixels)[None], self.cfg)[0].contiguous()
         if self.augment:
-            x, _ = augment(x, None, self.cfg)
+            x, _ = augment(x, None, self.cfg, self.contrast)
         return x, label
 
 

@@ -223,7 +223,8 @@ def fit(
 
     if task == "segment":
         train_ds = SegmentationDataset(splits.train, pcfg, crop=cfg.crop, augment=cfg.augment, crack_bias=cfg.crack_bias,
-                                      hard_negatives=cfg.hard_negatives, extra_cracks=cfg.extra_cracks)
+                                      hard_negatives=cfg.hard_negatives, extra_cracks=cfg.extra_cracks,
+                                      contrast=cfg.contrast)
         val_ds = SegmentationDataset(splits.val, pcfg)
         val_groups = val_sources(splits)  # the source of each validation image: the threshold's pixels
         criterion = lambda logits, y: segmentation_loss(logits, y, cfg.pos_weight)  # noqa: E731
@@ -231,7 +232,7 @@ def fit(
             raise FissureError("aux_weight > 0 needs a model with deep_supervision: true (train_segmenter.model)")
         batch_loss = lambda x, y: segmenter_batch_loss(module, x, y, cfg)  # noqa: E731
     else:
-        train_ds = ClassificationDataset(splits.train, pcfg, augment=cfg.augment)
+        train_ds = ClassificationDataset(splits.train, pcfg, augment=cfg.augment, contrast=cfg.contrast)
         val_ds = ClassificationDataset(splits.val, pcfg)
         val_groups = None
         weights = class_weights([lbl for _, lbl in splits.train], len(splits.classes), cfg.class_weights).to(dev)
