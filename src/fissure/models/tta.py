@@ -18,14 +18,11 @@ probabilities (softmax gives them back exactly). Its state dict is the plain mod
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
 from fissure.errors import ConfigError
 
-TTA = Literal["none", "flips", "d8"]
 VIEWS = {"none": 1, "flips": 4, "d8": 8}
 _EPS = 1e-6
 
