@@ -5,6 +5,7 @@
                                       [--segment-epochs N] [--classify-epochs N]
                                       [--classify-encoder {none,efficientnet-lite0}]
                                       [--only {cracks,magnetic-tile}] [--segment-only | --classify-only]
+                                      [--no-d8]
                                       [--mt-epochs N] [--mt-size PX]
                                       [--mt-encoder {none,efficientnet-lite0}]
                                       [--mt-class-weights {inverse,sqrt_inverse,none}] [--mt-seed N]
@@ -165,6 +166,8 @@ def main() -> None:
                           help="cracks: train and score the segmenter only (no classifier: its columns say n/a)")
     only_one.add_argument("--classify-only", action="store_true",
                           help="cracks: train and score the classifier only (no segmenter: its columns say n/a)")
+    ap.add_argument("--no-d8", action="store_true",
+                    help="cracks: skip scoring the segmenter again with 8 views averaged (8x its evaluation time)")
     ap.add_argument("--classify-encoder", choices=["none", "efficientnet-lite0"], default="efficientnet-lite0",
                     help="cracks: the classifier from scratch (none: params.yaml's model and epochs) or on the "
                          "pretrained encoder (lr 1e-3, 5 epochs unless --classify-epochs) [efficientnet-lite0]")
@@ -269,11 +272,11 @@ def cracks(work: Path, env: dict, fissure: Path, args) -> str:
             run([fissure, "evaluate", "--task", "segment", "--model", work / "model-segment" / "model", "--data",
                  folder, "--out", seg_json, "--plots", work / f"plots-segment-{len(rows)}"], env)
             seg = json.loads(seg_json.read_text())
-            # what averaging the 8 views would add (not the default: 8x the serving CPU)
-            d8_json = work / f"eval-segment-{len(rows)}-d8.json"
-            run([fissure, "evaluate", "--task", "segment", "--model", work / "model-segment" / "model", "--data",
-                 folder, "--out", d8_json, "--tta", "d8"], env)
-            seg["d8"] = json.loads(d8_json.read_text())
+            if not args.no_d8:  # what averaging the 8 views would add (not the default: 8x the serving CPU)
+                d8_json = work / f"eval-segment-{len(rows)}-d8.json"
+                run([fissure, "evaluate", "--task", "segment", "--model", work / "model-segment" / "model", "--data",
+                     folder, "--out", d8_json, "--tta", "d8"], env)
+                seg["d8"] = json.loads(d8_json.read_text())
         clf = None
         if not args.segment_only:
             patches = work / f"patches-{len(rows)}"
@@ -313,7 +316,7 @@ def cracks(work: Path, env: dict, fissure: Path, args) -> str:
         seg_cells = "n/a | n/a | n/a | n/a | n/a" if s is None else \
             f"{s['dice']:.3f} | {s['iou']:.3f} | {s['precision']:.3f} | {s['recall']:.3f} | {s['relaxed_f1']:.3f}"
         lines.append(f"| {label} | {n} | {seg_cells} | {clf_cells} |")
-    d8 = [f"{label} {s['d8']['dice']:.3f} (relaxed F1 {s['d8']['relaxed_f1']:.3f})" for label, _, s, _ in rows if s]
+    d8 = [f"{label} {s['d8']['dice']:.3f} (relaxed F1 {s['d8']['relaxed_f1']:.3f})" for label, _, s, _ in rows if s and "d8" in s]
     if d8:
         lines += ["", "The same segmenter with its probabilities averaged over 8 views (`fissure evaluate --tta d8`, "
                   "same threshold): Dice " + "; ".join(d8) + "."]

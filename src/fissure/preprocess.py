@@ -198,11 +198,13 @@ def image_to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
     return normalize(pixels[None], cfg)[0].contiguous()
 
 
-def mask_to_tensor(mask: np.ndarray, size: int) -> torch.Tensor:
-    """Boolean mask [H, W] -> float tensor [1, size, size] of 0/1 (nearest resize)."""
+def mask_to_tensor(mask: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
+    """Boolean mask [H, W] -> float tensor [1, size, size] (or [1, h, w] for ``size`` (h, w)) of
+    0/1 (nearest resize)."""
+    h, w = (size, size) if isinstance(size, int) else size
     img = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.NEAREST)
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.NEAREST)
     return torch.from_numpy((np.asarray(img) > 127).astype(np.float32))[None]
 
 

@@ -1,8 +1,9 @@
 """Torch datasets over :mod:`fissure.data.loaders` item lists, decoded by :mod:`fissure.preprocess`.
 
 Preprocessing is exactly the serving path (``load_image`` -> ``image_to_tensor`` with the
-model's :class:`PreprocessConfig`); augmentation (flips, rot90, brightness/contrast, and
-random crops for the segmenter) is applied afterwards, in training only. Random draws use
+model's :class:`PreprocessConfig`, or for a segmenter served in native-resolution tiles the
+image at its working size, :func:`fissure.models.tiling.to_pixels`); augmentation (flips, rot90,
+brightness/contrast, and random crops for the segmenter) is applied afterwards, in training only. Random draws use
 torch's generator, so a seeded run is reproducible (also with DataLoader workers, which
 torch seeds from the loader's generator).
 """
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 
 from fissure.data import loaders
 from fissure.errors import DataError
+from fissure.models import tiling as T
 from fissure.settings import settings
 from fissure.training.config import CONTRAST
 from fissure.preprocess import PreprocessConfig, image_to_array, load_image, load_mask, mask_to_tensor, normalize
@@ -29,19 +31,23 @@ CACHE_MB = settings().data_cache_mb
 
 
 class _Decoded:
-    """Per-dataset memo of decoded items, on only when ``count`` items of ``item_bytes`` fit in
-    :data:`CACHE_MB` (each DataLoader worker holds its own copy)."""
+    """Per-dataset memo of decoded items (tuples of arrays/tensors or one array), kept until they
+    fill :data:`CACHE_MB`; later items are decoded each time (each DataLoader worker holds its own
+    copy)."""
 
-    def __init__(self, count: int, item_bytes: int):
-        self.enabled = count * item_bytes <= CACHE_MB * 2**20
+    def __init__(self, budget_mb: int = CACHE_MB):
+        self.left = budget_mb * 2**20
         self.store: dict = {}
 
     def get(self, key, load):
-        if not self.enabled:
-            return load()
-        if key not in self.store:
-            self.store[key] = load()
-        return self.store[key]
+        if key in self.store:
+            return self.store[key]
+        value = load()
+        size = sum(part.nbytes for part in (value if isinstance(value, tuple) else (value,)))
+        if size <= self.left:
+            self.store[key] = value
+            self.left -= size
+        return value
 
 
 def _rand() -> float:
@@ -75,10 +81,16 @@ class SegmentationDataset(Dataset):
     """(image [3,S,S], mask [1,S,S]) at the model's size; ``crop`` takes a random crop;
     ``hard_negatives`` is the share of training crops that get a joint or sealant band drawn in
     (:func:`fissure.data.synth.add_hard_negative`), ``extra_cracks`` the share that get one more
-    crack, often a wide one (:func:`fissure.data.synth.add_crack`)."""
+    crack, often a wide one (:func:`fissure.data.synth.add_crack`).
+
+    ``tiling`` in tile mode (a model served at native resolution): each image at its working
+    size (its own, within ``tiling.max_pixels``), so crops show cracks as wide as the served
+    tiles do; items are then [3,H,W] / [1,H,W] without ``crop``, and images smaller than the crop
+    are padded (edge pixels, background mask)."""
 
     def __init__(self, items, cfg: PreprocessConfig, *, crop: int = 0, augment: bool = False, crack_bias: float = 0.7,
-                 hard_negatives: float = 0.0, extra_cracks: float = 0.0, contrast: tuple[float, float] = CONTRAST):
+                 hard_negatives: float = 0.0, extra_cracks: float = 0.0, contrast: tuple[float, float] = CONTRAST,
+                 tiling: T.TilingConfig | None = None):
         self.items = list(items)
         self.cfg = cfg
         self.contrast = tuple(contrast)
@@ -87,19 +99,25 @@ class SegmentationDataset(Dataset):
         self.augment = augment
         self.hard_negatives = hard_negatives if augment else 0.0
         self.extra_cracks = extra_cracks if augment else 0.0
-        self._decoded = _Decoded(len(self.items), cfg.size**2 * 7)  # uint8 RGB + float32 mask
+        self.native = tiling if tiling is not None and tiling.tiles else None
+        self._decoded = _Decoded()
 
     def __len__(self) -> int:
         return len(self.items)
 
     def _load(self, i: int) -> tuple[np.ndarray, torch.Tensor]:
         item = self.items[i]
-        return image_to_array(load_image(item.image), self.cfg), mask_to_tensor(load_mask(item.mask), self.cfg.size)
+        img, mask = load_image(item.image), load_mask(item.mask)
+        if self.native is None:
+            return image_to_array(img, self.cfg), mask_to_tensor(mask, self.cfg.size)
+        pixels = T.to_pixels(img, self.native)
+        return pixels, mask_to_tensor(mask, pixels.shape[:2])
 
     def __getitem__(self, i: int):
         # the cached arrays are never written to: cropping slices, drawing and normalising copy
         pixels, y = self._decoded.get(i, lambda: self._load(i))
-        if self.crop and self.crop < self.cfg.size:
+        if self.crop and (self.native is not None or self.crop < self.cfg.size):
+            pixels, y = _pad_to(pixels, y, self.crop)
             top, left = self._crop_origin(y)
             pixels = pixels[top : top + self.crop, left : left + self.crop]
             y = y[:, top : top + self.crop, left : left + self.crop]
@@ -126,15 +144,25 @@ class SegmentationDataset(Dataset):
     def _crop_origin(self, y: torch.Tensor) -> tuple[int, int]:
         """Random crop corner; with probability ``crack_bias`` the crop holds a random crack pixel
         (thin cracks cover ~1% of pixels, so uniform crops would mostly show background)."""
-        span = self.cfg.size - self.crop
+        span_h, span_w = y.shape[-2] - self.crop, y.shape[-1] - self.crop
         if _rand() < self.crack_bias:
             hits = torch.nonzero(y[0] > 0.5)
             if len(hits):
                 cy, cx = hits[int(torch.randint(0, len(hits), ()))].tolist()
                 top = cy - int(torch.randint(0, self.crop, ()))
                 left = cx - int(torch.randint(0, self.crop, ()))
-                return min(max(top, 0), span), min(max(left, 0), span)
-        return int(torch.randint(0, span + 1, ())), int(torch.randint(0, span + 1, ()))
+                return min(max(top, 0), span_h), min(max(left, 0), span_w)
+        return int(torch.randint(0, span_h + 1, ())), int(torch.randint(0, span_w + 1, ()))
+
+
+def _pad_to(pixels: np.ndarray, y: torch.Tensor, side: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Pad an image [H, W, 3] (edge pixels) and its mask [1, H, W] (background) to at least
+    ``side`` x ``side``; unchanged when already that large."""
+    dh, dw = max(0, side - pixels.shape[0]), max(0, side - pixels.shape[1])
+    if not dh and not dw:
+        return pixels, y
+    pixels = np.pad(pixels, ((0, dh), (0, dw), (0, 0)), mode="edge")
+    return pixels, torch.nn.functional.pad(y, (0, dw, 0, dh))
 
 
 class ClassificationDataset(Dataset):
@@ -145,7 +173,7 @@ class ClassificationDataset(Dataset):
         self.cfg = cfg
         self.augment = augment
         self.contrast = tuple(contrast)
-        self._decoded = _Decoded(len(self.items), cfg.size**2 * 3)
+        self._decoded = _Decoded()
 
     def __len__(self) -> int:
         return len(self.items)

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 
 from fissure import MODEL_NAMES
 from fissure.errors import FissureError
-from fissure.models import build_model, default_spec, preprocess_config, tta
+from fissure.models import build_model, default_spec, preprocess_config, tiling_config, tta
+from fissure.models.tiling import predict_map
 from fissure.progress import Progress
 from fissure.settings import settings
 from fissure.training import metrics as M
@@ -179,6 +180,8 @@ def make_spec(task: str, cfg: TrainConfig, classes: list[str]) -> dict:
     spec = default_spec(task, size=cfg.size, classes=list(classes), **dict(cfg.model))
     if cfg.tta != "none":
         spec["tta"] = cfg.tta
+    if cfg.tiling is not None:  # how the model sees large images (fissure.models.tiling), as params say
+        spec["tiling"] = {"tile": cfg.size, **cfg.tiling}
     return spec
 
 
@@ -221,11 +224,18 @@ def fit(
     module = module.to(dev)
     amp = dev.type == "cuda"
 
+    tiled = None
     if task == "segment":
-        train_ds = SegmentationDataset(splits.train, pcfg, crop=cfg.crop, augment=cfg.augment, crack_bias=cfg.crack_bias,
+        # A model served in native-resolution tiles trains on crops of the images at that
+        # resolution and is validated in tiles: resized training would teach it crack widths the
+        # served tiles never show.
+        tiling = tiling_config(spec)
+        tiled = tiling if tiling.tiles else None
+        crop = cfg.crop or (cfg.size if tiled else 0)
+        train_ds = SegmentationDataset(splits.train, pcfg, crop=crop, augment=cfg.augment, crack_bias=cfg.crack_bias,
                                       hard_negatives=cfg.hard_negatives, extra_cracks=cfg.extra_cracks,
-                                      contrast=cfg.contrast)
-        val_ds = SegmentationDataset(splits.val, pcfg)
+                                      contrast=cfg.contrast, tiling=tiled)
+        val_ds = SegmentationDataset(splits.val, pcfg, tiling=tiled)
         val_groups = val_sources(splits)  # the source of each validation image: the threshold's pixels
         criterion = lambda logits, y: segmentation_loss(logits, y, cfg.pos_weight)  # noqa: E731
         if cfg.aux_weight > 0 and getattr(module, "aux_heads", None) is None:
@@ -241,7 +251,9 @@ def fit(
         batch_loss = lambda x, y: criterion(module(x), y)  # noqa: E731
     drop_last = len(train_ds) > cfg.batch_size  # BatchNorm cannot train on a batch of one
     train_dl = _loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers, drop_last=drop_last)
-    val_dl = _loader(val_ds, cfg.eval_batch_size or cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.num_workers)
+    # tiled validation images keep their own sizes: one per batch, its tiles batched by tiling.batch
+    val_dl = _loader(val_ds, 1 if tiled else cfg.eval_batch_size or cfg.batch_size, shuffle=False, seed=cfg.seed,
+                     num_workers=cfg.num_workers)
 
     optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(len(train_dl), 1) * cfg.epochs
@@ -289,7 +301,7 @@ def fit(
             seen += count
             # scored as it will be served: the best epoch and the threshold see the same views
             val_loss, val_metrics, val_pixels = validate(task, tta.wrap(scored, cfg.tta), val_dl, dev, criterion,
-                                                         amp=amp, groups=val_groups)
+                                                         amp=amp, groups=val_groups, tiling=tiled)
             improved = selector.update(epoch, val_metrics, val_pixels)
             if improved:
                 best_epoch, best_val, best_pixels = epoch, val_metrics, val_pixels
@@ -484,9 +496,21 @@ class EpochSelector:
         return {**pool, "metric": self.name, "epoch": self.best_epoch, "dice": best}
 
 
+def _tiled_probabilities(module, x: torch.Tensor, tiling, dev, amp: bool) -> torch.Tensor:
+    """Crack probabilities [N, 1, H, W] of normalised images [N, 3, H, W] in blended tiles
+    (the served path, :func:`fissure.models.tiling.predict_map`)."""
+    def forward(tiles):
+        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
+            return torch.sigmoid(module(tiles).float())
+
+    # the images are normalised already, so predict_map needs no preprocess config
+    return torch.stack([predict_map(forward, image, None, tiling, dev)[0] for image in x])
+
+
 @torch.no_grad()
-def validate(task, module, loader, dev, criterion, *, amp=False, groups: list[str] | None = None):
-    """(mean loss, metrics, pixel counts) on a loader at the model's size; the
+def validate(task, module, loader, dev, criterion, *, amp=False, groups: list[str] | None = None, tiling=None):
+    """(mean loss, metrics, pixel counts) on a loader at the model's size, or with ``tiling``
+    (segment, tile mode) at the images' own size in blended tiles; the
     :class:`~fissure.training.metrics.PixelCounts` are None for classification. With ``groups``
     (a name per image of the loader, in its order: it must not shuffle) the segmentation pixel
     counts are a dict of them by name (each with its ``images`` count), the metrics the pooled ones."""
@@ -496,8 +520,12 @@ def validate(task, module, loader, dev, criterion, *, amp=False, groups: list[st
         by_group: dict[str, SourcePixels] = {}
         for x, y in loader:
             x, y = x.to(dev), y.to(dev)
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
-                logits = module(x)
+            if tiling is not None:  # the loss of the blended map, as logits
+                probs = _tiled_probabilities(module, x, tiling, dev, amp)
+                logits = torch.logit(probs, eps=1e-6)
+            else:
+                with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
+                    logits = module(x)
             total += float(criterion(logits, y)) * len(x)
             probs = torch.sigmoid(logits.float())
             names = groups[count : count + len(x)] if groups is not None else ["all"] * len(x)

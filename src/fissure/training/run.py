@@ -105,8 +105,6 @@ def train(
         spec = result.spec
         for line in selection_notes(spec):
             echo(line)
-        if cfg.tiling is not None:  # native-resolution inference (fissure.models.tiling), as params say
-            spec["tiling"] = {"tile": cfg.size, **cfg.tiling}
         mlflow.log_params({**tracking.flat_params("", params), **{f"split.{k}": v for k, v in sizes.items()},
                            "device": result.device, "threads": result.extra.get("threads")})
         # The param is the architecture, for comparing runs; the profile is an artifact of its own.
