@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,3 +46,56 @@ def test_the_mask_follows_flips_and_turns():
         x, y = augment(normalize(pixels, CFG)[0], mask.clone(), CFG, (1.0, 1.0))
         dark = x.mean(0) < x.mean()
         assert torch.equal(dark, y[0] > 0.5)
+
+
+def _line_item(tmp_path, width: int = 2):
+    """One 128 px image: a grey surface crossed by a dark vertical line ``width`` px wide."""
+    from PIL import Image
+
+    from fissure.data import loaders
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    img = np.full((128, 128, 3), 180, np.uint8)
+    mask = np.zeros((128, 128), np.uint8)
+    img[:, 60 : 60 + width] = 40
+    mask[:, 60 : 60 + width] = 255
+    Image.fromarray(img).save(tmp_path / "images" / "a.png")
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    return loaders.segmentation_items(tmp_path)
+
+
+@pytest.mark.parametrize("scale, width", [((2.0, 2.0), 4), ((0.5, 0.5), 16), ((1.0, 1.0), 8)])
+def test_scale_shows_cracks_thinner_or_wider(tmp_path, scale, width):
+    """A window of crop x s is resized to the crop: an 8 px crack is 4 px wide at s = 2 and 16 px
+    at s = 0.5, in the image and in the mask alike (the mask by area: each row holds exactly the
+    crack's width in crack pixels, fractional where it straddles one)."""
+    from fissure.training.datasets import SegmentationDataset
+
+    items = _line_item(tmp_path, width=8)
+    ds = SegmentationDataset(items, PreprocessConfig(size=128), crop=32, augment=True, crack_bias=1.0, scale=scale)
+    ds.augment = False  # the window and its resize only: no flips, turns or jitter
+    whole = 0
+    for seed in range(12):
+        torch.manual_seed(seed)
+        x, y = ds[0]
+        assert x.shape == (3, 32, 32) and y.shape == (1, 32, 32)
+        cols = y[0].amax(0) > 0
+        if cols[0] or cols[-1]:  # the window cut the line
+            continue
+        whole += 1
+        assert torch.allclose(y[0].sum(1), torch.full((32,), float(width)), atol=1e-4)
+        assert y[0, :, int(x.mean((0, 1)).argmin())].min() > 0.4  # the darkest column is crack
+    assert whole >= 3
+
+
+def test_a_thin_crack_survives_shrinking(tmp_path):
+    from fissure.training.datasets import SegmentationDataset
+
+    ds = SegmentationDataset(_line_item(tmp_path, width=1), PreprocessConfig(size=128), crop=32, augment=True,
+                             crack_bias=1.0, scale=(4.0, 4.0))
+    ds.augment = False
+    torch.manual_seed(0)
+    _, y = ds[0]
+    # a 1 px line shrunk 4x is a quarter-crack line in every row: faint, as in the image
+    assert torch.allclose(y[0].sum(1), torch.full((32,), 0.25), atol=1e-4)

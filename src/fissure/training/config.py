@@ -66,6 +66,10 @@ class TrainConfig(BaseModel):
     # training images' contrast is scaled by a factor drawn from [low, high] (80 % of images, with
     # flips, turns and a brightness shift): a low floor shows the model faint cracks on dull surfaces
     contrast: list[float] = Field(default_factory=lambda: list(CONTRAST), min_length=2, max_length=2)
+    # segment: each training crop is cut from a window of crop x s pixels, s drawn from [low, high],
+    # and resized to the crop: cracks seen up to 1/low times wider and 1/high times thinner than
+    # in the images ([1, 1]: off)
+    scale: list[float] = Field(default_factory=lambda: [1.0, 1.0], min_length=2, max_length=2)
     # inference views averaged, saved in the spec (fissure.models.tta): none, flips (4 passes) or d8
     # (8: flips and quarter turns); validation scores the model that way too
     tta: Literal["none", "flips", "d8"] = "none"
@@ -105,6 +109,13 @@ class TrainConfig(BaseModel):
         low, high = self.contrast
         if not 0 < low <= high:
             raise ValueError(f"contrast {self.contrast} must be [low, high] with 0 < low <= high")
+        return self
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> "TrainConfig":
+        low, high = self.scale
+        if not 0 < low <= high:
+            raise ValueError(f"scale {self.scale} must be [low, high] with 0 < low <= high")
         return self
 
     @model_validator(mode="after")

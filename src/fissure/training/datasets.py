@@ -90,10 +90,11 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, items, cfg: PreprocessConfig, *, crop: int = 0, augment: bool = False, crack_bias: float = 0.7,
                  hard_negatives: float = 0.0, extra_cracks: float = 0.0, contrast: tuple[float, float] = CONTRAST,
-                 tiling: T.TilingConfig | None = None):
+                 scale: tuple[float, float] = (1.0, 1.0), tiling: T.TilingConfig | None = None):
         self.items = list(items)
         self.cfg = cfg
         self.contrast = tuple(contrast)
+        self.scale = tuple(scale) if augment else (1.0, 1.0)
         self.crop = crop
         self.crack_bias = crack_bias
         self.augment = augment
@@ -116,11 +117,14 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, i: int):
         # the cached arrays are never written to: cropping slices, drawing and normalising copy
         pixels, y = self._decoded.get(i, lambda: self._load(i))
-        if self.crop and (self.native is not None or self.crop < self.cfg.size):
-            pixels, y = _pad_to(pixels, y, self.crop)
-            top, left = self._crop_origin(y)
-            pixels = pixels[top : top + self.crop, left : left + self.crop]
-            y = y[:, top : top + self.crop, left : left + self.crop]
+        if self.crop and (self.native is not None or self.crop < self.cfg.size or self.scale != (1.0, 1.0)):
+            side = self._window()
+            pixels, y = _pad_to(pixels, y, side)
+            top, left = self._crop_origin(y, side)
+            pixels = pixels[top : top + side, left : left + side]
+            y = y[:, top : top + side, left : left + side]
+            if side != self.crop:
+                pixels, y = _resize(pixels, y, self.crop)
         if self.hard_negatives or self.extra_cracks:
             pixels, y = self._draw(np.ascontiguousarray(pixels), y)
         x = normalize(torch.from_numpy(np.ascontiguousarray(pixels))[None], self.cfg)[0].contiguous()
@@ -133,26 +137,49 @@ class SegmentationDataset(Dataset):
         from torch's generator, so a seeded run stays reproducible)."""
         from fissure.data.synth import add_crack, add_hard_negative
 
-        mask = y[0].numpy() > 0.5
+        soft = y[0].numpy()
+        mask = before = soft > 0.5
         rng = np.random.default_rng(int(torch.randint(0, 2**31, ())))
         if rng.random() < self.extra_cracks:
             pixels, mask = add_crack(rng, pixels, mask)
         if rng.random() < self.hard_negatives:
             pixels, mask = add_hard_negative(rng, pixels, mask)
-        return pixels, torch.from_numpy(mask.astype(np.float32))[None]
+        # pixels the drawing left alone keep their (possibly fractional, after `scale`) value
+        return pixels, torch.from_numpy(np.where(mask == before, soft, mask).astype(np.float32))[None]
 
-    def _crop_origin(self, y: torch.Tensor) -> tuple[int, int]:
-        """Random crop corner; with probability ``crack_bias`` the crop holds a random crack pixel
-        (thin cracks cover ~1% of pixels, so uniform crops would mostly show background)."""
-        span_h, span_w = y.shape[-2] - self.crop, y.shape[-1] - self.crop
+    def _window(self) -> int:
+        """Side of the window a crop is cut from: the crop, or crop x s for s drawn from ``scale``
+        (a multiple of 8, at least 16 px)."""
+        low, high = self.scale
+        if (low, high) == (1.0, 1.0):
+            return self.crop
+        s = low + (high - low) * _rand()
+        return max(16, int(round(self.crop * s / 8)) * 8)
+
+    def _crop_origin(self, y: torch.Tensor, side: int) -> tuple[int, int]:
+        """Random corner of a ``side`` window; with probability ``crack_bias`` it holds a random
+        crack pixel (thin cracks cover ~1% of pixels, so uniform crops would mostly show background)."""
+        span_h, span_w = y.shape[-2] - side, y.shape[-1] - side
         if _rand() < self.crack_bias:
             hits = torch.nonzero(y[0] > 0.5)
             if len(hits):
                 cy, cx = hits[int(torch.randint(0, len(hits), ()))].tolist()
-                top = cy - int(torch.randint(0, self.crop, ()))
-                left = cx - int(torch.randint(0, self.crop, ()))
+                top = cy - int(torch.randint(0, side, ()))
+                left = cx - int(torch.randint(0, side, ()))
                 return min(max(top, 0), span_h), min(max(left, 0), span_w)
         return int(torch.randint(0, span_h + 1, ())), int(torch.randint(0, span_w + 1, ()))
+
+
+def _resize(pixels: np.ndarray, y: torch.Tensor, side: int) -> tuple[np.ndarray, torch.Tensor]:
+    """A window [h, w, 3] and its mask [1, h, w] resized to ``side`` x ``side``: the image
+    bilinear (antialiased when shrinking), the mask by area, each pixel the share of it that is
+    crack (a soft target: a thin crack shrunk stays in the mask as faint as it is in the image,
+    and no rounding makes cracks wider or thinner on average)."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
+    x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    pixels = x[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+    cover = torch.nn.functional.interpolate(y[None], size=(side, side), mode="area")[0]
+    return pixels, cover.clamp_(0.0, 1.0)
 
 
 def _pad_to(pixels: np.ndarray, y: torch.Tensor, side: int) -> tuple[np.ndarray, torch.Tensor]:

@@ -234,7 +234,7 @@ def fit(
         crop = cfg.crop or (cfg.size if tiled else 0)
         train_ds = SegmentationDataset(splits.train, pcfg, crop=crop, augment=cfg.augment, crack_bias=cfg.crack_bias,
                                       hard_negatives=cfg.hard_negatives, extra_cracks=cfg.extra_cracks,
-                                      contrast=cfg.contrast, tiling=tiled)
+                                      contrast=cfg.contrast, scale=cfg.scale, tiling=tiled)
         val_ds = SegmentationDataset(splits.val, pcfg, tiling=tiled)
         val_groups = val_sources(splits)  # the source of each validation image: the threshold's pixels
         criterion = lambda logits, y: segmentation_loss(logits, y, cfg.pos_weight)  # noqa: E731
