@@ -105,17 +105,11 @@ class TrainConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _contrast_range(self) -> "TrainConfig":
-        low, high = self.contrast
-        if not 0 < low <= high:
-            raise ValueError(f"contrast {self.contrast} must be [low, high] with 0 < low <= high")
-        return self
-
-    @model_validator(mode="after")
-    def _scale_range(self) -> "TrainConfig":
-        low, high = self.scale
-        if not 0 < low <= high:
-            raise ValueError(f"scale {self.scale} must be [low, high] with 0 < low <= high")
+    def _ranges(self) -> "TrainConfig":
+        for name in ("contrast", "scale"):  # augmentation factor ranges
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"{name} {getattr(self, name)} must be [low, high] with 0 < low <= high")
         return self
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from fissure import MODEL_NAMES
 from fissure.errors import FissureError
 from fissure.models import build_model, default_spec, preprocess_config, tiling_config, tta
-from fissure.models.tiling import predict_map
+from fissure.models.tiling import segment_probabilities
 from fissure.progress import Progress
 from fissure.settings import settings
 from fissure.training import metrics as M
@@ -498,13 +498,9 @@ class EpochSelector:
 
 def _tiled_probabilities(module, x: torch.Tensor, tiling, dev, amp: bool) -> torch.Tensor:
     """Crack probabilities [N, 1, H, W] of normalised images [N, 3, H, W] in blended tiles
-    (the served path, :func:`fissure.models.tiling.predict_map`)."""
-    def forward(tiles):
-        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
-            return torch.sigmoid(module(tiles).float())
-
-    # the images are normalised already, so predict_map needs no preprocess config
-    return torch.stack([predict_map(forward, image, None, tiling, dev)[0] for image in x])
+    (the served path; the images are normalised already, so no preprocess config)."""
+    with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
+        return torch.stack([segment_probabilities(module, image, None, tiling, device=dev)[0][None] for image in x])
 
 
 @torch.no_grad()
