@@ -27,6 +27,7 @@ def _params(tmp_path, text: str):
     ("train_segmenter:\n  contrast: [1.2, 0.8]\n", "train_segmenter: contrast [1.2, 0.8] must be [low, high] with 0 < low <= high"),
     ("train_segmenter:\n  contrast: [0.5]\n", "train_segmenter.contrast: List should have at least 2 items"),
     ("train_segmenter:\n  scale: [2.0, 0.5]\n", "train_segmenter: scale [2.0, 0.5] must be [low, high] with 0 < low <= high"),
+    ("train_segmenter:\n  fade: [0.5, 1.5]\n", "train_segmenter: fade [0.5, 1.5] must be [low, high] with 0 <= low <= high <= 1"),
 ])
 def test_bad_value_names_the_file_and_the_key(tmp_path, text, message):
     path = _params(tmp_path, text)

@@ -47,6 +47,7 @@ def test_patches_match_masks(seg_set, tmp_path):
     for label in ("crack", "no_crack"):
         files = sorted((tmp_path / label).glob("*.jpg"))
         assert len(files) == counts[label]
+        assert len(list((tmp_path / ".masks" / label).glob("*.png"))) == (counts[label] if label == "crack" else 0)
         for f in files:
             stem, y, x = re.fullmatch(r"(.+)_y(\d+)_x(\d+)", f.stem).groups()
             y, x = int(y), int(x)
@@ -54,6 +55,8 @@ def test_patches_match_masks(seg_set, tmp_path):
             tile = mask[y:y + 64, x:x + 64]
             if label == "crack":
                 assert tile.mean() >= 0.01
+                # its mask tile beside, for training to fade the crack it shows
+                assert np.array_equal(load_mask(tmp_path / ".masks" / "crack" / f"{f.stem}.png"), tile)
             else:
                 assert not mask[max(0, y - 4):y + 68, max(0, x - 4):x + 68].any()
             with Image.open(f) as im:

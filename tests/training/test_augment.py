@@ -99,3 +99,103 @@ def test_a_thin_crack_survives_shrinking(tmp_path):
     _, y = ds[0]
     # a 1 px line shrunk 4x is a quarter-crack line in every row: faint, as in the image
     assert torch.allclose(y[0].sum(1), torch.full((32,), 0.25), atol=1e-4)
+
+
+def _depth(pixels: np.ndarray, y: torch.Tensor) -> float:
+    """How much darker the crack is than the surface (grey levels)."""
+    grey, crack = pixels.astype(float).mean(2), y[0].numpy() > 0.5
+    return float(grey[~crack].mean() - grey[crack].mean())
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.25, 0.7])
+def test_fade_keeps_that_share_of_the_crack_depth(keep):
+    """A faded crack keeps ``keep`` of its depth below the surface around it; pixels out of a
+    crack's reach are left alone, and on a textured surface the texture stays."""
+    from fissure.training.datasets import fade_cracks
+
+    rng = np.random.default_rng(0)
+    pixels = np.clip(rng.normal(170, 12, (64, 64, 3)), 0, 255).astype(np.uint8)  # a textured surface
+    pixels[:, 30:33] = 40
+    y = torch.zeros(1, 64, 64)
+    y[0, :, 30:33] = 1.0
+    out = fade_cracks(pixels, y, keep)
+    assert out.dtype == np.uint8 and out.shape == pixels.shape
+    assert _depth(out, y) == pytest.approx(keep * _depth(pixels, y), abs=3.0)
+    assert np.array_equal(out[:, :26], pixels[:, :26]) and np.array_equal(out[:, 37:], pixels[:, 37:])
+
+
+def test_fade_without_surface_in_reach_uses_the_whole_surface():
+    """A crack wider than the averaging window fades toward the mean of the image's surface."""
+    from fissure.training.datasets import FADE_WINDOW, fade_cracks
+
+    side = 4 * FADE_WINDOW
+    pixels = np.full((side, side, 3), 200, np.uint8)
+    pixels[:, 10 : 10 + 2 * FADE_WINDOW] = 0
+    y = torch.zeros(1, side, side)
+    y[0, :, 10 : 10 + 2 * FADE_WINDOW] = 1.0
+    out = fade_cracks(pixels, y, 0.5)
+    assert abs(int(out[side // 2, 10 + FADE_WINDOW, 0]) - 100) <= 1
+
+
+def test_fade_in_training_crops(tmp_path):
+    """With ``fade`` about half the crops holding a crack show it faded to the drawn share of its
+    depth; the mask never changes; without augmentation nothing fades."""
+    from fissure.training.datasets import SegmentationDataset
+
+    items = _line_item(tmp_path, width=3)
+    ds = SegmentationDataset(items, PreprocessConfig(size=128), crop=32, augment=True, crack_bias=1.0, fade=(0.3, 0.3))
+    ds.augment = False  # the crop and the fade only
+    cfg = ds.cfg
+    mean, std = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
+    depths = []
+    for seed in range(40):
+        torch.manual_seed(seed)
+        x, y = ds[0]
+        assert torch.equal(y[0].sum(1), torch.full((32,), 3.0)) or y[0].amax(0)[[0, -1]].any()
+        pixels = ((x * std + mean) * 255).permute(1, 2, 0).numpy()
+        depths.append(_depth(pixels, y))
+    faded = [d for d in depths if d < 0.5 * 140]
+    assert 10 <= len(faded) <= 30, depths
+    assert all(abs(d - 0.3 * 140) < 6 for d in faded), depths
+    assert all(abs(d - 140) < 6 for d in depths if d >= 0.5 * 140)
+    plain = SegmentationDataset(items, PreprocessConfig(size=128), crop=32, augment=False, fade=(0.3, 0.3))
+    assert plain.fade == (1.0, 1.0)
+
+
+def test_fade_in_crack_patches(tmp_path):
+    """The classifier's crack patches fade through the mask tile `fissure data prepare` wrote beside
+    them; patches without one (no_crack, feedback images) are never changed."""
+    from PIL import Image
+
+    from fissure.data.loaders import classification_set
+    from fissure.data.loaders import PATCH_MASKS as MASKS
+    from fissure.training.datasets import ClassificationDataset
+
+    pixels = np.full((32, 32, 3), 180, np.uint8)
+    pixels[:, 14:17] = 40
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:, 14:17] = 255
+    for folder in ("crack", "no_crack", f"{MASKS}/crack"):
+        (tmp_path / folder).mkdir(parents=True)
+    Image.fromarray(pixels).save(tmp_path / "crack" / "a.png")
+    Image.fromarray(mask).save(tmp_path / MASKS / "crack" / "a.png")
+    Image.fromarray(pixels).save(tmp_path / "crack" / "unmasked.png")
+    Image.fromarray(pixels).save(tmp_path / "no_crack" / "b.png")
+    cset = classification_set(tmp_path)
+    assert cset.classes == ["no_crack", "crack"] and len(cset.items) == 3  # .masks is no class
+    cfg = PreprocessConfig(size=32)
+    mean, std = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
+    ds = ClassificationDataset(cset.items, cfg, augment=True, fade=(0.25, 0.25))
+    ds.augment = False  # the fade only
+    y = torch.from_numpy(mask > 0).float()[None]
+    for i, (path, _) in enumerate(cset.items):
+        depths = []
+        for seed in range(30):
+            torch.manual_seed(seed)
+            x, _ = ds[i]
+            depths.append(_depth(((x * std + mean) * 255).permute(1, 2, 0).numpy(), y))
+        faded = [d for d in depths if d < 70]
+        if path.name == "a.png":
+            assert 7 <= len(faded) <= 23 and all(abs(d - 35) < 4 for d in faded), depths
+        else:
+            assert not faded

@@ -17,6 +17,9 @@ from pathlib import Path
 from fissure.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+# crack patches' mask tiles, <class root>/.masks/crack/<patch stem>.png (fissure.data.patches):
+# training fades the crack they show; a hidden folder, so it is never read as a class
+PATCH_MASKS = ".masks"
 
 
 def source_tag(path: str, taken: set[str]) -> str:

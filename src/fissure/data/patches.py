@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from fissure.data.loaders import SegmentationItem, segmentation_items
+from fissure.data.loaders import PATCH_MASKS as MASKS, SegmentationItem, segmentation_items
 from fissure.errors import DataError
 from fissure.preprocess import load_image, load_mask
 from fissure.progress import iterate
@@ -137,7 +137,8 @@ def select_patches(items: list[SegmentationItem], spec: PatchSpec,
 def extract_patches(data: str | os.PathLike | list[SegmentationItem], out: str | os.PathLike,
                     spec: PatchSpec = PatchSpec(), progress: bool | None = None,
                     prefix: str = "") -> dict[str, int]:
-    """Write ``OUT/crack/*.jpg`` and ``OUT/no_crack/*.jpg``; return the count per class.
+    """Write ``OUT/crack/*.jpg`` and ``OUT/no_crack/*.jpg`` (and each crack patch's mask tile in
+    ``OUT/.masks/crack/``); return the count per class.
 
     ``progress`` as ``enabled`` of :class:`fissure.progress.Progress` (None: a bar on a terminal
     only; True: plain lines too where stderr is not a terminal, e.g. a log).
@@ -147,6 +148,7 @@ def extract_patches(data: str | os.PathLike | list[SegmentationItem], out: str |
     out = Path(out)
     for c in CLASSES:
         (out / c).mkdir(parents=True, exist_ok=True)
+    (out / MASKS / "crack").mkdir(parents=True, exist_ok=True)
     by_item: dict[int, list[tuple[int, int, str]]] = {}
     for label, tiles in chosen.items():
         for i, y, x in tiles:
@@ -155,14 +157,16 @@ def extract_patches(data: str | os.PathLike | list[SegmentationItem], out: str |
     for i in iterate(sorted(by_item), "write patches", len(by_item), unit="images", enabled=progress):
         item = items[i]
         img = load_image(item.image)
-        mask_shape = load_mask(item.mask).shape
-        if (img.height, img.width) != mask_shape:
+        mask = load_mask(item.mask)
+        if (img.height, img.width) != mask.shape:
             raise DataError(f"{item.image}: image is {img.width}x{img.height} but its mask "
-                            f"{item.mask.name} is {mask_shape[1]}x{mask_shape[0]}")
+                            f"{item.mask.name} is {mask.shape[1]}x{mask.shape[0]}")
         for y, x, label in sorted(by_item[i]):
-            tile = img.crop((x, y, x + s, y + s))
-            tile.save(out / label / f"{prefix}{item.image.stem}_y{y}_x{x}.jpg", format="JPEG",
-                      quality=spec.quality)
+            stem = f"{prefix}{item.image.stem}_y{y}_x{x}"
+            img.crop((x, y, x + s, y + s)).save(out / label / f"{stem}.jpg", format="JPEG", quality=spec.quality)
+            if label == "crack":
+                tile = np.where(mask[y : y + s, x : x + s] > 0, 255, 0).astype(np.uint8)
+                Image.fromarray(tile).save(out / MASKS / "crack" / f"{stem}.png")
     counts = {c: len(chosen[c]) for c in CLASSES}
     if counts["crack"] == 0 and counts["no_crack"] == 0:
         raise DataError(f"no tile of {s}x{s} could be labelled; try a smaller --size or --threshold")

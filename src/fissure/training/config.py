@@ -70,6 +70,11 @@ class TrainConfig(BaseModel):
     # and resized to the crop: cracks seen up to 1/low times wider and 1/high times thinner than
     # in the images ([1, 1]: off)
     scale: list[float] = Field(default_factory=lambda: [1.0, 1.0], min_length=2, max_length=2)
+    # half the training images with a crack and its mask (segmenter crops; classify: crack patches
+    # with the mask tile `fissure data prepare` writes) get that crack faded toward the surface
+    # around it, keeping a share of its depth drawn from [low, high] and its texture: faint cracks
+    # on a textured surface, which global contrast jitter cannot make ([1, 1]: off)
+    fade: list[float] = Field(default_factory=lambda: [1.0, 1.0], min_length=2, max_length=2)
     # inference views averaged, saved in the spec (fissure.models.tta): none, flips (4 passes) or d8
     # (8: flips and quarter turns); validation scores the model that way too
     tta: Literal["none", "flips", "d8"] = "none"
@@ -110,6 +115,9 @@ class TrainConfig(BaseModel):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"{name} {getattr(self, name)} must be [low, high] with 0 < low <= high")
+        low, high = self.fade
+        if not 0 <= low <= high <= 1:
+            raise ValueError(f"fade {self.fade} must be [low, high] with 0 <= low <= high <= 1")
         return self
 
     @model_validator(mode="after")

@@ -28,6 +28,10 @@ SPLITS = ("train", "val", "test")
 # Decoded pixels at the model's size stay in memory when a split fits in this budget: decoding
 # and resizing the same JPEGs every epoch took a sixth of a segmenter epoch on 2 cores.
 CACHE_MB = settings().data_cache_mb
+# `fade`: the share of training crops (patches) with a crack whose cracks are faded, and the window (px)
+# the surface around a crack is averaged over
+FADE_SHARE = 0.5
+FADE_WINDOW = 25
 
 
 class _Decoded:
@@ -90,11 +94,13 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, items, cfg: PreprocessConfig, *, crop: int = 0, augment: bool = False, crack_bias: float = 0.7,
                  hard_negatives: float = 0.0, extra_cracks: float = 0.0, contrast: tuple[float, float] = CONTRAST,
-                 scale: tuple[float, float] = (1.0, 1.0), tiling: T.TilingConfig | None = None):
+                 scale: tuple[float, float] = (1.0, 1.0), fade: tuple[float, float] = (1.0, 1.0),
+                 tiling: T.TilingConfig | None = None):
         self.items = list(items)
         self.cfg = cfg
         self.contrast = tuple(contrast)
         self.scale = tuple(scale) if augment else (1.0, 1.0)
+        self.fade = tuple(fade) if augment else (1.0, 1.0)
         self.crop = crop
         self.crack_bias = crack_bias
         self.augment = augment
@@ -125,6 +131,7 @@ class SegmentationDataset(Dataset):
             y = y[:, top : top + side, left : left + side]
             if side != self.crop:
                 pixels, y = _resize(pixels, y, self.crop)
+        pixels = _maybe_fade(pixels, y, self.fade)
         if self.hard_negatives or self.extra_cracks:
             pixels, y = self._draw(np.ascontiguousarray(pixels), y)
         x = normalize(torch.from_numpy(np.ascontiguousarray(pixels))[None], self.cfg)[0].contiguous()
@@ -170,6 +177,43 @@ class SegmentationDataset(Dataset):
         return int(torch.randint(0, span_h + 1, ())), int(torch.randint(0, span_w + 1, ()))
 
 
+def _maybe_fade(pixels: np.ndarray, y: torch.Tensor, fade: tuple[float, float]) -> np.ndarray:
+    """With ``fade`` on, half the images with a crack show it faded (:func:`fade_cracks`); no random
+    draw is made for an image without one, so such runs draw as they did before."""
+    if fade == (1.0, 1.0) or not bool((y > 0).any()) or _rand() >= FADE_SHARE:
+        return pixels
+    low, high = fade
+    return fade_cracks(pixels, y, low + (high - low) * _rand())
+
+
+def fade_cracks(pixels: np.ndarray, y: torch.Tensor, keep: float) -> np.ndarray:
+    """Fade the cracks of an image [H, W, 3] (uint8) toward the surface around them, keeping
+    ``keep`` of their depth and their texture: each crack pixel (mask [1, H, W], unchanged: the
+    crack is still there, fainter) is lifted by (1 - keep) x (surface - the crack's local mean).
+
+    The surface is each pixel's mean over a window of the pixels that are neither crack nor within
+    2 px of one (a crack's dark rim is often left out of its mask); where a wide crack leaves none
+    in reach, the mean of the whole image's surface pixels."""
+    F = torch.nn.functional
+    img = torch.tensor(pixels, dtype=torch.float32).permute(2, 0, 1)[None]  # a copy: cached arrays are read-only
+    near = F.max_pool2d((y > 0).float()[None], 5, stride=1, padding=2)
+    free = 1.0 - near
+    k = FADE_WINDOW
+    weight = F.avg_pool2d(free, k, stride=1, padding=k // 2, count_include_pad=False)
+    surface = F.avg_pool2d(img * free, k, stride=1, padding=k // 2, count_include_pad=False) / weight.clamp_min(1e-6)
+    if float(free.sum()):
+        overall = (img * free).sum((2, 3), keepdim=True) / free.sum()
+    else:
+        overall = img.mean((2, 3), keepdim=True)
+    surface = torch.where(weight > 0.02, surface, overall)
+    # the crack's local mean (5 px, its own pixels) is lifted toward the surface; its texture stays
+    core = y[None].float()
+    cover = F.avg_pool2d(core, 5, stride=1, padding=2, count_include_pad=False)
+    crack = F.avg_pool2d(img * core, 5, stride=1, padding=2, count_include_pad=False) / cover.clamp_min(1e-6)
+    out = img + (1.0 - keep) * core * (surface - crack)
+    return out[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
 def _resize(pixels: np.ndarray, y: torch.Tensor, side: int) -> tuple[np.ndarray, torch.Tensor]:
     """A window [h, w, 3] and its mask [1, h, w] resized to ``side`` x ``side``: the image
     bilinear (antialiased when shrinking), the mask by area, each pixel the share of it that is
@@ -193,22 +237,36 @@ def _pad_to(pixels: np.ndarray, y: torch.Tensor, side: int) -> tuple[np.ndarray,
 
 
 class ClassificationDataset(Dataset):
-    """(image [3,S,S], label) for ``(path, class_index)`` items."""
+    """(image [3,S,S], label) for ``(path, class_index)`` items. ``fade`` (training): half the
+    images with a mask tile (crack patches cut by ``fissure data prepare``,
+    :data:`fissure.data.loaders.PATCH_MASKS`) show their crack faded as :class:`SegmentationDataset` does."""
 
-    def __init__(self, items, cfg: PreprocessConfig, *, augment: bool = False, contrast: tuple[float, float] = CONTRAST):
+    def __init__(self, items, cfg: PreprocessConfig, *, augment: bool = False, contrast: tuple[float, float] = CONTRAST,
+                 fade: tuple[float, float] = (1.0, 1.0)):
         self.items = list(items)
         self.cfg = cfg
         self.augment = augment
         self.contrast = tuple(contrast)
+        self.fade = tuple(fade) if augment else (1.0, 1.0)
         self._decoded = _Decoded()
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def _load(self, path: Path):
+        pixels = image_to_array(load_image(path), self.cfg)
+        tile = path.parent.parent / loaders.PATCH_MASKS / path.parent.name / f"{path.stem}.png"
+        if self.fade == (1.0, 1.0) or not tile.is_file():
+            return pixels
+        return pixels, mask_to_tensor(load_mask(tile), self.cfg.size)
+
     def __getitem__(self, i: int):
         path, label = self.items[i]
-        pixels = self._decoded.get(i, lambda: image_to_array(load_image(path), self.cfg))
-        x = normalize(torch.from_numpy(pixels)[None], self.cfg)[0].contiguous()
+        pixels = self._decoded.get(i, lambda: self._load(Path(path)))
+        if isinstance(pixels, tuple):
+            pixels, y = pixels
+            pixels = _maybe_fade(pixels, y, self.fade)
+        x = normalize(torch.from_numpy(np.ascontiguousarray(pixels))[None], self.cfg)[0].contiguous()
         if self.augment:
             x, _ = augment(x, None, self.cfg, self.contrast)
         return x, label

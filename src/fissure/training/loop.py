@@ -234,7 +234,7 @@ def fit(
         crop = cfg.crop or (cfg.size if tiled else 0)
         train_ds = SegmentationDataset(splits.train, pcfg, crop=crop, augment=cfg.augment, crack_bias=cfg.crack_bias,
                                       hard_negatives=cfg.hard_negatives, extra_cracks=cfg.extra_cracks,
-                                      contrast=cfg.contrast, scale=cfg.scale, tiling=tiled)
+                                      contrast=cfg.contrast, scale=cfg.scale, fade=cfg.fade, tiling=tiled)
         val_ds = SegmentationDataset(splits.val, pcfg, tiling=tiled)
         val_groups = val_sources(splits)  # the source of each validation image: the threshold's pixels
         criterion = lambda logits, y: segmentation_loss(logits, y, cfg.pos_weight)  # noqa: E731
@@ -242,7 +242,8 @@ def fit(
             raise FissureError("aux_weight > 0 needs a model with deep_supervision: true (train_segmenter.model)")
         batch_loss = lambda x, y: segmenter_batch_loss(module, x, y, cfg)  # noqa: E731
     else:
-        train_ds = ClassificationDataset(splits.train, pcfg, augment=cfg.augment, contrast=cfg.contrast)
+        train_ds = ClassificationDataset(splits.train, pcfg, augment=cfg.augment, contrast=cfg.contrast,
+                                         fade=cfg.fade)
         val_ds = ClassificationDataset(splits.val, pcfg)
         val_groups = None
         weights = class_weights([lbl for _, lbl in splits.train], len(splits.classes), cfg.class_weights).to(dev)
