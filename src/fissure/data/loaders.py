@@ -22,6 +22,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 PATCH_MASKS = ".masks"
 
 
+def patch_mask(patch: Path) -> Path:
+    """Where the mask tile of the patch ``ROOT/<class>/<stem>.jpg`` lives (it may not exist)."""
+    return patch.parent.parent / PATCH_MASKS / patch.parent.name / f"{patch.stem}.png"
+
+
 def source_tag(path: str, taken: set[str]) -> str:
     """The prefix ``fissure data prepare`` gives the files of a real source folder (so evaluation
     can tell which dataset an item came from): the folder's last two path parts, made file-name

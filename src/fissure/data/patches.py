@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from fissure.data.loaders import PATCH_MASKS as MASKS, SegmentationItem, segmentation_items
+from fissure.data.loaders import PATCH_MASKS as MASKS, SegmentationItem, patch_mask, segmentation_items
 from fissure.errors import DataError
 from fissure.preprocess import load_image, load_mask
 from fissure.progress import iterate
@@ -162,11 +162,11 @@ def extract_patches(data: str | os.PathLike | list[SegmentationItem], out: str |
             raise DataError(f"{item.image}: image is {img.width}x{img.height} but its mask "
                             f"{item.mask.name} is {mask.shape[1]}x{mask.shape[0]}")
         for y, x, label in sorted(by_item[i]):
-            stem = f"{prefix}{item.image.stem}_y{y}_x{x}"
-            img.crop((x, y, x + s, y + s)).save(out / label / f"{stem}.jpg", format="JPEG", quality=spec.quality)
+            patch = out / label / f"{prefix}{item.image.stem}_y{y}_x{x}.jpg"
+            img.crop((x, y, x + s, y + s)).save(patch, format="JPEG", quality=spec.quality)
             if label == "crack":
                 tile = np.where(mask[y : y + s, x : x + s] > 0, 255, 0).astype(np.uint8)
-                Image.fromarray(tile).save(out / MASKS / "crack" / f"{stem}.png")
+                Image.fromarray(tile).save(patch_mask(patch))
     counts = {c: len(chosen[c]) for c in CLASSES}
     if counts["crack"] == 0 and counts["no_crack"] == 0:
         raise DataError(f"no tile of {s}x{s} could be labelled; try a smaller --size or --threshold")

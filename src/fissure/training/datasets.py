@@ -255,7 +255,7 @@ class ClassificationDataset(Dataset):
 
     def _load(self, path: Path):
         pixels = image_to_array(load_image(path), self.cfg)
-        tile = path.parent.parent / loaders.PATCH_MASKS / path.parent.name / f"{path.stem}.png"
+        tile = loaders.patch_mask(path)
         if self.fade == (1.0, 1.0) or not tile.is_file():
             return pixels
         return pixels, mask_to_tensor(load_mask(tile), self.cfg.size)
