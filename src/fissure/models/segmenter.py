@@ -17,10 +17,14 @@ NORMS = ("batch", "group")
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
-    """BatchNorm, or GroupNorm (groups of up to 8 channels' worth): GroupNorm's statistics are
-    per image, so small training crops and full-size eval images are normalised alike."""
+    """BatchNorm, or GroupNorm (groups of at least 8 channels: the most groups up to channels // 8
+    that divide the channels): GroupNorm's statistics are per image, so small training crops and
+    full-size eval images are normalised alike."""
     if kind == "group":
-        return nn.GroupNorm(max(channels // 8, 1), channels)
+        groups = max(channels // 8, 1)
+        while channels % groups:  # e.g. 60 channels (Lite2's 120-wide skip, halved): 6 groups, not 7
+            groups -= 1
+        return nn.GroupNorm(groups, channels)
     return nn.BatchNorm2d(channels)
 
 

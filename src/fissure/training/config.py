@@ -135,7 +135,7 @@ class TrainConfig(BaseModel):
 
 
 # ``encoder``: a pretrained backbone from fissure.models.encoders, or none (the from-scratch model)
-Encoder = Literal["none", "efficientnet-lite0"]
+Encoder = Literal["none", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
 
 
 class ClassifierArch(BaseModel):
