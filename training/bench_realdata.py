@@ -3,11 +3,11 @@
     python training/bench_realdata.py [--out reports/bench_realdata.md] [--work reports/bench_realdata]
                                       [--params params.yaml]
                                       [--segment-epochs N] [--classify-epochs N]
-                                      [--classify-encoder {none,efficientnet-lite0}]
+                                      [--classify-encoder {none,efficientnet-lite0,efficientnet-lite1,efficientnet-lite2}]
                                       [--only {cracks,magnetic-tile}] [--segment-only | --classify-only]
                                       [--no-d8]
                                       [--mt-epochs N] [--mt-size PX]
-                                      [--mt-encoder {none,efficientnet-lite0}]
+                                      [--mt-encoder {none,efficientnet-lite0,efficientnet-lite1,efficientnet-lite2}]
                                       [--mt-class-weights {inverse,sqrt_inverse,none}] [--mt-seed N]
                                       [--mt-tta {none,flips,d8}]
 
@@ -52,6 +52,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
@@ -152,6 +154,8 @@ def magnetic_tile(work: Path, env: dict, fissure: Path, *, epochs: int, size: in
 
 
 def main() -> None:
+    from fissure.models.encoders import ENCODERS
+
     global PARAMS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="reports/bench_realdata.md")
@@ -169,12 +173,12 @@ def main() -> None:
                           help="cracks: train and score the classifier only (no segmenter: its columns say n/a)")
     ap.add_argument("--no-d8", action="store_true",
                     help="cracks: skip scoring the segmenter again with 8 views averaged (8x its evaluation time)")
-    ap.add_argument("--classify-encoder", choices=["none", "efficientnet-lite0"], default="efficientnet-lite0",
+    ap.add_argument("--classify-encoder", choices=["none", *ENCODERS], default="efficientnet-lite0",
                     help="cracks: the classifier from scratch (none: params.yaml's model and epochs) or on the "
                          "pretrained encoder (lr 1e-3, 5 epochs unless --classify-epochs) [efficientnet-lite0]")
     ap.add_argument("--mt-epochs", type=int, default=20, help="magnetic-tile: maximum epochs [20]")
     ap.add_argument("--mt-size", type=int, default=128, help="magnetic-tile: classifier input side in px [128]")
-    ap.add_argument("--mt-encoder", choices=["none", "efficientnet-lite0"], default="efficientnet-lite0",
+    ap.add_argument("--mt-encoder", choices=["none", *ENCODERS], default="efficientnet-lite0",
                     help="magnetic-tile: from scratch (none) or the pretrained encoder [efficientnet-lite0]")
     ap.add_argument("--mt-seed", type=int, default=None,
                     help="magnetic-tile: the training seed (the split stays) [params.yaml's train_classifier.seed]")
@@ -261,9 +265,10 @@ def cracks(work: Path, env: dict, fissure: Path, args) -> str:
     deep_test = link_subset(prepared / "segment" / "test", work / "deepcrack-test", lambda s: not s.startswith("synth-"))
     sets = {"DeepCrack held-out test": deep_test, "CrackForest (all, never seen)": SHARED / "crackforest" / "all"}
     from fissure.data.patches import PatchSpec, extract_patches
-    from fissure.training.config import load_config
 
-    patch = PatchSpec(size=load_config("classify", PARAMS).size)
+    # held-back patches of the training patches' size (prepare's, which a classifier whose input
+    # `size` differs resizes), side by side (stride = size)
+    patch = PatchSpec(size=int(yaml.safe_load(PARAMS.read_text())["prepare"]["patch_size"]))
     rows = []
     for label, folder in sets.items():
         n = len(list((Path(folder) / "images").iterdir()))
