@@ -47,6 +47,9 @@ class PreprocessConfig:
     size: int = 224
     mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
     std: tuple[float, float, float] = field(default=IMAGENET_STD)
+    # each image's grey-level standard deviation (0-255) after stretching about its mean; 0 = off
+    # (:func:`stretch_contrast`)
+    gray_std: float = 0.0
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -167,15 +170,41 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     return arr > 0
 
 
-def image_to_array(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """RGB image -> uint8 [size, size, 3]: the model's pixels before normalisation.
+def image_to_array(img: Image.Image, cfg: PreprocessConfig, *, stretch: bool = True) -> np.ndarray:
+    """RGB image -> uint8 [size, size, 3]: the model's pixels before normalisation (contrast
+    stretched as ``cfg.gray_std`` says, unless ``stretch`` is False: drift statistics want the
+    image as it came).
 
     Serving's front stops here and ships these bytes to the model worker (4x smaller than
     floats), which finishes with :func:`normalize`; training goes through both at once.
     """
     if img.size != (cfg.size, cfg.size):
         img = img.resize((cfg.size, cfg.size), Image.BILINEAR)
-    return np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy shares it
+    pixels = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy shares it
+    return stretch_contrast(pixels, cfg.gray_std) if stretch else pixels
+
+
+# stretch_contrast's factor is held to this range, so a nearly flat image (a blank wall, a
+# lens cap) is not blown up into sensor noise
+STRETCH_LIMITS = (0.25, 4.0)
+
+
+def stretch_contrast(pixels: np.ndarray, gray_std: float) -> np.ndarray:
+    """uint8 [H, W, 3] scaled about each channel's mean so that the grey level's standard
+    deviation is ``gray_std`` (the factor held to :data:`STRETCH_LIMITS`), rounded and clipped
+    to 0-255; ``gray_std`` 0 returns ``pixels`` as they are.
+
+    Every photo then reaches the model at one contrast: a faint crack on a flat grey surface
+    comes out as strong as on a contrasty one (docs/training.md, "Contrast").
+    """
+    if not gray_std:
+        return pixels
+    values = pixels.astype(np.float32)
+    spread = float(values.mean(axis=2).std())
+    low, high = STRETCH_LIMITS
+    factor = min(max(gray_std / max(spread, 1e-3), low), high)
+    centre = values.mean(axis=(0, 1), keepdims=True)
+    return np.clip(factor * (values - centre) + centre + 0.5, 0, 255).astype(np.uint8)
 
 
 def normalize(pixels: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:

@@ -184,3 +184,52 @@ def test_wide_gray_is_narrowed_without_float_copies(mode):
     assert peak < 2.5 * wide.nbytes, f"peak {peak / wide.nbytes:.1f}x the image's bytes"
     expected = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
     assert np.array_equal(np.asarray(out)[..., 0], expected)
+
+
+def _gray_photo(spread: float, shape=(48, 64), seed=0) -> np.ndarray:
+    """An RGB photo whose grey level has about this standard deviation around 120."""
+    rng = np.random.default_rng(seed)
+    grey = rng.normal(120.0, spread, shape)
+    tint = np.array([1.0, 0.95, 0.9])
+    return np.clip(grey[..., None] * tint, 0, 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("spread", [8.0, 12.0, 40.0])
+def test_stretch_contrast_brings_every_image_to_the_same_grey_spread(spread):
+    pixels = _gray_photo(spread)
+    out = pp.stretch_contrast(pixels, 24.0)
+    assert out.dtype == np.uint8 and out.shape == pixels.shape
+    assert abs(out.mean(axis=2).std() - 24.0) < 0.5
+    # about each channel's mean: the colour of the surface stays, only its contrast changes
+    assert np.allclose(out.mean(axis=(0, 1)), pixels.mean(axis=(0, 1)), atol=1.0)
+    # monotone: a darker pixel stays darker
+    grey_in, grey_out = pixels[..., 0].astype(int).ravel(), out[..., 0].astype(int).ravel()
+    order = np.argsort(grey_in, kind="stable")
+    assert (np.diff(grey_out[order]) >= 0).all()
+
+
+def test_stretch_contrast_off_and_its_limits():
+    pixels = _gray_photo(10.0)
+    assert pp.stretch_contrast(pixels, 0.0) is pixels
+    low, high = pp.STRETCH_LIMITS
+    # a nearly flat wall is not blown up into noise: at most `high` times its spread
+    flat = _gray_photo(1.0)
+    assert flat.mean(axis=2).std() * high * 1.05 >= pp.stretch_contrast(flat, 24.0).mean(axis=2).std()
+    # a uniform image has no spread to stretch and comes back as it was
+    uniform = np.full((16, 16, 3), 77, np.uint8)
+    assert (pp.stretch_contrast(uniform, 24.0) == uniform).all()
+    # a busy image is brought down no further than `low` times its spread
+    busy = _gray_photo(70.0)
+    assert pp.stretch_contrast(busy, 2.0).mean(axis=2).std() >= busy.mean(axis=2).std() * low * 0.9
+
+
+def test_image_to_array_stretches_as_its_config_says():
+    img = Image.fromarray(_gray_photo(8.0, shape=(40, 40)))
+    cfg = pp.PreprocessConfig(size=32, gray_std=24.0)
+    assert pp.PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    stretched, raw = pp.image_to_array(img, cfg), pp.image_to_array(img, cfg, stretch=False)
+    assert (raw == pp.image_to_array(img, pp.PreprocessConfig(size=32))).all()
+    assert (stretched == pp.stretch_contrast(raw, 24.0)).all()
+    assert stretched.mean(axis=2).std() > 2 * raw.mean(axis=2).std()
+    # specs saved before the key existed read back unstretched
+    assert pp.PreprocessConfig.from_dict({"size": 32}).gray_std == 0.0

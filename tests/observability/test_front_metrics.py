@@ -393,3 +393,29 @@ def test_inference_routes():
     assert inference_route("/v2/models/a/versions/3/infer") == ("rest-v2", "a")
     for path in ("/v2/models/a", "/v1/models/a", "/v2/health/ready", "/metrics", "/predictions/a"):
         assert inference_route(path) is None
+
+
+@pytest.mark.parametrize("tiling", [None, {"mode": "tile", "overlap": 16}])
+def test_drift_statistics_see_the_image_as_sent_when_the_model_stretches_contrast(tiling):
+    """A model with preprocess.gray_std gets every image at one contrast, but the drift gauges
+    must still see a flat, dark camera: the front's statistics come from the unstretched pixels,
+    as the training profile's do (tests/training)."""
+    from fissure.models import default_spec
+    from fissure.preprocess import decode_image, image_to_array, stretch_contrast
+    from fissure.serving.front.model import TorchServeModel
+
+    spec = default_spec("segment", base=8, depth=2, size=64)
+    spec["preprocess"]["gray_std"] = 24.0
+    if tiling:
+        spec["tiling"] = tiling
+    model = TorchServeModel(SEG, {}, spec, backend=None, wire_token="t")
+    model.metrics = object()  # statistics are computed only for a front with metrics
+    png = dark(7)
+    (info, data), stats = model._pixels_entry(png)
+    img = decode_image(png)
+    raw = image_to_array(img, model.preprocess_config, stretch=False)
+    assert stats == input_stats(raw, (img.height, img.width))
+    sent = np.frombuffer(data, np.uint8).reshape(info["shape"])
+    if not tiling:
+        assert (sent == stretch_contrast(raw, 24.0)).all()
+    assert sent.std() > 2 * raw.std()  # the model gets the stretched image

@@ -186,3 +186,36 @@ def test_torchserve_handler_tiles_wire_pixels_and_raw_images(tmp_path, monkeypat
     finally:
         gc.unfreeze()  # initialize() froze the test process's objects: a worker's, not ours
         torch.set_num_threads(threads)
+
+
+def _flat_photo(h=180, w=260, seed=3) -> Image.Image:
+    """A low-contrast surface (grey spread ~5) with a faint reddish line, the kind a stretch lifts."""
+    rng = np.random.default_rng(seed)
+    grey = rng.normal(120.0, 5.0, (h, w))
+    arr = np.stack([grey, grey - 2.0, grey - 4.0], axis=-1)
+    arr[h // 2 : h // 2 + 2] += (6.0, 0.0, -6.0)
+    return Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8))
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_a_contrast_stretching_spec_is_applied_alike_on_every_input_path(tiled):
+    from fissure.preprocess import image_to_array, stretch_contrast
+
+    spec = _spec("segment") if tiled else default_spec("segment", base=8, depth=2, size=128)
+    spec["preprocess"]["gray_std"] = 24.0
+    rt = ModelRuntime(PointwiseSegmenter(), spec)
+    img = _flat_photo()
+    px = model_pixels(img, rt.cfg, rt.tiling)
+    raw = np.asarray(img) if tiled else image_to_array(img, rt.cfg, stretch=False)
+    assert (px == stretch_contrast(raw, 24.0)).all()
+    by_image = rt.predict([rt.prepare_image(_png(img))])[0]
+    by_pixels = rt.predict([rt.prepare_pixels(px.tobytes(), list(px.shape), [180, 260])])[0]
+    assert by_pixels["mask_rle"] == by_image["mask_rle"]
+    # what the model saw was the stretched image: its mask, not the raw image's
+    def mask_of(pixels):
+        logits = PointwiseSegmenter()(normalize(torch.from_numpy(pixels.copy())[None], rt.cfg))
+        mask = (torch.sigmoid(logits)[0, 0] >= rt.threshold).numpy().astype(np.uint8)
+        return np.asarray(Image.fromarray(mask * 255).resize((260, 180), Image.NEAREST)) > 127 if not tiled else mask > 0
+    stretched, unstretched = mask_of(px), mask_of(raw)
+    assert (stretched != unstretched).mean() > 0.01
+    assert (_mask(by_image) == stretched).mean() > 0.99

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fissure.preprocess import PreprocessConfig, normalize
-from fissure.training.datasets import augment
+from fissure.training.datasets import SegmentationDataset, augment
 
 CFG = PreprocessConfig(size=32)
 
@@ -199,3 +199,21 @@ def test_fade_in_crack_patches(tmp_path):
             assert 7 <= len(faded) <= 23 and all(abs(d - 35) < 4 for d in faded), depths
         else:
             assert not faded
+
+
+def test_gray_std_stretches_the_whole_image_before_the_crop(tmp_path):
+    """Training sees what serving sees: the image stretched at model size, then cropped (a crop's
+    own spread would differ from the whole image's)."""
+    from fissure.preprocess import image_to_array, load_image, stretch_contrast
+
+    items = _line_item(tmp_path, width=2)
+    cfg = PreprocessConfig(size=128, gray_std=24.0)
+    whole = stretch_contrast(image_to_array(load_image(items[0].image), cfg, stretch=False), 24.0)
+    assert set(np.unique(whole)) != {40, 180}  # the stretch changed the pixels
+    ds = SegmentationDataset(items, cfg, crop=32, augment=False, crack_bias=1.0)
+    mean = torch.tensor(cfg.mean).view(3, 1, 1)
+    std = torch.tensor(cfg.std).view(3, 1, 1)
+    for _ in range(5):
+        x, _ = ds[0]
+        crop = ((x * std + mean) * 255.0).round().to(torch.int64).unique().tolist()
+        assert set(crop) <= set(np.unique(whole).tolist()), crop

@@ -472,3 +472,18 @@ def test_tta_is_saved_in_the_spec_and_scores_validation_as_served(clf_data):
     assert served["roc_auc"] == pytest.approx(averaged.best_val["roc_auc"], abs=1e-6)
     assert one_view["roc_auc"] == pytest.approx(plain.best_val["roc_auc"], abs=1e-6)
     assert not isinstance(averaged.module, tta.TestTimeAugmented)  # what gets saved is the plain model
+
+
+def test_gray_std_is_saved_in_the_spec_and_drift_profiles_the_images_as_they_come(seg_data):
+    """The stretch is part of the model (its spec), so serving repeats it; the drift reference
+    keeps the unstretched images' statistics, or a darker, flatter camera would go unseen (the
+    front does the same: tests/observability)."""
+    from fissure.training.run import reference_profile
+
+    result = _fit("segment", seg_data, epochs=1, gray_std=24.0)
+    assert result.spec["preprocess"]["gray_std"] == 24.0
+    val = find_splits("segment", seg_data, seed=0).val
+    unstretched_spec = {**result.spec, "preprocess": {**result.spec["preprocess"], "gray_std": 0.0}}
+    profile = reference_profile(result.module, result.spec, val).to_dict()["features"]
+    plain = reference_profile(result.module, unstretched_spec, val).to_dict()["features"]
+    assert profile["contrast"] == plain["contrast"] and profile["brightness"] == plain["brightness"]

@@ -46,18 +46,19 @@ def default_spec(task: str, **params) -> dict:
     if task not in DEFAULT_ARCH:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(DEFAULT_ARCH)}")
     size = params.pop("size", DEFAULT_SIZE[task])
+    gray_std = float(params.pop("gray_std", 0.0))
     classes = params.pop("classes", DEFAULT_CLASSES[task])
     if task == "classify":
         params.setdefault("num_classes", len(classes))
     encoder = params.get("encoder", NO_ENCODER)
     if encoder == NO_ENCODER:
-        arch, preprocess = DEFAULT_ARCH[task], PreprocessConfig(size=size)
+        arch, preprocess = DEFAULT_ARCH[task], PreprocessConfig(size=size, gray_std=gray_std)
         params = {k: v for k, v in params.items() if k not in ENCODER_ONLY}
     else:
         if encoder not in ENCODER_NORMALIZATION:
             raise ValueError(f"unknown encoder {encoder!r}; known: {NO_ENCODER}, {', '.join(ENCODER_NORMALIZATION)}")
         mean, std = ENCODER_NORMALIZATION[encoder]
-        arch, preprocess = ENCODER_ARCH[task], PreprocessConfig(size=size, mean=mean, std=std)
+        arch, preprocess = ENCODER_ARCH[task], PreprocessConfig(size=size, mean=mean, std=std, gray_std=gray_std)
         params = {k: v for k, v in params.items() if k not in SCRATCH_ONLY[task]}
     return {
         "task": task,

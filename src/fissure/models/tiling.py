@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from torch.nn import functional as F
 
 from fissure.errors import ConfigError
-from fissure.preprocess import PreprocessConfig, image_to_array, normalize
+from fissure.preprocess import PreprocessConfig, image_to_array, normalize, stretch_contrast
 
 
 class TilingConfig(BaseModel):
@@ -122,8 +122,11 @@ def to_pixels(img: Image.Image, cfg: TilingConfig) -> np.ndarray:
 
 
 def model_pixels(img: Image.Image, pcfg: PreprocessConfig, cfg: TilingConfig) -> np.ndarray:
-    """What the model worker is sent for ``img``: uint8 [S, S, 3] (resize) or [H', W', 3] (tile)."""
-    return to_pixels(img, cfg) if cfg.tiles else image_to_array(img, pcfg)
+    """What the model worker is sent for ``img``: uint8 [S, S, 3] (resize) or [H', W', 3] (tile),
+    contrast stretched as ``pcfg`` says (in tile mode the whole working image, before tiling)."""
+    if not cfg.tiles:
+        return image_to_array(img, pcfg)
+    return stretch_contrast(to_pixels(img, cfg), pcfg.gray_std)
 
 
 def _crops(image: torch.Tensor, boxes, pcfg: PreprocessConfig, tile: int) -> torch.Tensor:

@@ -132,7 +132,7 @@ class ModelRuntime:
             budget.spend(img.width * img.height)
         img = finish_decode(img)
         if self.tiling.tiles:
-            return self._tiled(torch.from_numpy(T.to_pixels(img, self.tiling)), (img.height, img.width), img)
+            return self._tiled(torch.from_numpy(T.model_pixels(img, self.cfg, self.tiling)), (img.height, img.width), img)
         return Prepared(image_to_tensor(img, self.cfg), (img.height, img.width))
 
     def _tiled(self, native: torch.Tensor, size: tuple[int, int], img=None) -> Prepared:

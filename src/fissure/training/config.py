@@ -66,6 +66,10 @@ class TrainConfig(BaseModel):
     # training images' contrast is scaled by a factor drawn from [low, high] (80 % of images, with
     # flips, turns and a brightness shift): a low floor shows the model faint cracks on dull surfaces
     contrast: list[float] = Field(default_factory=lambda: list(CONTRAST), min_length=2, max_length=2)
+    # each image, in training and wherever the model is used (saved in its spec's preprocess), is
+    # stretched about its mean to this grey-level standard deviation (0-255; factor held to 1/4-4)
+    # after the resize to the model's size (tile mode: the working-size image); 0 = off
+    gray_std: float = Field(0.0, ge=0, le=128)
     # segment: each training crop is cut from a window of crop x s pixels, s drawn from [low, high],
     # and resized to the crop: cracks seen up to 1/low times wider and 1/high times thinner than
     # in the images ([1, 1]: off)

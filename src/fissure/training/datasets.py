@@ -117,7 +117,7 @@ class SegmentationDataset(Dataset):
         img, mask = load_image(item.image), load_mask(item.mask)
         if self.native is None:
             return image_to_array(img, self.cfg), mask_to_tensor(mask, self.cfg.size)
-        pixels = T.to_pixels(img, self.native)
+        pixels = T.model_pixels(img, self.cfg, self.native)
         return pixels, mask_to_tensor(mask, pixels.shape[:2])
 
     def __getitem__(self, i: int):

@@ -348,7 +348,7 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
                 if mask.shape != (img.height, img.width):
                     raise FissureError(f"{it.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {img.width}x{img.height}")
                 if tiled:
-                    pixels = torch.from_numpy(T.to_pixels(img, tiling))
+                    pixels = torch.from_numpy(T.model_pixels(img, pcfg, tiling))
                     native = T.segment_probabilities(module, pixels, pcfg, tiling, out_size=mask.shape,
                                                      device=device)[0].cpu().numpy()
                 else:

@@ -177,7 +177,7 @@ class FitResult:
 
 
 def make_spec(task: str, cfg: TrainConfig, classes: list[str]) -> dict:
-    spec = default_spec(task, size=cfg.size, classes=list(classes), **dict(cfg.model))
+    spec = default_spec(task, size=cfg.size, gray_std=cfg.gray_std, classes=list(classes), **dict(cfg.model))
     if cfg.tta != "none":
         spec["tta"] = cfg.tta
     if cfg.tiling is not None:  # how the model sees large images (fissure.models.tiling), as params say

@@ -19,7 +19,7 @@ from fissure import MODEL_NAMES, __version__
 from fissure.errors import FissureError
 from fissure.models import preprocess_config, tta
 from fissure.observability import drift
-from fissure.preprocess import image_to_array, load_image, normalize
+from fissure.preprocess import image_to_array, load_image, normalize, stretch_contrast
 from fissure.training import metrics as M
 from fissure.training import plots, tracking
 from fissure.training.config import TrainConfig
@@ -272,9 +272,10 @@ def reference_profile(module, spec: dict, items, *, device="cpu", batch_size: in
         pixels = []
         for item in items[start : start + max(batch_size, 1)]:
             img = load_image(item.image if hasattr(item, "image") else item[0])
-            pixels.append(image_to_array(img, pcfg))
-            for k, v in drift.input_stats(pixels[-1], (img.height, img.width)).items():
+            raw = image_to_array(img, pcfg, stretch=False)  # drift watches the images as they come
+            for k, v in drift.input_stats(raw, (img.height, img.width)).items():
                 samples.setdefault(k, []).append(v)
+            pixels.append(stretch_contrast(raw, pcfg.gray_std))
         out = module(normalize(torch.from_numpy(np.stack(pixels)), pcfg).to(device)).float()
         if spec["task"] == "segment":
             conf = drift.segmenter_confidence(torch.sigmoid(out).cpu().numpy())

@@ -205,8 +205,9 @@ class FrontModel(kserve.Model):
         except Exception as exc:  # noqa: BLE001 - a bad image fails alone, as in the worker
             return error_result(exc), None
         stats = None
-        if self.metrics is not None:  # at model size, as the training profile's (also when tiling)
-            small = image_to_array(img, self.preprocess_config) if self.tiling.tiles else pixels
+        if self.metrics is not None:  # at model size and unstretched, as the training profile's
+            cfg = self.preprocess_config
+            small = image_to_array(img, cfg, stretch=False) if self.tiling.tiles or cfg.gray_std else pixels
             stats = input_stats(small, (img.height, img.width))
         entry = {"kind": "pixels", "shape": list(pixels.shape), "size": [img.height, img.width]}, pixels.tobytes()
         return entry, stats
