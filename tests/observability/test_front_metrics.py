@@ -395,27 +395,45 @@ def test_inference_routes():
         assert inference_route(path) is None
 
 
+# In a child process: importing the front (kserve) in pytest's own process registers KServe's
+# `inference` protos, and every later gRPC client test then fails on duplicate symbols.
+_STATS_SCRIPT = r"""
+import json, sys
+import numpy as np
+from fissure.models import default_spec
+from fissure.observability.drift import input_stats
+from fissure.preprocess import decode_image, image_to_array, stretch_contrast
+from fissure.serving.front.model import TorchServeModel
+
+spec = default_spec("segment", base=8, depth=2, size=64)
+spec["preprocess"]["gray_std"] = 24.0
+tiling = json.loads(sys.argv[1])
+if tiling:
+    spec["tiling"] = tiling
+model = TorchServeModel("crack-segmenter", {}, spec, backend=None, wire_token="t")
+model.metrics = object()  # statistics are computed only for a front with metrics
+png = sys.stdin.buffer.read()
+(info, data), stats = model._pixels_entry(png)
+img = decode_image(png)
+raw = image_to_array(img, model.preprocess_config, stretch=False)
+sent = np.frombuffer(data, np.uint8).reshape(info["shape"])
+print(json.dumps({
+    "stats_unstretched": stats == input_stats(raw, (img.height, img.width)),
+    "sent_is_stretched_raw": bool(tiling is None and (sent == stretch_contrast(raw, 24.0)).all()),
+    "sent_std": float(sent.std()), "raw_std": float(raw.std()),
+}))
+"""
+
+
 @pytest.mark.parametrize("tiling", [None, {"mode": "tile", "overlap": 16}])
 def test_drift_statistics_see_the_image_as_sent_when_the_model_stretches_contrast(tiling):
     """A model with preprocess.gray_std gets every image at one contrast, but the drift gauges
     must still see a flat, dark camera: the front's statistics come from the unstretched pixels,
     as the training profile's do (tests/training)."""
-    from fissure.models import default_spec
-    from fissure.preprocess import decode_image, image_to_array, stretch_contrast
-    from fissure.serving.front.model import TorchServeModel
-
-    spec = default_spec("segment", base=8, depth=2, size=64)
-    spec["preprocess"]["gray_std"] = 24.0
-    if tiling:
-        spec["tiling"] = tiling
-    model = TorchServeModel(SEG, {}, spec, backend=None, wire_token="t")
-    model.metrics = object()  # statistics are computed only for a front with metrics
-    png = dark(7)
-    (info, data), stats = model._pixels_entry(png)
-    img = decode_image(png)
-    raw = image_to_array(img, model.preprocess_config, stretch=False)
-    assert stats == input_stats(raw, (img.height, img.width))
-    sent = np.frombuffer(data, np.uint8).reshape(info["shape"])
-    if not tiling:
-        assert (sent == stretch_contrast(raw, 24.0)).all()
-    assert sent.std() > 2 * raw.std()  # the model gets the stretched image
+    out = subprocess.run([sys.executable, "-c", _STATS_SCRIPT, json.dumps(tiling)], input=dark(7),
+                         capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    got = json.loads(out.stdout)
+    assert got["stats_unstretched"]
+    assert got["sent_is_stretched_raw"] or tiling is not None
+    assert got["sent_std"] > 2 * got["raw_std"]  # the model gets the stretched image
