@@ -195,7 +195,7 @@ def stretch_contrast(pixels: np.ndarray, gray_std: float) -> np.ndarray:
     to 0-255; ``gray_std`` 0 returns ``pixels`` as they are.
 
     Every photo then reaches the model at one contrast: a faint crack on a flat grey surface
-    comes out as strong as on a contrasty one (docs/training.md, "Contrast").
+    comes out as strong as on a contrasty one (docs/training.md, "Contrast stretch").
     """
     if not gray_std:
         return pixels

@@ -143,3 +143,16 @@ def test_card_names_the_test_time_augmentation():
     assert "| test-time augmentation | probabilities averaged over the image, its mirror images and quarter turns " \
            "(8 forward passes) |" in card({**CLF_SPEC, "tta": "d8"})
     assert "test-time augmentation" not in card(CLF_SPEC) and "test-time augmentation" not in card({**CLF_SPEC, "tta": "none"})
+
+
+def test_card_names_the_contrast_stretch():
+    from .test_quality_report import CLF_SPEC
+
+    def card(spec):
+        return modelcard.render(modelcard.CardFacts(name="crack-classifier", version="1", run_id="r", task="classify",
+                                                    spec=spec))
+
+    stretched = {**CLF_SPEC, "preprocess": {**CLF_SPEC["preprocess"], "gray_std": 24.0}}
+    assert "| contrast | each image stretched to a grey-level standard deviation of 24 (0-255) before the model " \
+           "(gray_std) |" in card(stretched)
+    assert "| contrast |" not in card(CLF_SPEC)

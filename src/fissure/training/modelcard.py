@@ -291,6 +291,9 @@ def render(facts: CardFacts) -> str:
             summary.append(["best epoch", _select_text(spec)])
         summary.append(["resolution", "native, in overlapping tiles" if tiling.get("mode") == "tile"
                         else "whole image resized to the input size"])
+    if pre.get("gray_std"):
+        summary.append(["contrast", f"each image stretched to a grey-level standard deviation of "
+                                    f"{pre['gray_std']:g} (0-255) before the model (gray_std)"])
     views = {"flips": "the image and its 3 mirror images (4 forward passes)",
              "d8": "the image, its mirror images and quarter turns (8 forward passes)"}
     if spec.get("tta") in views:
