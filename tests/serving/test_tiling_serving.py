@@ -219,3 +219,22 @@ def test_a_contrast_stretching_spec_is_applied_alike_on_every_input_path(tiled):
     stretched, unstretched = mask_of(px), mask_of(raw)
     assert (stretched != unstretched).mean() > 0.01
     assert (_mask(by_image) == stretched).mean() > 0.99
+
+
+def test_a_stretching_tiled_classifier_labels_the_same_whole_image_from_either_input():
+    """The front sends a tiled classifier its working image already stretched; the label input
+    made from it is stretched again at model size, as the image path stretches the original
+    there: the second stretch undoes the first one's factor (a surface loses spread when
+    shrunk), so both label inputs agree to about rounding."""
+    spec = _spec("classify")
+    spec["preprocess"]["gray_std"] = 24.0
+    rt = ModelRuntime(build_model(spec), spec)
+    yy, xx = np.mgrid[0:360, 0:520]
+    grey = 120.0 + 16.0 * np.sin(xx / 23.0) * np.cos(yy / 17.0) + np.random.default_rng(5).normal(0.0, 4.0, (360, 520))
+    img = Image.fromarray(np.clip(np.stack([grey, grey - 2.0, grey - 4.0], axis=-1), 0, 255).round().astype(np.uint8))
+    px = model_pixels(img, rt.cfg, rt.tiling)
+    by_image = rt.prepare_image(_png(img)).tensor
+    by_pixels = rt.prepare_pixels(px.tobytes(), list(px.shape), [360, 520]).tensor
+    std = torch.tensor(rt.cfg.std).view(3, 1, 1) * 255.0  # back to grey levels
+    # 0.8 grey levels with the second stretch, 2.2 without it
+    assert float(((by_image - by_pixels) * std).abs().mean()) < 1.2

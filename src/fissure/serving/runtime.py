@@ -141,6 +141,10 @@ class ModelRuntime:
         whole = None
         if self.task == "classify":
             if native.dtype == torch.uint8:
+                # From the front's pixels this stretches the stretched working image again; that
+                # is on purpose: a stretch sets the spread whatever came before, so the result
+                # matches the image path's stretch at model size (unless the first hit
+                # STRETCH_LIMITS: a nearly flat surface).
                 arr = image_to_array(img if img is not None else Image.fromarray(native.numpy()), self.cfg)
                 whole = normalize(torch.from_numpy(arr)[None], self.cfg)[0]
             else:

@@ -23,7 +23,7 @@ from fissure.errors import FissureError, InputError, Unavailable
 from fissure.models import preprocess_config
 from fissure.models.tiling import model_pixels, tiling_config
 from fissure.observability.drift import input_stats
-from fissure.preprocess import decode_image, image_to_array, open_image
+from fissure.preprocess import decode_image, image_to_array, open_image, stretch_contrast
 from fissure.serving import codec
 from fissure.serving.backend import Backend, ts_error
 from fissure.serving.front import kserve
@@ -199,15 +199,19 @@ class FrontModel(kserve.Model):
     def _pixels_entry(self, data: bytes):
         """(entry, input statistics or None): the statistics come from the model-size pixels
         just made, so they cost no second pass over the full image."""
+        cfg = self.preprocess_config
         try:
             img = decode_image(data)
-            pixels = model_pixels(img, self.preprocess_config, self.tiling)
+            if self.tiling.tiles:
+                raw, pixels = None, model_pixels(img, cfg, self.tiling)
+            else:  # one resize serves both the model (stretched) and the statistics (not)
+                raw = image_to_array(img, cfg, stretch=False)
+                pixels = stretch_contrast(raw, cfg.gray_std)
         except Exception as exc:  # noqa: BLE001 - a bad image fails alone, as in the worker
             return error_result(exc), None
         stats = None
         if self.metrics is not None:  # at model size and unstretched, as the training profile's
-            cfg = self.preprocess_config
-            small = image_to_array(img, cfg, stretch=False) if self.tiling.tiles or cfg.gray_std else pixels
+            small = raw if raw is not None else image_to_array(img, cfg, stretch=False)
             stats = input_stats(small, (img.height, img.width))
         entry = {"kind": "pixels", "shape": list(pixels.shape), "size": [img.height, img.width]}, pixels.tobytes()
         return entry, stats
