@@ -1,5 +1,5 @@
 # Training targets (included by the Makefile). See docs/training.md.
-.PHONY: pipeline bench-train bench-realdata
+.PHONY: pipeline bench-train bench-realdata bench-contrast
 
 pipeline: venv ## run the DVC pipeline (prepare, train both models, evaluate): dvc repro
 	dvc repro
@@ -13,3 +13,6 @@ bench-realdata: venv ## train on synthetic + shared real sets, report Dice/F1 on
 .PHONY: bench-promotion
 bench-promotion: venv ## minutes from `fissure retrain` to a promoted champion (default data and canary policy, Locust traffic) -> docs/benchmarks.md
 	$(VENV)/bin/python training/bench_promotion.py
+
+bench-contrast: venv ## after bench-realdata: its segmenter on the held-back images with their contrast changed (training/bench_contrast.py)
+	$(VENV)/bin/python training/bench_contrast.py --out reports/bench_contrast.md

@@ -197,8 +197,9 @@ class FrontModel(kserve.Model):
         return entries, stats
 
     def _pixels_entry(self, data: bytes):
-        """(entry, input statistics or None): the statistics come from the model-size pixels
-        just made, so they cost no second pass over the full image."""
+        """(entry, input statistics or None). The statistics are of the unstretched image at model
+        size: in resize mode the model's own resize before its stretch (no second pass over the
+        full image), in tile mode one more resize of it."""
         cfg = self.preprocess_config
         try:
             img = decode_image(data)
