@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from fissure.data.loaders import IMAGE_SUFFIXES
 from fissure.preprocess import stretch_contrast
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +64,8 @@ def change(pixels: np.ndarray, variant: str) -> np.ndarray:
 
 
 def images_of(folder: Path) -> list[Path]:
-    return sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"})
+    """The images `fissure evaluate` reads from folder/images (the loaders' own suffixes)."""
+    return sorted(p for p in (folder / "images").iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def changed_copy(src: Path, dst: Path, variant: str) -> Path:
