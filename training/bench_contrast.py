@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from fissure.data.loaders import IMAGE_SUFFIXES
-from fissure.preprocess import stretch_contrast
+from fissure.preprocess import gray_spread, scale_contrast, stretch_contrast
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "reports" / "bench_realdata"  # make bench-realdata's work folder
@@ -45,11 +45,6 @@ DEFAULT_VARIANTS = ["as-is", "x1.5", "x2", "std20", "std24", "std30", "equalize"
 VARIANT = re.compile(r"^(as-is|equalize|x\d+(\.\d+)?|std\d+(\.\d+)?)$")
 
 
-def gray_spread(pixels: np.ndarray) -> float:
-    """The grey level's standard deviation of uint8 [H, W, 3] pixels (what `gray_std` sets)."""
-    return float(pixels.astype(np.float32).mean(axis=2).std())
-
-
 def change(pixels: np.ndarray, variant: str) -> np.ndarray:
     """uint8 [H, W, 3] pixels as ``variant`` says (see the module's docstring)."""
     if variant == "as-is":
@@ -58,9 +53,7 @@ def change(pixels: np.ndarray, variant: str) -> np.ndarray:
         return np.asarray(ImageOps.equalize(Image.fromarray(pixels)))
     if variant.startswith("std"):
         return stretch_contrast(pixels, float(variant[3:]))
-    values = pixels.astype(np.float32)
-    centre = values.mean(axis=(0, 1), keepdims=True)
-    return np.clip(float(variant[1:]) * (values - centre) + centre + 0.5, 0, 255).astype(np.uint8)
+    return scale_contrast(pixels, float(variant[1:]))
 
 
 def images_of(folder: Path) -> list[Path]:

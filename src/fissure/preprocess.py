@@ -189,22 +189,31 @@ def image_to_array(img: Image.Image, cfg: PreprocessConfig, *, stretch: bool = T
 STRETCH_LIMITS = (0.25, 4.0)
 
 
+def gray_spread(pixels: np.ndarray) -> float:
+    """The grey level's (channel mean's) standard deviation of uint8 [H, W, 3] pixels: the
+    spread :func:`stretch_contrast` sets."""
+    return float(pixels.astype(np.float32).mean(axis=2).std())
+
+
+def scale_contrast(pixels: np.ndarray, factor: float) -> np.ndarray:
+    """uint8 [H, W, 3] scaled by ``factor`` about each channel's mean, rounded and clipped to 0-255."""
+    values = pixels.astype(np.float32)
+    centre = values.mean(axis=(0, 1), keepdims=True)
+    return np.clip(factor * (values - centre) + centre + 0.5, 0, 255).astype(np.uint8)
+
+
 def stretch_contrast(pixels: np.ndarray, gray_std: float) -> np.ndarray:
-    """uint8 [H, W, 3] scaled about each channel's mean so that the grey level's standard
-    deviation is ``gray_std`` (the factor held to :data:`STRETCH_LIMITS`), rounded and clipped
-    to 0-255; ``gray_std`` 0 returns ``pixels`` as they are.
+    """uint8 [H, W, 3] scaled (:func:`scale_contrast`) so that their :func:`gray_spread` is
+    ``gray_std``, the factor held to :data:`STRETCH_LIMITS`; ``gray_std`` 0 returns ``pixels``
+    as they are.
 
     Every photo then reaches the model at one contrast: a faint crack on a flat grey surface
     comes out as strong as on a contrasty one (docs/training.md, "Contrast stretch").
     """
     if not gray_std:
         return pixels
-    values = pixels.astype(np.float32)
-    spread = float(values.mean(axis=2).std())
     low, high = STRETCH_LIMITS
-    factor = min(max(gray_std / max(spread, 1e-3), low), high)
-    centre = values.mean(axis=(0, 1), keepdims=True)
-    return np.clip(factor * (values - centre) + centre + 0.5, 0, 255).astype(np.uint8)
+    return scale_contrast(pixels, min(max(gray_std / max(gray_spread(pixels), 1e-3), low), high))
 
 
 def normalize(pixels: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:

@@ -121,12 +121,16 @@ def to_pixels(img: Image.Image, cfg: TilingConfig) -> np.ndarray:
     return np.array(img, dtype=np.uint8)
 
 
+def unstretched_pixels(img: Image.Image, pcfg: PreprocessConfig, cfg: TilingConfig) -> np.ndarray:
+    """``img`` at the size the model worker is sent it: uint8 [S, S, 3] (resize) or [H', W', 3]
+    (tile), before any contrast stretch."""
+    return to_pixels(img, cfg) if cfg.tiles else image_to_array(img, pcfg, stretch=False)
+
+
 def model_pixels(img: Image.Image, pcfg: PreprocessConfig, cfg: TilingConfig) -> np.ndarray:
-    """What the model worker is sent for ``img``: uint8 [S, S, 3] (resize) or [H', W', 3] (tile),
-    contrast stretched as ``pcfg`` says (in tile mode the whole working image, before tiling)."""
-    if not cfg.tiles:
-        return image_to_array(img, pcfg)
-    return stretch_contrast(to_pixels(img, cfg), pcfg.gray_std)
+    """What the model worker is sent for ``img``: :func:`unstretched_pixels`, contrast stretched as
+    ``pcfg`` says (in tile mode the whole working image, before tiling)."""
+    return stretch_contrast(unstretched_pixels(img, pcfg, cfg), pcfg.gray_std)
 
 
 def _crops(image: torch.Tensor, boxes, pcfg: PreprocessConfig, tile: int) -> torch.Tensor:

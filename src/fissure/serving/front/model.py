@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from fissure.errors import FissureError, InputError, Unavailable
 from fissure.models import preprocess_config
-from fissure.models.tiling import model_pixels, tiling_config
+from fissure.models.tiling import tiling_config, unstretched_pixels
 from fissure.observability.drift import input_stats
 from fissure.preprocess import decode_image, image_to_array, open_image, stretch_contrast
 from fissure.serving import codec
@@ -198,21 +198,18 @@ class FrontModel(kserve.Model):
 
     def _pixels_entry(self, data: bytes):
         """(entry, input statistics or None). The statistics are of the unstretched image at model
-        size: in resize mode the model's own resize before its stretch (no second pass over the
-        full image), in tile mode one more resize of it."""
+        size: in resize mode the very pixels the model is sent before its stretch (no second pass
+        over the full image), in tile mode one more resize of it."""
         cfg = self.preprocess_config
         try:
             img = decode_image(data)
-            if self.tiling.tiles:
-                raw, pixels = None, model_pixels(img, cfg, self.tiling)
-            else:  # one resize serves both the model (stretched) and the statistics (not)
-                raw = image_to_array(img, cfg, stretch=False)
-                pixels = stretch_contrast(raw, cfg.gray_std)
+            base = unstretched_pixels(img, cfg, self.tiling)
+            pixels = stretch_contrast(base, cfg.gray_std)
         except Exception as exc:  # noqa: BLE001 - a bad image fails alone, as in the worker
             return error_result(exc), None
         stats = None
         if self.metrics is not None:  # at model size and unstretched, as the training profile's
-            small = raw if raw is not None else image_to_array(img, cfg, stretch=False)
+            small = image_to_array(img, cfg, stretch=False) if self.tiling.tiles else base
             stats = input_stats(small, (img.height, img.width))
         entry = {"kind": "pixels", "shape": list(pixels.shape), "size": [img.height, img.width]}, pixels.tobytes()
         return entry, stats
