@@ -89,3 +89,32 @@ def test_deep_supervision_loss_keeps_thin_cracks_when_pooled():
     wrong[0, 0, 2, :] = 8.0
     assert deep_supervision_loss([right], target) < 0.05 < deep_supervision_loss([wrong], target)
 
+
+
+def test_skeleton_is_each_cracks_centre_line_whatever_its_width():
+    from fissure.training.loop import skeleton
+
+    mask = torch.zeros(1, 1, 48, 48)
+    mask[0, 0, 8:17, :] = 1  # 9 px wide
+    mask[0, 0, 30, 4:44] = 1  # 1 px wide
+    skel = skeleton(mask)
+    assert bool((skel <= mask).all())  # never outside the crack
+    assert skel[0, 0, :, 24].nonzero().flatten().tolist() == [12, 30]  # the wide one's middle row; the thin one itself
+    assert torch.equal(skel[0, 0, 30, 4:44], torch.ones(40))
+
+
+def test_skeleton_recall_loss_weighs_a_missed_thin_crack_as_much_as_a_missed_wide_one():
+    from fissure.training.loop import dice_loss, skeleton_recall_loss
+
+    target = torch.zeros(1, 1, 48, 48)
+    target[0, 0, 8:17, 4:44] = 1  # wide, 360 px
+    target[0, 0, 30, 4:44] = 1  # thin, 40 px, as long
+    hit = lambda keep: torch.where(keep > 0, torch.tensor(8.0), torch.tensor(-8.0))  # noqa: E731
+    only_wide, only_thin = target.clone(), target.clone()
+    only_wide[0, 0, 30] = 0
+    only_thin[0, 0, 8:17] = 0
+    # Dice barely notices the thin crack missed; the skeleton term counts both lines alike
+    assert dice_loss(hit(only_wide), target) < 0.1 < dice_loss(hit(only_thin), target)
+    wide_missed, thin_missed = skeleton_recall_loss(hit(only_thin), target), skeleton_recall_loss(hit(only_wide), target)
+    assert 0.4 < float(thin_missed) < 0.6 and 0.4 < float(wide_missed) < 0.6
+    assert float(skeleton_recall_loss(hit(target), target)) < 0.01

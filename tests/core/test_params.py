@@ -27,6 +27,9 @@ def _params(tmp_path, text: str):
     ("train_segmenter:\n  contrast: [1.2, 0.8]\n", "train_segmenter: contrast [1.2, 0.8] must be [low, high] with 0 < low <= high"),
     ("train_segmenter:\n  contrast: [0.5]\n", "train_segmenter.contrast: List should have at least 2 items"),
     ("train_segmenter:\n  scale: [2.0, 0.5]\n", "train_segmenter: scale [2.0, 0.5] must be [low, high] with 0 < low <= high"),
+    ("train_segmenter:\n  noise: -2\n", "train_segmenter.noise: Input should be greater than or equal to 0"),
+    ("train_segmenter:\n  skeleton_weight: -1\n", "train_segmenter.skeleton_weight: Input should be greater than or equal to 0"),
+    ("train_segmenter:\n  blur: 10\n", "train_segmenter.blur: Input should be less than or equal to 8"),
     ("train_segmenter:\n  fade: [0.5, 1.5]\n", "train_segmenter: fade [0.5, 1.5] must be [low, high] with 0 <= low <= high <= 1"),
 ])
 def test_bad_value_names_the_file_and_the_key(tmp_path, text, message):

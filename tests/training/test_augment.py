@@ -217,3 +217,58 @@ def test_gray_std_stretches_the_whole_image_before_the_crop(tmp_path):
         x, _ = ds[0]
         crop = ((x * std + mean) * 255.0).round().to(torch.int64).unique().tolist()
         assert set(crop) <= set(np.unique(whole).tolist()), crop
+
+
+def _flat_with_a_line() -> torch.Tensor:
+    pixels = torch.full((1, 32, 32, 3), 128, dtype=torch.uint8)
+    pixels[0, :, 15] = 64
+    return normalize(pixels, CFG)[0]
+
+
+def _raw(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.tensor(CFG.std).view(3, 1, 1) + torch.tensor(CFG.mean).view(3, 1, 1)
+
+
+def test_grain_is_drawn_up_to_noise_on_about_half_the_images_and_off_by_default():
+    from fissure.training.datasets import DEGRADE_SHARE
+
+    torch.manual_seed(2)
+    x = normalize(torch.full((1, 32, 32, 3), 128, dtype=torch.uint8), CFG)[0]
+    # a flat surface's spread is the grain alone (contrast factor 1)
+    spreads = [float(_raw(augment(x, None, CFG, (1.0, 1.0), noise=12.0)[0]).std()) * 255 for _ in range(200)]
+    grainy = [s for s in spreads if s > 0.05]
+    assert abs(len(grainy) / len(spreads) - DEGRADE_SHARE) < 0.12
+    assert max(grainy) <= 12.0 * 1.15 and max(grainy) > 8  # drawn over the range, capped by noise
+    off = [float(_raw(augment(x, None, CFG, (1.0, 1.0))[0]).std()) * 255 for _ in range(40)]
+    assert max(off) < 0.05
+
+
+def test_blur_softens_a_line_and_keeps_its_mask_and_mean():
+    from fissure.training.datasets import gaussian_blur
+
+    x = _flat_with_a_line()
+    raw = _raw(x)
+    soft = gaussian_blur(raw, 1.5)
+    assert torch.allclose(soft.mean(), raw.mean(), atol=1e-4)  # a blur moves no brightness
+    depth = lambda r: float(r[0, 10, 0] - r[0, 10, 15])  # noqa: E731  surface minus line centre
+    assert depth(soft) < 0.5 * depth(raw)
+    assert soft[0, 10, 14] < raw[0, 10, 14]  # the line spreads to its neighbours
+    torch.manual_seed(3)
+    mask = torch.zeros(1, 32, 32)
+    mask[0, :, 15] = 1.0
+    for _ in range(10):  # the target stays the crack's own pixels, turned with the image
+        out, y = augment(x, mask.clone(), CFG, (1.0, 1.0), blur=2.0)
+        assert y.sum() == 32
+        darkest = _raw(out).mean(0).flatten().argsort()[:32]
+        assert bool(y.flatten()[darkest].all())
+
+
+def test_blur_and_noise_limits_are_checked():
+    from pydantic import ValidationError
+
+    from fissure.training.config import TrainConfig
+
+    assert (TrainConfig().blur, TrainConfig().noise) == (0.0, 0.0)
+    for bad in ({"blur": -1}, {"noise": 300}):
+        with pytest.raises(ValidationError):
+            TrainConfig(**bad)

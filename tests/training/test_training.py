@@ -160,6 +160,25 @@ def test_seeded_runs_are_reproducible(seg_data):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+@pytest.mark.parametrize("task", ["segment", "classify"])
+def test_blur_and_noise_reach_the_training_images_and_stay_seeded(task, seg_data, clf_data):
+    data = seg_data if task == "segment" else clf_data
+    plain = _fit(task, data, epochs=1, seed=3)
+    a = _fit(task, data, epochs=1, seed=3, blur=1.5, noise=20.0)
+    b = _fit(task, data, epochs=1, seed=3, blur=1.5, noise=20.0)
+    sp, sa, sb = plain.module.state_dict(), a.module.state_dict(), b.module.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sp[k]) for k in sa)
+
+
+def test_the_skeleton_recall_term_changes_what_the_segmenter_learns(seg_data):
+    plain = _fit("segment", seg_data, epochs=1, seed=3)
+    skel = _fit("segment", seg_data, epochs=1, seed=3, skeleton_weight=1.0)
+    sp, ss = plain.module.state_dict(), skel.module.state_dict()
+    assert not all(torch.equal(sp[k], ss[k]) for k in sp)
+    assert skel.history[0].train_loss > plain.history[0].train_loss  # the term is added, not swapped in
+
+
 def test_early_stopping_restores_best(clf_data):
     # a negligible lr (0 is not a valid one) never improves after epoch 1 -> stops after `patience` stale epochs
     result = _fit("classify", clf_data, epochs=10, lr=1e-12, patience=2)

@@ -79,6 +79,14 @@ class TrainConfig(BaseModel):
     # around it, keeping a share of its depth drawn from [low, high] and its texture: faint cracks
     # on a textured surface, which global contrast jitter cannot make ([1, 1]: off)
     fade: list[float] = Field(default_factory=lambda: [1.0, 1.0], min_length=2, max_length=2)
+    # segment: weight of the skeleton-recall term (the soft recall of the masks' centre lines,
+    # fissure.training.loop.skeleton_recall_loss) added to BCE + Dice; 0: off
+    skeleton_weight: float = Field(0.0, ge=0)
+    # half the training images each get a Gaussian blur of sigma up to `blur` px and grain (noise
+    # per pixel) of standard deviation up to `noise` grey levels (0-255), drawn uniformly: soft
+    # focus and coarse surfaces other cameras show (0: off)
+    blur: float = Field(0.0, ge=0, le=8)
+    noise: float = Field(0.0, ge=0, le=64)
     # inference views averaged, saved in the spec (fissure.models.tta): none, flips (4 passes) or d8
     # (8: flips and quarter turns); validation scores the model that way too
     tta: Literal["none", "flips", "d8"] = "none"

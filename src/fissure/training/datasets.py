@@ -3,7 +3,7 @@
 Preprocessing is exactly the serving path (``load_image`` -> ``image_to_tensor`` with the
 model's :class:`PreprocessConfig`, or for a segmenter served in native-resolution tiles the
 image at its working size, :func:`fissure.models.tiling.to_pixels`); augmentation (flips, rot90,
-brightness/contrast, and random crops for the segmenter) is applied afterwards, in training only. Random draws use
+brightness/contrast, optional blur and grain, and random crops for the segmenter) is applied afterwards, in training only. Random draws use
 torch's generator, so a seeded run is reproducible (also with DataLoader workers, which
 torch seeds from the loader's generator).
 """
@@ -32,6 +32,8 @@ CACHE_MB = settings().data_cache_mb
 # the surface around a crack is averaged over
 FADE_SHARE = 0.5
 FADE_WINDOW = 25
+# `blur` / `noise`: the share of training images each is applied to
+DEGRADE_SHARE = 0.5
 
 
 class _Decoded:
@@ -58,9 +60,12 @@ def _rand() -> float:
     return float(torch.rand(()))
 
 
-def augment(x: torch.Tensor, y: torch.Tensor | None, cfg: PreprocessConfig, contrast: tuple[float, float] = CONTRAST):
+def augment(x: torch.Tensor, y: torch.Tensor | None, cfg: PreprocessConfig, contrast: tuple[float, float] = CONTRAST,
+            *, blur: float = 0.0, noise: float = 0.0):
     """Random flips, rot90 (square inputs) and brightness/contrast jitter of a normalised image;
-    the contrast factor is drawn from ``contrast`` (low, high)."""
+    the contrast factor is drawn from ``contrast`` (low, high). ``blur`` (px) and ``noise`` (grey
+    levels, 0-255): the largest Gaussian blur sigma and grain standard deviation, each drawn
+    uniformly for a share :data:`DEGRADE_SHARE` of images (0: off)."""
     if _rand() < 0.5:
         x, y = x.flip(-1), (y.flip(-1) if y is not None else None)
     if _rand() < 0.5:
@@ -69,16 +74,38 @@ def augment(x: torch.Tensor, y: torch.Tensor | None, cfg: PreprocessConfig, cont
         k = int(torch.randint(0, 4, ()))
         if k:
             x, y = torch.rot90(x, k, (-2, -1)), (torch.rot90(y, k, (-2, -1)) if y is not None else None)
-    if _rand() < 0.8:
+    jitter = _rand() < 0.8
+    sigma = blur * _rand() if blur > 0 and _rand() < DEGRADE_SHARE else 0.0
+    grain = noise / 255.0 * _rand() if noise > 0 and _rand() < DEGRADE_SHARE else 0.0
+    if jitter or sigma or grain:
         mean = torch.tensor(cfg.mean, dtype=x.dtype).view(3, 1, 1)
         std = torch.tensor(cfg.std, dtype=x.dtype).view(3, 1, 1)
         raw = x * std + mean
-        factor = contrast[0] + (contrast[1] - contrast[0]) * _rand()
-        brightness = 0.2 * (_rand() - 0.5)
-        centre = raw.mean()
-        raw = ((raw - centre) * factor + centre + brightness).clamp(0.0, 1.0)
+        if jitter:
+            factor = contrast[0] + (contrast[1] - contrast[0]) * _rand()
+            brightness = 0.2 * (_rand() - 0.5)
+            centre = raw.mean()
+            raw = ((raw - centre) * factor + centre + brightness).clamp(0.0, 1.0)
+        if sigma:
+            raw = gaussian_blur(raw, sigma)
+        if grain:
+            # one value per pixel for all channels: a surface's grain and a sensor's luminance noise
+            raw = (raw + grain * torch.randn((1, *raw.shape[-2:]), dtype=raw.dtype)).clamp(0.0, 1.0)
         x = (raw - mean) / std
     return x.contiguous(), (y.contiguous() if y is not None else None)
+
+
+def gaussian_blur(raw: torch.Tensor, sigma: float) -> torch.Tensor:
+    """[C,H,W] blurred by a separable Gaussian of ``sigma`` px (kernel to 2 sigma; edges replicated)."""
+    radius = max(1, int(np.ceil(2 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=raw.dtype)
+    k = torch.exp(-0.5 * (t / max(sigma, 1e-3)) ** 2)
+    k = k / k.sum()
+    c = raw.shape[0]
+    out = torch.nn.functional.pad(raw[None], (radius, radius, radius, radius), mode="replicate")
+    out = torch.nn.functional.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = torch.nn.functional.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return out[0]
 
 
 class SegmentationDataset(Dataset):
@@ -95,10 +122,11 @@ class SegmentationDataset(Dataset):
     def __init__(self, items, cfg: PreprocessConfig, *, crop: int = 0, augment: bool = False, crack_bias: float = 0.7,
                  hard_negatives: float = 0.0, extra_cracks: float = 0.0, contrast: tuple[float, float] = CONTRAST,
                  scale: tuple[float, float] = (1.0, 1.0), fade: tuple[float, float] = (1.0, 1.0),
-                 tiling: T.TilingConfig | None = None):
+                 blur: float = 0.0, noise: float = 0.0, tiling: T.TilingConfig | None = None):
         self.items = list(items)
         self.cfg = cfg
         self.contrast = tuple(contrast)
+        self.degrade = {"blur": blur, "noise": noise}
         self.scale = tuple(scale) if augment else (1.0, 1.0)
         self.fade = tuple(fade) if augment else (1.0, 1.0)
         self.crop = crop
@@ -136,7 +164,7 @@ class SegmentationDataset(Dataset):
             pixels, y = self._draw(np.ascontiguousarray(pixels), y)
         x = normalize(torch.from_numpy(np.ascontiguousarray(pixels))[None], self.cfg)[0].contiguous()
         if self.augment:
-            x, y = augment(x, y, self.cfg, self.contrast)
+            x, y = augment(x, y, self.cfg, self.contrast, **self.degrade)
         return x, y
 
     def _draw(self, pixels: np.ndarray, y: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -242,11 +270,12 @@ class ClassificationDataset(Dataset):
     :data:`fissure.data.loaders.PATCH_MASKS`) show their crack faded as :class:`SegmentationDataset` does."""
 
     def __init__(self, items, cfg: PreprocessConfig, *, augment: bool = False, contrast: tuple[float, float] = CONTRAST,
-                 fade: tuple[float, float] = (1.0, 1.0)):
+                 fade: tuple[float, float] = (1.0, 1.0), blur: float = 0.0, noise: float = 0.0):
         self.items = list(items)
         self.cfg = cfg
         self.augment = augment
         self.contrast = tuple(contrast)
+        self.degrade = {"blur": blur, "noise": noise}
         self.fade = tuple(fade) if augment else (1.0, 1.0)
         self._decoded = _Decoded()
 
@@ -268,7 +297,7 @@ class ClassificationDataset(Dataset):
             pixels = _maybe_fade(pixels, y, self.fade)
         x = normalize(torch.from_numpy(np.ascontiguousarray(pixels))[None], self.cfg)[0].contiguous()
         if self.augment:
-            x, _ = augment(x, None, self.cfg, self.contrast)
+            x, _ = augment(x, None, self.cfg, self.contrast, **self.degrade)
         return x, label
 
 

@@ -120,12 +120,47 @@ def deep_supervision_loss(aux_logits: list[torch.Tensor], target: torch.Tensor, 
     return torch.stack(losses).mean()
 
 
+SKELETON_ITERS = 12  # erosions: cracks up to ~24 px wide at the model's size reduce to their centre line
+
+
+def skeleton(mask: torch.Tensor, iters: int = SKELETON_ITERS) -> torch.Tensor:
+    """Morphological skeleton of a binary mask [N, 1, H, W] (max-pool erosions and openings, as
+    clDice's soft skeleton): a crack's centre line, one or two pixels wide whatever its width."""
+    def erode(t):
+        return torch.minimum(-F.max_pool2d(-t, (3, 1), 1, (1, 0)), -F.max_pool2d(-t, (1, 3), 1, (0, 1)))
+
+    def opened(t):
+        return F.max_pool2d(erode(t), 3, 1, 1)
+
+    img = (mask > 0.5).float()
+    skel = F.relu(img - opened(img))
+    for _ in range(iters):
+        img = erode(img)
+        delta = F.relu(img - opened(img))
+        skel = skel + F.relu(delta - skel * delta)
+    return skel
+
+
+def skeleton_recall_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - the soft recall of the cracks' centre lines over the batch (Kirchhoff et al. 2024,
+    "Skeleton Recall Loss"): every crack counts by its length, not its area, so a thin faint one
+    weighs as much as a wide dark one of the same length (Dice weighs it by its few pixels)."""
+    skel = skeleton(target)
+    return 1.0 - ((torch.sigmoid(logits.float()) * skel).sum() + eps) / (skel.sum() + eps)
+
+
 def segmenter_batch_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """The segmenter's training loss on a batch, with the deep-supervision term when configured."""
+    """The segmenter's training loss on a batch, with the deep-supervision and skeleton-recall
+    terms when configured."""
     if cfg.aux_weight > 0:
         logits, aux = module(x, aux=True)
-        return segmentation_loss(logits, y, cfg.pos_weight) + cfg.aux_weight * deep_supervision_loss(aux, y, cfg.pos_weight)
-    return segmentation_loss(module(x), y, cfg.pos_weight)
+        loss = segmentation_loss(logits, y, cfg.pos_weight) + cfg.aux_weight * deep_supervision_loss(aux, y, cfg.pos_weight)
+    else:
+        logits = module(x)
+        loss = segmentation_loss(logits, y, cfg.pos_weight)
+    if cfg.skeleton_weight > 0:
+        loss = loss + cfg.skeleton_weight * skeleton_recall_loss(logits, y)
+    return loss
 
 
 CLASS_WEIGHT_POWER = {"inverse": 1.0, "sqrt_inverse": 0.5, "none": 0.0}
@@ -234,7 +269,8 @@ def fit(
         crop = cfg.crop or (cfg.size if tiled else 0)
         train_ds = SegmentationDataset(splits.train, pcfg, crop=crop, augment=cfg.augment, crack_bias=cfg.crack_bias,
                                       hard_negatives=cfg.hard_negatives, extra_cracks=cfg.extra_cracks,
-                                      contrast=cfg.contrast, scale=cfg.scale, fade=cfg.fade, tiling=tiled)
+                                      contrast=cfg.contrast, scale=cfg.scale, fade=cfg.fade, blur=cfg.blur,
+                                      noise=cfg.noise, tiling=tiled)
         val_ds = SegmentationDataset(splits.val, pcfg, tiling=tiled)
         val_groups = val_sources(splits)  # the source of each validation image: the threshold's pixels
         criterion = lambda logits, y: segmentation_loss(logits, y, cfg.pos_weight)  # noqa: E731
@@ -243,7 +279,7 @@ def fit(
         batch_loss = lambda x, y: segmenter_batch_loss(module, x, y, cfg)  # noqa: E731
     else:
         train_ds = ClassificationDataset(splits.train, pcfg, augment=cfg.augment, contrast=cfg.contrast,
-                                         fade=cfg.fade)
+                                         fade=cfg.fade, blur=cfg.blur, noise=cfg.noise)
         val_ds = ClassificationDataset(splits.val, pcfg)
         val_groups = None
         weights = class_weights([lbl for _, lbl in splits.train], len(splits.classes), cfg.class_weights).to(dev)
