@@ -29,6 +29,7 @@ from fissure.errors import FissureError, InputError, PayloadTooLarge, status_of
 from fissure.models import build_model, preprocess_config
 from fissure.models import tiling as T
 from fissure.models import tta
+from fissure.models.masks import crack_mask, mask_params
 from fissure.preprocess import (finish_decode, image_to_array, image_to_tensor, normalize, open_image,
                                 validate_tensor_batch)
 from fissure.serving import codec
@@ -106,7 +107,7 @@ class ModelRuntime:
         self.classes = list(spec.get("classes") or [])
         self.cfg = preprocess_config(spec)
         self.tiling = T.tiling_config(spec)
-        self.threshold = float(spec.get("threshold", 0.5))
+        self.threshold, self.threshold_low = mask_params(spec)
         self.name = self.meta.get("name") or spec.get("name") or self.task
         self.version = str(self.meta.get("version") or "1")
 
@@ -258,7 +259,7 @@ class ModelRuntime:
                 for prob, conf in zip(self._probability_maps(logits, items, probs), confidence)]
 
     def _segment_result(self, prob: np.ndarray, confidence: float, tiling: dict | None = None) -> dict:
-        mask = prob >= self.threshold
+        mask = crack_mask(prob, self.threshold, self.threshold_low)
         result = {
             "size": [int(mask.shape[0]), int(mask.shape[1])],
             "crack_ratio": round(float(mask.mean()), 6),

@@ -53,6 +53,9 @@ class TrainConfig(BaseModel):
     # segment, threshold None: the validation images it is tuned on. real: the real (non-synthetic)
     # sources' images pooled, the whole split when there are none; all: the whole split, synthetic included
     threshold_from: Literal["real", "all"] = "real"
+    # segment: hysteresis (fissure.models.masks): pixels at or above this are crack too where they
+    # connect to a pixel at or above the threshold; saved in the spec. None (or >= the threshold): off
+    threshold_low: float | None = Field(None, gt=0, lt=1)
     # segment: the validation images the best epoch (kept weights, early stopping) is chosen on, by
     # their Dice at 0.5: real, all (as threshold_from), or None = whatever threshold_from says
     select_on: Literal["real", "all"] | None = None
@@ -186,7 +189,7 @@ DEFAULTS = {
     "segment": dict(
         epochs=18, batch_size=8, lr=4e-3, patience=8, min_epochs=12, size=256, crop=128, crack_bias=0.5,
         hard_negatives=0.6, extra_cracks=0.3, aux_weight=0.5, ema=0.99, eval_batch_size=8, contrast=[0.25, 1.25],
-        model={"encoder": "efficientnet-lite0", "pretrained": True, "base": 8, "depth": 4, "norm": "group",
+        threshold_low=0.25, model={"encoder": "efficientnet-lite0", "pretrained": True, "base": 8, "depth": 4, "norm": "group",
                "deep_supervision": True},
     ),
 }

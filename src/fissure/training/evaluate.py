@@ -32,6 +32,7 @@ from fissure.errors import FissureError, UsageError
 from fissure.models import preprocess_config
 from fissure.models import tiling as T
 from fissure.models import tta
+from fissure.models.masks import crack_mask, mask_params
 from fissure.preprocess import image_to_tensor, load_image, load_mask
 from fissure.progress import Progress
 from fissure.training import metrics as M
@@ -60,6 +61,7 @@ class EvalResult:
     counts: M.PixelCounts | None = None
     samples: list = field(default_factory=list)
     threshold: float = 0.5
+    threshold_low: float | None = None  # segment: the hysteresis low threshold the masks used
     scores: list = field(default_factory=list)  # segment: ImageScore per image
     worst: list = field(default_factory=list)  # segment: (ImageScore, rgb, truth, pred), worst first
     paths: list = field(default_factory=list)  # classify: each image's path
@@ -79,7 +81,7 @@ class EvalResult:
         first = parts[0]
         tags = [name for name, r in results.items() for _ in range(r.n_images)]
         common = dict(task=first.task, n_images=len(tags), classes=first.classes, threshold=first.threshold,
-                      n_worst=first.n_worst, datasets=tags,
+                      threshold_low=first.threshold_low, n_worst=first.n_worst, datasets=tags,
                       parts={name: (str((folders or {}).get(name, name)), r) for name, r in results.items()})
         if first.task == "classify":
             y_true, probs = np.concatenate([r.y_true for r in parts]), np.concatenate([r.probs for r in parts])
@@ -119,7 +121,10 @@ class EvalResult:
             slices, sources = S.segment_slices(self.scores)
             at = self.counts.metrics()["dice"]
             best_t, best = self.counts.best_threshold(0.0, 1.0)
+            # the best single threshold, against the model's mask (with its hysteresis, if any)
             sweep = {"threshold": self.threshold, "dice": at, "best_threshold": best_t, "best_dice": best}
+            if self.threshold_low is not None:
+                sweep["threshold_low"] = self.threshold_low
             worst = [{"image": s.name, "source": s.source, "dice": s.dice, "relaxed_f1": s.relaxed_f1,
                       "truth_px": s.tp + s.fn, "false_px": s.fp, "missed_px": s.fn, "slices": s.slices}
                      for s, *_ in self.worst]
@@ -328,7 +333,8 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
     ``tiling`` in tile mode: each image at its own resolution in tiles (``tiling.batch`` tiles a
     forward pass), as served; otherwise the whole image at the model's size."""
     tiled = tiling is not None and tiling.tiles
-    threshold = float(spec.get("threshold", 0.5)) if threshold is None else threshold
+    shipped, low = mask_params(spec)
+    threshold = shipped if threshold is None else threshold
     pcfg = preprocess_config(spec)
     module = module.to(device).eval()
     counts = M.PixelCounts(threshold=threshold)
@@ -353,8 +359,8 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
                                                      device=device)[0].cpu().numpy()
                 else:
                     native = F.interpolate(prob[None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
-                counts.update(native, mask)
-                pred = native >= threshold
+                pred = crack_mask(native, threshold, low)
+                counts.update(native, mask, pred)
                 folder = str(Path(it.image).parent.parent)
                 if folder not in sources:
                     sources[folder] = S.SourceIndex(folder)
@@ -374,7 +380,8 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
     worst_list = [(scores[i], *by_index[i]) for i in sorted(by_index, key=lambda i: (scores[i].dice,
                                                                                       -(scores[i].fp + scores[i].fn), i))]
     return EvalResult("segment", metrics, len(items), list(spec["classes"]), counts=counts, samples=samples,
-                      threshold=threshold, scores=scores, worst=worst_list, n_worst=worst)
+                      threshold=threshold, threshold_low=low if low is not None and low < threshold else None,
+                      scores=scores, worst=worst_list, n_worst=worst)
 
 
 def _segment_metrics(counts: M.PixelCounts, scores: list) -> dict:

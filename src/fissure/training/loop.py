@@ -370,6 +370,8 @@ def fit(
                                                                          min_images=cfg.min_real_val_images)
             # the whole validation split's Dice at the shipped threshold (MLflow: final_val_dice_at_threshold)
             extra["val_dice_at_threshold"] = dice_at(merge_counts(best_pixels.values()), spec["threshold"])
+        if cfg.threshold_low is not None:  # hysteresis: the masks' faint stretches that join a confident one
+            spec["threshold_low"] = float(cfg.threshold_low)
     return FitResult(module=module, spec=spec, history=history, best_epoch=best_epoch, best_val=best_val,
                      stopped_early=stopped_early, seconds=time.perf_counter() - start, device=str(dev),
                      train_images=seen, extra=extra)

@@ -123,11 +123,13 @@ class PixelCounts:
         self.pos_hist = np.zeros(self.bins, dtype=np.int64)
         self.neg_hist = np.zeros(self.bins, dtype=np.int64)
 
-    def update(self, probs, target) -> None:
-        """``probs`` in [0, 1] and boolean/0-1 ``target`` of the same shape (numpy or torch)."""
+    def update(self, probs, target, pred=None) -> None:
+        """``probs`` in [0, 1] and boolean/0-1 ``target`` of the same shape (numpy or torch);
+        ``pred``: the mask counted, when not ``probs >= threshold`` (a hysteresis mask,
+        :func:`fissure.models.masks.crack_mask`); the histogram is of ``probs`` either way."""
         probs = _np(probs).astype(np.float32).ravel()
         target = _np(target).ravel() > 0.5
-        pred = probs >= self.threshold
+        pred = probs >= self.threshold if pred is None else _np(pred).ravel() > 0.5
         self.tp += int(np.count_nonzero(pred & target))
         self.fp += int(np.count_nonzero(pred & ~target))
         self.fn += int(np.count_nonzero(~pred & target))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from fissure import MODEL_NAMES, __version__
 from fissure.errors import FissureError, NotFoundError
+from fissure.models.masks import mask_params
 from fissure.training import metrics as M
 from fissure.training import slices as S
 
@@ -165,13 +166,16 @@ def _threshold_text(spec: dict) -> str:
     """The mask threshold and the validation images it was tuned on (the spec's ``threshold_from``,
     :func:`fissure.training.loop.select_threshold`; older specs lack it)."""
     t, info = _f(spec.get("threshold", 0.5)), spec.get("threshold_from") or {}
+    _, low = mask_params(spec)
+    linked = (f"; hysteresis: pixels from {_f(low)} up are crack where they connect to one at the threshold"
+              if low is not None else "")
     if info.get("mode") == "fixed":
-        return f"{t} (fixed in the params)"
+        return f"{t} (fixed in the params{linked})"
     if not info:
-        return t
+        return f"{t} ({linked[2:]})" if linked else t
     why = f"; {info['fallback']}" if info.get("fallback") else ""
     return (f"{t} (best Dice on the pooled pixels of {info.get('images', '?')} validation images of "
-            f"{', '.join(info.get('sources') or ['?'])}: threshold_from {info.get('mode', '?')}{why})")
+            f"{', '.join(info.get('sources') or ['?'])}: threshold_from {info.get('mode', '?')}{why}{linked})")
 
 
 def _select_text(spec: dict) -> str | None:

@@ -131,6 +131,8 @@ def train(
                  "train_seconds": result.seconds, "train_images_per_second": result.images_per_second}
         if "threshold" in spec:
             final["mask_threshold"] = spec["threshold"]
+        if spec.get("threshold_low") is not None:
+            final["mask_threshold_low"] = spec["threshold_low"]
         if result.extra.get("val_dice_at_threshold") is not None:
             final["final_val_dice_at_threshold"] = result.extra["val_dice_at_threshold"]
         by_class = {}
@@ -187,6 +189,8 @@ def train(
     }
     if "threshold" in spec:
         report["threshold"] = spec["threshold"]
+    if spec.get("threshold_low") is not None:
+        report["threshold_low"] = spec["threshold_low"]
     if by_class:
         report["classes"] = list(spec["classes"])
         for split, rep in by_class.items():
