@@ -40,8 +40,9 @@ def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst,
 
     \b
     Keys: classify -> accuracy, precision, recall, f1, roc_auc (positive class: crack)
-          segment  -> dice, iou, precision, recall, f1 (crack pixels, threshold 0.5,
-                      at each mask's native resolution)
+          segment  -> dice, iou, precision, recall, f1 (crack pixels of the masks the
+                      model serves: its threshold and threshold_low, else 0.5; at each
+                      mask's native resolution)
     plus n_images, task, model, model_version, model_uri, run_id, data, tta, and where the
     model fails: slices (segment: crack / no_crack, hard_negative[:kind], width:thin /
     width:wide, size:...; classify: class:NAME, hard_negative[:kind], size:...),
