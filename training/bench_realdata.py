@@ -298,7 +298,10 @@ def cracks(work: Path, env: dict, fissure: Path, args) -> str:
         head = (f"Trained on synthetic ({seg_train['sizes']['train']} segmentation training images incl. DeepCrack's "
                 f"train part) in {wall / 60:.1f} min total wall time; segmenter best epoch "
                 f"{seg_train['best_epoch']}/{seg_train['epochs_run']}")
-        tail = f" Mask threshold {seg_train.get('threshold')}, tuned on {_threshold_from(work / 'model-segment' / 'model')}."
+        low = seg_train.get("threshold_low")
+        linked = f" (hysteresis from {low})" if low is not None else ""
+        tail = (f" Mask threshold {seg_train.get('threshold')}{linked}, tuned on "
+                f"{_threshold_from(work / 'model-segment' / 'model')}.")
     else:
         head = f"--classify-only: {wall / 60:.1f} min total wall time; no segmenter"
         tail = ""
