@@ -335,6 +335,7 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
     tiled = tiling is not None and tiling.tiles
     shipped, low = mask_params(spec)
     threshold = shipped if threshold is None else threshold
+    low = low if low is not None and low < threshold else None  # an override may pass it
     pcfg = preprocess_config(spec)
     module = module.to(device).eval()
     counts = M.PixelCounts(threshold=threshold)
@@ -380,7 +381,7 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
     worst_list = [(scores[i], *by_index[i]) for i in sorted(by_index, key=lambda i: (scores[i].dice,
                                                                                       -(scores[i].fp + scores[i].fn), i))]
     return EvalResult("segment", metrics, len(items), list(spec["classes"]), counts=counts, samples=samples,
-                      threshold=threshold, threshold_low=low if low is not None and low < threshold else None,
+                      threshold=threshold, threshold_low=low,
                       scores=scores, worst=worst_list, n_worst=worst)
 
 
