@@ -111,3 +111,59 @@ def test_evaluate_scores_the_masks_the_spec_draws(tmp_path, low):
     assert result.metrics["recall"] == pytest.approx(1.0 if low else 26 / 56, abs=0.02)
     sweep = result.quality()["threshold_sweep"]
     assert ("threshold_low" in sweep) is low
+
+
+def _maps(n=4, shape=(48, 64), seed=0):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    for _ in range(n):  # smooth fields: regions of every size, some touching a confident pixel
+        prob = ndimage.gaussian_filter(rng.random(shape), 2)
+        yield (prob - prob.min()) / (prob.max() - prob.min()), ndimage.gaussian_filter(rng.random(shape), 2) > 0.5
+
+
+def test_the_threshold_sweep_counts_the_masks_served_at_every_threshold():
+    """PixelCounts with ``low``: precision and recall at each threshold are those of crack_mask
+    there (one labelling per image for all thresholds), and differ from the plain sweep."""
+    from fissure.training.metrics import PixelCounts
+
+    maps = list(_maps())
+    hyst, plain = PixelCounts(low=0.25), PixelCounts()
+    hyst.update(np.stack([p for p, _ in maps])[:, None], np.stack([t for _, t in maps])[:, None])  # a batch [B, 1, H, W]
+    for prob, truth in maps:
+        plain.update(prob, truth)
+    precision, recall, thresholds = hyst.pr_curve()
+    total = sum(int(t.sum()) for _, t in maps)
+    for i in range(0, len(thresholds), 5):
+        masks = [(crack_mask(p, thresholds[i], 0.25), t) for p, t in maps]
+        tp, marked = sum(int((m & t).sum()) for m, t in masks), sum(int(m.sum()) for m, _ in masks)
+        assert recall[i] == pytest.approx(tp / total) and precision[i] == pytest.approx(tp / marked if marked else 1.0)
+    p_plain, r_plain, _ = plain.pr_curve()
+    below, above = thresholds <= 0.25, thresholds > 0.25
+    assert np.allclose(precision[below], p_plain[below]) and np.allclose(recall[below], r_plain[below])
+    assert (recall[above] >= r_plain[above]).all() and (recall[above] > r_plain[above]).any()
+    with pytest.raises(ValueError, match="different bins, threshold or low"):
+        plain.merge(hyst)
+
+
+def test_the_tuned_threshold_is_the_best_for_the_hysteresis_masks():
+    """Validation counts with the model's low threshold tune the threshold its masks need: without
+    hysteresis the best threshold sits below the faint stretch (taking the lone faint mark too);
+    with it, above (the stretch comes with its confident crack, the lone mark stays out)."""
+    from fissure.models import preprocess_config
+    from fissure.preprocess import normalize
+    from fissure.training.loop import select_threshold, validate
+
+    spec = _spec(low=True)
+    x = normalize(torch.from_numpy(_photo())[None], preprocess_config(spec))
+    truth = torch.zeros(1, 1, 64, 64)
+    truth[..., 30:33, 4:60] = 1
+    p_faint = float(torch.sigmoid(DarkIsCrack()(x))[0, 0, 31, 45])
+    tuned = {}
+    for low in (None, spec["threshold_low"]):
+        _, _, by_source = validate("segment", DarkIsCrack(), [(x, truth)], torch.device("cpu"),
+                                   lambda logits, y: torch.zeros(()), groups=["site"], low=low)
+        tuned[low], info = select_threshold(by_source, "real", 0.01, 0.99)
+        assert info["sources"] == ["site"]
+    assert tuned[None] <= p_faint < tuned[spec["threshold_low"]]
+    assert info["dice"] == pytest.approx(1.0)

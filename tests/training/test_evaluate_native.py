@@ -99,3 +99,46 @@ def test_evaluate_cli_tta_overrides_the_spec(tmp_path, capsys):
     rc = main(["evaluate", "--task", "segment", "--model", model, "--data", str(data), "--out", str(out), "--tta", "d4"])
     err = capsys.readouterr().err
     assert rc == 2 and "'d4' is not one of 'none', 'flips', 'd8'" in err
+
+
+def test_evaluate_cli_threshold_overrides_the_spec(tmp_path, capsys):
+    """--threshold and --threshold-low score the masks drawn that way instead of the spec's; the
+    report's sweep and the summary line say which; a bad value or a classifier is a one-line
+    usage error."""
+    import csv
+
+    data = write_segment_set(tmp_path / "seg", 4, size=96)
+    spec = {**default_spec("segment", base=8, depth=2, size=64), "threshold": 0.5, "threshold_low": 0.3}
+    module = build_model(spec)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # wild weights: probabilities spread over (0, 1)
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    model = str(save_model(module, spec, tmp_path / "model"))
+
+    def run(*extra):
+        out = tmp_path / "r.json"
+        rc = main(["evaluate", "--task", "segment", "--model", model, "--data", str(data), "--out", str(out),
+                   "--plots", str(tmp_path / "plots"), "--overlays", "0", *extra])
+        return rc, json.loads(out.read_text()), capsys.readouterr().err
+
+    rc, spec_masks, err = run()
+    assert rc == 0 and spec_masks["threshold_sweep"]["threshold_low"] == 0.3
+    assert "(threshold 0.5, hysteresis from 0.3)" in err
+    rc, plain, err = run("--threshold-low", "none")
+    assert rc == 0 and "threshold_low" not in plain["threshold_sweep"] and "(threshold 0.5)" in err
+    rows = {float(r["threshold"]): float(r["dice"]) for r in csv.DictReader(open(tmp_path / "plots" / "threshold_sweep.csv"))}
+    rc, other, err = run("--threshold", "0.4", "--threshold-low", "none")
+    assert rc == 0 and other["threshold_sweep"]["threshold"] == 0.4 and "(threshold 0.4)" in err
+    assert other["dice"] == pytest.approx(rows[0.4], abs=2e-6)  # the plain sweep's point at 0.4 (JSON: 6 digits)
+    assert spec_masks["dice"] != plain["dice"] != other["dice"]
+    for bad, says in ((["--threshold-low", "1.5"], "1.5 is not in the range 0<x<1"),
+                      (["--threshold-low", "soft"], "'soft' is not a number or none"),
+                      (["--threshold", "0"], "--threshold")):
+        rc = main(["evaluate", "--task", "segment", "--model", model, "--data", str(data), "--out", "x.json", *bad])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and says in err and "Traceback" not in err
+    rc = main(["evaluate", "--task", "classify", "--model", model, "--data", str(data), "--out", "x.json",
+               "--threshold", "0.4"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("fissure: error: --threshold and --threshold-low apply to --task segment")

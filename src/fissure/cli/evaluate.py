@@ -8,6 +8,28 @@ import click
 from fissure import MODEL_NAMES
 
 
+OFF = "none"  # --threshold-low none: the masks without hysteresis
+
+
+class LowThreshold(click.ParamType):
+    """A hysteresis low threshold: a probability in (0, 1), or ``none`` (off)."""
+
+    name = "float|none"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == OFF:
+            return value
+        if str(value).strip().lower() in ("none", "off"):
+            return OFF
+        try:
+            low = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or none", param, ctx)
+        if not 0 < low < 1:
+            self.fail(f"{low} is not in the range 0<x<1", param, ctx)
+        return low
+
+
 @click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--task", type=click.Choice(sorted(MODEL_NAMES)), required=True,
               help="Must match the model's task.")
@@ -35,20 +57,27 @@ from fissure import MODEL_NAMES
               help="Average the model's probabilities over views of each input: none, flips (4 forward "
                    "passes) or d8 (8: flips and quarter turns) [default: as the model's spec says (tta), "
                    "none for models without one].")
-def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst, native, tta):
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="segment: score the masks at this crack probability instead of the model's tuned one "
+                   "[default: the spec's threshold, as served].")
+@click.option("--threshold-low", type=LowThreshold(), default=None, metavar="FLOAT|none",
+              help="segment: hysteresis: also mark pixels at or above this that connect to one at the "
+                   "threshold; none turns it off [default: the spec's threshold_low, as served].")
+def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst, native, tta, threshold, threshold_low):
     """Evaluate a model on a dataset and write its metrics JSON.
 
     \b
     Keys: classify -> accuracy, precision, recall, f1, roc_auc (positive class: crack)
           segment  -> dice, iou, precision, recall, f1 (crack pixels of the masks the
-                      model serves: its threshold and threshold_low, else 0.5; at each
-                      mask's native resolution)
+                      model serves: its threshold and threshold_low, else 0.5, unless
+                      --threshold/--threshold-low say otherwise; at each mask's native
+                      resolution)
     plus n_images, task, model, model_version, model_uri, run_id, data, tta, and where the
     model fails: slices (segment: crack / no_crack, hard_negative[:kind], width:thin /
     width:wide, size:...; classify: class:NAME, hard_negative[:kind], size:...),
     datasets (per --data folder when several, else per source of the one folder; see
-    datasets_by), threshold_sweep (the model's threshold and the best one), worst and
-    weakest_slice.
+    datasets_by), threshold_sweep (the masks' threshold and the best one, with the same
+    hysteresis), worst and weakest_slice.
     With --plots also: threshold_sweep.csv/png, slices.csv/png, worst.png and worst/,
     per_image.csv (segment) and quality.json; with several --data the same per folder in
     PLOTS/datasets/NAME/.
@@ -65,7 +94,8 @@ def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst,
 
     folders = dataset_folders(data)
     report = run_evaluation(model, task, folders if len(folders) > 1 else next(iter(folders.values())), out, plots, device=device,
-                            batch_size=batch_size, overlays=overlays, native=native, worst=worst, tta=tta)
+                            batch_size=batch_size, overlays=overlays, native=native, worst=worst, tta=tta,
+                            threshold=threshold, threshold_low=threshold_low)
     names = ("accuracy", "precision", "recall", "f1", "roc_auc") if task == "classify" else ("dice", "iou", "precision", "recall", "f1")
     if len(report["datasets"]) > 1:
         click.echo(_table(report, names), err=True)
@@ -73,11 +103,18 @@ def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst,
     click.echo(f"{report['model']}" + (f" v{report['model_version']}" if report["model_version"] else "")
                + f" on {report['n_images']} images" + (f" ({report['resolution']})" if "resolution" in report else "")
                + (f" (tta {report['tta']})" if report["tta"] != "none" else "")
+               + (f" (threshold {_mask_text(report['threshold_sweep'])})" if "threshold_sweep" in report and task == "segment" else "")
                + f": {summary} -> {out}", err=True)
     weakest = report.get("weakest_slice")
     if weakest:
         click.echo(f"weakest slice: {weakest['slice']} ({weakest['metric']} {weakest['value']})"
                    + (f"; worst predictions in {plots}" if plots else ""), err=True)
+
+
+def _mask_text(sweep: dict) -> str:
+    """How the scored masks were drawn: ``0.34`` or ``0.34, hysteresis from 0.25``."""
+    low = sweep.get("threshold_low")
+    return f"{sweep['threshold']:g}" + (f", hysteresis from {low:g}" if low is not None else "")
 
 
 def _table(report: dict, names) -> str:

@@ -34,3 +34,27 @@ def crack_mask(prob: np.ndarray, threshold: float, threshold_low: float | None =
     keep[labels[strong]] = True
     keep[0] = False
     return keep[labels]
+
+
+def hysteresis_counts(prob: np.ndarray, target: np.ndarray, threshold_low: float,
+                      bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(marked, marked and true) pixel counts of :func:`crack_mask` (``prob``, t, ``threshold_low``)
+    at every bin edge t = i / ``bins`` at once, for a threshold sweep: the mask at t is the union of
+    the regions of ``prob >= threshold_low`` whose highest probability reaches t, so one labelling
+    serves every t. Edges at or below ``threshold_low`` (where the mask is plain) count as any
+    other; callers use the plain histogram there. ``target``: the true mask, same shape [H, W]."""
+    marked, hits = np.zeros(bins, dtype=np.int64), np.zeros(bins, dtype=np.int64)
+    labels, n = ndimage.label(prob >= threshold_low, structure=EIGHT)
+    if n == 0:
+        return marked, hits
+    # a region's top bin, binned as the histogram bins a pixel: prob >= i / bins <=> bin >= i
+    flat, inside = labels.ravel(), labels.ravel() > 0
+    top = np.zeros(n + 1, dtype=np.int64)  # np.maximum.at: ndimage.maximum took 15x as long at 12 MP
+    np.maximum.at(top, flat[inside], np.clip((prob.ravel()[inside] * bins).astype(np.int64), 0, bins - 1))
+    top = top[1:]
+    size = np.bincount(flat, minlength=n + 1)[1:]
+    true = np.bincount(labels[np.asarray(target) > 0.5], minlength=n + 1)[1:]
+    # a region counts at every edge up to its top bin: reverse cumulative sums over the edges
+    marked = np.cumsum(np.bincount(top, weights=size, minlength=bins)[::-1])[::-1].astype(np.int64)
+    hits = np.cumsum(np.bincount(top, weights=true, minlength=bins)[::-1])[::-1].astype(np.int64)
+    return marked, hits

@@ -89,7 +89,7 @@ class EvalResult:
                        paths=[p for r in parts for p in r.paths], sources={k: v for r in parts for k, v in r.sources.items()},
                        sizes=[z for r in parts for z in r.sizes], negatives=[n for r in parts for n in r.negatives],
                        **common)
-        counts = M.PixelCounts(threshold=first.threshold)
+        counts = M.PixelCounts(threshold=first.threshold, low=first.threshold_low)
         for r in parts:
             counts.merge(r.counts)
         scores = [s for r in parts for s in r.scores]
@@ -338,7 +338,7 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
     low = low if low is not None and low < threshold else None  # an override may pass it
     pcfg = preprocess_config(spec)
     module = module.to(device).eval()
-    counts = M.PixelCounts(threshold=threshold)
+    counts = M.PixelCounts(threshold=threshold, low=low)  # its sweep: of the masks served
     want = set(np.linspace(0, len(items) - 1, min(overlays, len(items))).round().astype(int).tolist()) if overlays else set()
     samples, index = [], 0
     scores, heap, sources = [], [], {}
@@ -460,12 +460,14 @@ def _headline(result: EvalResult) -> dict:
 def run_evaluation(model_uri: str, task: str, data, out: str | Path, plots_dir=None,
                    *, device: str | None = None, batch_size: int | None = None, overlays: int = 4,
                    progress: bool | None = True, native: bool | None = None, worst: int = 8,
-                   tta: str | None = None) -> dict:
+                   tta: str | None = None, threshold: float | None = None,
+                   threshold_low: float | str | None = None) -> dict:
     """Load ``model_uri``, check its task, evaluate on ``data`` (showing ``progress`` on stderr),
     write ``out`` JSON (+ plots). ``data``: one folder, or folders by name (:func:`dataset_folders`),
     each scored on its own and all together. ``native``: segment at native resolution in tiles
     (True), the whole image resized (False), or as the model's spec says (None). ``tta``: the views
-    averaged (:mod:`fissure.models.tta`), None as the spec says.
+    averaged (:mod:`fissure.models.tta`), None as the spec says. ``threshold``, ``threshold_low``
+    (segment): the masks scored, instead of the spec's (``threshold_low`` ``"none"``: no hysteresis).
 
     ``datasets`` in the JSON: per folder when there are several (each with its slices, sources,
     threshold sweep and weakest slice; plots in ``PLOTS/datasets/<name>/``), else per source of the
@@ -476,6 +478,8 @@ def run_evaluation(model_uri: str, task: str, data, out: str | Path, plots_dir=N
 
     if native and task != "segment":
         raise UsageError("--native applies to --task segment: a classifier's label is of the whole image")
+    if task != "segment" and (threshold is not None or threshold_low is not None):
+        raise UsageError("--threshold and --threshold-low apply to --task segment: they draw a segmenter's masks")
     folders = dict(data) if isinstance(data, dict) else {"": Path(data)}
     quiet_mlflow()
     set_threads()
@@ -486,6 +490,10 @@ def run_evaluation(model_uri: str, task: str, data, out: str | Path, plots_dir=N
             f"use --task {loaded.task}"
         )
     spec = loaded.spec if tta is None else {**loaded.spec, "tta": tta}
+    if threshold is not None:
+        spec = {**spec, "threshold": float(threshold)}
+    if threshold_low is not None:
+        spec = {**spec, "threshold_low": None if threshold_low == "none" else float(threshold_low)}
     classes = spec["classes"] if task == "classify" else None
     items = {name: eval_items(task, folder, classes)[0] for name, folder in folders.items()}  # every folder before any work
     dev = pick_device(device)

@@ -338,7 +338,8 @@ def fit(
             seen += count
             # scored as it will be served: the best epoch and the threshold see the same views
             val_loss, val_metrics, val_pixels = validate(task, tta.wrap(scored, cfg.tta), val_dl, dev, criterion,
-                                                         amp=amp, groups=val_groups, tiling=tiled)
+                                                         amp=amp, groups=val_groups, tiling=tiled,
+                                                         low=cfg.threshold_low if task == "segment" else None)
             improved = selector.update(epoch, val_metrics, val_pixels)
             if improved:
                 best_epoch, best_val, best_pixels = epoch, val_metrics, val_pixels
@@ -399,7 +400,8 @@ class SourcePixels(M.PixelCounts):
 
 
 def merge_counts(counts) -> M.PixelCounts:
-    total = M.PixelCounts()
+    counts = list(counts)
+    total = M.PixelCounts(low=counts[0].low if counts else None)
     for c in counts:
         total.merge(c)
     return total
@@ -543,12 +545,15 @@ def _tiled_probabilities(module, x: torch.Tensor, tiling, dev, amp: bool) -> tor
 
 
 @torch.no_grad()
-def validate(task, module, loader, dev, criterion, *, amp=False, groups: list[str] | None = None, tiling=None):
+def validate(task, module, loader, dev, criterion, *, amp=False, groups: list[str] | None = None, tiling=None,
+             low: float | None = None):
     """(mean loss, metrics, pixel counts) on a loader at the model's size, or with ``tiling``
     (segment, tile mode) at the images' own size in blended tiles; the
     :class:`~fissure.training.metrics.PixelCounts` are None for classification. With ``groups``
     (a name per image of the loader, in its order: it must not shuffle) the segmentation pixel
-    counts are a dict of them by name (each with its ``images`` count), the metrics the pooled ones."""
+    counts are a dict of them by name (each with its ``images`` count), the metrics the pooled ones.
+    ``low``: the hysteresis low threshold of the model's masks, so that the counts' threshold sweep
+    (the tuned threshold, the best epoch) is of the masks it will serve."""
     module.eval()
     total, count = 0.0, 0
     if task == "segment":
@@ -566,7 +571,7 @@ def validate(task, module, loader, dev, criterion, *, amp=False, groups: list[st
             names = groups[count : count + len(x)] if groups is not None else ["all"] * len(x)
             for name in dict.fromkeys(names):
                 rows = [i for i, n in enumerate(names) if n == name]
-                by_group.setdefault(name, SourcePixels())
+                by_group.setdefault(name, SourcePixels(low=low))
                 by_group[name].update(probs[rows], y[rows])
                 by_group[name].images += len(rows)
             count += len(x)

@@ -110,7 +110,11 @@ def per_class_metrics(y_true, y_pred, classes: list[str]) -> dict[str, dict]:
 @dataclass
 class PixelCounts:
     """Running pixel confusion counts for a segmentation set, plus a probability histogram
-    (for the PR curve) that costs O(bins) memory however many pixels are seen."""
+    (for the PR curve) that costs O(bins) memory however many pixels are seen.
+
+    With ``low`` (a hysteresis low threshold, :func:`fissure.models.masks.crack_mask`) the PR
+    curve, and so the threshold sweep, is of the hysteresis masks at each threshold above
+    ``low``: the masks the model serves, not the pixels' probabilities alone."""
 
     tp: int = 0
     fp: int = 0
@@ -118,17 +122,29 @@ class PixelCounts:
     tn: int = 0
     bins: int = 200
     threshold: float = 0.5
+    low: float | None = None
 
     def __post_init__(self):
         self.pos_hist = np.zeros(self.bins, dtype=np.int64)
         self.neg_hist = np.zeros(self.bins, dtype=np.int64)
+        # hysteresis masks at each bin edge: pixels marked, and true crack pixels among them
+        self.hy_marked = np.zeros(self.bins, dtype=np.int64)
+        self.hy_hits = np.zeros(self.bins, dtype=np.int64)
 
     def update(self, probs, target, pred=None) -> None:
         """``probs`` in [0, 1] and boolean/0-1 ``target`` of the same shape (numpy or torch);
         ``pred``: the mask counted, when not ``probs >= threshold`` (a hysteresis mask,
-        :func:`fissure.models.masks.crack_mask`); the histogram is of ``probs`` either way."""
-        probs = _np(probs).astype(np.float32).ravel()
-        target = _np(target).ravel() > 0.5
+        :func:`fissure.models.masks.crack_mask`); the histogram is of ``probs`` either way.
+        With ``low``, ``probs`` and ``target`` are maps [..., H, W] (each [H, W] one image)."""
+        probs, target = _np(probs).astype(np.float32), _np(target) > 0.5
+        if self.low is not None:
+            from fissure.models.masks import hysteresis_counts
+
+            for prob, truth in zip(probs.reshape(-1, *probs.shape[-2:]), target.reshape(-1, *target.shape[-2:])):
+                marked, hits = hysteresis_counts(prob, truth, self.low, self.bins)
+                self.hy_marked += marked
+                self.hy_hits += hits
+        probs, target = probs.ravel(), target.ravel()
         pred = probs >= self.threshold if pred is None else _np(pred).ravel() > 0.5
         self.tp += int(np.count_nonzero(pred & target))
         self.fp += int(np.count_nonzero(pred & ~target))
@@ -140,24 +156,31 @@ class PixelCounts:
 
     def merge(self, other: "PixelCounts") -> "PixelCounts":
         """Add ``other``'s counts and histogram (another set, same threshold and bins) to these."""
-        if (other.bins, other.threshold) != (self.bins, self.threshold):
-            raise ValueError("PixelCounts.merge: different bins or threshold")
+        if (other.bins, other.threshold, other.low) != (self.bins, self.threshold, self.low):
+            raise ValueError("PixelCounts.merge: different bins, threshold or low")
         self.tp, self.fp, self.fn, self.tn = self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn
         self.pos_hist += other.pos_hist
         self.neg_hist += other.neg_hist
+        self.hy_marked += other.hy_marked
+        self.hy_hits += other.hy_hits
         return self
 
     def metrics(self) -> dict:
         return segmentation_metrics_from_counts(self.tp, self.fp, self.fn)
 
     def pr_curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(precision, recall, threshold) at each bin edge, thresholds ascending."""
+        """(precision, recall, threshold) at each bin edge, thresholds ascending (with ``low``, of
+        the hysteresis masks at the edges above it)."""
         tp = np.cumsum(self.pos_hist[::-1])[::-1].astype(np.float64)  # pixels with prob >= edge
         fp = np.cumsum(self.neg_hist[::-1])[::-1].astype(np.float64)
+        thresholds = np.arange(self.bins) / self.bins
+        if self.low is not None:
+            above = thresholds > self.low
+            tp = np.where(above, self.hy_hits, tp)
+            fp = np.where(above, self.hy_marked - self.hy_hits, fp)
         npos = max(self.pos_hist.sum(), 1)
         precision = np.divide(tp, tp + fp, out=np.ones_like(tp), where=(tp + fp) > 0)
         recall = tp / npos
-        thresholds = np.arange(self.bins) / self.bins
         return precision, recall, thresholds
 
     def best_threshold(self, low: float = 0.05, high: float = 0.95) -> tuple[float, float]:
