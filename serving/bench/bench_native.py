@@ -5,8 +5,10 @@ depend on the weights) and photo size, ModelRuntime runs the served path on one 
 prepare -> forward -> mask/label (``prepare_image`` + ``predict``), once with the whole image
 resized to the model's size (``tiling.mode: resize``, today's default) and once in overlapping
 tiles at the image's own resolution (``tiling.mode: tile``). Median of ``--repeat`` runs after a
-warm-up, on ``--threads`` torch threads. Run: ``make bench-native`` (``--write`` puts the table
-into docs/benchmarks.md).
+warm-up, on ``--threads`` torch threads. The segmenter's rows add what a hysteresis mask
+(``threshold_low``, :func:`fissure.models.masks.crack_mask`) costs over the plain threshold at
+that size, on its worst case: a map of uniform noise, the most regions to label. Run:
+``make bench-native`` (``--write`` puts the table into docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -69,6 +71,22 @@ def timed(rt, data: bytes, repeat: int) -> tuple[float, dict]:
     return statistics.median(times), result
 
 
+def hysteresis_ms(h: int, w: int, repeat: int) -> float:
+    """Median extra milliseconds of a hysteresis mask over the plain threshold, on a noise map."""
+    from fissure.models.masks import crack_mask
+
+    prob = np.random.default_rng(0).random((h, w), dtype=np.float32)
+    extra = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        crack_mask(prob, 0.5, 0.25)
+        t_hyst = time.perf_counter() - t
+        t = time.perf_counter()
+        crack_mask(prob, 0.5)
+        extra.append(t_hyst - (time.perf_counter() - t))
+    return statistics.median(extra) * 1000
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2, help="torch threads (the 2-core budget)")
@@ -99,7 +117,8 @@ def main() -> None:
             t_tile, res = timed(tile, data, max(1, args.repeat if mp < 5 else 1))
             wh = working_size(h, w, tile.tiling)
             r, c = grid_shape(*wh, tile.tiling)
-            rows.append((resize.name, key, r * c, t_resize, t_tile, t_tile / mp, t_tile / (r * c) * 1000))
+            hyst = hysteresis_ms(h, w, args.repeat) if task == "segment" else None  # masks are drawn at the photo's size
+            rows.append((resize.name, key, r * c, t_resize, t_tile, t_tile / mp, t_tile / (r * c) * 1000, hyst))
             print(f"{resize.name} {key}: resize {t_resize:.3f} s, tiles {t_tile:.3f} s ({r * c} tiles)", flush=True)
     load = os.getloadavg()[0]
     tile_cfg = tile.tiling
@@ -112,11 +131,12 @@ def main() -> None:
         f"(12 MP tiled: 1); tiles of the model's size, overlap {args.overlap} px, budget "
         f"{tile_cfg.max_pixels / 1e6:.3g} MP, {tile_cfg.batch} tiles per forward pass).",
         "",
-        "| model | photo | tiles | resized s | native (tiled) s | native s per MP | ms per tile |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | photo | tiles | resized s | native (tiled) s | native s per MP | ms per tile | hysteresis mask, worst case ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, key, n, tr, tt, per_mp, per_tile in rows:
-        lines.append(f"| {name} | {key} | {n} | {tr:.3f} | {tt:.2f} | {per_mp:.2f} | {per_tile:.1f} |")
+    for name, key, n, tr, tt, per_mp, per_tile, hyst in rows:
+        lines.append(f"| {name} | {key} | {n} | {tr:.3f} | {tt:.2f} | {per_mp:.2f} | {per_tile:.1f} | "
+                     + (f"{hyst:.0f} |" if hyst is not None else "n/a |"))
     text = "\n".join(lines)
     print(text)
     if args.write:
