@@ -164,6 +164,6 @@ def test_the_tuned_threshold_is_the_best_for_the_hysteresis_masks():
         _, _, by_source = validate("segment", DarkIsCrack(), [(x, truth)], torch.device("cpu"),
                                    lambda logits, y: torch.zeros(()), groups=["site"], low=low)
         tuned[low], info = select_threshold(by_source, "real", 0.01, 0.99)
-        assert info["sources"] == ["site"]
+        assert info["sources"] == ["site"] and info.get("threshold_low") == low  # the spec says which masks
     assert tuned[None] <= p_faint < tuned[spec["threshold_low"]]
     assert info["dice"] == pytest.approx(1.0)

@@ -173,3 +173,20 @@ def test_model_card_rows_say_where_epoch_and_threshold_were_chosen():
     del spec["select_on"]
     assert "| best epoch |" not in modelcard.render(modelcard.CardFacts(name="crack-segmenter", version="3",
                                                                         run_id="r", task="segment", spec=spec))
+
+
+def test_model_card_says_the_threshold_was_tuned_for_the_hysteresis_masks():
+    """A threshold tuned with hysteresis (threshold_from carries its threshold_low) is named so; one
+    tuned on plain masks before that, in a spec with hysteresis, is not."""
+    tuned = {"mode": "real", "sources": ["deepcrack-train"], "images": 45, "dice": 0.84}
+    spec = {"arch": "attention_unet", "preprocess": {"size": 256}, "threshold": 0.795, "threshold_low": 0.25,
+            "threshold_from": {**tuned, "threshold_low": 0.25}}
+
+    def row(spec):
+        card = modelcard.render(modelcard.CardFacts(name="crack-segmenter", version="3", run_id="r", task="segment",
+                                                    spec=spec))
+        return next(line for line in card.splitlines() if line.startswith("| crack threshold |"))
+
+    assert row(spec).startswith("| crack threshold | 0.795 (best Dice of the hysteresis masks on the pooled pixels of 45")
+    assert "hysteresis: pixels from 0.250 up" in row(spec)
+    assert "of the hysteresis masks" not in row({**spec, "threshold_from": tuned})

@@ -455,11 +455,15 @@ def select_threshold(by_source: dict, mode: str = "real", low: float = THRESHOLD
     ``mode`` real, the real sources' validation images (one threshold for the model, at the real
     images' Dice, the way the held-back real images are scored), else the whole split, synthetic
     images included. Returns (threshold, ``{"mode", "sources", "images", "dice"}``; ``fallback``
-    says why the whole split was used in real mode).
+    says why the whole split was used in real mode; ``threshold_low`` that the Dice is of hysteresis
+    masks from there, when the counts have one).
     """
     chosen, info = validation_pool(by_source, mode, min_images)
-    threshold, dice = merge_counts(chosen.values()).best_threshold(low, high)
+    pooled = merge_counts(chosen.values())
+    threshold, dice = pooled.best_threshold(low, high)
     info["dice"] = None if np.isnan(dice) else round(float(dice), 4)
+    if pooled.low is not None:
+        info["threshold_low"] = pooled.low
     return threshold, info
 
 
