@@ -275,13 +275,14 @@ def test_runtime_tensor_checks(runtimes):
 
 
 def test_runtime_pixels_from_the_front_equal_a_decoded_image(runtimes, images):
-    """The front decodes and resizes (image_to_array), the worker normalises: same input tensor
+    """The front decodes and resizes (image_to_array, unstretched), the worker stretches and
+    normalises: same input tensor
     as decoding in the worker, and the image's own size is kept for the mask."""
     from fissure.preprocess import decode_image, image_to_array
 
     _, seg = runtimes
     data = images.png(w=50, h=30)
-    pixels = image_to_array(decode_image(data), seg.cfg)
+    pixels = image_to_array(decode_image(data), seg.cfg, stretch=False)
     item = seg.prepare_pixels(pixels.tobytes(), pixels.shape, [30, 50])
     ref = seg.prepare_image(data)
     assert item.size == ref.size == (30, 50)

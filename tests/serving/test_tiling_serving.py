@@ -18,7 +18,7 @@ from torch import nn
 
 from fissure.errors import InputError
 from fissure.models import build_model, default_spec
-from fissure.models.tiling import grid_shape, model_pixels
+from fissure.models.tiling import grid_shape, model_pixels, unstretched_pixels
 from fissure.preprocess import normalize
 from fissure.serving import codec
 from fissure.serving.runtime import ModelRuntime, OverBudget, PixelBudget
@@ -75,7 +75,7 @@ def test_segmenter_mask_at_the_original_size_equals_the_whole_image_map():
 def test_front_pixels_and_tensor_paths_give_the_same_mask():
     rt = ModelRuntime(PointwiseSegmenter(), _spec("segment"))
     img = _photo(333, 517, seed=2)  # odd sizes
-    px = model_pixels(img, rt.cfg, rt.tiling)
+    px = unstretched_pixels(img, rt.cfg, rt.tiling)
     assert px.shape == (333, 517, 3)
     by_pixels = rt.predict([rt.prepare_pixels(px.tobytes(), list(px.shape), [333, 517])])[0]
     by_image = rt.predict([rt.prepare_image(_png(img))])[0]
@@ -90,7 +90,7 @@ def test_front_pixels_and_tensor_paths_give_the_same_mask():
 def test_over_the_tiling_budget_the_image_is_downscaled_first_and_the_result_says_so():
     rt = ModelRuntime(PointwiseSegmenter(), _spec("segment", max_pixels=100_000))
     img = _photo()
-    px = model_pixels(img, rt.cfg, rt.tiling)
+    px = unstretched_pixels(img, rt.cfg, rt.tiling)
     assert px.shape[0] * px.shape[1] <= 100_000 and px.shape[:2] == (264, 377)
     result = rt.predict([rt.prepare_pixels(px.tobytes(), list(px.shape), [700, 1000])])[0]
     assert result["size"] == [700, 1000] and _mask(result).shape == (700, 1000)
@@ -169,7 +169,7 @@ def test_torchserve_handler_tiles_wire_pixels_and_raw_images(tmp_path, monkeypat
     handler.initialize(context)
     try:
         img = _photo(301, 413, seed=3)
-        px = model_pixels(img, handler.runtime.cfg, handler.runtime.tiling)
+        px = unstretched_pixels(img, handler.runtime.cfg, handler.runtime.tiling)
         frame = codec.pack_wire("predict", [({"kind": "pixels", "shape": list(px.shape), "size": [301, 413]},
                                              px.tobytes())])
         reqs = [{"requestId": b"a", "parameters": [{"name": "body", "contentType": codec.WIRE_CONTENT_TYPE,
@@ -206,10 +206,11 @@ def test_a_contrast_stretching_spec_is_applied_alike_on_every_input_path(tiled):
     rt = ModelRuntime(PointwiseSegmenter(), spec)
     img = _flat_photo()
     px = model_pixels(img, rt.cfg, rt.tiling)
-    raw = np.asarray(img) if tiled else image_to_array(img, rt.cfg, stretch=False)
+    raw = unstretched_pixels(img, rt.cfg, rt.tiling)  # what the front sends
+    assert (raw == (np.asarray(img) if tiled else image_to_array(img, rt.cfg, stretch=False))).all()
     assert (px == stretch_contrast(raw, 24.0)).all()
     by_image = rt.predict([rt.prepare_image(_png(img))])[0]
-    by_pixels = rt.predict([rt.prepare_pixels(px.tobytes(), list(px.shape), [180, 260])])[0]
+    by_pixels = rt.predict([rt.prepare_pixels(raw.tobytes(), list(raw.shape), [180, 260])])[0]
     assert by_pixels["mask_rle"] == by_image["mask_rle"]
     # what the model saw was the stretched image: its mask, not the raw image's
     def mask_of(pixels):
@@ -221,20 +222,27 @@ def test_a_contrast_stretching_spec_is_applied_alike_on_every_input_path(tiled):
     assert (_mask(by_image) == stretched).mean() > 0.99
 
 
-def test_a_stretching_tiled_classifier_labels_the_same_whole_image_from_either_input():
-    """The front sends a tiled classifier its working image already stretched; the label input
-    made from it is stretched again at model size, as the image path stretches the original
-    there: the second stretch undoes the first one's factor (a surface loses spread when
-    shrunk), so both label inputs agree to about rounding."""
+@pytest.mark.parametrize("surface", ["textured", "flat"])
+def test_a_stretching_tiled_classifier_gets_the_same_inputs_from_the_front_as_from_an_image(surface):
+    """The front sends a tiled classifier its working image unstretched; the worker stretches
+    the tiles' image and the label's model-size image once each, as from a decoded image. A flat
+    surface is the case that needs it: its stretch hits STRETCH_LIMITS, and stretching the
+    stretched image again (what the worker did before) multiplied the factors."""
+    from fissure.preprocess import STRETCH_LIMITS, gray_spread
+
     spec = _spec("classify")
     spec["preprocess"]["gray_std"] = 24.0
     rt = ModelRuntime(build_model(spec), spec)
     yy, xx = np.mgrid[0:360, 0:520]
-    grey = 120.0 + 16.0 * np.sin(xx / 23.0) * np.cos(yy / 17.0) + np.random.default_rng(5).normal(0.0, 4.0, (360, 520))
+    amp, noise = (16.0, 4.0) if surface == "textured" else (0.0, 1.5)
+    grey = 120.0 + amp * np.sin(xx / 23.0) * np.cos(yy / 17.0) + np.random.default_rng(5).normal(0.0, noise, (360, 520))
     img = Image.fromarray(np.clip(np.stack([grey, grey - 2.0, grey - 4.0], axis=-1), 0, 255).round().astype(np.uint8))
-    px = model_pixels(img, rt.cfg, rt.tiling)
-    by_image = rt.prepare_image(_png(img)).tensor
-    by_pixels = rt.prepare_pixels(px.tobytes(), list(px.shape), [360, 520]).tensor
-    std = torch.tensor(rt.cfg.std).view(3, 1, 1) * 255.0  # back to grey levels
-    # 0.8 grey levels with the second stretch, 2.2 without it
-    assert float(((by_image - by_pixels) * std).abs().mean()) < 1.2
+    raw = unstretched_pixels(img, rt.cfg, rt.tiling)
+    hits_the_limit = 24.0 / gray_spread(raw) > STRETCH_LIMITS[1]
+    assert hits_the_limit == (surface == "flat")
+    by_image = rt.prepare_image(_png(img))
+    by_pixels = rt.prepare_pixels(raw.tobytes(), list(raw.shape), [360, 520])
+    assert torch.equal(by_pixels.native, by_image.native)
+    assert torch.equal(by_pixels.tensor, by_image.tensor)
+    assert torch.equal(by_pixels.native, torch.from_numpy(model_pixels(img, rt.cfg, rt.tiling)))
+    assert rt.predict([by_pixels])[0] == rt.predict([by_image])[0]

@@ -184,10 +184,10 @@ def overlay(image: Image.Image, mask: np.ndarray, color=(255, 0, 0), alpha: floa
 #   header = {"op": "predict"|"explain", "items": [{"kind": "image", "n": len}
 #             | {"kind": "tensor", "n": len, "dtype": "float32", "shape": [N, 3, H, W]}
 #             | {"kind": "pixels", "n": len, "shape": [S, S, 3], "size": [h, w]}]}
-#   "pixels": an image the front already decoded and resized (fissure.preprocess.image_to_array,
-#   uint8); the worker only normalises it. "size" is the image's own size, for masks and heatmaps.
-#   For a tiling model (spec tiling.mode tile) shape is [H', W', 3], the image at its working
-#   size (fissure.models.tiling.model_pixels).
+#   "pixels": an image the front already decoded and resized, uint8, not contrast stretched
+#   (fissure.models.tiling.unstretched_pixels); the worker stretches (spec preprocess.gray_std)
+#   and normalises it. "size" is the image's own size, for masks and heatmaps. For a tiling model
+#   (spec tiling.mode tile) shape is [H', W', 3], the image at its working size.
 #   The request carries the header WIRE_HEADER: <token>, the secret the serving supervisor puts in
 #   the environment (WIRE_TOKEN_ENV) of the front and of TorchServe; the handler refuses a frame
 #   without it, so that nobody else can hand the worker declared sizes.

@@ -31,7 +31,7 @@ from fissure.models import tiling as T
 from fissure.models import tta
 from fissure.models.masks import crack_mask, mask_params
 from fissure.preprocess import (finish_decode, image_to_array, image_to_tensor, normalize, open_image,
-                                validate_tensor_batch)
+                                stretch_contrast, validate_tensor_batch)
 from fissure.serving import codec
 from fissure.settings import settings
 
@@ -133,29 +133,26 @@ class ModelRuntime:
             budget.spend(img.width * img.height)
         img = finish_decode(img)
         if self.tiling.tiles:
-            return self._tiled(torch.from_numpy(T.model_pixels(img, self.cfg, self.tiling)), (img.height, img.width), img)
+            return self._tiled_pixels(T.unstretched_pixels(img, self.cfg, self.tiling), (img.height, img.width), img)
         return Prepared(image_to_tensor(img, self.cfg), (img.height, img.width))
 
-    def _tiled(self, native: torch.Tensor, size: tuple[int, int], img=None) -> Prepared:
-        """A tiling item; a classifier also gets the whole image at model size for its label
-        (from the decoded image when there is one: the same pixels as without tiling)."""
+    def _tiled_pixels(self, raw: np.ndarray, size: tuple[int, int], img: Image.Image | None = None) -> Prepared:
+        """A tiling item from the unstretched working image ``raw``. Each input is stretched once:
+        the working image for the tiles, and for a classifier the whole image at model size for
+        its label (made from the decoded image when there is one: the same pixels as without
+        tiling). Stretching the stretched working image again would compound the factors where
+        the first stretch hit STRETCH_LIMITS (a nearly flat surface)."""
+        native = torch.from_numpy(stretch_contrast(raw, self.cfg.gray_std))
         whole = None
         if self.task == "classify":
-            if native.dtype == torch.uint8:
-                # From the front's pixels this stretches the stretched working image again; that
-                # is on purpose: a stretch sets the spread whatever came before, so the result
-                # matches the image path's stretch at model size (unless the first hit
-                # STRETCH_LIMITS: a nearly flat surface).
-                arr = image_to_array(img if img is not None else Image.fromarray(native.numpy()), self.cfg)
-                whole = normalize(torch.from_numpy(arr)[None], self.cfg)[0]
-            else:
-                whole = F.interpolate(native[None], size=(self.cfg.size, self.cfg.size), mode="bilinear",
-                                      align_corners=False)[0]
+            arr = image_to_array(img if img is not None else Image.fromarray(raw), self.cfg)
+            whole = normalize(torch.from_numpy(arr)[None], self.cfg)[0]
         return Prepared(whole, size, native)
 
     def prepare_pixels(self, data: bytes, shape, size, budget: PixelBudget | None = None) -> Prepared:
-        """An image the front decoded and resized (uint8 [S, S, 3], see image_to_array; with
-        tiling, uint8 [H', W', 3] at the working size of tiling.model_pixels).
+        """An image the front decoded and resized, not yet contrast stretched (uint8 [S, S, 3],
+        or with tiling uint8 [H', W', 3] at the working size: tiling.unstretched_pixels); the
+        stretch is done here, as for an image decoded here.
 
         ``size`` [h, w] is the image's own size, which masks and heatmaps are upsampled to: it is
         checked against the pixel limits before anything of that size exists.
@@ -167,10 +164,10 @@ class ModelRuntime:
             raise InputError(f"pixels must be uint8 {expected}, got shape {shape!r} and {len(data)} bytes")
         if budget is not None:
             budget.spend(h * w)
-        pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(*expected)
+        pixels = np.frombuffer(bytearray(data), dtype=np.uint8).reshape(expected)  # writable: torch shares it
         if self.tiling.tiles:
-            return self._tiled(pixels, (h, w))
-        return Prepared(normalize(pixels[None], self.cfg)[0], (h, w))
+            return self._tiled_pixels(pixels, (h, w))
+        return Prepared(normalize(torch.from_numpy(stretch_contrast(pixels, self.cfg.gray_std))[None], self.cfg)[0], (h, w))
 
     def prepare_tensor(self, data: bytes, shape, dtype: str = "float32",
                        budget: PixelBudget | None = None) -> list[Prepared]:
@@ -200,7 +197,10 @@ class ModelRuntime:
         wh = T.working_size(h, w, self.tiling)
         if wh != (h, w):
             batch = F.interpolate(batch, size=wh, mode="bilinear", align_corners=False, antialias=True)
-        return [self._tiled(t, (h, w)) for t in batch]
+        if self.task != "classify":
+            return [Prepared(None, (h, w), t) for t in batch]
+        whole = F.interpolate(batch, size=(self.cfg.size, self.cfg.size), mode="bilinear", align_corners=False)
+        return [Prepared(c, (h, w), t) for c, t in zip(whole, batch)]
 
     # ------------------------------------------------------------------ predict
     def predict(self, items: list[Prepared]) -> list[dict]:

@@ -23,7 +23,7 @@ from fissure.errors import FissureError, InputError, Unavailable
 from fissure.models import preprocess_config
 from fissure.models.tiling import tiling_config, unstretched_pixels
 from fissure.observability.drift import input_stats
-from fissure.preprocess import decode_image, image_to_array, open_image, stretch_contrast
+from fissure.preprocess import decode_image, image_to_array, open_image
 from fissure.serving import codec
 from fissure.serving.backend import Backend, ts_error
 from fissure.serving.front import kserve
@@ -197,19 +197,19 @@ class FrontModel(kserve.Model):
         return entries, stats
 
     def _pixels_entry(self, data: bytes):
-        """(entry, input statistics or None). The statistics are of the unstretched image at model
-        size: in resize mode the very pixels the model is sent before its stretch (no second pass
-        over the full image), in tile mode one more resize of it."""
+        """(entry, input statistics or None). The worker is sent the image decoded and resized but
+        not contrast stretched (it stretches, once per input it makes). The statistics are of that
+        image at model size: in resize mode the very pixels sent (no second pass over the full
+        image), in tile mode one more resize of it."""
         cfg = self.preprocess_config
         try:
             img = decode_image(data)
-            base = unstretched_pixels(img, cfg, self.tiling)
-            pixels = stretch_contrast(base, cfg.gray_std)
+            pixels = unstretched_pixels(img, cfg, self.tiling)
         except Exception as exc:  # noqa: BLE001 - a bad image fails alone, as in the worker
             return error_result(exc), None
         stats = None
         if self.metrics is not None:  # at model size and unstretched, as the training profile's
-            small = image_to_array(img, cfg, stretch=False) if self.tiling.tiles else base
+            small = image_to_array(img, cfg, stretch=False) if self.tiling.tiles else pixels
             stats = input_stats(small, (img.height, img.width))
         entry = {"kind": "pixels", "shape": list(pixels.shape), "size": [img.height, img.width]}, pixels.tobytes()
         return entry, stats
