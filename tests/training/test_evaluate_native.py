@@ -133,7 +133,7 @@ def test_evaluate_cli_threshold_overrides_the_spec(tmp_path, capsys):
     assert other["dice"] == pytest.approx(rows[0.4], abs=2e-6)  # the plain sweep's point at 0.4 (JSON: 6 digits)
     assert spec_masks["dice"] != plain["dice"] != other["dice"]
     for bad, says in ((["--threshold-low", "1.5"], "1.5 is not in the range 0<x<1"),
-                      (["--threshold-low", "soft"], "'soft' is not a number or none"),
+                      (["--threshold-low", "off"], "'off' is not a number or none"),
                       (["--threshold", "0"], "--threshold")):
         rc = main(["evaluate", "--task", "segment", "--model", model, "--data", str(data), "--out", "x.json", *bad])
         err = capsys.readouterr().err.strip()

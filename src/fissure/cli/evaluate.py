@@ -19,7 +19,7 @@ class LowThreshold(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, float) or value == OFF:
             return value
-        if str(value).strip().lower() in ("none", "off"):
+        if str(value).strip().lower() == OFF:
             return OFF
         try:
             low = float(value)
