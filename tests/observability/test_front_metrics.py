@@ -400,10 +400,12 @@ def test_inference_routes():
 _STATS_SCRIPT = r"""
 import json, sys
 import numpy as np
-from fissure.models import default_spec
+import torch
+from fissure.models import build_model, default_spec
 from fissure.observability.drift import input_stats
-from fissure.preprocess import decode_image, image_to_array, stretch_contrast
+from fissure.preprocess import decode_image, image_to_array, normalize, stretch_contrast
 from fissure.serving.front.model import TorchServeModel
+from fissure.serving.runtime import ModelRuntime
 
 spec = default_spec("segment", base=8, depth=2, size=64)
 spec["preprocess"]["gray_std"] = 24.0
@@ -417,10 +419,17 @@ png = sys.stdin.buffer.read()
 img = decode_image(png)
 raw = image_to_array(img, model.preprocess_config, stretch=False)
 sent = np.frombuffer(data, np.uint8).reshape(info["shape"])
+unstretched = np.asarray(img) if tiling else raw  # the working image (within the budget) or model size
+seen = stretch_contrast(unstretched, 24.0)  # what the model is to get
+worker = ModelRuntime(build_model(spec), spec)
+item = worker.prepare_pixels(data, info["shape"], info["size"])
+got = item.native.numpy() if tiling else item.tensor
+want = seen if tiling else normalize(torch.from_numpy(seen)[None], worker.cfg)[0]
 print(json.dumps({
     "stats_unstretched": stats == input_stats(raw, (img.height, img.width)),
-    "sent_is_stretched_raw": bool(tiling is None and (sent == stretch_contrast(raw, 24.0)).all()),
-    "sent_std": float(sent.std()), "raw_std": float(raw.std()),
+    "sent_unstretched": bool((sent == unstretched).all()),
+    "worker_stretches": bool((got == want).all()),
+    "seen_std": float(seen.std()), "raw_std": float(raw.std()),
 }))
 """
 
@@ -429,11 +438,12 @@ print(json.dumps({
 def test_drift_statistics_see_the_image_as_sent_when_the_model_stretches_contrast(tiling):
     """A model with preprocess.gray_std gets every image at one contrast, but the drift gauges
     must still see a flat, dark camera: the front's statistics come from the unstretched pixels,
-    as the training profile's do (tests/training)."""
+    as the training profile's do (tests/training). The front sends those pixels as they are and
+    the worker stretches them (once per input it makes, tests/serving/test_tiling_serving.py)."""
     out = subprocess.run([sys.executable, "-c", _STATS_SCRIPT, json.dumps(tiling)], input=dark(7),
                          capture_output=True, timeout=300)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     got = json.loads(out.stdout)
-    assert got["stats_unstretched"]
-    assert got["sent_is_stretched_raw"] or tiling is not None
-    assert got["sent_std"] > 2 * got["raw_std"]  # the model gets the stretched image
+    assert got["stats_unstretched"] and got["sent_unstretched"]
+    assert got["worker_stretches"]
+    assert got["seen_std"] > 2 * got["raw_std"]  # the model gets the stretched image
