@@ -276,8 +276,8 @@ def test_runtime_tensor_checks(runtimes):
 
 def test_runtime_pixels_from_the_front_equal_a_decoded_image(runtimes, images):
     """The front decodes and resizes (image_to_array, unstretched), the worker stretches and
-    normalises: same input tensor
-    as decoding in the worker, and the image's own size is kept for the mask."""
+    normalises: same input tensor as decoding in the worker, and the image's own size is kept
+    for the mask."""
     from fissure.preprocess import decode_image, image_to_array
 
     _, seg = runtimes

@@ -30,7 +30,7 @@ from fissure.models import build_model, preprocess_config
 from fissure.models import tiling as T
 from fissure.models import tta
 from fissure.models.masks import crack_mask, mask_params
-from fissure.preprocess import (finish_decode, image_to_array, image_to_tensor, normalize, open_image,
+from fissure.preprocess import (finish_decode, image_to_tensor, normalize, open_image,
                                 stretch_contrast, validate_tensor_batch)
 from fissure.serving import codec
 from fissure.settings import settings
@@ -145,8 +145,7 @@ class ModelRuntime:
         native = torch.from_numpy(stretch_contrast(raw, self.cfg.gray_std))
         whole = None
         if self.task == "classify":
-            arr = image_to_array(img if img is not None else Image.fromarray(raw), self.cfg)
-            whole = normalize(torch.from_numpy(arr)[None], self.cfg)[0]
+            whole = image_to_tensor(img if img is not None else Image.fromarray(raw), self.cfg)
         return Prepared(whole, size, native)
 
     def prepare_pixels(self, data: bytes, shape, size, budget: PixelBudget | None = None) -> Prepared:

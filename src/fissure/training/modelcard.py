@@ -174,7 +174,7 @@ def _threshold_text(spec: dict) -> str:
     if not info:
         return f"{t} ({linked[2:]})" if linked else t
     why = f"; {info['fallback']}" if info.get("fallback") else ""
-    # since session 22 the tuned threshold is the best one for the hysteresis masks (threshold_from says so)
+    # threshold_from carries threshold_low when the threshold was tuned on the hysteresis masks served
     masks = " of the hysteresis masks" if info.get("threshold_low") is not None else ""
     return (f"{t} (best Dice{masks} on the pooled pixels of {info.get('images', '?')} validation images of "
             f"{', '.join(info.get('sources') or ['?'])}: threshold_from {info.get('mode', '?')}{why}{linked})")
