@@ -43,10 +43,9 @@ def hysteresis_counts(prob: np.ndarray, target: np.ndarray, threshold_low: float
     the regions of ``prob >= threshold_low`` whose highest probability reaches t, so one labelling
     serves every t. Edges at or below ``threshold_low`` (where the mask is plain) count as any
     other; callers use the plain histogram there. ``target``: the true mask, same shape [H, W]."""
-    marked, hits = np.zeros(bins, dtype=np.int64), np.zeros(bins, dtype=np.int64)
     labels, n = ndimage.label(prob >= threshold_low, structure=EIGHT)
     if n == 0:
-        return marked, hits
+        return np.zeros(bins, dtype=np.int64), np.zeros(bins, dtype=np.int64)
     # a region's top bin, binned as the histogram bins a pixel: prob >= i / bins <=> bin >= i
     flat, inside = labels.ravel(), labels.ravel() > 0
     top = np.zeros(n + 1, dtype=np.int64)  # np.maximum.at: ndimage.maximum took 15x as long at 12 MP
