@@ -306,6 +306,20 @@ def test_params_file_overrides_and_rejects_unknown_keys(tmp_path):
         load_config("segment", p)
 
 
+def test_params_asking_for_deep_supervision_without_the_heads_are_refused_before_training(tmp_path):
+    """aux_weight (0.5 by default) on a model built without deep_supervision is a params error
+    naming the key, raised when the params are read: before a run is opened and left FAILED."""
+    from fissure.errors import DataError
+    from fissure.training.config import load_config
+
+    p = tmp_path / "params.yaml"
+    p.write_text("train_segmenter:\n  model: {deep_supervision: false}\n")
+    with pytest.raises(DataError, match=r"train_segmenter\.aux_weight: aux_weight > 0 needs model\.deep_supervision"):
+        load_config("segment", p)
+    p.write_text("train_segmenter:\n  aux_weight: 0\n  model: {deep_supervision: false}\n")
+    assert load_config("segment", p).aux_weight == 0
+
+
 def test_segmenter_trains_with_deep_supervision(seg_data):
     from fissure.errors import FissureError
     from fissure.models import build_model

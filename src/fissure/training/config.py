@@ -228,7 +228,7 @@ def _validated(task: str, cfg: dict, section: str | None) -> TrainConfig:
     """
     try:
         out = TrainConfig(**cfg)
-        ARCH[task](**out.model)
+        arch = ARCH[task](**out.model)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = [str(part) for part in err["loc"]]
@@ -243,6 +243,10 @@ def _validated(task: str, cfg: dict, section: str | None) -> TrainConfig:
         if section is None:
             raise UsageError(f"--{key.replace('_', '-')}: {msg}" if key else msg) from None
         raise DataError(f"{section}.{key}: {msg}" if key else f"{section}: {msg}") from None
+    if task == "segment" and out.aux_weight > 0 and not arch.deep_supervision:
+        # refused here, before training opens an MLflow run it would leave FAILED
+        msg = "aux_weight > 0 needs model.deep_supervision: true (or aux_weight: 0)"
+        raise UsageError(msg) if section is None else DataError(f"{section}.aux_weight: {msg}")
     return out
 
 

@@ -212,7 +212,8 @@ def train(
     if by_class:
         split = "test" if "test" in by_class else "val"
         rep = by_class[split]
-        echo(f"{split} balanced accuracy {rep['balanced_accuracy']}; recall per class: "
+        balanced = rep["balanced_accuracy"]
+        echo(f"{split} balanced accuracy {'n/a' if balanced is None else f'{balanced:.4f}'}; recall per class: "
              + ", ".join(f"{c} {m['recall']:.3f} (n={m['support']})" for c, m in rep["per_class"].items()))
     return TrainOutcome(run_id, model_info.model_uri, val, test, registered, out, result.best_epoch,
                         len(result.history), report["seconds"], report)
