@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fissure import MODEL_NAMES, __version__
-from fissure.errors import FissureError, NotFoundError
+from fissure.errors import FissureError, NotFoundError, UsageError
 from fissure.models.masks import mask_params
 from fissure.training import metrics as M
 from fissure.training import slices as S
@@ -33,6 +34,8 @@ CARD_ARTIFACT = "model_card.md"
 CARD_TAG = "model_card"
 QUALITY_ARTIFACT = "plots/test_quality.json"
 GALLERY_ARTIFACT = "plots/test_worst.png"
+# the run's own lineage tags (fissure.training.run), shown when there is no registered version's
+LINEAGE_RUN_TAGS = ("git.commit", "dvc.data_hash", "params.hash", "init")
 
 INTENDED_USE = {
     "segment": (
@@ -120,7 +123,10 @@ def gather(model_uri: str, reports: list[dict] | None = None) -> CardFacts:
     try:
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise NotFoundError(f"{model_uri}: its run {run_id} is not in the tracking store {mlflow.get_tracking_uri()}") from None
+        # the card is the run's params, metrics and test report: a model folder holds only its spec
+        raise NotFoundError(f"{model_uri}: its run {run_id} is not in the tracking store {mlflow.get_tracking_uri()}, "
+                            "and a card is written from the run: point MLFLOW_TRACKING_URI (or FISSURE_HOME) at "
+                            "the store it was trained with") from None
     tags = dict(run.data.tags)
     task = tags.get("fissure.task") or ""
     name = where.get("name") or MODEL_NAMES.get(task, "model")
@@ -132,7 +138,7 @@ def gather(model_uri: str, reports: list[dict] | None = None) -> CardFacts:
     except ValueError:
         facts.spec = {}
     facts.task = facts.task or facts.spec.get("task", "")
-    if version and where.get("name"):
+    if version:
         try:
             mv = client.get_model_version(name, version)
             facts.version_tags = dict(mv.tags or {})
@@ -175,7 +181,9 @@ def _threshold_text(spec: dict) -> str:
         return f"{t} ({linked[2:]})" if linked else t
     why = f"; {info['fallback']}" if info.get("fallback") else ""
     # threshold_from carries threshold_low when the threshold was tuned on the hysteresis masks served
-    masks = " of the hysteresis masks" if info.get("threshold_low") is not None else ""
+    # (hysteresis only where that low threshold is below the threshold: mask_params)
+    _, tuned_low = mask_params({**spec, "threshold_low": info.get("threshold_low")})
+    masks = " of the hysteresis masks" if tuned_low is not None else ""
     return (f"{t} (best Dice{masks} on the pooled pixels of {info.get('images', '?')} validation images of "
             f"{', '.join(info.get('sources') or ['?'])}: threshold_from {info.get('mode', '?')}{why}{linked})")
 
@@ -366,17 +374,25 @@ def render(facts: CardFacts) -> str:
     if facts.reports:
         lines += ["## Further evaluations (`fissure evaluate`)", ""]
         key = "dice" if task == "segment" else "f1"
+        header = ["data", "images", key, "relaxed F1" if task == "segment" else "ROC AUC", "resolution", "weakest slice"]
         rows = []
         for r in facts.reports:
-            rows.append([r.get("data"), r.get("n_images"), r.get(key), r.get("relaxed_f1") if task == "segment" else r.get("roc_auc"),
+            rows.append([_data_text(r), r.get("n_images"), r.get(key), r.get("relaxed_f1") if task == "segment" else r.get("roc_auc"),
                          r.get("resolution", "-"), (r.get("weakest_slice") or {}).get("slice", "-")])
-        lines += _table(["data", "images", key, "relaxed F1" if task == "segment" else "ROC AUC", "resolution", "weakest slice"], rows)
+        otherwise = [_scored_otherwise(task, facts.spec, r) for r in facts.reports]
+        if any(otherwise):  # a report not scored as the model serves says how it was
+            header.append("scored with")
+            for row, notes in zip(rows, otherwise):
+                row.append("; ".join(notes) or "as served")
+        lines += _table(header, rows)
         for r in facts.reports:
             datasets = r.get("datasets") or r.get("sources")  # reports before fissure evaluate said sources
             if datasets and len(datasets) > 1:
-                lines += [f"By dataset in {r.get('data')}:", ""] + _table(*_slice_rows(task, datasets))
+                lines += [f"By dataset in {_data_text(r)}:", ""] + _table(*_slice_rows(task, datasets))
 
     lineage = {k: v for k, v in sorted(facts.version_tags.items()) if k != CARD_TAG}
+    if not facts.version_tags:  # no registered version (an unregistered run's folder): the run's own tags
+        lineage = {k: facts.run_tags[k] for k in LINEAGE_RUN_TAGS if k in facts.run_tags}
     if lineage:
         lines += ["## Lineage", ""] + _table(["tag", "value"], [[k, v] for k, v in lineage.items()])
     lines += ["## Artifacts", "", f"In the run `{facts.run_id}`: `model/`, `plots/` (loss curves, test PR curve, "
@@ -384,7 +400,56 @@ def render(facts: CardFacts) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def read_reports(paths) -> list[dict]:
+def _data_text(report: dict) -> str:
+    """A report's data: its folder, or its folders comma-joined (several ``--data``: a list)."""
+    data = report.get("data")
+    return ", ".join(str(d) for d in data) if isinstance(data, (list, tuple)) else _f(data)
+
+
+def _mask_rule(threshold: float, low: float | None) -> str:
+    return f"threshold {_f(float(threshold))}" + (f", hysteresis from {_f(float(low))}" if low is not None else "")
+
+
+def _same(a, b) -> bool:
+    """Two thresholds (None: none) alike, to the 6 digits a report keeps."""
+    return (a is None) == (b is None) and (a is None or math.isclose(float(a), float(b), abs_tol=1e-6))
+
+
+def _scored_otherwise(task: str, spec: dict, report: dict) -> list[str]:
+    """How ``report`` was scored where that is not as the model serves (its spec): the masks
+    (``fissure evaluate --threshold/--threshold-low``: the report's ``threshold_sweep``) and the
+    test-time augmentation (``--tta``). Nothing where the report (an older one) or the spec does not say."""
+    if not spec:
+        return []
+    out = []
+    sweep = report.get("threshold_sweep") or {}
+    if task == "segment" and sweep.get("threshold") is not None:
+        served, used = mask_params(spec), (sweep["threshold"], sweep.get("threshold_low"))
+        if not (_same(used[0], served[0]) and _same(used[1], served[1])):
+            out.append(f"masks at {_mask_rule(*used)} (served: {_mask_rule(*served)})")
+    tta, served_tta = report.get("tta"), spec.get("tta") or "none"
+    if tta is not None and (tta or "none") != served_tta:
+        out.append(f"tta {tta or 'none'} (served: {served_tta})")
+    return out
+
+
+def _check_report(path, report: dict, facts: CardFacts) -> None:
+    """Refuse a report on another task's model or on another run's model than the card's."""
+    of = report.get("model") or report.get("model_uri") or "?"
+    of += f" v{report['model_version']}" if report.get("model_version") else ""
+    this = f"{facts.name} v{facts.version}" if facts.version else facts.name
+    task = report.get("task")
+    if task and facts.task and task != facts.task:
+        raise UsageError(f"--report {path}: a report on a {task} model ({of}), not on this {facts.task} model ({this})")
+    run_id = report.get("run_id")
+    if run_id and facts.run_id and run_id != facts.run_id:
+        raise UsageError(f"--report {path}: a report on the model of run {run_id} ({of}), not on this one "
+                         f"({this}, run {facts.run_id}): evaluate this model for its card")
+
+
+def read_reports(paths, facts: CardFacts | None = None) -> list[dict]:
+    """The ``fissure evaluate`` JSONs at ``paths``; with ``facts``, only reports on that model
+    (its task, its run where the report names one)."""
     out = []
     for path in paths or []:
         try:
@@ -395,18 +460,30 @@ def read_reports(paths) -> list[dict]:
             raise FissureError(f"{path}: not a JSON report of fissure evaluate") from None
         if not isinstance(report, dict) or "n_images" not in report:
             raise FissureError(f"{path}: not a report of fissure evaluate (no n_images)")
+        if facts is not None:
+            _check_report(path, report, facts)
         out.append(report)
     return out
 
 
+def make_card(model_uri: str, reports=()) -> tuple[CardFacts, str]:
+    """The facts and the card of ``model_uri`` (with ``reports``: paths of evaluate JSONs of it)."""
+    facts = gather(model_uri)
+    facts.reports = read_reports(reports, facts)
+    return facts, render(facts)
+
+
+def save(text: str, out: str | Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
 def write_card(model_uri: str, out: str | Path | None, reports=()) -> str:
     """The card of ``model_uri`` (with ``reports``: paths of evaluate JSONs), written to ``out``."""
-    facts = gather(model_uri, read_reports(reports))
-    text = render(facts)
+    _, text = make_card(model_uri, reports)
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        save(text, out)
     return text
 
 
@@ -423,12 +500,15 @@ def headline(facts: CardFacts) -> str:
     return text
 
 
-def attach(name: str, version: str, run_id: str) -> str:
+def attach(name: str, version: str, run_id: str, *, facts: CardFacts | None = None, text: str | None = None) -> str:
     """Write the version's card into its run (``model_card.md``), tag the version with its URI
-    and put the headline scores in its description. Returns the card's artifact URI."""
+    and put the headline scores in its description. Returns the card's artifact URI.
+
+    ``facts`` and ``text``: the card already made (:func:`make_card`, e.g. with further evaluations),
+    so that the card attached is the one written elsewhere; otherwise gathered and rendered here."""
     mlflow, client = _client()
-    facts = gather(f"models:/{name}/{version}")
-    client.log_text(run_id, render(facts), CARD_ARTIFACT)
+    facts = gather(f"models:/{name}/{version}") if facts is None else facts
+    client.log_text(run_id, render(facts) if text is None else text, CARD_ARTIFACT)
     uri = f"runs:/{run_id}/{CARD_ARTIFACT}"
     client.set_model_version_tag(name, version, CARD_TAG, uri)
     client.update_model_version(name, version, description=f"{headline(facts)}. Model card: {uri}")
