@@ -56,6 +56,30 @@ def test_multiclass_is_macro_and_matches_sklearn():
         assert per[name] == pytest.approx({"precision": p[c], "recall": r[c], "f1": f[c], "support": support[c]})
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_multiclass_macro_scores_average_the_classes_present_as_balanced_accuracy_does():
+    """A set holding two of a six-class model's classes (only free/ and crack/ folders): a class
+    with no item has no recall, so the macro scores average the two present, and macro recall is
+    balanced accuracy (sklearn's, and its macro scores over ``labels`` the classes present)."""
+    rng = np.random.default_rng(2)
+    y = np.array([0] * 30 + [3] * 18)  # free and crack of free, blowhole, break, crack, fray, uneven
+    logits = rng.normal(size=(48, 6))
+    logits[np.arange(48), y] += 1.5
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    pred = probs.argmax(1)
+    assert set(pred) - {0, 3}, "some items are taken for an absent class"
+    m = M.classification_metrics(y, probs)
+    present = [0, 3]
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert m["recall"] == pytest.approx(m["balanced_accuracy"])
+    assert m["recall"] == pytest.approx(skm.recall_score(y, pred, labels=present, average="macro"))
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred, labels=present, average="macro"))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred, labels=present, average="macro"))
+    # each class is still listed, the absent ones with no support
+    per = M.per_class_metrics(y, pred, ["free", "blowhole", "break", "crack", "fray", "uneven"])
+    assert [per[c]["support"] for c in per] == [30, 0, 0, 18, 0, 0]
+
+
 def test_balanced_accuracy_sees_a_rare_class_missed():
     # 95 of one class right, the 5 of a rare class all wrong: accuracy hides it, balanced accuracy not
     y = np.array([0] * 95 + [1] * 5)

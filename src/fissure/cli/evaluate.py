@@ -41,11 +41,13 @@ class LowThreshold(click.ParamType):
                    "its last two path parts unless NAME= says otherwise.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Metrics JSON to write.")
 @click.option("--plots", "plots", type=click.Path(file_okay=False), default=None,
-              help="Also write PR curve, confusion matrix, threshold sweep, scores by slice, the worst "
-                   "predictions' gallery and (segment) sample overlays here (CSV + PNG).")
+              help="Also write PR curve, confusion matrix, threshold sweep (not for N classes), scores by "
+                   "slice, the worst predictions' gallery and (segment) sample overlays here (CSV + PNG).")
 @click.option("--device", default=None, help="cpu, cuda ... [default: cuda when available, else cpu]")
-@click.option("--batch-size", type=int, default=None, help="Inference batch size.")
-@click.option("--overlays", type=int, default=4, show_default=True, help="Sample overlays drawn with --plots (segment).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Inference batch size [default: 64 (classify), 8 (segment), the spec's tiling.batch tiles (native)].")
+@click.option("--overlays", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Sample overlays drawn with --plots (segment).")
 @click.option("--worst", type=click.IntRange(min=0), default=8, show_default=True,
               help="How many of the worst predictions to list and draw with --plots (segment: lowest "
                    "per-image Dice; classify: the most confident mistakes).")
@@ -67,28 +69,36 @@ def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst,
     """Evaluate a model on a dataset and write its metrics JSON.
 
     \b
-    Keys: classify -> accuracy, precision, recall, f1, roc_auc (positive class: crack)
+    Keys: classify -> accuracy, balanced_accuracy, precision, recall, f1, roc_auc
+                      (two classes: of the positive class, crack; N classes: macro
+                      averages over the classes present, balanced_accuracy the
+                      headline), per_class (each class's precision, recall, f1,
+                      support) and confusion (classes, counts[actual][predicted])
           segment  -> dice, iou, precision, recall, f1 (crack pixels of the masks the
                       model serves: its threshold and threshold_low, else 0.5, unless
                       --threshold/--threshold-low say otherwise; at each mask's native
                       resolution)
-    plus n_images, task, model, model_version, model_uri, run_id, data, tta, and where the
-    model fails: slices (segment: crack / no_crack, hard_negative[:kind], width:thin /
-    width:wide, size:...; classify: class:NAME, hard_negative[:kind], size:...),
-    datasets (per --data folder when several, else per source of the one folder; see
-    datasets_by), threshold_sweep (the masks' threshold and the best one, with the same
-    hysteresis), worst and weakest_slice.
-    With --plots also: threshold_sweep.csv/png, slices.csv/png, worst.png and worst/,
-    per_image.csv (segment) and quality.json; with several --data the same per folder in
-    PLOTS/datasets/NAME/.
+    plus n_images, task, model, model_version (null when not registered), model_uri,
+    run_id, data, tta, and where the model fails: slices (segment: crack / no_crack,
+    hard_negative[:kind], width:thin / width:wide, size:...; classify: class:NAME of each
+    class with images, hard_negative[:kind], size:...), datasets (per --data folder when
+    several, else per source of the one folder; see datasets_by), threshold_sweep
+    (segment: the masks' threshold and the best one, with the same hysteresis; classify:
+    two classes only), worst and weakest_slice.
+    With --plots also: pr_curve.csv/png (N classes: whether the top prediction is right,
+    against its confidence), confusion_matrix.png (classify: and confusion.csv),
+    threshold_sweep.csv/png (segment, two-class classify), slices.csv/png, worst.png and
+    worst/, per_image.csv and overlays.png (segment) and quality.json; with several
+    --data the same per folder in PLOTS/datasets/NAME/.
 
     \b
     Examples:
       fissure evaluate --task segment --model models:/crack-segmenter@champion \\
           --data ../shared/datasets/crackforest/all --out reports/crackforest.json
       fissure evaluate --task segment --model models:/crack-segmenter@champion \\
-          --data ../shared/datasets/crackforest/all --data deepcrack=../shared/datasets/deepcrack/test \\
+          --data ../shared/datasets/crackforest/all --data deepcrack=data/deepcrack/test \\
           --out reports/real.json --plots reports/real
+    (data/deepcrack/test: fissure data import --format deepcrack SRC data/deepcrack)
     """
     from fissure.training.evaluate import dataset_folders, run_evaluation
 
@@ -96,7 +106,7 @@ def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst,
     report = run_evaluation(model, task, folders if len(folders) > 1 else next(iter(folders.values())), out, plots, device=device,
                             batch_size=batch_size, overlays=overlays, native=native, worst=worst, tta=tta,
                             threshold=threshold, threshold_low=threshold_low)
-    names = ("accuracy", "precision", "recall", "f1", "roc_auc") if task == "classify" else ("dice", "iou", "precision", "recall", "f1")
+    names = _metric_names(task, report)
     if len(report["datasets"]) > 1:
         click.echo(_table(report, names), err=True)
     summary = ", ".join(f"{k} {report[k]:.4f}" if report[k] is not None else f"{k} n/a" for k in names)
@@ -111,6 +121,16 @@ def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst,
                    + (f"; worst predictions in {plots}" if plots else ""), err=True)
 
 
+def _metric_names(task: str, report: dict) -> tuple[str, ...]:
+    """The metrics the summary and the table show: an N-class classifier's headline,
+    balanced_accuracy, first (its precision, recall and f1 are macro averages)."""
+    if task == "segment":
+        return ("dice", "iou", "precision", "recall", "f1")
+    binary = len(report.get("confusion", {}).get("classes") or ()) <= 2
+    return ("accuracy", "precision", "recall", "f1", "roc_auc") if binary else \
+        ("balanced_accuracy", "accuracy", "precision", "recall", "f1", "roc_auc")
+
+
 def _mask_text(sweep: dict) -> str:
     """How the scored masks were drawn: ``0.34`` or ``0.34, hysteresis from 0.25``."""
     low = sweep.get("threshold_low")
@@ -121,8 +141,9 @@ def _table(report: dict, names) -> str:
     """The report's metrics per dataset (folder or source) and over all of them."""
     rows = [(name, m) for name, m in report["datasets"].items()] + [("all", report)]
     width = max(len(n) for n, _ in rows + [(report["datasets_by"], None)])
-    lines = [f"{report['datasets_by']:<{width}}  {'images':>6}  " + "  ".join(f"{k:>9}" for k in names)]
+    cols = [max(9, len(k)) for k in names]
+    lines = [f"{report['datasets_by']:<{width}}  {'images':>6}  " + "  ".join(f"{k:>{c}}" for k, c in zip(names, cols))]
     for name, m in rows:
-        cells = [f"{m[k]:9.4f}" if m.get(k) is not None else f"{'n/a':>9}" for k in names]
+        cells = [f"{m[k]:{c}.4f}" if m.get(k) is not None else f"{'n/a':>{c}}" for k, c in zip(names, cols)]
         lines.append(f"{name:<{width}}  {m.get('n_images', 0):>6}  " + "  ".join(cells))
     return "\n".join(lines)

@@ -133,7 +133,8 @@ class EvalResult:
         else:
             slices = S.classify_slices(self.y_true, self.probs, self.classes, self.sizes, self.negatives)
             sources = None if self.parts else S.classify_sources(
-                [self.sources[_class_root(p)].source_of(p) for p in self.paths], self.y_true, self.probs)
+                [self.sources[_class_root(p)].source_of(p) for p in self.paths], self.y_true, self.probs,
+                S.negative_class(self.classes))
             out = {"slices": slices, **self.by_dataset(sources, parts), "worst": self._confident_mistakes()}
             if self.probs.shape[1] == 2:
                 rows = plots.score_sweep(self.y_true == 1, self.probs[:, 1])
@@ -189,7 +190,8 @@ class EvalResult:
 
     def write_plots(self, out_dir: str | Path, prefix: str = "", quality: dict | None = None) -> list[Path]:
         """PR curve (CSV + PNG), confusion matrix (CSV for classification + PNG), overlays (segment),
-        threshold sweep (CSV + PNG), the worst predictions (``worst.png`` and ``worst/NN-<image>.png``),
+        threshold sweep (CSV + PNG; not for an N-class classifier, which has no one score to threshold),
+        the worst predictions (``worst.png`` and ``worst/NN-<image>.png``),
         scores per slice (``slices.csv`` + PNG), per image (segment: ``per_image.csv``) and
         ``quality.json`` (the set's metrics and :meth:`quality`; ``quality``: that dict when the
         caller has it, read, not changed)."""
@@ -197,10 +199,16 @@ class EvalResult:
         out.mkdir(parents=True, exist_ok=True)
         files = []
         name = MODEL_NAMES[self.task]
+        pr_title, pr_axes = f"{name}: precision-recall", {}
         if self.task == "classify":
-            pos = self.probs[:, 1] if self.probs.shape[1] == 2 else self.probs.max(axis=1)
-            truth = (self.y_true == 1) if self.probs.shape[1] == 2 else (self.y_true == self.probs.argmax(1))
+            binary = self.probs.shape[1] == 2
+            pos = self.probs[:, 1] if binary else self.probs.max(axis=1)
+            truth = (self.y_true == 1) if binary else (self.y_true == self.probs.argmax(1))
             p, r, t = plots.pr_points(truth, pos)
+            if not binary:  # no positive class: is the top prediction right, kept by its confidence
+                pr_title = f"{name}: top prediction by confidence"
+                pr_axes = {"xlabel": "correct top predictions kept (confidence >= t)",
+                           "ylabel": "accuracy of the predictions kept"}
             pred = self.probs.argmax(axis=1)
             cm = M.confusion_matrix(self.y_true, pred, len(self.classes))
             files.append(plots.write_pr_csv(out / f"{prefix}pr_curve.csv", p, r, t))
@@ -226,7 +234,7 @@ class EvalResult:
                                     out / f"{prefix}threshold_sweep.png"))
             files.append(plots.write_rows_csv(out / f"{prefix}per_image.csv", [s.row() for s in self.scores]))
             files += self._write_worst(out, prefix)
-        files.append(plots.save(plots.pr_figure(p, r, f"{name}: precision-recall"), out / f"{prefix}pr_curve.png"))
+        files.append(plots.save(plots.pr_figure(p, r, pr_title, **pr_axes), out / f"{prefix}pr_curve.png"))
         quality = self.quality() if quality is None else quality
         by = quality["datasets_by"]  # rows source:NAME or folder:NAME after the slices, their scores alone
         slice_rows = [{"slice": k, **v} for k, v in quality["slices"].items()] + [
@@ -299,8 +307,19 @@ def _batches(seq, n):
         yield seq[i : i + n]
 
 
+def check_counts(batch_size: int | None = None, overlays: int = 0, worst: int = 0) -> None:
+    """Refuse a batch size below 1 (it would score no image at all, and an empty set scores a
+    perfect 1.0) and a negative number of overlays or worst predictions, as the CLI's options do."""
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
+    for option, value in (("--overlays", overlays), ("--worst", worst)):
+        if value < 0:
+            raise UsageError(f"{option} must be at least 0, not {value}")
+
+
 @torch.no_grad()
 def evaluate_classifier(module, spec, items, *, batch_size=64, device="cpu", progress=False, worst=8) -> EvalResult:
+    check_counts(batch_size, worst=worst)
     pcfg = preprocess_config(spec)
     module = module.to(device).eval()
     labels, probs, sizes = [], [], []
@@ -332,6 +351,7 @@ def evaluate_segmenter(module, spec, items, *, batch_size=8, device="cpu", overl
 
     ``tiling`` in tile mode: each image at its own resolution in tiles (``tiling.batch`` tiles a
     forward pass), as served; otherwise the whole image at the model's size."""
+    check_counts(batch_size, overlays, worst)
     tiled = tiling is not None and tiling.tiles
     shipped, low = mask_params(spec)
     threshold = shipped if threshold is None else threshold
@@ -399,15 +419,16 @@ def evaluate_items(module, spec, items, *, device="cpu", batch_size=None, overla
     segmenter at each image's own resolution (None: as the spec says); ``worst``: how many of the
     worst predictions to keep for the gallery. The module answers with the views the spec's ``tta``
     averages, as served."""
+    check_counts(batch_size, overlays, worst)  # before any work: batch_size 0 is no default
     module = tta.wrap(module, spec.get("tta"))
     if spec["task"] == "segment":
         tiling = T.tiling_config(spec, native)
-        if tiling.tiles and batch_size:  # tiles per forward pass
+        if tiling.tiles and batch_size is not None:  # tiles per forward pass
             tiling = tiling.model_copy(update={"batch": batch_size})
-        return evaluate_segmenter(module, spec, items, batch_size=batch_size or 8, device=device, overlays=overlays,
-                                  progress=progress, tiling=tiling, worst=worst)
-    return evaluate_classifier(module, spec, items, batch_size=batch_size or 64, device=device, progress=progress,
-                               worst=worst)
+        return evaluate_segmenter(module, spec, items, batch_size=8 if batch_size is None else batch_size, device=device,
+                                  overlays=overlays, progress=progress, tiling=tiling, worst=worst)
+    return evaluate_classifier(module, spec, items, batch_size=64 if batch_size is None else batch_size, device=device,
+                               progress=progress, worst=worst)
 
 
 def clean(metrics: dict) -> dict:
@@ -476,10 +497,12 @@ def run_evaluation(model_uri: str, task: str, data, out: str | Path, plots_dir=N
     from fissure.training.loop import pick_device, set_threads
     from fissure.training.tracking import quiet_mlflow
 
-    if native and task != "segment":
-        raise UsageError("--native applies to --task segment: a classifier's label is of the whole image")
+    if native is not None and task != "segment":
+        raise UsageError(f"--{'native' if native else 'resized'} applies to --task segment: "
+                         "a classifier's label is of the whole image")
     if task != "segment" and (threshold is not None or threshold_low is not None):
         raise UsageError("--threshold and --threshold-low apply to --task segment: they draw a segmenter's masks")
+    check_counts(batch_size, overlays, worst)
     folders = dict(data) if isinstance(data, dict) else {"": Path(data)}
     quiet_mlflow()
     set_threads()

@@ -2,9 +2,14 @@
 
 Classification: ``accuracy, balanced_accuracy, precision, recall, f1, roc_auc``. For two
 classes the positive class is index 1 (``crack``); for N classes precision/recall/F1/ROC-AUC
-are macro averages (one-vs-rest). ``balanced_accuracy`` is the mean recall over the classes
-present (robust to a rare defect class); :func:`per_class_metrics` gives each class's own. Segmentation: ``dice, iou, precision, recall, f1`` of crack pixels, counted
-over all pixels of the set (not averaged per image) at probability threshold 0.5.
+are macro averages (one-vs-rest) over the classes present in the labels: a class with no item in
+the set has no recall to average, so macro recall equals ``balanced_accuracy``, the mean recall
+over the classes present (robust to a rare defect class; sklearn's ``balanced_accuracy_score``,
+and its macro scores with ``labels`` the classes present); :func:`per_class_metrics` gives each
+class's own, every class listed.
+
+Segmentation: ``dice, iou, precision, recall, f1`` of crack pixels, counted over all pixels of
+the set (not averaged per image) at probability threshold 0.5.
 
 Everything is plain numpy so that the numbers are the same in training, evaluation and tests.
 ``fissure evaluate`` adds the crack-detection literature's tolerant scores (CrackForest,
@@ -63,7 +68,8 @@ def binary_roc_auc(y_true, scores) -> float | None:
 
 
 def classification_metrics(y_true, probs) -> dict:
-    """``probs``: [N, C] class probabilities (rows sum to 1). Returns the five named metrics."""
+    """``probs``: [N, C] class probabilities (rows sum to 1). Returns the six named metrics (N classes:
+    macro averages over the classes present in ``y_true``)."""
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] < 2:
         raise ValueError("probs must be [N, C] with C >= 2")
@@ -77,15 +83,15 @@ def classification_metrics(y_true, probs) -> dict:
     prec = np.array([_div(tp[c], tp[c] + fp[c]) for c in range(num_classes)])
     rec = np.array([_div(tp[c], tp[c] + fn[c]) for c in range(num_classes)])
     f1 = np.array([_div(2 * prec[c] * rec[c], prec[c] + rec[c]) for c in range(num_classes)])
+    present = cm.sum(axis=1) > 0  # classes with items in the set: the only ones with a recall
     if num_classes == 2:
         precision, recall, f1_score = prec[1], rec[1], f1[1]
         auc = binary_roc_auc(y_true == 1, probs[:, 1])
     else:
-        precision, recall, f1_score = prec.mean(), rec.mean(), f1.mean()
+        precision, recall, f1_score = ((v[present].mean() if present.any() else 0.0) for v in (prec, rec, f1))
         aucs = [binary_roc_auc(y_true == c, probs[:, c]) for c in range(num_classes)]
         aucs = [a for a in aucs if a is not None]
         auc = float(np.mean(aucs)) if aucs else None
-    present = cm.sum(axis=1) > 0
     return {
         "accuracy": _div(tp.sum(), len(y_true)),
         "balanced_accuracy": float(rec[present].mean()) if present.any() else 0.0,

@@ -1,7 +1,9 @@
 """Figures and plot data for MLflow artifacts and ``dvc plots``.
 
 PNG figures (matplotlib, Agg backend) plus CSV data that DVC templates render:
-``pr_curve.csv`` (recall, precision, threshold), ``confusion.csv`` (actual, predicted; one row
+``pr_curve.csv`` (recall, precision, threshold; for an N-class classifier, whose top prediction is
+either right or wrong, the share of its correct predictions at or above each confidence and the
+share correct there), ``confusion.csv`` (actual, predicted; one row
 per classified image), ``threshold_sweep.csv`` (threshold, precision, recall, f1 [, dice]; its PNG
 marks the model's threshold), ``slices.csv`` (one row per slice) and ``overlays.png`` /
 ``worst.png`` (image | truth | prediction; green = hit, red = false alarm, blue = miss).
@@ -52,12 +54,14 @@ def write_pr_csv(path: Path, precision, recall, thresholds) -> Path:
     return path
 
 
-def pr_figure(precision, recall, title: str):
+def pr_figure(precision, recall, title: str, xlabel: str = "recall", ylabel: str = "precision"):
+    """The curve of ``precision`` against ``recall`` (axes named ``xlabel`` / ``ylabel`` when the
+    points measure something else: an N-class classifier's top prediction against its confidence)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4))
     order = np.argsort(recall, kind="mergesort")
     ax.plot(np.asarray(recall)[order], np.asarray(precision)[order], lw=2)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

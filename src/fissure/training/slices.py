@@ -13,13 +13,16 @@ Every image of a segmentation set falls into slices, each scored like the whole 
   most :data:`THIN_MAX_PX` px, or more, at the mask's native resolution;
 - ``size:...``: the longest side of the image (:data:`SIZE_BUCKETS`).
 
-A classifier's items fall into ``class:<name>`` (each class's precision, recall, F1), ``size:...``
-(the item's own longest side) and, for a crack / no_crack classifier, ``hard_negative`` and
-``hard_negative:<kind>``: crack-free items of a synthetic image with a drawn hard negative (a
-whole image from ``fissure data synth --task classify``, or a ``no_crack`` patch that ``fissure
-data prepare`` cut from one: the kinds are the whole image's, so such a patch may show only part
-of the joint or band, or none of it). Their ``false_alarm_rate`` is the share taken for a crack,
-as it is for the crack-free class (``class:no_crack``) and every slice holding crack-free items.
+A classifier's items fall into ``class:<name>`` (each class with items in the set: its precision,
+recall, F1), ``size:...`` (the item's own longest side) and, for a crack / no_crack classifier,
+``hard_negative`` and ``hard_negative:<kind>``: crack-free items of a synthetic image with a drawn
+hard negative (a whole image from ``fissure data synth --task classify``, or a ``no_crack`` patch
+that ``fissure data prepare`` cut from one: the kinds are the whole image's, so such a patch may
+show only part of the joint or band, or none of it). Their ``false_alarm_rate`` is the share taken
+for a crack, as it is for the crack-free class (``class:no_crack``) and every slice holding
+crack-free items. An N-class defect classifier with one negative class (:func:`negative_class`:
+``free``, ``no_crack``, ``good`` ...) counts the same false alarms: its negative items taken for
+any defect class.
 
 Per dataset (a report's ``datasets`` with ``datasets_by: source``): the source an image came
 from. ``fissure data prepare`` prefixes every file with its source (``synth-``, ``feedback-``, or
@@ -37,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from fissure.data.loaders import source_tag
+from fissure.data.loaders import NEGATIVE_NAMES, source_tag
 from fissure.training import metrics as M
 
 THIN_MAX_PX = 3.0  # median crack width (px) of a "thin" image; above it "wide"
@@ -327,20 +330,35 @@ def weakest_slice(slices: dict, min_images: int = 2, metric: str = "dice") -> di
     return worst
 
 
-def classify_scores(y_true, probs) -> dict:
+def negative_class(classes: list[str]) -> int | None:
+    """The index of the crack-free (defect-free) class: a binary classifier's first class (the
+    negative one, as the data loaders order them); for N classes the one class named as a negative
+    (:data:`fissure.data.loaders.NEGATIVE_NAMES`: ``free``, ``no_crack``, ``good`` ...), None when
+    there is not exactly one."""
+    if len(classes) == 2:
+        return 0
+    found = [i for i, c in enumerate(classes) if str(c).lower() in NEGATIVE_NAMES]
+    return found[0] if len(found) == 1 else None
+
+
+def classify_scores(y_true, probs, negative: int | None = None) -> dict:
     """One classifier slice: ``n_images`` and the named metrics (for two classes only where it holds
-    crack items: a crack-free slice has no crack precision or recall), plus, for two classes, its
-    crack-free items taken for a crack (``false_alarm_images`` / ``false_alarm_rate``)."""
+    crack items: a crack-free slice has no crack precision or recall), plus its crack-free items
+    taken for a crack (``crack_free_images`` / ``false_alarm_images`` / ``false_alarm_rate``).
+    ``negative``: the crack-free class's index, for two classes always the first; for N classes
+    (:func:`negative_class`) its items taken for any other class are the false alarms, and None
+    (no negative class) counts none."""
     y_true, probs = np.asarray(y_true), np.asarray(probs)
     binary = probs.shape[1] == 2
+    negative = 0 if binary else negative
     out: dict = {"n_images": len(y_true)}
     if not binary or (y_true == 1).any():
         out.update(M.classification_metrics(y_true, probs))
     else:
         out["accuracy"] = float((probs.argmax(axis=1) == y_true).mean()) if len(y_true) else 0.0
-    free = y_true == 0
-    if binary and free.any():
-        alarms = int((probs[free].argmax(axis=1) == 1).sum())
+    free = y_true == negative if negative is not None else np.zeros(len(y_true), bool)
+    if free.any():
+        alarms = int((probs[free].argmax(axis=1) != negative).sum())
         out.update(crack_free_images=int(free.sum()), false_alarm_images=alarms,
                    false_alarm_rate=alarms / int(free.sum()))
     return out
@@ -348,15 +366,19 @@ def classify_scores(y_true, probs) -> dict:
 
 def classify_slices(y_true, probs, classes: list[str], sizes: list[tuple[int, int]],
                     negatives: list[list[str] | None]) -> dict:
-    """A classifier's slices: ``class:<name>`` (that class's precision, recall, F1), the hard
-    negatives (:func:`classify_negatives` of each crack-free item) and ``size:...``."""
+    """A classifier's slices: ``class:<name>`` (that class's precision, recall, F1; only classes
+    with items here: a class with none has no recall to report), the hard negatives
+    (:func:`classify_negatives` of each crack-free item) and ``size:...``. The crack-free class
+    (:func:`negative_class`) and every other slice holding its items also count its false alarms."""
     y_true, probs = np.asarray(y_true), np.asarray(probs)
+    negative = negative_class(classes)
     per_class = M.per_class_metrics(y_true, probs.argmax(axis=1), classes)
     out = {f"class:{c}": {"n_images": m["support"], **{k: v for k, v in m.items() if k != "support"}}
-           for c, m in per_class.items()}
-    if probs.shape[1] == 2 and (y_true == 0).any():  # the crack-free class's false alarms, as any crack-free slice's
-        free = classify_scores(y_true[y_true == 0], probs[y_true == 0])
-        out[f"class:{classes[0]}"].update({k: free[k] for k in ("crack_free_images", "false_alarm_images", "false_alarm_rate")})
+           for c, m in per_class.items() if m["support"]}
+    if negative is not None and (y_true == negative).any():  # the crack-free class's false alarms, as any crack-free slice's
+        free = classify_scores(y_true[y_true == negative], probs[y_true == negative], negative)
+        out[f"class:{classes[negative]}"].update(
+            {k: free[k] for k in ("crack_free_images", "false_alarm_images", "false_alarm_rate")})
     groups: dict[str, list[int]] = {}
     for i, (size, kinds) in enumerate(zip(sizes, negatives)):
         if kinds:
@@ -365,17 +387,18 @@ def classify_slices(y_true, probs, classes: list[str], sizes: list[tuple[int, in
         groups.setdefault(size_bucket(*size), []).append(i)
     for name in _ordered(groups):
         idx = np.asarray(groups[name])
-        out[name] = classify_scores(y_true[idx], probs[idx])
+        out[name] = classify_scores(y_true[idx], probs[idx], negative)
     return out
 
 
-def classify_sources(sources: list[str], y_true, probs) -> dict:
-    """:func:`classify_scores` per source of each item (patch names keep their image's prefix)."""
+def classify_sources(sources: list[str], y_true, probs, negative: int | None = None) -> dict:
+    """:func:`classify_scores` per source of each item (patch names keep their image's prefix);
+    ``negative`` as there."""
     y_true, probs = np.asarray(y_true), np.asarray(probs)
     groups: dict[str, list[int]] = {}
     for i, src in enumerate(sources):
         groups.setdefault(src, []).append(i)
-    return {src: classify_scores(y_true[groups[src]], probs[groups[src]]) for src in sorted(groups)}
+    return {src: classify_scores(y_true[groups[src]], probs[groups[src]], negative) for src in sorted(groups)}
 
 
 def thumbnail(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, max_side: int = 512):
