@@ -104,9 +104,50 @@ def test_bad_fraction_options_are_a_usage_error(capsys, tmp_path):
                              "--out", str(tmp_path / "o")], "leave something to train on", code=2)
 
 
-def test_bad_count(capsys, tmp_path):
-    _one_line_error(capsys, ["data", "synth", "--task", "segment", "--out", str(tmp_path / "o"), "--count", "0"],
-                    "--count must be at least 1")
+@pytest.mark.parametrize("option, value, message", [
+    ("--count", "0", "--count must be at least 1 (got 0)"),
+    ("--count", "-1", "--count must be at least 1 (got -1)"),
+    ("--size", "3", "--size must be between 32 and 4096 pixels (got 3)"),
+    ("--seed", "-1", "--seed must be at least 0 (got -1)"),
+])
+def test_synth_option_out_of_range_is_a_usage_error(capsys, tmp_path, option, value, message):
+    _one_line_error(capsys, ["data", "synth", "--task", "segment", "--out", str(tmp_path / "o"), option, value],
+                    message, code=2)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--size", "0", "patch size must be at least 8 pixels (got 0)"),
+    ("--stride", "-5", "patch stride must be at least 1 pixel (got -5)"),
+    ("--threshold", "2", "patch threshold must be a fraction in (0, 1) (got 2.0)"),
+    ("--margin", "-1", "patch margin must be >= 0 (got -1)"),
+    ("--min-length", "-1", "minimum crack length must be >= 0 pixels (got -1)"),
+    ("--max-per-class", "0", "patches per class must be at least 1 (got 0)"),
+    ("--seed", "-1", "patch seed must be >= 0 (got -1)"),
+])
+def test_patches_option_out_of_range_is_a_usage_error(capsys, seg, tmp_path, option, value, message):
+    _one_line_error(capsys, ["data", "patches", "--data", str(seg), "--out", str(tmp_path / "o"), option, value],
+                    message, code=2)
+    assert not (tmp_path / "o").exists()
+    # checked before the folder is read: a bad value is named even when --data is wrong too
+    _one_line_error(capsys, ["data", "patches", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
+                             option, value], message, code=2)
+
+
+def test_a_mask_without_an_image_is_named(capsys, seg, tmp_path):
+    """As `fissure data import` does, both directions: here masks whose image is missing (up to three named)."""
+    from fissure.data.loaders import segmentation_items
+
+    masks = sorted((seg / "masks").glob("*.png"))
+    for name in ("x1", "x2", "x3", "x4"):
+        (seg / "masks" / f"{name}.png").write_bytes(masks[0].read_bytes())
+    _one_line_error(capsys, ["data", "prepare", "--source", str(seg), "--feedback", "", "--out", str(tmp_path / "o")],
+                    f"{seg / 'images'}: no image for the mask(s) x1.png, x2.png, x3.png and 1 more in {seg / 'masks'}")
+    _one_line_error(capsys, ["data", "patches", "--data", str(seg), "--out", str(tmp_path / "p")], "no image for")
+    for name in ("x1", "x2", "x3", "x4"):
+        (seg / "masks" / f"{name}.png").unlink()
+    (seg / "masks" / "._x5.png").write_bytes(b"\0")  # a macOS resource fork is no mask
+    assert len(segmentation_items(seg)) == 3
 
 
 def test_bad_task_is_a_usage_error(capsys, tmp_path):

@@ -418,3 +418,44 @@ def test_real_deepcrack_and_magnetic_tile(capsys, shared_datasets, tmp_path):
     assert set(classification_set(dst).classes) == set(expected)
     for cls, n in expected.items():
         assert f"{cls}: {n} images" in err
+
+
+def test_a_held_back_split_may_hold_one_class_and_the_import_is_a_prepare_source(capsys, tmp_path):
+    """train/ + test/ where test/ holds positives only (common for a held-back set): imported; then
+    `prepare --source DST` names how to list the splits, and that way works."""
+    src = tmp_path / "src"
+    for i in range(4):
+        _image(src / "train" / "crack" / f"c{i}.jpg", i)
+        _image(src / "train" / "no_crack" / f"n{i}.jpg", 10 + i)
+    for i in range(2):
+        _image(src / "test" / "crack" / f"t{i}.jpg", 20 + i)
+    (src / "test" / "no_crack").mkdir()
+    dst = tmp_path / "pn2"
+    rc, err = _run(capsys, ["data", "import", "--format", "folder-of-classes", str(src), str(dst)])
+    assert rc == 0, err
+    assert "test/crack: 2 images" in err and not (dst / "test" / "no_crack").exists()
+
+    line = _one_line_error(capsys, ["data", "prepare", "--source", str(dst), "--feedback", "",
+                                    "--out", str(tmp_path / "out")], "holds the splits train/, test/")
+    assert line.endswith(f"{dst}/train and {{path: {dst}/test, role: test}}")
+    params = tmp_path / "params.yaml"
+    params.write_text(f"prepare:\n  source: [{dst}/train, {{path: {dst}/test, role: test}}]\n  feedback: null\n")
+    rc, err = _run(capsys, ["data", "prepare", "--params", str(params), "--out", str(tmp_path / "out")])
+    assert rc == 0, err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    held = manifest["sources"][1]
+    assert held["classes"] == {"crack": 2} and held["splits"] == {"train": 0, "val": 0, "test": 2}
+    assert manifest["classify"]["classes"] == ["no_crack", "crack"]
+
+
+def test_a_training_split_of_one_class_is_refused(capsys, tmp_path):
+    for s in ("train", "test"):
+        _image(tmp_path / "src" / s / "crack" / "a.jpg", 1)
+    _image(tmp_path / "src" / "test" / "no_crack" / "b.jpg", 2)
+    _one_line_error(capsys, ["data", "import", "--format", "folder-of-classes", str(tmp_path / "src"),
+                             str(tmp_path / "o")], "train: need images in at least two class folders; found crack/")
+    (tmp_path / "src" / "train").rename(tmp_path / "src" / "val")
+    (tmp_path / "src" / "test" / "no_crack" / "b.jpg").unlink()
+    _one_line_error(capsys, ["data", "import", "--format", "folder-of-classes", str(tmp_path / "src"),
+                             str(tmp_path / "o")], "src: need images in at least two class folders; found one class "
+                                                   "(crack) in every split")

@@ -4,6 +4,7 @@ fractions or role; class folders other than crack/no_crack make an N-class class
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +227,109 @@ def test_one_stem_in_two_class_folders_is_one_line(tmp_path):
     Image.open(src / "free" / "free_00.png").save(src / "crack" / "free_00.jpg")
     with pytest.raises(DataError, match=r"mt: two images with the file stem free_00 \(an image id is its stem"):
         prepare(make_params(dict(SMALL, source=[str(src)])), tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- one folder, two spellings
+
+
+def test_one_folder_spelled_two_ways_is_listed_twice(tmp_path, monkeypatch, capsys):
+    """data/cf and ./data/cf/ (or a link to it) are one folder: split twice, its images would land in
+    train under one id and in test under another (a leak), so it is refused like the same string twice."""
+    monkeypatch.chdir(tmp_path)
+    write_dataset(tmp_path / "data" / "cf", "segment", 4, seed=1, size=96)
+    (tmp_path / "link").symlink_to(tmp_path / "data" / "cf")
+    for second in ("./data/cf/", str(tmp_path / "data" / "cf"), "link"):
+        twice = rf"^prepare: source {re.escape(second)} is listed twice \(also as data/cf\)$"
+        with pytest.raises(DataError, match=twice):
+            make_params({"source": ["data/cf", second]})
+    rc = main(["data", "prepare", "--source", "data/cf", "--source", "./data/cf/", "--feedback", "", "--out", "o"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["fissure: error: source ./data/cf/ is listed twice (also as data/cf)"], err
+    assert not (tmp_path / "o").exists()
+    assert len(make_params({"source": ["synth", "data/cf"]}).sources()) == 2  # different folders are fine
+
+
+# --------------------------------------------------------------------------- Positive / Negative
+
+
+def test_positive_and_negative_folders_are_crack_and_no_crack_beside_synth(tmp_path):
+    """The METU set's Positive/Negative (any known negative and positive names) are the binary
+    crack classes: they join the synthetic crack/no_crack patches instead of replacing them."""
+    src = write_class_folders(tmp_path / "ren", {"Negative": 6, "Positive": 6})
+    logs = []
+    m = prepare(make_params(dict(SMALL, source=["synth", str(src)])), tmp_path / "out", log=logs.append)
+    assert m["classify"] == {"classes": ["no_crack", "crack"], "from": "patches"}
+    assert m["sources"][1]["classes"] == {"no_crack": 6, "crack": 6}
+    train = tmp_path / "out" / "classify" / "train"
+    assert sorted(p.name for p in train.iterdir() if not p.name.startswith(".")) == ["crack", "no_crack"]
+    assert {p.parent.name for p in train.rglob("*-ren-Positive_*.jpg")} == {"crack"}
+    assert {p.parent.name for p in train.rglob("*-ren-Negative_*.jpg")} == {"no_crack"}
+    assert list(train.rglob("synth-*_y*.jpg"))  # the synthetic patches are kept
+    assert any("Negative -> no_crack, Positive -> crack" in line for line in logs)
+
+
+def test_a_binary_model_reads_positive_and_negative_folders_and_the_other_way_round(tmp_path):
+    """What `fissure evaluate` (and the gate) read a class folder with: eval_items(task, folder,
+    the model's classes) -> loaders.classification_set."""
+    from fissure.data.loaders import classification_set
+    from fissure.training.datasets import eval_items
+
+    ren = write_class_folders(tmp_path / "ren", {"Negative": 2, "Positive": 3})
+    items, classes = eval_items("classify", ren, ["no_crack", "crack"])
+    assert classes == ["no_crack", "crack"]
+    assert sorted((p.parent.name, k) for p, k in items) == [("Negative", 0)] * 2 + [("Positive", 1)] * 3
+    own = write_class_folders(tmp_path / "own", {"no_crack": 2, "crack": 1})
+    cset = classification_set(own, ["Negative", "Positive"])  # a model trained on the Positive/Negative folders
+    assert sorted((p.parent.name, k) for p, k in cset.items) == [("crack", 1), ("no_crack", 0), ("no_crack", 0)]
+    assert classification_set(ren).classes == ["Negative", "Positive"]  # read alone: the folder names
+    with pytest.raises(DataError, match=r"class folders \['Negative', 'Positive'\] are not among the model's"):
+        classification_set(ren, ["free", "blowhole", "crack"])  # not a crack / no-crack model
+
+
+def test_defect_classes_are_not_renamed(tmp_path):
+    src = write_class_folders(tmp_path / "mt")  # free, blowhole, crack: blowhole is no crack name
+    m = prepare(make_params(dict(SMALL, source=[str(src)])), tmp_path / "out")
+    assert m["classify"] == {"classes": ["free", "blowhole", "crack"], "from": "class folders"}
+
+
+# --------------------------------------------------------------------------- split folders
+
+
+def _split_source(root: Path, test_classes: dict[str, int]) -> Path:
+    """``root/train/{no_crack,crack}`` and ``root/test/<classes>``, as `fissure data import` writes a split set."""
+    write_class_folders(root / "train", {"no_crack": 6, "crack": 6})
+    write_class_folders(root / "test", test_classes, seed=1)
+    return root
+
+
+def test_a_folder_of_splits_says_how_to_list_them(tmp_path, capsys):
+    src = _split_source(tmp_path / "pn2", {"no_crack": 2, "crack": 2})
+    (src / "val").mkdir()
+    rc = main(["data", "prepare", "--source", str(src), "--feedback", "", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1, err
+    assert err[0] == (f"fissure: error: {src}: holds the splits train/, val/, test/, not one dataset: list each split "
+                      f"as a source of prepare.source in params.yaml: {src}/train and {{path: {src}/val, role: val}} "
+                      f"and {{path: {src}/test, role: test}}")
+    with pytest.raises(DataError, match=r"pn2: holds the splits train/, val/, test/"):
+        prepare(make_params(dict(SMALL, source=[{"path": str(src), "layout": "classes"}])), tmp_path / "out")
+
+
+def test_a_held_back_split_of_one_class_is_a_source(tmp_path):
+    """The way the split message names: train/ as a source and test/ held back, here positives only."""
+    src = _split_source(tmp_path / "pn2", {"crack": 3})
+    m = prepare(make_params(dict(SMALL, source=[str(src / "train"), {"path": str(src / "test"), "role": "test"}])),
+                tmp_path / "out")
+    by = {s["source"]: s for s in m["sources"]}
+    assert by[str(src / "test")]["splits"] == {"train": 0, "val": 0, "test": 3}
+    assert by[str(src / "test")]["classes"] == {"crack": 3}
+    assert m["classify"]["classes"] == ["no_crack", "crack"]
+    assert m["counts"]["classify"]["test"]["crack"] >= 3
+    with pytest.raises(DataError, match="pn2/test: layout classes needs"):  # a source to train on needs two
+        prepare(make_params(dict(SMALL, source=[{"path": str(src / "test"), "layout": "classes"}, "synth"])),
+                tmp_path / "out2")
+    odd = write_class_folders(tmp_path / "odd", {"photos": 2})
+    with pytest.raises(DataError, match=r"odd: holds one class \(photos\), which no other source has "
+                                        r"\(they have crack, no_crack\)"):
+        prepare(make_params(dict(SMALL, source=[str(src / "train"), {"path": str(odd), "role": "test"}])),
+                tmp_path / "out3")

@@ -12,6 +12,17 @@ def _log(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+def _check_options(check) -> None:
+    """Run ``check()``; an option value out of range is a usage error (exit code 2), as with
+    ``prepare``, before any folder is read."""
+    from fissure.errors import DataError, UsageError
+
+    try:
+        check()
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+
+
 @click.group("data", context_settings={"help_option_names": ["-h", "--help"]})
 def data():
     """Synthesize, ingest and prepare datasets."""
@@ -34,8 +45,9 @@ def synth_cmd(task, out, count, seed, size, preview):
 
     Example: fissure data synth --task segment --out data/synth --count 200 --seed 0
     """
-    from fissure.data.synth import write_dataset
+    from fissure.data.synth import check_options, write_dataset
 
+    _check_options(lambda: check_options(task, count, seed, size))
     t0 = time.perf_counter()
     counts = write_dataset(out, task, count, seed=seed, size=size, progress=True)
     dt = time.perf_counter() - t0
@@ -76,6 +88,7 @@ def patches_cmd(data_dir, out, size, stride, threshold, min_length, margin, bala
 
     spec = PatchSpec(size=size, stride=stride, threshold=threshold, min_length=min_length, margin=margin,
                      balance=balance, seed=seed, max_per_class=max_per_class)
+    _check_options(spec.check)
     counts = extract_patches(data_dir, out, spec, progress=True)
     _log(f"wrote {counts['crack']} crack and {counts['no_crack']} no_crack patches to {out}")
 
@@ -124,8 +137,12 @@ A mapping sets a source's own split:
         val_fraction, test_fraction
 
 Class folders other than crack/no_crack make classify/ an N-class set of
-those classes (no patches are cut). Under dvc repro each folder must also
-be a dep of the prepare stage in dvc.yaml (a warning says when it is not).
+those classes (no patches are cut); folders named only by known negative
+and positive names (Negative/Positive, free/crack, 0/1) are no_crack/crack.
+A folder of splits (train/, test/) is not one source: list each split, the
+held-back ones as {path: DIR/test, role: test}. Under dvc repro each folder
+must also be a dep of the prepare stage in dvc.yaml (a warning says when it
+is not).
 
 Example: fissure data prepare --params params.yaml --out data/prepared
 """

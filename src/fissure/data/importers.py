@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fissure.data.loaders import IMAGE_SUFFIXES
+from fissure.data.loaders import IMAGE_SUFFIXES, SPLIT_NAMES
 from fissure.errors import DataError, InputError
 from fissure.preprocess import decode_image, open_image
 from fissure.progress import Progress
@@ -55,7 +55,6 @@ from fissure.progress import Progress
 ALL = "all"  # the group of a segmentation import without splits
 FORMATS = ("crackforest", "deepcrack", "folder-of-classes", "images-masks")
 MANIFEST = "import.json"
-SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 IMAGE_DIRS = ("images", "image", "imgs", "img")
 MASK_DIRS = ("masks", "mask", "labels", "label", "gt", "groundtruth", "ground_truth", "annotations")
 MASK_TAGS = ("_mask", "-mask", "_gt", "_label", "_lab")
@@ -244,7 +243,7 @@ def _plan_classes(src: Path) -> list[Item]:
         groups = [(f"{s.name}/", [c for c in _visible(s) if c.is_dir()]) for s in subdirs]
     else:
         groups = [("", subdirs)]
-    items = []
+    items, all_classes = [], set()
     for prefix, class_dirs in groups:
         where = root / prefix if prefix else root
         if not class_dirs:
@@ -254,10 +253,14 @@ def _plan_classes(src: Path) -> list[Item]:
             images = _class_images(d)
             if images:
                 found.setdefault(_class_name(d), []).append((d, images))
-        if len(found) < 2:
+        # a held-back split (val/, test/) may hold one class, e.g. positives only; one to train on needs two
+        need = 1 if prefix and prefix.rstrip("/").lower() != "train" else 2
+        if len(found) < need:
             names = ", ".join(f"{d.name}/" for d in class_dirs)
-            raise DataError(f"{where}: need images in at least two class folders; found {names or 'none'}"
+            wanted = "two class folders" if need == 2 else "one class folder"
+            raise DataError(f"{where}: need images in at least {wanted}; found {names or 'none'}"
                             f" ({len(found)} with images)")
+        all_classes |= set(found)
         for cls, sources in sorted(found.items()):
             seen: dict[str, Path] = {}
             stems: dict[str, int] = {}
@@ -273,6 +276,9 @@ def _plan_classes(src: Path) -> list[Item]:
                                         f"{seen[ident]} and {img}")
                     seen[ident] = img
                     items.append(Item(img, f"{prefix}{cls}/{ident}{img.suffix.lower()}", f"{prefix}{cls}"))
+    if len(all_classes) < 2:
+        raise DataError(f"{root}: need images in at least two class folders; found one class "
+                        f"({', '.join(sorted(all_classes))}) in every split")
     return items
 
 

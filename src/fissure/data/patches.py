@@ -53,6 +53,12 @@ class PatchSpec:
             raise DataError(f"patch threshold must be a fraction in (0, 1) (got {self.threshold})")
         if self.margin < 0:
             raise DataError(f"patch margin must be >= 0 (got {self.margin})")
+        if self.min_length is not None and self.min_length < 0:
+            raise DataError(f"minimum crack length must be >= 0 pixels (got {self.min_length})")
+        if self.max_per_class is not None and self.max_per_class < 1:
+            raise DataError(f"patches per class must be at least 1 (got {self.max_per_class})")
+        if self.seed < 0:
+            raise DataError(f"patch seed must be >= 0 (got {self.seed})")
         return self
 
     @property

@@ -16,7 +16,8 @@ sorting its item ids on a seeded hash, so every source is represented in every s
 adding images to a source moves few existing ones. Feedback (user corrections) goes to train.
 
 The classifier's classes follow from the sources: without class-folder sources, or when their
-folders are only ``crack`` and ``no_crack``, classify/ holds crack/no_crack (patches, plus those
+folders are only ``crack`` and ``no_crack`` (or known names for them, ``Negative``/``Positive``:
+:func:`fissure.data.loaders.crack_classes`), classify/ holds crack/no_crack (patches, plus those
 folders); otherwise classify/ holds the class folders' classes alone (an N-class defect
 classifier, e.g. the magnetic-tile set's blowhole ... free) and no patches are cut.
 """
@@ -44,9 +45,11 @@ from fissure.data.loaders import (
     SegmentationItem,
     class_root,
     classification_set,
+    crack_classes,
     segmentation_items,
     source_layout,
     source_tag,
+    split_hint,
 )
 from fissure.data.patches import PatchSpec, extract_patches
 from fissure.errors import DataError, UsageError
@@ -153,11 +156,13 @@ class PrepareParams(BaseModel):
             if s.role == "split" and s.val_fraction + s.test_fraction >= 1:
                 raise ValueError(f"source[{i}] ({s.path}): its val_fraction + test_fraction must leave "
                                  "something to train on")
-        seen = set()
+        seen: dict = {}  # the folder itself, so data/cf and ./data/cf/ are one source (not split twice)
         for s in sources:
-            if s.path in seen:
-                raise ValueError(f"source {s.path} is listed twice")
-            seen.add(s.path)
+            key = s.path if s.synth else Path(s.path).resolve()
+            if key in seen:
+                also = "" if seen[key] == s.path else f" (also as {seen[key]})"
+                raise ValueError(f"source {s.path} is listed twice{also}")
+            seen[key] = s.path
         if all(s.role in ("val", "test") for s in sources):
             raise ValueError("every source is held back (role: val or test); at least one must train")
         return self
@@ -351,15 +356,18 @@ def _plan(source: Source, params: PrepareParams, taken: set[str]) -> _Plan:
     """What a source holds, read (not decoded) before anything is written: a bad folder fails fast."""
     if source.synth:
         return _Plan(source, "synth", SYNTH, [f"synth-{params.seed}-{i:06d}" for i in range(params.count)])
-    layout = source_layout(source.path) if source.layout == "auto" else source.layout
+    # a held-back source (role val or test) may hold one class, e.g. a positives-only test split
+    min_classes = 1 if source.role in ("val", "test") else 2
+    layout = source_layout(source.path, min_classes) if source.layout == "auto" else source.layout
     if layout == "segment":
         items = segmentation_items(source.path)
         tag = source_tag(source.path, taken)
         return _Plan(source, "segment", tag, [f"{tag}-{it.image.stem}" for it in items], items)
-    root = class_root(source.path)
+    root = class_root(source.path, min_classes)
     if root is None:
-        raise DataError(f"{source.path}: layout classes needs <class>/ folders or images/<class>/ folders")
-    cset = classification_set(root)
+        raise DataError(split_hint(source.path)
+                        or f"{source.path}: layout classes needs <class>/ folders or images/<class>/ folders")
+    cset = classification_set(root, min_classes=min_classes)
     tag = source_tag(source.path, taken)
     items = [(path, cset.classes[k]) for path, k in cset.items]
     ids = [f"{tag}-{path.stem}" for path, _ in items]
@@ -413,6 +421,22 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
     # Resolve every source before writing anything, so a bad folder fails fast.
     taken: set[str] = {SYNTH}
     plans = [_plan(source, params, taken) for source in params.sources()]
+    # class folders named as a crack / no-crack set (Negative/Positive, free/crack, ...) are crack/no_crack
+    as_crack = crack_classes({name for p in plans if p.kind == "classes" for _, name in p.items}) or {}
+    if any(name != cls for name, cls in as_crack.items()):
+        log("classify: class folders " + ", ".join(f"{n} -> {c}" for n, c in sorted(as_crack.items()) if n != c)
+            + " (known negative and positive names)")
+        for p in plans:
+            if p.kind == "classes":
+                p.items = [(path, as_crack[name]) for path, name in p.items]
+    for p in plans:  # a held-back source of one class tests a class the others train
+        names = {name for _, name in p.items} if p.kind == "classes" else set()
+        if len(names) == 1:
+            others = {n for q in plans if q is not p and q.kind == "classes" for _, n in q.items}
+            others |= set(BINARY_CLASSES) if any(q.kind != "classes" for q in plans) else set()
+            if not names <= others:
+                raise DataError(f"{p.source.path}: holds one class ({names.pop()}), which no other source has "
+                                f"(they have {', '.join(sorted(others)) or 'no classes'})")
     folder_classes = sorted({name for p in plans if p.kind == "classes" for _, name in p.items})
     # crack/no_crack folders join the patches; any other class names make an N-class set of their own
     patches = not folder_classes or set(folder_classes) <= set(BINARY_CLASSES)

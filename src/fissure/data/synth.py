@@ -575,6 +575,19 @@ def render_for_task(seed: int, index: int, task: str, size: int = 256) -> tuple[
 # --------------------------------------------------------------------------- writing datasets
 
 
+def check_options(task: str, count: int, seed: int = 0, size: int = 256) -> None:
+    """:func:`write_dataset`'s arguments, checked: a :class:`DataError` naming the option
+    (``fissure data synth`` reports it as a usage error, exit code 2)."""
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    if count < 1:
+        raise DataError(f"--count must be at least 1 (got {count})")
+    if seed < 0:
+        raise DataError(f"--seed must be at least 0 (got {seed})")
+    if not 32 <= size <= 4096:
+        raise DataError(f"--size must be between 32 and 4096 pixels (got {size})")
+
+
 def write_dataset(out: str | os.PathLike, task: str, count: int, seed: int = 0, size: int = 256,
                   progress: bool | None = None, start: int = 0) -> dict:
     """Write ``count`` images in the task's folder layout; return counts.
@@ -584,12 +597,7 @@ def write_dataset(out: str | os.PathLike, task: str, count: int, seed: int = 0, 
 
     ``progress`` as ``enabled`` of :class:`fissure.progress.Progress` (None: a bar on a terminal only).
     """
-    if task not in TASKS:
-        raise DataError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
-    if count < 1:
-        raise DataError(f"--count must be at least 1 (got {count})")
-    if not 32 <= size <= 4096:
-        raise DataError(f"--size must be between 32 and 4096 pixels (got {size})")
+    check_options(task, count, seed, size)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder")
