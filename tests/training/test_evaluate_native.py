@@ -73,6 +73,21 @@ def test_evaluate_cli_native(tmp_path, capsys):
     assert rc == 2 and err.startswith("fissure: error: --native applies to --task segment") and len(err.splitlines()) == 1
 
 
+def test_evaluate_cli_native_says_how_many_images_it_downscaled(tmp_path, capsys):
+    """Images over the spec's tiling budget are scored downscaled, as served: the report and the
+    summary line count them; none under the budget."""
+    data = write_segment_set(tmp_path / "seg", 4, size=96)
+    for max_pixels, expected in ((96 * 96 - 1, 4), (96 * 96, 0)):
+        spec = {**default_spec("segment", base=8, depth=2, size=64),
+                "tiling": {"mode": "tile", "overlap": 8, "max_pixels": max_pixels}}
+        model = str(save_model(build_model(spec), spec, tmp_path / f"model-{max_pixels}"))
+        out = tmp_path / f"{max_pixels}.json"
+        rc = main(["evaluate", "--task", "segment", "--model", model, "--data", str(data), "--out", str(out)])
+        report, err = json.loads(out.read_text()), capsys.readouterr().err
+        assert rc == 0 and report["tiling"]["downscaled_images"] == expected
+        assert ("4 downscaled to the" in err) == bool(expected), err
+
+
 def test_evaluate_cli_tta_overrides_the_spec(tmp_path, capsys):
     """--tta scores the model with the views asked for, whatever its spec says, and the report
     and the summary line say which."""

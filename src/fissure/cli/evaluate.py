@@ -111,7 +111,7 @@ def evaluate(task, model, data, out, plots, device, batch_size, overlays, worst,
         click.echo(_table(report, names), err=True)
     summary = ", ".join(f"{k} {report[k]:.4f}" if report[k] is not None else f"{k} n/a" for k in names)
     click.echo(f"{report['model']}" + (f" v{report['model_version']}" if report["model_version"] else "")
-               + f" on {report['n_images']} images" + (f" ({report['resolution']})" if "resolution" in report else "")
+               + f" on {report['n_images']} images" + (f" ({report['resolution']}{_downscaled_text(report.get('tiling'))})" if "resolution" in report else "")
                + (f" (tta {report['tta']})" if report["tta"] != "none" else "")
                + (f" (threshold {_mask_text(report['threshold_sweep'])})" if "threshold_sweep" in report and task == "segment" else "")
                + f": {summary} -> {out}", err=True)
@@ -129,6 +129,12 @@ def _metric_names(task: str, report: dict) -> tuple[str, ...]:
     binary = len(report.get("confusion", {}).get("classes") or ()) <= 2
     return ("accuracy", "precision", "recall", "f1", "roc_auc") if binary else \
         ("balanced_accuracy", "accuracy", "precision", "recall", "f1", "roc_auc")
+
+
+def _downscaled_text(tiling: dict | None) -> str:
+    """``, 2 downscaled to the 16 MP budget`` when native scoring had to shrink images."""
+    n = (tiling or {}).get("downscaled_images")
+    return f", {n} downscaled to the {tiling['max_pixels'] / 1e6:.3g} MP budget" if n else ""
 
 
 def _mask_text(sweep: dict) -> str:

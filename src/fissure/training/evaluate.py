@@ -538,7 +538,10 @@ def run_evaluation(model_uri: str, task: str, data, out: str | Path, plots_dir=N
         tiling = T.tiling_config(loaded.spec, native)
         report["resolution"] = "native" if tiling.tiles else "resized"
         if tiling.tiles:
-            report["tiling"] = {"tile": tiling.tile, "overlap": tiling.overlap, "max_pixels": tiling.max_pixels}
+            # images over the pixel budget were scored downscaled (masks back at native size), as served
+            downscaled = sum(T.working_size(s.height, s.width, tiling) != (s.height, s.width) for s in result.scores)
+            report["tiling"] = {"tile": tiling.tile, "overlap": tiling.overlap, "max_pixels": tiling.max_pixels,
+                                "downscaled_images": downscaled}
     # each set's quality once: the report, its folder entries and all the plots share it
     part_quality = {name: r.quality() for name, r in results.items()} if "" not in results else {}
     quality = result.quality(part_quality)
