@@ -146,7 +146,7 @@ def images() -> type[Images]:
 
 def add_prediction(store, task: str = "classify", seed: int = 0, uncertainty: float = 0.5,
                    model: str | None = None, version: str = "1", p_crack: float = 0.7, created_at=None,
-                   w: int = 48, h: int = 32):
+                   w: int = 48, h: int = 32, media_type: str = "image/png"):
     """A stored prediction as /predict would leave it (blobs first), without a serving front."""
     image = Images.png(w, h, seed)
     image_sha = store.blobs.put(image)
@@ -159,7 +159,7 @@ def add_prediction(store, task: str = "classify", seed: int = 0, uncertainty: fl
         output = {"crack_ratio": 4 / h, "boxes": [{"box": [0, 10, w, 14], "area": 4 * w}],
                   "mask_rle": {"size": [h, w], "counts": [10, 4] * w}}
     return store.add_prediction(
-        created_by="tester", image_sha256=image_sha, image_media_type="image/png", image_height=h, image_width=w,
+        created_by="tester", image_sha256=image_sha, image_media_type=media_type, image_height=h, image_width=w,
         model_name=model or ("crack-classifier" if task == "classify" else "crack-segmenter"),
         model_version=version, mlflow_run_id="run-" + version, task=task, output=output, uncertainty=uncertainty,
         latency_ms=1.5, flag=None, overlay_sha256=mask_sha or image_sha, mask_sha256=mask_sha,

@@ -212,6 +212,33 @@ def test_export_zip_layout_manifest_and_determinism(client, make_prediction, ima
     assert client.get("/feedback/export", role="annotator").content != r.content
 
 
+def test_export_skips_an_image_type_the_loaders_cannot_read_and_phone_jpegs_are_jpegs(client, make_prediction, images, tmp_path):
+    """A stored image of no known type is listed as skipped, not written under a name `fissure data
+    prepare` passes over (its mask alone would stop the whole feedback set); a phone's
+    multi-picture JPEG (MPO) is stored as the JPEG it is."""
+    from PIL import Image
+
+    from fissure.api.app import _image_info
+
+    odd = make_prediction(client.store, task="segment", seed=7, media_type="application/octet-stream")
+    ok = make_prediction(client.store, task="segment", seed=8)
+    for p in (odd, ok):
+        client.post(f"/predictions/{p.id}/feedback", role="annotator", data={"verdict": "correct"})
+    zf = zipfile.ZipFile(io.BytesIO(client.get("/feedback/export", role="annotator").content))
+    manifest = json.loads(zf.read("manifest.json"))
+    assert [i["prediction_id"] for i in manifest["items"]] == [ok.id]
+    assert manifest["skipped"][0]["prediction_id"] == odd.id
+    assert "application/octet-stream" in manifest["skipped"][0]["reason"]
+    out = tmp_path / "export"
+    zf.extractall(out)
+    assert [p.image.name for p in segmentation_items(out)] == [f"{ok.image_sha256[:16]}.png"]
+
+    buf = io.BytesIO()
+    frames = [Image.new("RGB", (40, 30), c) for c in ("white", "gray")]
+    frames[0].save(buf, format="MPO", save_all=True, append_images=frames[1:])
+    assert _image_info(buf.getvalue()) == ((30, 40), "image/jpeg")
+
+
 def test_tokens_endpoint(client):
     r = client.post("/tokens", role="admin", json={"role": "annotator", "name": "inspector"})
     assert r.status_code == 201, r.text

@@ -329,7 +329,10 @@ def test_a_held_back_split_of_one_class_is_a_source(tmp_path):
         prepare(make_params(dict(SMALL, source=[{"path": str(src / "test"), "layout": "classes"}, "synth"])),
                 tmp_path / "out2")
     odd = write_class_folders(tmp_path / "odd", {"photos": 2})
-    with pytest.raises(DataError, match=r"odd: holds one class \(photos\), which no other source has "
-                                        r"\(they have crack, no_crack\)"):
-        prepare(make_params(dict(SMALL, source=[str(src / "train"), {"path": str(odd), "role": "test"}])),
-                tmp_path / "out3")
+    for held in ([{"path": str(odd), "role": "test"}],
+                 # two held-back sources of the class do not make it a trained one
+                 [{"path": str(odd), "role": "val"}, {"path": str(write_class_folders(tmp_path / "odd2", {"photos": 2})),
+                                                      "role": "test"}]):
+        with pytest.raises(DataError, match=r"odd: holds class\(es\) photos, which no training source has "
+                                            r"\(they train crack, no_crack\)"):
+            prepare(make_params(dict(SMALL, source=[str(src / "train"), *held])), tmp_path / "out3")

@@ -196,3 +196,19 @@ def test_n_class_slices_without_a_negative_class_count_no_false_alarms():
     assert all("false_alarm_rate" not in m for m in slices.values())
     slices = S.classify_slices(y, probs, ["free", "b", "c"], [(32, 32)] * 4, [None] * 4)
     assert slices["class:free"]["false_alarm_rate"] == 0.5 and slices["size:<=512px"]["crack_free_images"] == 2
+
+
+def test_a_folder_of_splits_names_the_split_to_evaluate(models, tmp_path, capsys):
+    """`fissure data import` writes DST/train and DST/test: evaluating DST says which to name
+    instead of calling the splits unknown classes."""
+    root = tmp_path / "pn2"
+    for split in ("train", "test"):
+        _folders(root / split, {"no_crack": 1, "crack": 1})
+    rc = main(["evaluate", "--task", "classify", "--model", models["binary"], "--data", str(root),
+               "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err == (f"fissure: error: {root}: holds the splits test, train, not one dataset: "
+                               f"evaluate one of them, e.g. --data {root / 'test'}"), err
+    rc = main(["evaluate", "--task", "classify", "--model", models["binary"], "--data", str(root / "test"),
+               "--out", str(tmp_path / "r.json")])
+    assert rc == 0

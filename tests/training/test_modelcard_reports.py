@@ -64,7 +64,7 @@ def test_a_report_on_another_model_is_refused(registered_segmenter, tmp_path, ca
         rc = main(["model-card", "--model", "models:/crack-segmenter/1", "--report", report, "--out",
                    str(tmp_path / "card.md")])
         err = capsys.readouterr().err
-        assert rc == 2 and err.startswith(f"fissure: error: --report {report}: ") and message in err, err
+        assert rc == 1 and err.startswith(f"fissure: error: --report {report}: ") and message in err, err
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / "card.md").exists()
     # a report of this model's run (or of no run: an unregistered local folder's) is taken
     for report in (_report(tmp_path / "ok.json", run_id=run_id), _report(tmp_path / "norun.json", run_id=None)):

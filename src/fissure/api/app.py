@@ -57,7 +57,9 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_NOTE = 4000
 TRUE, FALSE = {"true"}, {"false", ""}  # a multipart boolean as the spec says: true or false
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-IMAGE_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff", "WEBP": "image/webp"}
+# MPO: a phone's multi-picture JPEG (its first frame is an ordinary JPEG, which is what is decoded)
+IMAGE_MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff",
+              "WEBP": "image/webp"}
 
 
 def _iso_only(value):

@@ -63,11 +63,14 @@ def plan(store: Store) -> tuple[list[Entry], dict]:
     items, skipped = [], []
     for (task, sha), (pred, fb) in sorted(chosen.items()):
         stem = sha[:16]
-        ext = _EXT.get(pred.image_media_type, ".img")
+        ext = _EXT.get(pred.image_media_type)
         record = {"prediction_id": pred.id, "feedback_id": fb.id, "task": task, "image_sha256": sha,
                   "model_name": pred.model_name, "model_version": pred.model_version,
                   "mlflow_run_id": pred.mlflow_run_id, "verdict": fb.verdict, "user": fb.user,
                   "judged_at": fb.updated_at.isoformat(), "note": fb.note}
+        if ext is None:  # no file name the data loaders read: said, not written under a name they skip
+            skipped.append({**record, "reason": f"image type {pred.image_media_type} has no file extension the data loaders read"})
+            continue
         if task == "classify":
             predicted = pred.output.get("label")
             classes = sorted(pred.output.get("probabilities") or {})

@@ -407,6 +407,25 @@ def dvc_dep_warnings(params: PrepareParams, env: dict | None = None) -> list[str
     return warnings
 
 
+def _check_held_back_classes(plans) -> None:
+    """A held-back source (role val or test) may only test classes a training source teaches: a
+    class no image trains would silently make the classifier one class wider."""
+    def names(p):
+        return {n for _, n in p.items} if p.kind == "classes" else set()
+
+    training = [p for p in plans if p.source.role in ("split", "train")]
+    trained = set().union(*(names(p) for p in training))
+    all_classes = set().union(*(names(p) for p in plans))
+    # crack/no_crack patches are cut from the training images of synth and segmentation sources
+    if all_classes <= set(BINARY_CLASSES) and any(p.kind != "classes" for p in training):
+        trained |= set(BINARY_CLASSES)
+    for p in plans:
+        missing = names(p) - trained if p.source.role in ("val", "test") else set()
+        if missing:
+            raise DataError(f"{p.source.path}: holds class(es) {', '.join(sorted(missing))}, which no training "
+                            f"source has (they train {', '.join(sorted(trained)) or 'no classes'})")
+
+
 def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None = None,
             log: Callable[[str], None] | None = None) -> dict:
     """Build OUT/segment, OUT/classify and OUT/manifest.json; return the manifest.
@@ -429,14 +448,7 @@ def prepare(params: PrepareParams, out: str | os.PathLike, progress: bool | None
         for p in plans:
             if p.kind == "classes":
                 p.items = [(path, as_crack[name]) for path, name in p.items]
-    for p in plans:  # a held-back source of one class tests a class the others train
-        names = {name for _, name in p.items} if p.kind == "classes" else set()
-        if len(names) == 1:
-            others = {n for q in plans if q is not p and q.kind == "classes" for _, n in q.items}
-            others |= set(BINARY_CLASSES) if any(q.kind != "classes" for q in plans) else set()
-            if not names <= others:
-                raise DataError(f"{p.source.path}: holds one class ({names.pop()}), which no other source has "
-                                f"(they have {', '.join(sorted(others)) or 'no classes'})")
+    _check_held_back_classes(plans)
     folder_classes = sorted({name for p in plans if p.kind == "classes" for _, name in p.items})
     # crack/no_crack folders join the patches; any other class names make an N-class set of their own
     patches = not folder_classes or set(folder_classes) <= set(BINARY_CLASSES)

@@ -381,5 +381,12 @@ def find_splits(task: str, root: str | Path, *, val_fraction=0.15, test_fraction
 
 
 def eval_items(task: str, root: str | Path, classes=None):
-    """Items of one evaluation folder (any layout loaders accept)."""
-    return _items(task, Path(root), classes)
+    """Items of one evaluation folder (any layout loaders accept); a folder of split folders (as
+    `fissure data import` writes them) is refused with the split to name instead."""
+    root = Path(root)
+    subs = [d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")] if root.is_dir() else []
+    if subs and all(n.lower() in loaders.SPLIT_NAMES for n in subs):
+        pick = next((n for n in subs if n.lower() == "test"), sorted(subs)[0])
+        raise DataError(f"{root}: holds the splits {', '.join(sorted(subs))}, not one dataset: "
+                        f"evaluate one of them, e.g. --data {root / pick}")
+    return _items(task, root, classes)

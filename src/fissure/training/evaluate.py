@@ -419,7 +419,6 @@ def evaluate_items(module, spec, items, *, device="cpu", batch_size=None, overla
     segmenter at each image's own resolution (None: as the spec says); ``worst``: how many of the
     worst predictions to keep for the gallery. The module answers with the views the spec's ``tta``
     averages, as served."""
-    check_counts(batch_size, overlays, worst)  # before any work: batch_size 0 is no default
     module = tta.wrap(module, spec.get("tta"))
     if spec["task"] == "segment":
         tiling = T.tiling_config(spec, native)
@@ -502,7 +501,7 @@ def run_evaluation(model_uri: str, task: str, data, out: str | Path, plots_dir=N
                          "a classifier's label is of the whole image")
     if task != "segment" and (threshold is not None or threshold_low is not None):
         raise UsageError("--threshold and --threshold-low apply to --task segment: they draw a segmenter's masks")
-    check_counts(batch_size, overlays, worst)
+    check_counts(batch_size, overlays, worst)  # before the model loads; the scoring functions check too
     folders = dict(data) if isinstance(data, dict) else {"": Path(data)}
     quiet_mlflow()
     set_threads()

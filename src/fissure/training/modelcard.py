@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fissure import MODEL_NAMES, __version__
-from fissure.errors import FissureError, NotFoundError, UsageError
+from fissure.errors import FissureError, NotFoundError
 from fissure.models.masks import mask_params
 from fissure.training import metrics as M
 from fissure.training import slices as S
@@ -110,7 +110,7 @@ def _download_json(run_id: str, artifact: str) -> dict | None:
             return None
 
 
-def gather(model_uri: str, reports: list[dict] | None = None) -> CardFacts:
+def gather(model_uri: str) -> CardFacts:
     """The facts of ``model_uri``'s version and run. Raises NotFoundError for an unknown model."""
     mlflow, client = _client()
     try:
@@ -132,7 +132,7 @@ def gather(model_uri: str, reports: list[dict] | None = None) -> CardFacts:
     name = where.get("name") or MODEL_NAMES.get(task, "model")
     version = where.get("version") or tags.get("registered.version")
     facts = CardFacts(name=name, version=version, run_id=run_id, task=task, params=dict(run.data.params),
-                      metrics=dict(run.data.metrics), run_tags=tags, reports=list(reports or []))
+                      metrics=dict(run.data.metrics), run_tags=tags)
     try:
         facts.spec = json.loads(facts.params.get("spec") or "{}")
     except ValueError:
@@ -440,10 +440,10 @@ def _check_report(path, report: dict, facts: CardFacts) -> None:
     this = f"{facts.name} v{facts.version}" if facts.version else facts.name
     task = report.get("task")
     if task and facts.task and task != facts.task:
-        raise UsageError(f"--report {path}: a report on a {task} model ({of}), not on this {facts.task} model ({this})")
+        raise FissureError(f"--report {path}: a report on a {task} model ({of}), not on this {facts.task} model ({this})")
     run_id = report.get("run_id")
     if run_id and facts.run_id and run_id != facts.run_id:
-        raise UsageError(f"--report {path}: a report on the model of run {run_id} ({of}), not on this one "
+        raise FissureError(f"--report {path}: a report on the model of run {run_id} ({of}), not on this one "
                          f"({this}, run {facts.run_id}): evaluate this model for its card")
 
 
@@ -477,14 +477,6 @@ def save(text: str, out: str | Path) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-
-
-def write_card(model_uri: str, out: str | Path | None, reports=()) -> str:
-    """The card of ``model_uri`` (with ``reports``: paths of evaluate JSONs), written to ``out``."""
-    _, text = make_card(model_uri, reports)
-    if out is not None:
-        save(text, out)
-    return text
 
 
 def headline(facts: CardFacts) -> str:
