@@ -14,6 +14,8 @@ from fissure.training.run import train
 
 from .conftest import tiny_config
 
+pytestmark = pytest.mark.slow  # trains tiny models into MLflow stores
+
 SEG_SPEC = {"task": "segment", "arch": "attention_unet", "classes": ["background", "crack"],
             "preprocess": {"size": 256}, "threshold": 0.795, "threshold_low": 0.25}
 
