@@ -325,6 +325,36 @@ class Store:
         with self.read() as s:
             return s.scalar(select(func.count()).select_from(Token))
 
+    def list_tokens(self) -> list[Token]:
+        """Every token, oldest first (revoked ones too)."""
+        with self.read() as s:
+            return list(s.scalars(select(Token).order_by(Token.created_at, Token.id)))
+
+    def has_admin_token(self) -> bool:
+        """Whether an unrevoked admin token exists."""
+        with self.read() as s:
+            return bool(s.scalar(select(exists().where(Token.role == "admin", Token.revoked.is_(False)))))
+
+    def revoke_token(self, key: str) -> tuple[Token, bool]:
+        """Revoke the token with id ``key``, or the one unrevoked token named ``key``: (its row, whether
+        it was revoked already). Names are not unique (a person's tokens share one): a name with
+        several unrevoked tokens is refused, revoke those by id. The API refuses it from the next request.
+        """
+        with self.write() as s:
+            row = s.get(Token, key)
+            if row is None:
+                named = list(s.scalars(select(Token).where(Token.name == key).order_by(Token.created_at.desc())))
+                if not named:
+                    raise NotFoundError(f"no token with the id or name {key!r} (`fissure token list` shows them)")
+                live = [t for t in named if not t.revoked]
+                if len(live) > 1:
+                    raise InputError(f"{len(live)} tokens are named {key!r} (ids {', '.join(t.id for t in live)}): "
+                                     f"revoke them by id")
+                row = live[0] if live else named[0]
+            already = bool(row.revoked)
+            row.revoked = True
+        return row, already
+
     # ------------------------------------------------------------------ predictions
     def add_prediction(self, **fields) -> Prediction:
         """Insert one prediction; its blobs must be stored already."""

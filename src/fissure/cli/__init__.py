@@ -11,32 +11,35 @@ optional extra). Both are one line on stderr; anything else is a bug and keeps i
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
 
 import click
 
 from fissure import __version__
 from fissure.errors import FissureError, UsageError
 
-# name -> (module, attribute, one-line help). Modules own their command's options.
+# name -> (module, attribute). Modules own their command's options and help: the summary
+# `fissure --help` lists is the first paragraph of the command's own docstring (summary()).
 COMMANDS = {
-    "data": ("fissure.cli.data", "data", "Synthesize, ingest and prepare datasets."),
-    "train": ("fissure.cli.train", "train", "Train a model, log it to MLflow, optionally register it."),
-    "evaluate": ("fissure.cli.evaluate", "evaluate", "Evaluate a model on a dataset; write metrics JSON."),
-    "model-card": ("fissure.cli.modelcard", "model_card", "Write the Markdown model card of a model version."),
-    "package": ("fissure.cli.package", "package", "Package a registered model for TorchServe/KServe."),
-    "serve": ("fissure.cli.serve", "serve", "Run TorchServe and the KServe protocol front (the container entrypoint)."),
-    "up": ("fissure.cli.stack", "up", "Start the local stack (serving, MLflow, ...)."),
-    "down": ("fissure.cli.stack", "down", "Stop a detached local stack."),
-    "predict": ("fissure.cli.predict", "predict", "Send an image to a running server and print the prediction."),
-    "api": ("fissure.cli.api", "api", "Serve the feedback API and web UI."),
-    "token": ("fissure.cli.api", "token", "Create API tokens."),
-    "feedback": ("fissure.cli.api", "feedback", "Export the feedback as training data; clean up its blobs."),
-    "retrain": ("fissure.cli.promote", "retrain", "Export feedback, dvc repro, gate the new challengers."),
-    "gate": ("fissure.cli.promote", "gate", "Judge a challenger offline against the champion."),
-    "promote": ("fissure.cli.promote", "promote", "Canary a challenger; promote or roll back on Prometheus evidence."),
+    "data": ("fissure.cli.data", "data"),
+    "train": ("fissure.cli.train", "train"),
+    "evaluate": ("fissure.cli.evaluate", "evaluate"),
+    "model-card": ("fissure.cli.modelcard", "model_card"),
+    "package": ("fissure.cli.package", "package"),
+    "serve": ("fissure.cli.serve", "serve"),
+    "up": ("fissure.cli.stack", "up"),
+    "down": ("fissure.cli.stack", "down"),
+    "predict": ("fissure.cli.predict", "predict"),
+    "api": ("fissure.cli.api", "api"),
+    "token": ("fissure.cli.api", "token"),
+    "feedback": ("fissure.cli.api", "feedback"),
+    "retrain": ("fissure.cli.promote", "retrain"),
+    "gate": ("fissure.cli.promote", "gate"),
+    "promote": ("fissure.cli.promote", "promote"),
 }
 
 # Top-level import name -> the pyproject extra that installs it (keep in step with pyproject.toml).
@@ -66,6 +69,28 @@ def missing_extra(command: str, exc: ImportError) -> FissureError | None:
     return _extra_error(command, extra, detail)
 
 
+def first_paragraph(text: str | None) -> str:
+    """The first paragraph of a help text on one line: what `fissure CMD --help` shows first."""
+    return " ".join((text or "").split("\f")[0].strip().split("\n\n")[0].split())
+
+
+def summary(name: str) -> str:
+    """The one-line help of a command in `fissure --help`: the first paragraph of its docstring,
+    read from its module's source without importing it (`fissure --help` stays fast)."""
+    module, attr = COMMANDS[name]
+    spec = importlib.util.find_spec(module)
+    try:
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        doc = next(ast.get_docstring(n) for n in tree.body
+                   if isinstance(n, ast.FunctionDef) and n.name == attr and ast.get_docstring(n))
+    except (OSError, SyntaxError, TypeError, StopIteration):  # no source, or help= given: ask the command
+        try:
+            doc = getattr(importlib.import_module(module), attr).help
+        except ImportError:
+            doc = ""
+    return first_paragraph(doc)
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return [name for name in COMMANDS if self._available(name)]
@@ -77,7 +102,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx, name):
         if name not in COMMANDS or not self._available(name):
             return None
-        module, attr, _ = COMMANDS[name]
+        module, attr = COMMANDS[name]
         try:
             return getattr(importlib.import_module(module), attr)
         except ImportError as exc:
@@ -104,7 +129,7 @@ class LazyGroup(click.Group):
             raise missing_extra(ctx.invoked_subcommand or "", exc) or exc
 
     def format_commands(self, ctx, formatter):
-        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        rows = [(name, summary(name)) for name in self.list_commands(ctx)]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)

@@ -1,4 +1,4 @@
-"""``fissure api`` (the feedback API and web UI), ``fissure token create``, ``fissure feedback export``."""
+"""``fissure api`` (the feedback API and web UI), ``fissure token create|list|revoke``, ``fissure feedback``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,20 @@ def _bootstrap_admin(store) -> None:
         click.echo(f"admin token (shown once; `fissure token create` makes more): {made[0]}")
 
 
+NO_ADMIN_HINT = "`fissure token create --role admin --name NAME` makes one"
+
+
+def _warn_without_admin(store) -> None:
+    """One line on stderr when the store has tokens but none of them an unrevoked admin's."""
+    from fissure.settings import settings
+
+    if store.has_admin_token():
+        return
+    given = " (FISSURE_API_ADMIN_TOKEN is registered only in a store without tokens)" \
+        if settings().api_admin_token is not None else ""
+    click.echo(f"fissure api: warning: the store has tokens but no admin token{given}: {NO_ADMIN_HINT}", err=True)
+
+
 def _check_port(host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -56,7 +70,20 @@ def api(host, port):
     """Serve the feedback API and web UI (OpenAPI at /docs).
 
     Migrates the store (FISSURE_DATABASE_URL, default SQLite under .fissure/) and, when it holds
-    no token yet, creates an admin token and prints it once.
+    no token yet, creates an admin token and prints it once (or registers FISSURE_API_ADMIN_TOKEN).
+    Warns when the store has tokens but no admin token.
+
+    \b
+    Environment:
+      FISSURE_INFERENCE_URL    the serving front it predicts with
+                               [default: http://127.0.0.1:8080]
+      FISSURE_HOME             local state: SQLite store, blobs, retrain logs
+                               [default: .fissure]
+      FISSURE_DATABASE_URL     the store [default: sqlite:///<home>/api.db]
+      FISSURE_BLOB_URL         images and masks [default: <home>/blobs]
+      FISSURE_API_ADMIN_TOKEN  the admin token to register in a store without tokens
+      FISSURE_RETRAIN_COMMAND  what POST /retrain runs [default: fissure retrain]
+    More in docs/feedback.md.
     """
     import uvicorn
 
@@ -69,6 +96,7 @@ def api(host, port):
     _check_port(host, port)
     store = _open_store()
     _bootstrap_admin(store)
+    _warn_without_admin(store)
     if host not in (LOOPBACK, "localhost", "::1"):
         click.echo(f"fissure api: listening on {host}: reachable beyond this machine (tokens still required)",
                    err=True)
@@ -81,7 +109,10 @@ def api(host, port):
 
 @click.group("token")
 def token():
-    """Manage API tokens."""
+    """Manage API tokens: create, list, revoke.
+
+    Revoking takes effect at the API's next request, no restart needed.
+    """
 
 
 @token.command("create")
@@ -93,15 +124,55 @@ def token():
 def token_create(role, name):
     """Create a token and print it (once: the store keeps only its hash)."""
     from fissure.api.auth import create_token
+    from fissure.errors import InputError, UsageError
 
-    value, row = create_token(_open_store(), role, name)
+    store = _open_store()
+    try:
+        value, row = create_token(store, role, name)
+    except InputError as exc:  # a bad option value (--name too long): a usage error
+        raise UsageError(f"--name: {exc}") from None
     click.echo(value)
     click.echo(f"role {row.role}, name {row.name!r}, id {row.id}", err=True)
 
 
+@token.command("list")
+def token_list():
+    """List the tokens (never a token's secret or hash).
+
+    One line each: id, name, role, created (UTC), revoked.
+    """
+    rows = _open_store().list_tokens()
+    if not rows:
+        click.echo("no tokens (`fissure token create` makes one)", err=True)
+        return
+    table = [("ID", "NAME", "ROLE", "CREATED", "REVOKED")] + [
+        (t.id, t.name, t.role, t.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "yes" if t.revoked else "no")
+        for t in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    for r in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
+
+
+@token.command("revoke")
+@click.argument("token_ref", metavar="ID|NAME")
+def token_revoke(token_ref):
+    """Revoke a token: the API refuses it from its next request.
+
+    ID|NAME: the token's id (`fissure token list`), or its name when one unrevoked token has
+    that name. Names are not unique (a person's tokens share one): revoke by id then. Revoking a
+    revoked token changes nothing and says so.
+    """
+    store = _open_store()
+    row, already = store.revoke_token(token_ref)
+    what = f"token {row.id} (name {row.name!r}, role {row.role})"
+    click.echo(f"{what} was already revoked" if already else f"revoked {what}")
+    if not store.has_admin_token():
+        click.echo(f"fissure token: no unrevoked admin token is left: {NO_ADMIN_HINT}", err=True)
+
+
 @click.group("feedback")
 def feedback():
-    """The feedback people gave through the API."""
+    """Export the feedback people gave through the API as training data; clean up its blobs."""
 
 
 @feedback.command("export")

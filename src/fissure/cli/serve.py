@@ -30,13 +30,17 @@ def _port(name: str, env: str, default: int, help: str | None = None):
 @click.option("--host", default=None, metavar="ADDRESS",
               help="Address for REST, gRPC and TorchServe metrics; 0.0.0.0 opens them to the network "
                    f"[env FISSURE_HOST; default {LOOPBACK}].")
-@_port("http-port", "FISSURE_HTTP_PORT", PORTS["inference_rest"])
-@_port("grpc-port", "FISSURE_GRPC_PORT", PORTS["inference_grpc"])
+@_port("http-port", "FISSURE_HTTP_PORT", PORTS["inference_rest"],
+       "Inference REST (KServe v1 and v2) and the front's /metrics, on --host.")
+@_port("grpc-port", "FISSURE_GRPC_PORT", PORTS["inference_grpc"], "Inference gRPC (KServe v2), on --host.")
 @_port("ts-inference-port", "FISSURE_TS_INFERENCE_PORT", PORTS["torchserve_inference"], "TorchServe inference (loopback).")
 @_port("ts-management-port", "FISSURE_TS_MANAGEMENT_PORT", PORTS["torchserve_management"], "TorchServe management (loopback).")
-@_port("ts-metrics-port", "FISSURE_TS_METRICS_PORT", PORTS["torchserve_metrics"], "TorchServe Prometheus metrics.")
-@_port("ts-grpc-inference-port", "FISSURE_TS_GRPC_INFERENCE_PORT", PORTS["torchserve_grpc_inference"])
-@_port("ts-grpc-management-port", "FISSURE_TS_GRPC_MANAGEMENT_PORT", PORTS["torchserve_grpc_management"])
+@_port("ts-metrics-port", "FISSURE_TS_METRICS_PORT", PORTS["torchserve_metrics"],
+       "TorchServe Prometheus metrics, on --host.")
+@_port("ts-grpc-inference-port", "FISSURE_TS_GRPC_INFERENCE_PORT", PORTS["torchserve_grpc_inference"],
+       "TorchServe's own gRPC inference (loopback; unused, but TorchServe opens it).")
+@_port("ts-grpc-management-port", "FISSURE_TS_GRPC_MANAGEMENT_PORT", PORTS["torchserve_grpc_management"],
+       "TorchServe's own gRPC management (loopback; unused, but TorchServe opens it).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None, envvar="FISSURE_SERVE_WORKDIR",
               help="TorchServe logs and temp files (default: a new temp folder).")
 @click.option("--ready-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
