@@ -126,8 +126,8 @@ def test_top_level_help_imports_no_command_module():
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
-@pytest.mark.parametrize("path", [["serve"], ["api"], ["token", "create"], ["token", "list"], ["token", "revoke"],
-                                  ["feedback", "export"], ["feedback", "gc"]])
+@pytest.mark.parametrize("path", [["serve"], ["up"], ["predict"], ["api"], ["token", "create"], ["token", "list"],
+                                  ["token", "revoke"], ["feedback", "export"], ["feedback", "gc"]])
 def test_every_option_is_described(path):
     import importlib
 

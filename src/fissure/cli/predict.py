@@ -17,7 +17,8 @@ import click
 @click.option("--grpc-authority", default=None,
               help="gRPC :authority to send, for gateways that route by host "
                    "(e.g. crack-segmenter.grpc.example.com) [env FISSURE_GRPC_AUTHORITY].")
-@click.option("--protocol", type=click.Choice(["v1", "v2", "grpc"]), default="v2", show_default=True)
+@click.option("--protocol", type=click.Choice(["v1", "v2", "grpc"]), default="v2", show_default=True,
+              help="KServe v1 REST, Open Inference Protocol v2 REST, or v2 gRPC (--grpc-url).")
 @click.option("--explain", is_flag=True, help="Grad-CAM (classifier) / probability map (segmenter).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw result as JSON.")
 @click.option("--save-mask", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -19,9 +19,12 @@ RUNTIMES = typing.get_args(Settings.model_fields["runtime"].annotation)
                    f"default {LOOPBACK}). 0.0.0.0 opens the stack to the network.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
               help="Model runtime behind the KServe front (env FISSURE_RUNTIME; default inprocess).")
-@click.option("--http-port", type=int, envvar="FISSURE_HTTP_PORT", default=PORTS["inference_rest"], show_default=True)
-@click.option("--grpc-port", type=int, envvar="FISSURE_GRPC_PORT", default=PORTS["inference_grpc"], show_default=True)
-@click.option("--mlflow-port", type=int, envvar="FISSURE_MLFLOW_PORT", default=PORTS["mlflow"], show_default=True)
+@click.option("--http-port", type=int, envvar="FISSURE_HTTP_PORT", default=PORTS["inference_rest"], show_default=True,
+              help="Inference REST: KServe v1 and Open Inference Protocol v2, and /metrics.")
+@click.option("--grpc-port", type=int, envvar="FISSURE_GRPC_PORT", default=PORTS["inference_grpc"], show_default=True,
+              help="Inference gRPC (Open Inference Protocol v2).")
+@click.option("--mlflow-port", type=int, envvar="FISSURE_MLFLOW_PORT", default=PORTS["mlflow"], show_default=True,
+              help="The MLflow tracking server and model registry UI.")
 @click.option("--api-port", type=int, envvar="FISSURE_API_PORT", default=PORTS["api"], show_default=True,
               help="The feedback API and web UI.")
 @click.option("--prometheus-port", type=int, envvar="FISSURE_PROMETHEUS_PORT", default=PORTS["prometheus"],
