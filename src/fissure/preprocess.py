@@ -25,6 +25,8 @@ from fissure.settings import settings
 # come through the JPEG decoder); a 100-megapixel upload or a decompression bomb is refused
 # from its header, before any pixel is decoded (open_image).
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
+# ... as open_image's errors name them: "JPEG, PNG, BMP, TIFF or WebP"
+_ACCEPTED = " or ".join(", ".join(ALLOWED_FORMATS).replace("WEBP", "WebP").rsplit(", ", 1))
 # Modes we convert to RGB; anything else (float, HSV, LAB) is refused with a 415.
 _RGB_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La"}
 _WIDE_GRAY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -71,7 +73,7 @@ def open_image(data: bytes) -> Image.Image:
     one-line PayloadTooLarge before decoding. Other failures are InputError/UnsupportedMediaType.
     """
     if not data:
-        raise InputError("empty image: the payload has zero bytes; send JPEG or PNG bytes")
+        raise InputError(f"empty image: the payload has zero bytes; send {_ACCEPTED} bytes")
     limit = settings().max_image_pixels
     Image.MAX_IMAGE_PIXELS = limit  # Pillow raises DecompressionBombError over twice this
     try:
@@ -80,7 +82,7 @@ def open_image(data: bytes) -> Image.Image:
         raise PayloadTooLarge(f"image refused as a decompression bomb: its header declares over "
                               f"{_mp(2 * limit)}; the limit is {_mp(limit)} (FISSURE_MAX_IMAGE_PIXELS)") from None
     except UnidentifiedImageError:
-        raise UnsupportedMediaType(f"not an image: could not decode {len(data)} bytes as JPEG or PNG") from None
+        raise UnsupportedMediaType(f"not an image: could not decode {len(data)} bytes as {_ACCEPTED}") from None
     except OSError as exc:  # PIL raises OSError for some malformed headers
         raise InputError(f"corrupt image header: {exc}") from None
     width, height = img.size

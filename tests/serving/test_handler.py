@@ -194,7 +194,7 @@ def test_instances_each_form_and_a_bad_one_fails_alone(make_handler):
     assert status == 200
     preds = out["predictions"]
     assert [("label" in p) for p in preds] == [True] * 4 + [False, False]
-    assert preds[4] == {"error": "not an image: could not decode 12 bytes as JPEG or PNG", "status": 415}
+    assert preds[4] == {"error": "not an image: could not decode 12 bytes as JPEG, PNG, BMP, TIFF or WebP", "status": 415}
     assert preds[5]["status"] == 400 and "instance must be" in preds[5]["error"]
 
 
@@ -243,7 +243,7 @@ def test_wire_frame_from_the_front(make_handler):
     assert status == 200
     pixels, image, bad, rows = out["results"]
     assert pixels[0]["mask_rle"] == image[0]["mask_rle"] and pixels[0]["size"] == [30, 50]
-    assert bad == {"error": "not an image: could not decode 4 bytes as JPEG or PNG", "status": 415}
+    assert bad == {"error": "not an image: could not decode 4 bytes as JPEG, PNG, BMP, TIFF or WebP", "status": 415}
     assert len(rows) == 2 and rows[0]["size"] == [16, 16]
     (status, out), = run(handler, context, wire("explain", items[:1]))
     assert status == 200 and out["results"][0][0]["method"] == "probability-map"

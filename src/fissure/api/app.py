@@ -30,7 +30,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -38,15 +38,15 @@ from starlette.routing import Match
 
 from fissure import MODEL_NAMES, __version__
 from fissure.api import export, ui
-from fissure.api.auth import (PIPELINE, ROLES, Principal, RateLimited, RateLimiter, Unauthenticated, authenticate,
-                               create_token)
+from fissure.api.auth import (ALL_ROLES, PIPELINE, ROLES, Principal, RateLimited, RateLimiter, Unauthenticated,
+                               authenticate, create_token)
 from fissure.api.forms import FORM_OVERHEAD, Form, read_form
 from fissure.body_limit import BodyLimit
 from fissure.api.inference import InferenceClient, InferenceResult
 from fissure.api.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from fissure.api.retrain import Retrainer, log_tail
 from fissure.api.store import EVENT_KINDS, EVENT_NAME, MAX_EVENT_TEXT, PredictionFilter, Store, unavailable
-from fissure.errors import FissureError, InputError, UnsupportedMediaType, status_of
+from fissure.errors import FissureError, InputError, PermissionDenied, UnsupportedMediaType, status_of
 from fissure.serving import codec
 from fissure.settings import Settings, settings as current_settings, tracking_uri
 
@@ -60,6 +60,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # MPO: a phone's multi-picture JPEG (its first frame is an ordinary JPEG, which is what is decoded)
 IMAGE_MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff",
               "WEBP": "image/webp"}
+NoNul = r"^[^\x00]*$"  # text the API takes holds no NUL byte (PostgreSQL's text cannot)
 
 
 def _iso_only(value):
@@ -127,7 +128,7 @@ class Queue(BaseModel):
 
 class TokenIn(BaseModel):
     role: Literal["viewer", "annotator", "admin", "pipeline"]
-    name: str | None = Field(None, max_length=128)
+    name: str | None = Field(None, max_length=128, pattern=NoNul)
 
 
 class TokenOut(BaseModel):
@@ -154,7 +155,6 @@ EventName = Annotated[str, Field(pattern=EVENT_NAME.pattern, description="served
 EventVersion = Annotated[str, Field(pattern=EVENT_NAME.pattern, description="MLflow registered model version")]
 Details = Annotated[dict[str, Any] | None, Field(
     None, description="free JSON object, at most 16 KiB: a gate's metrics and thresholds, a run's id and URL")]
-NoNul = r"^[^\x00]*$"
 
 
 class _EventIn(BaseModel):
@@ -252,8 +252,10 @@ PREDICT_BODY = _form_body({
 }, ["file"], {"file": {"contentType": ", ".join(IMAGE_TYPES)}})
 FEEDBACK_BODY = _form_body({
     "verdict": {"type": "string", "enum": ["correct", "wrong"]},
-    "label": {"type": "string", "description": "the right class (classifier predictions)"},
-    "note": {"type": "string", "maxLength": MAX_NOTE},
+    "label": {"type": "string", "pattern": NoNul,
+              "description": "the right class (classifier predictions): not the predicted one with verdict wrong, "
+                             "the predicted one (or none) with verdict correct"},
+    "note": {"type": "string", "maxLength": MAX_NOTE, "pattern": NoNul},
     "mask": {"type": "string", "format": "binary",
              "description": "the right mask (segmenter predictions): PNG of the image's size, 0/255"},
 }, ["verdict"], {"mask": {"contentType": "image/png"}})
@@ -286,17 +288,28 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                               "`Authorization: Bearer <token>`; roles viewer < annotator < admin, and "
                               "pipeline (pipeline events only).")
     app.state.settings, app.state.store, app.state.metrics = cfg, store, metrics
-    app.add_middleware(BodyLimit, limit=max_upload + FORM_OVERHEAD, setting="FISSURE_API_MAX_UPLOAD_BYTES")
+    # outermost last: metrics, HEAD, the body cap, NUL in the URL, then the routes
+    app.add_middleware(RefuseNul)
+    app.add_middleware(BodyLimit, limit=max_upload + FORM_OVERHEAD,
+                       setting=f"FISSURE_API_MAX_UPLOAD_BYTES={max_upload} for a file, "
+                               f"plus {FORM_OVERHEAD // 2**20} MiB for the rest of the body")
+    app.add_middleware(HeadAsGet)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _error_handlers(app)
 
     bearer = HTTPBearer(auto_error=False, description="an API token (fissure token create)")
 
     def role(*required: str):
+        # the message names every role that passes (admin may record pipeline events too)
+        others = [r for r in ALL_ROLES if r not in required
+                  and any(Principal("", "", r).allows(q) for q in required)]
+        needs = f"the {' or '.join(required)} role" + (f" (or {' or '.join(others)})" if others else "")
+
         async def dependency(request: Request, _=Security(bearer)) -> Principal:
             who = await run_in_threadpool(authenticate, store, request.headers.get("authorization"))
             limiter.take(who.token_id)
-            who.require(*required)
+            if not any(who.allows(r) for r in required):
+                raise PermissionDenied(f"this needs {needs}; the token {who.name!r} is {who.role}")
             return who
         return dependency
 
@@ -572,6 +585,13 @@ def _store_feedback(store: Store, who: Principal, pred, form: Form):
             raise InputError("label is for classifier predictions; send a mask for a segmenter's")
         if label not in classes:
             raise InputError(f"label {label[:80]!r} is not one of the model's classes {classes}")
+        predicted = pred.output.get("label")
+        if verdict == "correct" and label != predicted:
+            raise InputError(f"verdict correct with label {label!r}, but the prediction is {predicted!r}: "
+                             "send verdict=wrong to correct it")
+        if verdict == "wrong" and label == predicted:
+            raise InputError(f"verdict wrong with label {label!r}, the predicted label: send the right class, "
+                             "or verdict=correct")
     mask_sha = None
     if mask is not None:
         if pred.task != "segment":
@@ -580,13 +600,60 @@ def _store_feedback(store: Store, who: Principal, pred, form: Form):
             raise UnsupportedMediaType("the mask must be a PNG")
         try:
             pixels = codec.png_to_mask(mask.data)
+        except UnidentifiedImageError:  # its message is Pillow's repr of the buffer
+            raise InputError("unreadable mask: not a valid PNG image") from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise InputError(f"unreadable mask PNG: {str(exc).splitlines()[0] if str(exc) else 'corrupt'}") from None
+            reason = str(exc).splitlines()[0] if str(exc) else "corrupt"
+            raise InputError(f"unreadable mask: not a valid PNG image ({reason})") from None
         if pixels.shape != (pred.image_height, pred.image_width):
             raise InputError(f"the mask is {pixels.shape[1]}x{pixels.shape[0]}; the image is "
                              f"{pred.image_width}x{pred.image_height}")
         mask_sha = store.blobs.put(codec.mask_to_png(pixels))  # stored as 0/255, before the row
     return store.put_feedback(pred.id, who.name, verdict, label=label, mask_sha256=mask_sha, note=note)
+
+
+class RefuseNul:
+    """ASGI middleware: a NUL byte (``%00``) in the path or the query string is a 400, before any
+    route: PostgreSQL's text cannot hold one, and no id, name or filter has one. (Bodies: the form
+    reader and the JSON models refuse NUL in their text fields.)"""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            query = scope.get("query_string", b"")
+            where = ("path" if "\x00" in scope["path"] else
+                     "query string" if b"%00" in query or b"\x00" in query else None)
+            if where:
+                response = JSONResponse({"error": f"the request's {where} contains a NUL byte (%00)"}, status_code=400)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class HeadAsGet:
+    """ASGI middleware: HEAD is answered as GET without the body (uptime checks, ``curl -I``);
+    FastAPI's routes answer only the methods they name. The metrics still count it as HEAD."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                if message.get("more_body"):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        scope["method"] = "GET"  # in place: the router's match (scope["route"]) reaches the metrics
+        try:
+            await self.app(scope, receive, headers_only)
+        finally:
+            scope["method"] = "HEAD"
 
 
 def _error_handlers(app: FastAPI) -> None:
@@ -623,8 +690,15 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
-        return answer(400, f"{where}: {err.get('msg', 'invalid')}".splitlines()[0])
+        loc, ctx, message = tuple(err.get("loc", ())), err.get("ctx") or {}, err.get("msg", "invalid")
+        if err.get("type") == "json_invalid":  # loc: ("body", the character where parsing stopped)
+            reason = f": {ctx['error']}" if ctx.get("error") else ""
+            at = f" (at character {loc[1]})" if len(loc) > 1 else ""
+            return answer(400, f"request body is not valid JSON{reason}{at}".splitlines()[0])
+        if err.get("type") == "string_pattern_mismatch" and ctx.get("pattern") == NoNul:
+            message = "must not contain a NUL byte"
+        where = ".".join(str(x) for x in loc if x != "body") or "request"
+        return answer(400, f"{where}: {message}".splitlines()[0])
 
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, exc: OperationalError):
@@ -640,7 +714,8 @@ def _error_handlers(app: FastAPI) -> None:
 
 
 def _openapi(app: FastAPI) -> dict:
-    """FastAPI's schema with our error shape: 400 {"error"} where it would document 422."""
+    """FastAPI's schema with our error shape: 400 {"error"} where it would document 422; string
+    parameters say they hold no NUL (RefuseNul)."""
     if app.openapi_schema:
         return app.openapi_schema
     from fastapi.openapi.utils import get_openapi
@@ -648,6 +723,10 @@ def _openapi(app: FastAPI) -> dict:
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     for ops in schema.get("paths", {}).values():
         for op in ops.values():
+            for param in op.get("parameters", []):  # RefuseNul: no NUL in the path or the query string
+                for s in [param.get("schema", {}), *param.get("schema", {}).get("anyOf", [])]:
+                    if s.get("type") == "string" and not {"pattern", "enum", "format"} & s.keys():
+                        s["pattern"] = NoNul
             responses = op.get("responses", {})
             if responses.pop("422", None) is not None:
                 responses.setdefault("400", {"description": "Bad Request", "content": {

@@ -10,6 +10,7 @@ the cap before reading anything.
 from __future__ import annotations
 
 import codecs
+import logging
 from urllib.parse import parse_qsl
 from dataclasses import dataclass, field
 
@@ -22,6 +23,9 @@ from fissure.errors import InputError, PayloadTooLarge, UnsupportedMediaType
 FORM_OVERHEAD = 1024 * 1024  # multipart framing and the text fields, on top of the files
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 16
+# The parser logs a WARNING with each MultipartParseError it raises, which read_form answers as a
+# 400: without this, any client's garbled body is a line on stderr. Its errors still show.
+logging.getLogger("python_multipart.multipart").setLevel(logging.ERROR)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class _Collector:
         self.max_file_bytes = max_file_bytes
         self.charset = charset
         self.parts = 0
+        self.ended = False  # the closing boundary was read
         self._reset()
 
     def _reset(self) -> None:
@@ -90,6 +95,9 @@ class _Collector:
         else:
             self.form.fields[self.name] = self.data.decode(self.charset, "replace")
 
+    def on_end(self) -> None:
+        self.ended = True
+
 
 async def read_form(request, max_file_bytes: int) -> Form:
     """Parse a multipart/form-data body as it streams in; files held in memory within the limit.
@@ -98,7 +106,7 @@ async def read_form(request, max_file_bytes: int) -> Form:
     """
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype == b"application/x-www-form-urlencoded":
-        return await _read_urlencoded(request)
+        return _text_only(await _read_urlencoded(request))
     if ctype != b"multipart/form-data":
         raise UnsupportedMediaType(f"send multipart/form-data, not {ctype.decode('latin-1') or 'no content type'}")
     boundary = params.get(b"boundary")
@@ -112,7 +120,7 @@ async def read_form(request, max_file_bytes: int) -> Form:
     collector = _Collector(max_file_bytes, charset)
     callbacks = {name: getattr(collector, name) for name in (
         "on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value",
-        "on_header_end", "on_headers_finished")}
+        "on_header_end", "on_headers_finished", "on_end")}
     parser = MultipartParser(boundary, callbacks)
     try:
         async for chunk in request.stream():
@@ -121,7 +129,18 @@ async def read_form(request, max_file_bytes: int) -> Form:
     except MultipartParseError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "parse error"
         raise InputError(f"malformed multipart body: {reason}") from None
-    return collector.form
+    if not collector.ended:
+        raise InputError(f"malformed multipart body: truncated, it ends before its closing boundary "
+                         f"'--{boundary.decode('latin-1')[:70]}--'")
+    return _text_only(collector.form)
+
+
+def _text_only(form: Form) -> Form:
+    """The form, when no text field holds a NUL byte (PostgreSQL's text cannot; no field means one)."""
+    for name, value in form.fields.items():
+        if "\x00" in value:
+            raise InputError(f"form field {name[:40]!r} must not contain a NUL byte")
+    return form
 
 
 async def _read_urlencoded(request) -> Form:
