@@ -270,10 +270,10 @@
   }
 
   function renderLabelChoices(classes) {
-    const predicted = P.output.label;
-    const others = classes.filter((c) => c !== predicted);
-    $("label-choices").replaceChildren(...classes.map((c, i) => el("label", {class: "choice"},
-      el("input", {type: "radio", name: "label", value: c, checked: others.length === 1 && c === others[0]}),
+    // the right label of a wrong prediction is any class but the predicted one (the API refuses that)
+    const others = classes.filter((c) => c !== P.output.label);
+    $("label-choices").replaceChildren(...others.map((c, i) => el("label", {class: "choice"},
+      el("input", {type: "radio", name: "label", value: c, checked: others.length === 1}),
       el("span", {}, c), i < 9 ? el("kbd", {}, String(i + 1)) : "")));
   }
 
