@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fissure.data.loaders import IMAGE_SUFFIXES, SPLIT_NAMES
+from fissure.data.loaders import IMAGE_SUFFIXES, SPLIT_NAMES, listing
 from fissure.errors import DataError, InputError
 from fissure.preprocess import decode_image, open_image
 from fissure.progress import Progress
@@ -143,11 +143,6 @@ def _mask_key(rel: Path) -> str:
     return (rel.parent / stem).as_posix()
 
 
-def _listing(names: list[str], n: int = 3) -> str:
-    more = f" and {len(names) - n} more" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
-
-
 def _pair(images_dir: Path, masks_dir: Path, group: str, out_prefix: str, *, mask_rule: str = "binary",
           mask_suffixes: set[str] | None = None, recursive: bool = True) -> list[Item]:
     """Items for images paired with masks by relative path and stem; mismatches are errors."""
@@ -179,10 +174,10 @@ def _pair(images_dir: Path, masks_dir: Path, group: str, out_prefix: str, *, mas
         items.append(Item(img, f"{out_prefix}images/{ident}{img.suffix.lower()}", group, mask,
                           f"{out_prefix}masks/{ident}.png", mask_rule))
     if missing:
-        raise DataError(f"{masks_dir}: no mask for {_listing(missing)} (masks match images by file stem)")
+        raise DataError(f"{masks_dir}: no mask for {listing(missing)} (masks match images by file stem)")
     if masks:
         orphans = [p.relative_to(masks_dir).as_posix() for p in masks.values()]
-        raise DataError(f"{images_dir}: no image for the mask(s) {_listing(orphans)} in {masks_dir}")
+        raise DataError(f"{images_dir}: no image for the mask(s) {listing(orphans)} in {masks_dir}")
     return items
 
 

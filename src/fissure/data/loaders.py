@@ -59,7 +59,8 @@ class SegmentationItem:
     mask: Path
 
 
-def _listing(names: list[str], n: int = 3) -> str:
+def listing(names: list[str], n: int = 3) -> str:
+    """The first ``n`` names, comma-joined, and how many more (error messages)."""
     more = f" and {len(names) - n} more" if len(names) > n else ""
     return ", ".join(names[:n]) + more
 
@@ -76,11 +77,11 @@ def segmentation_items(root: str | Path) -> list[SegmentationItem]:
     masks = {p.stem: p for p in _images_in(masks_dir)}
     missing = [p.name for p in images if p.stem not in masks]
     if missing:
-        raise DataError(f"{masks_dir}: no mask for {_listing(missing)} (masks match images by file stem)")
+        raise DataError(f"{masks_dir}: no mask for {listing(missing)} (masks match images by file stem)")
     stems = {p.stem for p in images}
     orphans = [p.name for p in masks.values() if p.stem not in stems and not p.name.startswith(".")]
     if orphans:  # as `fissure data import` does: a mask whose image is missing is a mistake, not noise
-        raise DataError(f"{images_dir}: no image for the mask(s) {_listing(orphans)} in {masks_dir}")
+        raise DataError(f"{images_dir}: no image for the mask(s) {listing(orphans)} in {masks_dir}")
     return [SegmentationItem(p, masks[p.stem]) for p in images]
 
 
